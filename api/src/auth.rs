@@ -1,0 +1,30 @@
+//! Who is calling: a tenant key scopes every query to its tenant; an operator key is for the
+//! operator endpoints only.
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use herald_jobs::store::ApiKeyRole;
+
+use crate::{ApiState, error::ApiError};
+
+/// A caller authenticated with a tenant key.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts.headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+impl FromRequestParts<ApiState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let authed = state.ctx.store.authenticate(key).await?.ok_or_else(ApiError::unauthorized)?;
+        match (authed.role, authed.tenant_id) {
+            (ApiKeyRole::Tenant, Some(id)) => Ok(Tenant { id }),
+            _ => Err(ApiError::forbidden("this endpoint needs a tenant key")),
+        }
+    }
+}

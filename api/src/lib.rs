@@ -1,0 +1,69 @@
+#![doc = include_str!("../README.md")]
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+
+use std::time::Instant;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    middleware::{self, Next},
+    response::Response,
+    routing::get,
+};
+use herald_jobs::{Ctx, metrics as m};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Request bodies larger than this are refused with 413 `body_too_large`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every route sees.
+#[derive(Clone)]
+pub struct ApiState {
+    pub ctx: Ctx,
+    pub prometheus: PrometheusHandle,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
+}
+
+/// The whole API.
+pub fn router(state: ApiState) -> Router {
+    use routes::{connections, health, metrics, shares};
+    Router::new()
+        .route("/v1/shares", get(shares::list).post(shares::create))
+        .route("/v1/shares/{id}", get(shares::get).delete(shares::cancel))
+        .route("/v1/connections", get(connections::list).post(connections::create))
+        .route("/v1/connections/{id}", get(connections::get))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Only `/metrics`, `/healthz` and `/readyz`: for a worker process, or a separate metrics address.
+pub fn ops_router(state: ApiState) -> Router {
+    use routes::{health, metrics};
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .with_state(state)
+}
+
+/// Counts requests by method, matched route (never the raw path) and status.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!(m::API_REQUESTS_TOTAL, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(m::API_REQUEST_DURATION_SECONDS, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    res
+}

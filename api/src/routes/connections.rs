@@ -1,0 +1,181 @@
+//! `/v1/connections`: import tokens an app already holds, list and inspect connections.
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use chrono::{DateTime, Utc};
+use herald_jobs::{
+    platform::PlatformKind,
+    store::{ConnectionRow, NewConnection, StoredTokens},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiJson, page_limit, parse_time};
+use crate::{ApiState, auth::Tenant, error::{ApiError, ApiResult}};
+
+const MAX_ID: usize = 255;
+const MAX_TOKEN: usize = 16_384;
+
+/// Tokens for an account, imported from an app that already holds them. A second import for the
+/// same platform account updates that connection; an absent refresh token keeps the stored one.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConnectionRequest {
+    pub platform: String,
+    /// The platform's id of the account (Mastodon account id, Bluesky DID, page id, ...).
+    pub platform_account_id: String,
+    pub handle: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    /// When the access token expires (RFC 3339), if it does.
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Platform settings: `instance_url` for Mastodon (required), `max_characters`, ...
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub extras: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A connected account. Tokens are never shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionView {
+    pub id: String,
+    pub platform: String,
+    pub platform_account_id: String,
+    pub handle: String,
+    #[schema(value_type = Object)]
+    pub extras: serde_json::Value,
+    pub scopes: Vec<String>,
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub has_refresh_token: bool,
+    /// The credentials are dead: the user must reconnect; work for it is parked meanwhile.
+    pub needs_reauth: bool,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ConnectionRow> for ConnectionView {
+    fn from(r: ConnectionRow) -> Self {
+        Self {
+            extras: serde_json::from_str(&r.extras).unwrap_or_default(),
+            scopes: r.scopes.split_whitespace().map(str::to_owned).collect(),
+            has_refresh_token: r.has_refresh_token(),
+            id: r.id,
+            platform: r.platform,
+            platform_account_id: r.platform_account_id,
+            handle: r.handle,
+            token_expires_at: r.token_expires_at,
+            needs_reauth: r.needs_reauth,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionList {
+    pub connections: Vec<ConnectionView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+fn required(field: &str, v: &str, max: usize) -> ApiResult<String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Err(ApiError::invalid(field, "missing_field", format!("`{field}` is required")));
+    }
+    if v.len() > max {
+        return Err(ApiError::invalid(field, "field_too_long", format!("`{field}` is longer than {max} bytes")));
+    }
+    Ok(v.to_owned())
+}
+
+/// Store a connection from tokens the app holds.
+#[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = CreateConnectionRequest,
+    responses(
+        (status = 201, body = ConnectionView),
+        (status = 422, description = "A field is invalid; `field` names it", body = crate::error::ErrorBody),
+    ), security(("api_key" = [])))]
+pub async fn create(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    ApiJson(req): ApiJson<CreateConnectionRequest>,
+) -> ApiResult<(StatusCode, ApiJson<ConnectionView>)> {
+    let platform = PlatformKind::parse(req.platform.trim())
+        .ok_or_else(|| ApiError::invalid("platform", "unknown_platform", format!("unknown platform `{}`", req.platform)))?;
+    let platform_account_id = required("platform_account_id", &req.platform_account_id, MAX_ID)?;
+    let handle = required("handle", &req.handle, MAX_ID)?;
+    let access_token = required("access_token", &req.access_token, MAX_TOKEN)?;
+    let refresh_token = match req.refresh_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => Some(required("refresh_token", t, MAX_TOKEN)?),
+        None => None,
+    };
+    let expires_at = parse_time("expires_at", req.expires_at.as_deref())?;
+    let mut extras = req.extras;
+    if platform == PlatformKind::Mastodon {
+        let raw = extras
+            .get("instance_url")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ApiError::invalid("extras.instance_url", "missing_field", "Mastodon connections need `extras.instance_url`"))?;
+        let url = state
+            .ctx
+            .settings
+            .ssrf
+            .check_url(raw)
+            .map_err(|e| ApiError::invalid("extras.instance_url", "invalid_url", format!("`extras.instance_url`: {e}")))?;
+        extras.insert("instance_url".into(), url.origin().ascii_serialization().into());
+    }
+    if let Some(v) = extras.get("max_characters") {
+        if !v.as_u64().is_some_and(|n| (1..=1_000_000).contains(&n)) {
+            return Err(ApiError::invalid("extras.max_characters", "invalid_field", "`extras.max_characters` must be a positive whole number"));
+        }
+    }
+    let new = NewConnection {
+        platform,
+        platform_account_id,
+        handle,
+        extras,
+        scopes: req.scopes.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        tokens: StoredTokens {
+            access_token: Some(SecretString::from(access_token)),
+            refresh_token: refresh_token.map(SecretString::from),
+            dpop_key: None,
+            expires_at,
+        },
+    };
+    let row = state.ctx.store.upsert_connection(&tenant.id, &new, &state.ctx.vault, Utc::now()).await?;
+    Ok((StatusCode::CREATED, ApiJson(row.into())))
+}
+
+#[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path)),
+    responses((status = 200, body = ConnectionView), (status = 404, body = crate::error::ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn get(State(state): State<ApiState>, tenant: Tenant, Path(id): Path<String>) -> ApiResult<ApiJson<ConnectionView>> {
+    let row = state.ctx.store.tenant_connection(&tenant.id, &id).await?.ok_or_else(|| ApiError::not_found("connection"))?;
+    Ok(ApiJson(row.into()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only connections that need (or do not need) reconnecting.
+    pub needs_reauth: Option<bool>,
+    pub after: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<i64>,
+}
+
+/// The tenant's connections, oldest first.
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", params(ListQuery),
+    responses((status = 200, body = ConnectionList)), security(("api_key" = [])))]
+pub async fn list(State(state): State<ApiState>, tenant: Tenant, Query(q): Query<ListQuery>) -> ApiResult<ApiJson<ConnectionList>> {
+    let limit = page_limit(q.limit)?;
+    let rows = state.ctx.store.list_connections(&tenant.id, q.needs_reauth, q.after.as_deref(), limit).await?;
+    let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
+    Ok(ApiJson(ConnectionList { connections: rows.into_iter().map(Into::into).collect(), next_after }))
+}

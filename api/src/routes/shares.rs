@@ -1,0 +1,339 @@
+//! `/v1/shares`: enqueue, inspect, list by URL, cancel.
+
+use std::collections::HashSet;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+};
+use chrono::{DateTime, Utc};
+use herald_jobs::{
+    payloads::{QueueName, ShareV1},
+    platform::PostRequest,
+    store::{AttemptRow, Cancel, CreateOutcome, CreateShares, NewShare, ShareRow, ShareState},
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiJson, page_limit, parse_time};
+use crate::{ApiState, auth::Tenant, error::{ApiError, ApiResult}};
+
+const MAX_TARGETS: usize = 50;
+const MAX_URL: usize = 2048;
+const MAX_TITLE: usize = 300;
+const MAX_TEXT: usize = 10_000;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// A share request: one link, posted to each target connection.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateShareRequest {
+    /// The link to share (http or https).
+    pub url: String,
+    pub title: Option<String>,
+    /// The post's text; each platform's length limit applies.
+    pub text: Option<String>,
+    /// An image for platforms that take one (fetched through the SSRF guard).
+    pub image_url: Option<String>,
+    /// When to publish (RFC 3339); now if absent.
+    pub publish_at: Option<String>,
+    /// The latest time the post may still go out (RFC 3339); after it the share expires.
+    pub not_after: Option<String>,
+    /// The connections to post to (1 to 50, no repeats).
+    pub connection_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShareError {
+    /// `transient`, `rate_limited`, `rejected`, `needs_reauth`, `outcome_unknown`, ...
+    pub class: String,
+    pub message: Option<String>,
+    /// The platform's HTTP status, when it answered.
+    pub platform_status: Option<i32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PostView {
+    pub id: String,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    pub number: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub error_class: Option<String>,
+    pub error_message: Option<String>,
+    pub platform_status: Option<i32>,
+}
+
+/// One share: one post to one connection.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShareView {
+    pub id: String,
+    pub connection_id: String,
+    pub platform: String,
+    pub url: String,
+    pub title: Option<String>,
+    pub text: Option<String>,
+    pub image_url: Option<String>,
+    pub state: ShareState,
+    pub attempts: i32,
+    /// When it runs next (or ran last).
+    pub run_at: DateTime<Utc>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub last_error: Option<ShareError>,
+    /// Set once the platform accepted the post.
+    pub post: Option<PostView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Each attempt, oldest first (only on `GET /v1/shares/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_history: Option<Vec<AttemptView>>,
+}
+
+impl ShareView {
+    fn from_row(r: ShareRow) -> ApiResult<Self> {
+        let state = r.state()?;
+        Ok(Self {
+            last_error: r.last_error_class.map(|class| ShareError { class, message: r.last_error, platform_status: r.last_status }),
+            post: r.post_id.map(|id| PostView { id, url: r.post_url }),
+            id: r.id,
+            connection_id: r.connection_id,
+            platform: r.platform,
+            url: r.url,
+            title: r.title,
+            text: r.body,
+            image_url: r.image_url,
+            state,
+            attempts: r.attempts,
+            run_at: r.run_at,
+            not_after: r.not_after,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+            attempt_history: None,
+        })
+    }
+}
+
+impl From<AttemptRow> for AttemptView {
+    fn from(a: AttemptRow) -> Self {
+        Self {
+            number: a.number,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            outcome: a.outcome,
+            error_class: a.error_class,
+            error_message: a.error_message,
+            platform_status: a.platform_status,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShareList {
+    pub shares: Vec<ShareView>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<String>,
+}
+
+fn check_url(state: &ApiState, field: &str, raw: &str) -> ApiResult<()> {
+    if raw.len() > MAX_URL {
+        return Err(ApiError::invalid(field, "invalid_url", format!("`{field}` is longer than {MAX_URL} characters")));
+    }
+    state
+        .ctx
+        .settings
+        .ssrf
+        .check_url(raw)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(field, "invalid_url", format!("`{field}`: {e}")))
+}
+
+fn trimmed(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// Enqueue a share to one or more connections.
+///
+/// Answers 202 with one share per target. With an `Idempotency-Key` header the request is safe to
+/// repeat: the same key and body return the same shares and enqueue nothing new; the same key with
+/// another body is refused (422 `idempotency_key_reused`).
+#[utoipa::path(post, path = "/v1/shares", tag = "shares", request_body = CreateShareRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to repeat")),
+    responses(
+        (status = 202, description = "Accepted; one share per target", body = ShareList),
+        (status = 400, description = "Malformed JSON", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = crate::error::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = crate::error::ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn create(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateShareRequest>,
+) -> ApiResult<(StatusCode, ApiJson<ShareList>)> {
+    let now = Utc::now();
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY);
+            Some(k.ok_or_else(|| ApiError::invalid("Idempotency-Key", "invalid_idempotency_key", format!("the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible characters")))?.to_owned())
+        }
+    };
+
+    let url = req.url.trim().to_owned();
+    if url.is_empty() {
+        return Err(ApiError::invalid("url", "missing_url", "`url` is required"));
+    }
+    check_url(&state, "url", &url)?;
+    let title = trimmed(&req.title);
+    if title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE) {
+        return Err(ApiError::invalid("title", "title_too_long", format!("`title` is longer than {MAX_TITLE} characters")));
+    }
+    let text = trimmed(&req.text);
+    if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT) {
+        return Err(ApiError::invalid("text", "text_too_long", format!("`text` is longer than {MAX_TEXT} characters")));
+    }
+    let image_url = trimmed(&req.image_url);
+    if let Some(img) = &image_url {
+        check_url(&state, "image_url", img)?;
+    }
+    let publish_at = parse_time("publish_at", req.publish_at.as_deref())?;
+    if publish_at.is_some_and(|t| t < now - chrono::Duration::seconds(60)) {
+        return Err(ApiError::invalid("publish_at", "publish_at_in_past", "`publish_at` is in the past"));
+    }
+    let run_at = publish_at.unwrap_or(now).max(now);
+    let not_after = parse_time("not_after", req.not_after.as_deref())?;
+    if not_after.is_some_and(|t| t <= run_at) {
+        return Err(ApiError::invalid("not_after", "not_after_before_publish", "`not_after` must be later than the publish time"));
+    }
+    let not_after = Some(not_after.unwrap_or_else(|| run_at + chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default()));
+
+    if req.connection_ids.is_empty() || req.connection_ids.len() > MAX_TARGETS {
+        return Err(ApiError::invalid("connection_ids", "invalid_targets", format!("`connection_ids` needs 1 to {MAX_TARGETS} connection ids")));
+    }
+    let mut seen = HashSet::new();
+    let mut shares = Vec::with_capacity(req.connection_ids.len());
+    for (i, id) in req.connection_ids.iter().enumerate() {
+        let field = format!("connection_ids[{i}]");
+        if !seen.insert(id.as_str()) {
+            return Err(ApiError::invalid(field, "duplicate_connection", format!("connection `{id}` is listed twice")));
+        }
+        // Another tenant's connection is indistinguishable from one that does not exist.
+        let conn = state
+            .ctx
+            .store
+            .tenant_connection(&tenant.id, id)
+            .await?
+            .ok_or_else(|| ApiError::invalid(&field, "unknown_connection", format!("no connection `{id}`")))?;
+        let kind = conn.platform_kind().ok_or_else(|| ApiError::internal(format!("stored platform `{}`", conn.platform)))?;
+        let platform = state.ctx.platforms.get(kind).ok_or_else(|| {
+            ApiError::invalid(&field, "platform_unavailable", format!("{kind} is not configured on this Herald"))
+        })?;
+        let probe = PostRequest {
+            share_id: String::new(),
+            url: url.clone(),
+            title: title.clone(),
+            text: text.clone(),
+            image_url: image_url.clone(),
+            idempotency_key: String::new(),
+        };
+        platform.validate(&conn.account(), &probe).map_err(|inv| {
+            let field = if inv.field == "text" { "text".to_owned() } else { format!("{field}.{}", inv.field) };
+            ApiError::invalid(field, inv.code, inv.message)
+        })?;
+        shares.push(NewShare {
+            connection_id: conn.id,
+            platform: kind.as_str().to_owned(),
+            url: url.clone(),
+            title: title.clone(),
+            body: text.clone(),
+            image_url: image_url.clone(),
+            run_at,
+            not_after,
+        });
+    }
+
+    let canonical = serde_json::to_vec(&serde_json::to_value(&req).map_err(ApiError::internal)?).map_err(ApiError::internal)?;
+    let request_hash = Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect();
+    let create = CreateShares { tenant_id: tenant.id.clone(), idempotency_key, request_hash, shares };
+    let rows = match state.ctx.store.create_shares(&create, now).await? {
+        CreateOutcome::Created(rows) => {
+            for row in &rows {
+                let payload = serde_json::to_value(ShareV1 { share_id: row.id.clone() }).map_err(ApiError::internal)?;
+                // The rows are committed: a failed push is recovered by the reconciler, so the
+                // request still succeeds.
+                if let Err(e) = state.ctx.queue.push(QueueName::Share, payload, row.run_at, &row.delivery_key()).await {
+                    tracing::warn!(share.id = %row.id, error = %e, "enqueue failed; the reconciler will deliver it");
+                }
+            }
+            rows
+        }
+        CreateOutcome::Replayed(rows) => rows,
+        CreateOutcome::KeyReused => {
+            return Err(ApiError::invalid("Idempotency-Key", "idempotency_key_reused", "this Idempotency-Key was used for a different request"));
+        }
+    };
+    let shares = rows.into_iter().map(ShareView::from_row).collect::<ApiResult<Vec<_>>>()?;
+    Ok((StatusCode::ACCEPTED, ApiJson(ShareList { shares, next_before: None })))
+}
+
+/// One share with its attempts.
+#[utoipa::path(get, path = "/v1/shares/{id}", tag = "shares", params(("id" = String, Path)),
+    responses((status = 200, body = ShareView), (status = 404, body = crate::error::ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn get(State(state): State<ApiState>, tenant: Tenant, Path(id): Path<String>) -> ApiResult<ApiJson<ShareView>> {
+    let row = state.ctx.store.tenant_share(&tenant.id, &id).await?.ok_or_else(|| ApiError::not_found("share"))?;
+    let attempts = state.ctx.store.share_attempts(&row.id).await?;
+    let mut view = ShareView::from_row(row)?;
+    view.attempt_history = Some(attempts.into_iter().map(AttemptView::from).collect());
+    Ok(ApiJson(view))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only shares of this URL (the "already shared" indicator).
+    pub url: Option<String>,
+    /// Page: shares older than this share id.
+    pub before: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<i64>,
+}
+
+/// The tenant's shares, newest first, optionally of one URL.
+#[utoipa::path(get, path = "/v1/shares", tag = "shares", params(ListQuery),
+    responses((status = 200, body = ShareList)), security(("api_key" = [])))]
+pub async fn list(State(state): State<ApiState>, tenant: Tenant, Query(q): Query<ListQuery>) -> ApiResult<ApiJson<ShareList>> {
+    let limit = page_limit(q.limit)?;
+    let rows = state.ctx.store.list_shares(&tenant.id, q.url.as_deref(), q.before.as_deref(), limit).await?;
+    let next_before = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
+    let shares = rows.into_iter().map(ShareView::from_row).collect::<ApiResult<Vec<_>>>()?;
+    Ok(ApiJson(ShareList { shares, next_before }))
+}
+
+/// Cancel a share that has not run (queued or parked).
+#[utoipa::path(delete, path = "/v1/shares/{id}", tag = "shares", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Cancelled", body = ShareView),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "Already running or finished (`share_not_cancellable`)", body = crate::error::ErrorBody),
+    ), security(("api_key" = [])))]
+pub async fn cancel(State(state): State<ApiState>, tenant: Tenant, Path(id): Path<String>) -> ApiResult<ApiJson<ShareView>> {
+    match state.ctx.store.cancel_share(&tenant.id, &id, Utc::now()).await? {
+        Cancel::Cancelled(row) => Ok(ApiJson(ShareView::from_row(row)?)),
+        Cancel::TooLate(row) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "share_not_cancellable",
+            format!("the share is {} and can no longer be cancelled", row.state),
+        )),
+        Cancel::NotFound => Err(ApiError::not_found("share")),
+    }
+}

@@ -1,0 +1,15 @@
+//! What every job handler and API route shares.
+
+use std::sync::Arc;
+
+use crate::{platform::Platforms, queue::JobQueue, settings::Settings, store::Store, vault::KeyRing};
+
+/// Shared state of one Herald process. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub store: Store,
+    pub queue: Arc<dyn JobQueue>,
+    pub vault: Arc<KeyRing>,
+    pub platforms: Platforms,
+    pub settings: Arc<Settings>,
+}

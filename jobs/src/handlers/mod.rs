@@ -1,0 +1,6 @@
+//! What a worker does with each job. Handlers take the shared [`Ctx`](crate::Ctx) and a payload,
+//! re-read their rows, and treat a missing row as a clean finish.
+
+pub mod gauges;
+pub mod reconcile;
+pub mod share;

@@ -1,0 +1,216 @@
+//! One attempt of a share: claim it, check the connection, post, classify, record.
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use crate::{
+    Ctx,
+    metrics as m,
+    payloads::{QueueName, ShareV1},
+    platform::{Platform, PlatformError, PostRequest},
+    store::{Claim, ConnectionRow, ShareRow, ShareUpdate},
+};
+
+/// Runs one delivery of a share job. An `Err` is a store or queue failure: the share row keeps its
+/// state and lease, and the reconciler delivers it again.
+pub async fn run(ctx: &Ctx, job: &ShareV1) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let lease_until = now + ctx.settings.lease;
+    match ctx.store.claim_share(&job.share_id, now, lease_until).await.context("claiming the share")? {
+        Claim::Run { share, recovered } => attempt(ctx, share, recovered).await,
+        Claim::NotDue(share) => {
+            // Delivered early (clocks differ between hosts): deliver again when due.
+            let key = format!("{}:early:{}", share.delivery_key(), now.timestamp_millis());
+            push(ctx, &share, &key).await
+        }
+        Claim::Busy | Claim::Settled(_) | Claim::Gone => Ok(()),
+    }
+}
+
+async fn push(ctx: &Ctx, share: &ShareRow, key: &str) -> anyhow::Result<()> {
+    let payload = serde_json::to_value(ShareV1 { share_id: share.id.clone() })?;
+    ctx.queue.push(QueueName::Share, payload, share.run_at, key).await.context("pushing the share")?;
+    Ok(())
+}
+
+async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool) -> anyhow::Result<()> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let update = decide(ctx, &share, recovered).await?;
+    let finished = ctx
+        .store
+        .finish_attempt(&share.id, share.attempts, started_at, &update, Utc::now())
+        .await
+        .context("recording the attempt")?;
+    let Some(row) = finished else {
+        warn!(share.id = %share.id, attempt = share.attempts, "share was taken over by another worker; outcome dropped");
+        return Ok(());
+    };
+    let platform = share.platform.as_str();
+    let outcome = match &update {
+        ShareUpdate::Succeeded { .. } => "succeeded",
+        ShareUpdate::Retry { class, .. } if class == "rate_limited" => "rate_limited",
+        ShareUpdate::Retry { .. } => "retried",
+        ShareUpdate::Failed { .. } => "failed",
+        ShareUpdate::Parked { .. } => "parked",
+        ShareUpdate::OutcomeUnknown { .. } => "outcome_unknown",
+    };
+    let queue = QueueName::Share.as_str();
+    metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome).increment(1);
+    metrics::histogram!(m::JOB_DURATION_SECONDS, "queue" => queue, "platform" => platform.to_owned()).record(clock.elapsed().as_secs_f64());
+    match outcome {
+        "retried" => metrics::counter!(m::JOB_RETRIES_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        "rate_limited" => metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        "parked" => metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        "failed" | "outcome_unknown" => metrics::counter!(m::JOBS_DEAD_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        _ => {}
+    }
+    let (class, message) = match &update {
+        ShareUpdate::Retry { class, message, .. } | ShareUpdate::Failed { class, message, .. } | ShareUpdate::Parked { class, message } => {
+            (Some(class.as_str()), Some(message.as_str()))
+        }
+        ShareUpdate::OutcomeUnknown { message } => (Some("outcome_unknown"), Some(message.as_str())),
+        ShareUpdate::Succeeded { .. } => (None, None),
+    };
+    info!(
+        share.id = %share.id,
+        connection.id = %share.connection_id,
+        platform,
+        outcome,
+        attempt = share.attempts,
+        error.class = class,
+        error.message = message,
+        post.id = row.post_id.as_deref(),
+        "share attempt finished"
+    );
+    if matches!(update, ShareUpdate::Retry { .. }) {
+        push(ctx, &row, &row.delivery_key()).await?;
+    }
+    Ok(())
+}
+
+/// Everything that happens between holding the lease and knowing the outcome.
+async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<ShareUpdate> {
+    let Some(conn) = ctx.store.connection(&share.connection_id).await? else {
+        return Ok(failed("connection_removed", "the connection no longer exists"));
+    };
+    if conn.revoked_at.is_some() {
+        return Ok(failed("connection_removed", "the connection was removed"));
+    }
+    if conn.needs_reauth {
+        return Ok(parked(&conn));
+    }
+    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
+        return Ok(failed("platform_unavailable", &format!("no client configured for {}", conn.platform)));
+    };
+    let creds = match conn.credentials(&ctx.vault) {
+        Ok(c) => c,
+        // A key missing from the ring is an operator's fix, not the user's: fail loudly.
+        Err(e) => return Ok(failed("vault", &format!("tokens cannot be decrypted: {e}"))),
+    };
+    let account = conn.account();
+    let post = PostRequest {
+        share_id: share.id.clone(),
+        url: share.url.clone(),
+        title: share.title.clone(),
+        text: share.body.clone(),
+        image_url: share.image_url.clone(),
+        // Stable across every attempt of this share, so the platform's duplicate protection holds.
+        idempotency_key: share.id.clone(),
+    };
+    let now = Utc::now();
+    if recovered && !within_idempotency_window(platform.as_ref(), share.first_sent_at, now) {
+        // The previous worker vanished mid-call and the platform cannot deduplicate a repeat:
+        // settle by reading back, never by posting blindly.
+        match platform.find_published(&account, &creds, &post).await {
+            Ok(Some(p)) => return Ok(ShareUpdate::Succeeded { post_id: p.post_id, post_url: p.post_url }),
+            Ok(None) => {}
+            Err(_) => {
+                return Ok(ShareUpdate::OutcomeUnknown {
+                    message: "a previous attempt stopped after its request may have been sent; check the account before replaying".into(),
+                });
+            }
+        }
+    }
+    let result = match tokio::time::timeout(ctx.settings.platform_timeout, platform.share(&account, &creds, &post)).await {
+        Ok(r) => r,
+        Err(_) => Err(PlatformError::OutcomeUnknown { reason: "timed out".into() }),
+    };
+    let error = match result {
+        Ok(p) => return Ok(ShareUpdate::Succeeded { post_id: p.post_id, post_url: p.post_url }),
+        Err(e) => e,
+    };
+    Ok(match error {
+        PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason } => {
+            ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
+            warn!(connection.id = %conn.id, platform = %conn.platform, "connection needs reauth");
+            ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }
+        }
+        PlatformError::TokenExpired => {
+            let reason = "the access token expired and could not be refreshed".to_owned();
+            ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
+            ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }
+        }
+        PlatformError::RateLimited { retry_after } => {
+            let wait = ctx.settings.retry.rate_limit_wait(retry_after);
+            retry_or_fail(ctx, share, now + wait, "rate_limited", "the platform asked to wait".into(), Some(429))
+        }
+        PlatformError::Rejected { status, reason } => ShareUpdate::Failed {
+            class: "rejected".into(),
+            message: reason,
+            status: (status > 0).then_some(status),
+        },
+        PlatformError::Transient { status, reason } => match ctx.settings.retry.delay_after(share.attempts as u32) {
+            Some(d) => retry_or_fail(ctx, share, now + d, "transient", reason, status),
+            None => exhausted(share, "transient", &reason, status),
+        },
+        // Only a platform that deduplicates repeats within a window gets a retry here (Mastodon
+        // keeps an Idempotency-Key for an hour): a repeat returns the post the lost answer made.
+        PlatformError::OutcomeUnknown { reason } if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) => {
+            match ctx.settings.retry.delay_after(share.attempts as u32) {
+                Some(d) => retry_or_fail(ctx, share, now + d, "transient", format!("{reason}; retrying under the same idempotency key"), None),
+                None => ShareUpdate::OutcomeUnknown { message: format!("{reason}; retries exhausted") },
+            }
+        }
+        PlatformError::OutcomeUnknown { reason } => ShareUpdate::OutcomeUnknown {
+            message: format!("{reason} after the request was sent; the post may exist"),
+        },
+        PlatformError::Unsupported(what) => failed("unsupported", &format!("{what} is not supported")),
+    })
+}
+
+fn retry_or_fail(ctx: &Ctx, share: &ShareRow, run_at: DateTime<Utc>, class: &str, message: String, status: Option<u16>) -> ShareUpdate {
+    if share.attempts as u32 >= ctx.settings.retry.max_attempts {
+        return exhausted(share, class, &message, status);
+    }
+    if share.not_after.is_some_and(|limit| run_at > limit) {
+        return ShareUpdate::Failed { class: class.into(), message: format!("{message}; the next try would be past the share's lateness limit"), status };
+    }
+    ShareUpdate::Retry { run_at, class: class.into(), message, status }
+}
+
+fn exhausted(share: &ShareRow, class: &str, message: &str, status: Option<u16>) -> ShareUpdate {
+    ShareUpdate::Failed { class: class.into(), message: format!("gave up after {} attempts: {message}", share.attempts), status }
+}
+
+fn within_idempotency_window(platform: &dyn Platform, first_sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    let Some(window) = platform.capabilities().idempotency_window else { return false };
+    let Some(first) = first_sent_at else { return true };
+    // Keep a margin: a retry must reach the platform well before it forgets the key.
+    let usable = window.mul_f64(0.8);
+    (now - first).to_std().is_ok_and(|age| age < usable)
+}
+
+fn failed(class: &str, message: &str) -> ShareUpdate {
+    ShareUpdate::Failed { class: class.into(), message: message.into(), status: None }
+}
+
+fn parked(conn: &ConnectionRow) -> ShareUpdate {
+    ShareUpdate::Parked {
+        class: "needs_reauth".into(),
+        message: conn.last_error.clone().unwrap_or_else(|| "the connection needs to be reconnected".into()),
+    }
+}

@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+
+pub mod context;
+pub mod handlers;
+pub mod ids;
+pub mod metrics;
+pub mod payloads;
+pub mod platform;
+pub mod queue;
+pub mod retry;
+pub mod settings;
+pub mod ssrf;
+pub mod store;
+pub mod vault;
+
+pub use context::Ctx;
+pub use settings::Settings;

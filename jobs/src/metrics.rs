@@ -1,0 +1,102 @@
+//! Every metric Herald exports, with its help text.
+//!
+//! Dashboards and alert rules in `dashboards/` may only use the names declared here; a test in
+//! `tests/` reads `ALL` and fails on any other `herald_` name. Labels stay low-cardinality: queue,
+//! platform, outcome, result, status class, route. Never a tenant, connection, share or job id.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// One declared metric: its name, kind and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+macro_rules! declare {
+    ($( $ident:ident = $name:literal, $kind:ident, $help:literal; )*) => {
+        $( pub const $ident: &str = $name; )*
+        /// All declared metrics, in declaration order.
+        pub const ALL: &[Metric] = &[ $( Metric { name: $name, kind: Kind::$kind, help: $help }, )* ];
+    };
+}
+
+// Labels, by metric (a dashboard may only use these):
+// jobs_total{queue,platform,outcome}; job_duration_seconds{queue,platform};
+// job_retries_total, jobs_parked_total, jobs_dead_total, rate_limit_deferrals_total{queue,platform};
+// queue_depth{queue,state}; queue_oldest_age_seconds{queue};
+// connections, connections_needing_reauth, connections_refresh_failing{platform};
+// token_refreshes_total{platform,result}; oauth_starts_total{platform};
+// oauth_callbacks_total{platform,result}; platform_requests_total{platform,operation,status_class};
+// platform_request_duration_seconds{platform,operation}; api_requests_total{method,route,status};
+// api_request_duration_seconds{method,route}; workers_alive{queue}; sweep_runs_total{sweep,result};
+// build_info{version}.
+declare! {
+    JOBS_TOTAL = "herald_jobs_total", Counter,
+        "Job attempts finished, by queue, platform and outcome (succeeded, retried, rate_limited, parked, failed, outcome_unknown, skipped).";
+    JOB_DURATION_SECONDS = "herald_job_duration_seconds", Histogram,
+        "Wall time of one job attempt, by queue and platform.";
+    JOB_RETRIES_TOTAL = "herald_job_retries_total", Counter,
+        "Attempts scheduled again after a transient failure, by queue and platform.";
+    JOBS_PARKED_TOTAL = "herald_jobs_parked_total", Counter,
+        "Jobs parked without a platform call because the connection needs reauth, by queue and platform.";
+    JOBS_DEAD_TOTAL = "herald_jobs_dead_total", Counter,
+        "Jobs that ended in a terminal failure (failed or outcome_unknown), by queue and platform.";
+    QUEUE_DEPTH = "herald_queue_depth", Gauge,
+        "Jobs in the queue backend by queue and state (ready, scheduled, running, dead), read at scrape time.";
+    QUEUE_OLDEST_AGE_SECONDS = "herald_queue_oldest_age_seconds", Gauge,
+        "Age of the oldest job that is due and not yet started, by queue, read at scrape time.";
+    CONNECTIONS = "herald_connections", Gauge,
+        "Connected accounts by platform, read at scrape time.";
+    CONNECTIONS_NEEDING_REAUTH = "herald_connections_needing_reauth", Gauge,
+        "Connected accounts flagged needs_reauth, by platform, read at scrape time.";
+    CONNECTIONS_REFRESH_FAILING = "herald_connections_refresh_failing", Gauge,
+        "Connections with 3 or more token refresh failures in the last 24 hours, by platform, read at scrape time.";
+    TOKEN_REFRESHES_TOTAL = "herald_token_refreshes_total", Counter,
+        "Token refreshes by platform and result (succeeded, invalid_grant, transient, skipped).";
+    OAUTH_STARTS_TOTAL = "herald_oauth_starts_total", Counter,
+        "OAuth connect flows started, by platform.";
+    OAUTH_CALLBACKS_TOTAL = "herald_oauth_callbacks_total", Counter,
+        "OAuth callbacks by platform and result (succeeded, denied, invalid_state, exchange_failed, verify_failed).";
+    PLATFORM_REQUESTS_TOTAL = "herald_platform_requests_total", Counter,
+        "HTTP requests to platforms by platform, operation and status class (2xx, 4xx, 5xx, timeout, network).";
+    PLATFORM_REQUEST_DURATION_SECONDS = "herald_platform_request_duration_seconds", Histogram,
+        "Latency of HTTP requests to platforms, by platform and operation.";
+    RATE_LIMIT_DEFERRALS_TOTAL = "herald_rate_limit_deferrals_total", Counter,
+        "Jobs deferred because a platform said to wait, by queue and platform.";
+    API_REQUESTS_TOTAL = "herald_api_requests_total", Counter,
+        "API requests by method, matched route and status code.";
+    API_REQUEST_DURATION_SECONDS = "herald_api_request_duration_seconds", Histogram,
+        "API request latency by method and matched route.";
+    WORKERS_ALIVE = "herald_workers_alive", Gauge,
+        "Queue workers running in this process, by queue.";
+    SWEEP_RUNS_TOTAL = "herald_sweep_runs_total", Counter,
+        "Scheduled sweeps run, by sweep and result.";
+    BUILD_INFO = "herald_build_info", Gauge,
+        "Always 1; the version label says which Herald build is running.";
+}
+
+/// Registers the help text of every metric with the installed recorder.
+pub fn describe() {
+    for m in ALL {
+        let unit = if m.name.ends_with("_seconds") { Some(Unit::Seconds) } else { None };
+        match (m.kind, unit) {
+            (Kind::Counter, _) => describe_counter!(m.name, m.help),
+            (Kind::Gauge, Some(u)) => describe_gauge!(m.name, u, m.help),
+            (Kind::Gauge, None) => describe_gauge!(m.name, m.help),
+            (Kind::Histogram, Some(u)) => describe_histogram!(m.name, u, m.help),
+            (Kind::Histogram, None) => describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+/// Histogram buckets for job and request durations, in seconds.
+pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];

@@ -1,0 +1,280 @@
+//! Mastodon: `POST /api/v1/statuses` with an `Idempotency-Key`, `verify_credentials`, and
+//! follower lists paged by the `Link` header. Tokens never expire and there is no refresh: a 401
+//! or 403 means the user must reconnect.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use reqwest::{Client, Response, StatusCode, header::HeaderMap};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{
+    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, Platform, PlatformError, PlatformKind,
+    PostRequest, Profile, Published, Relation, http,
+};
+
+/// Mastodon counts every URL as this many characters, whatever its length.
+const URL_WEIGHT: usize = 23;
+const DEFAULT_MAX_CHARACTERS: usize = 500;
+/// Mastodon remembers an `Idempotency-Key` for an hour; retries inside that window cannot post twice.
+const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct Mastodon {
+    http: Client,
+}
+
+impl Mastodon {
+    pub fn new(http: Client) -> Self {
+        Self { http }
+    }
+
+    fn base(account: &Account) -> Result<&str, PlatformError> {
+        account
+            .extra_str("instance_url")
+            .map(|u| u.trim_end_matches('/'))
+            .ok_or_else(|| PlatformError::Rejected { status: 0, reason: "connection has no instance_url".into() })
+    }
+
+    fn bearer(creds: &Credentials) -> Result<String, PlatformError> {
+        creds
+            .access_token
+            .as_ref()
+            .map(|t| format!("Bearer {}", t.expose_secret()))
+            .ok_or_else(|| PlatformError::Unauthorized { reason: "no access token stored".into() })
+    }
+
+    /// The status text: the text (or else the title), a blank line, the URL.
+    pub fn compose(post: &PostRequest) -> String {
+        let lead = post.text.as_deref().or(post.title.as_deref()).map(str::trim).filter(|s| !s.is_empty());
+        match lead {
+            Some(lead) => format!("{lead}\n\n{}", post.url),
+            None => post.url.clone(),
+        }
+    }
+
+    fn max_characters(account: &Account) -> usize {
+        account
+            .extras
+            .get("max_characters")
+            .and_then(|v| v.as_u64())
+            .map_or(DEFAULT_MAX_CHARACTERS, |n| n as usize)
+    }
+}
+
+#[derive(Deserialize)]
+struct Status {
+    id: String,
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MastodonAccount {
+    id: String,
+    acct: String,
+    followers_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// The wait a 429 asks for: `Retry-After` if present, else `X-RateLimit-Reset` (an ISO 8601 time
+/// on Mastodon, epoch seconds on some other servers), corrected for clock skew with `Date`.
+pub fn rate_limit_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(secs) = get("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    let reset = get("x-ratelimit-reset")?;
+    let reset_at = DateTime::parse_from_rfc3339(reset)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| reset.parse::<i64>().ok().and_then(|s| DateTime::from_timestamp(s, 0)))?;
+    let server_now = get("date")
+        .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+        .map_or(now, |d| d.with_timezone(&Utc));
+    Some((reset_at - server_now).to_std().unwrap_or(Duration::ZERO))
+}
+
+async fn classify(res: Response) -> PlatformError {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let reason = res
+        .json::<ErrorBody>()
+        .await
+        .map(|b| b.error)
+        .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_owned());
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PlatformError::Unauthorized { reason },
+        StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited { retry_after: rate_limit_wait(&headers, Utc::now()) },
+        s if s.is_server_error() => PlatformError::Transient { status: Some(s.as_u16()), reason },
+        s => PlatformError::Rejected { status: s.as_u16(), reason },
+    }
+}
+
+#[async_trait]
+impl Platform for Mastodon {
+    fn kind(&self) -> PlatformKind {
+        PlatformKind::Mastodon
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { idempotency_window: Some(IDEMPOTENCY_WINDOW), refresh: false, followers: true, requires_image: false }
+    }
+
+    fn validate(&self, account: &Account, post: &PostRequest) -> Result<(), Invalid> {
+        let limit = Self::max_characters(account);
+        let lead = Self::compose(post).chars().count() - post.url.chars().count();
+        let weighted = lead + URL_WEIGHT;
+        if weighted > limit {
+            return Err(Invalid {
+                field: "text",
+                code: "text_too_long",
+                message: format!("Mastodon allows {limit} characters (a URL counts as {URL_WEIGHT}); this share has {weighted}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn verify(&self, account: &Account, creds: &Credentials) -> Result<Profile, PlatformError> {
+        let url = format!("{}/api/v1/accounts/verify_credentials", Self::base(account)?);
+        let req = self.http.get(url).header("authorization", Self::bearer(creds)?);
+        let res = http::send(self.kind(), "verify", false, req).await?;
+        if !res.status().is_success() {
+            return Err(classify(res).await);
+        }
+        let a: MastodonAccount = res
+            .json()
+            .await
+            .map_err(|e| PlatformError::Transient { status: None, reason: format!("unreadable account: {e}") })?;
+        Ok(Profile { platform_account_id: a.id, handle: a.acct, followers_count: a.followers_count })
+    }
+
+    async fn share(&self, account: &Account, creds: &Credentials, post: &PostRequest) -> Result<Published, PlatformError> {
+        let url = format!("{}/api/v1/statuses", Self::base(account)?);
+        let body = serde_json::json!({ "status": Self::compose(post), "visibility": "public" });
+        let req = self
+            .http
+            .post(url)
+            .header("authorization", Self::bearer(creds)?)
+            .header("idempotency-key", &post.idempotency_key)
+            .json(&body);
+        let res = http::send(self.kind(), "share", true, req).await?;
+        if !res.status().is_success() {
+            return Err(classify(res).await);
+        }
+        // The status exists now; an unreadable body is not a reason to post again.
+        let s: Status = res
+            .json()
+            .await
+            .map_err(|e| PlatformError::OutcomeUnknown { reason: format!("unreadable status: {e}") })?;
+        Ok(Published { post_id: s.id, post_url: s.url })
+    }
+
+    async fn followers_page(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+        relation: Relation,
+        cursor: Option<&str>,
+    ) -> Result<FollowerPage, PlatformError> {
+        let base = Self::base(account)?;
+        let path = match relation {
+            Relation::Followers => "followers",
+            Relation::Follows => "following",
+        };
+        let first = format!("{base}/api/v1/accounts/{}/{path}?limit=80", account.platform_account_id);
+        // The cursor is the `next` link the instance gave; only follow it on the same instance.
+        let url = match cursor {
+            Some(c) if c.starts_with(&format!("{base}/")) => c.to_owned(),
+            Some(_) => return Err(PlatformError::Rejected { status: 0, reason: "cursor points off the instance".into() }),
+            None => first,
+        };
+        let req = self.http.get(url).header("authorization", Self::bearer(creds)?);
+        let res = http::send(self.kind(), "followers", false, req).await?;
+        if !res.status().is_success() {
+            return Err(classify(res).await);
+        }
+        let next_cursor = res.headers().get("link").and_then(|v| v.to_str().ok()).and_then(next_link);
+        let accounts: Vec<MastodonAccount> = res
+            .json()
+            .await
+            .map_err(|e| PlatformError::Transient { status: None, reason: format!("unreadable accounts: {e}") })?;
+        Ok(FollowerPage {
+            accounts: accounts
+                .into_iter()
+                .map(|a| FollowerAccount { platform_account_id: a.id, handle: a.acct })
+                .collect(),
+            next_cursor,
+        })
+    }
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+        is_next.then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(text: &str) -> PostRequest {
+        PostRequest {
+            share_id: "shr_1".into(),
+            url: "https://example.com/a/very/long/path/that/is/far/longer/than/twenty/three/characters".into(),
+            title: Some("Title".into()),
+            text: Some(text.into()),
+            image_url: None,
+            idempotency_key: "k".into(),
+        }
+    }
+
+    fn account(max: Option<u64>) -> Account {
+        let mut extras = serde_json::Map::new();
+        extras.insert("instance_url".into(), "https://m.example".into());
+        if let Some(m) = max {
+            extras.insert("max_characters".into(), m.into());
+        }
+        Account { platform_account_id: "1".into(), handle: "a".into(), extras }
+    }
+
+    #[test]
+    fn a_url_counts_as_twenty_three_characters() {
+        let m = Mastodon::new(Client::new());
+        assert!(m.validate(&account(None), &post(&"x".repeat(475))).is_ok());
+        let err = m.validate(&account(None), &post(&"x".repeat(476))).unwrap_err();
+        assert_eq!((err.field, err.code), ("text", "text_too_long"));
+        assert!(m.validate(&account(Some(1000)), &post(&"x".repeat(900))).is_ok());
+    }
+
+    #[test]
+    fn the_next_link_is_found_among_others() {
+        let h = r#"<https://m.example/api/v1/accounts/1/followers?max_id=7>; rel="next", <https://m.example/api/v1/accounts/1/followers?min_id=9>; rel="prev""#;
+        assert_eq!(next_link(h).as_deref(), Some("https://m.example/api/v1/accounts/1/followers?max_id=7"));
+        assert_eq!(next_link(r#"<https://x>; rel="prev""#), None);
+    }
+
+    #[test]
+    fn rate_limit_reset_is_read_as_iso_or_epoch_and_corrected_by_date() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", "2026-01-01T00:05:00.000000Z".parse().unwrap());
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(300)));
+        h.insert("date", "Thu, 01 Jan 2026 00:04:00 GMT".parse().unwrap());
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(60)));
+        let mut e = HeaderMap::new();
+        e.insert("x-ratelimit-reset", (now.timestamp() + 30).to_string().parse().unwrap());
+        assert_eq!(rate_limit_wait(&e, now), Some(Duration::from_secs(30)));
+        e.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(rate_limit_wait(&e, now), Some(Duration::from_secs(7)));
+    }
+}

@@ -1,0 +1,178 @@
+//! How jobs reach a queue backend.
+//!
+//! The API and the jobs push through [`JobQueue`]; the worker crate builds the apalis workers that
+//! consume. The store is the durable record and the queue only delivers: every push carries an
+//! idempotency key (the share's delivery key), so a push repeated by the reconciler is dropped by
+//! the backend, and a duplicate delivery finds the share already claimed.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use apalis_core::{backend::TaskSink, task::builder::TaskBuilder};
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::channel::mpsc;
+use serde_json::Value;
+
+use crate::payloads::QueueName;
+
+#[derive(Debug, thiserror::Error)]
+#[error("queue backend error: {0}")]
+pub struct QueueError(pub String);
+
+impl QueueError {
+    fn from<E: fmt::Display>(e: E) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Enqueues jobs. Cheap to share behind an `Arc`.
+#[async_trait]
+pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
+    /// Pushes `payload` to `queue`, to run at `run_at` (now or later). A second push with the same
+    /// `key` while the first is known to the backend is a no-op.
+    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), QueueError>;
+
+    /// The backend's name, for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+}
+
+fn delay_until(run_at: DateTime<Utc>) -> Duration {
+    (run_at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// In-process wake-ups: a push through this process's queue wakes this process's workers at once,
+/// without waiting for the next poll.
+#[derive(Debug, Default, Clone)]
+pub struct Wakeups {
+    listeners: Arc<Mutex<HashMap<QueueName, Vec<mpsc::Sender<()>>>>>,
+}
+
+impl Wakeups {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn wake(&self, queue: QueueName) {
+        let mut all = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = all.get_mut(&queue) {
+            // A full channel already holds a wake-up that has not been seen: nothing is lost by
+            // dropping this one, and a burst of pushes costs the worker one fetch, not one each.
+            list.retain_mut(|tx| match tx.try_send(()) {
+                Ok(()) => true,
+                Err(e) => e.is_full(),
+            });
+        }
+    }
+
+    /// A stream that yields once per wake-up of `queue`, for apalis's poll strategy.
+    pub fn stream(&self, queue: QueueName) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel(0);
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).entry(queue).or_default().push(tx);
+        rx
+    }
+}
+
+/// The embedded queue: apalis's SQLite backend, in the same file as the store.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    pool: apalis_sqlite::SqlitePool,
+    wakeups: Wakeups,
+}
+
+impl fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SqliteQueue")
+    }
+}
+
+impl SqliteQueue {
+    pub fn new(pool: apalis_sqlite::SqlitePool, wakeups: Wakeups) -> Self {
+        Self { pool, wakeups }
+    }
+
+    pub fn storage<T>(&self, queue: QueueName) -> SqliteStorage<T> {
+        SqliteStorage::new(&self.pool).with_config(apalis_sqlite::Config::default().queue(queue.as_str()))
+    }
+
+    pub fn pool(&self) -> &apalis_sqlite::SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl JobQueue for SqliteQueue {
+    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(payload).run_after(delay_until(run_at)).idempotency_key(key).build();
+        let mut storage = self.storage::<Value>(queue);
+        storage.push_task(task).await.map_err(QueueError::from)?;
+        self.wakeups.wake(queue);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(QueueError::from)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+/// apalis's Postgres backend, in the same database as the store; LISTEN/NOTIFY wakes workers in
+/// other processes.
+#[derive(Clone)]
+pub struct PostgresQueue {
+    pool: sqlx::PgPool,
+    wakeups: Wakeups,
+}
+
+impl fmt::Debug for PostgresQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PostgresQueue")
+    }
+}
+
+impl PostgresQueue {
+    pub fn new(pool: sqlx::PgPool, wakeups: Wakeups) -> Self {
+        Self { pool, wakeups }
+    }
+
+    pub fn storage<T>(&self, queue: QueueName) -> PostgresStorage<T> {
+        PostgresStorage::new(&self.pool).with_config(apalis_postgres::Config::default().queue(queue.as_str()))
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl JobQueue for PostgresQueue {
+    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(payload).run_after(delay_until(run_at)).idempotency_key(key).build();
+        let mut storage = self.storage::<Value>(queue);
+        storage.push_task(task).await.map_err(QueueError::from)?;
+        self.wakeups.wake(queue);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(QueueError::from)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,240 @@
+//! Connected accounts and their encrypted tokens.
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+use super::{Result, Store, StoreError, with_pool};
+use crate::{
+    ids,
+    platform::{Account, Credentials, PlatformKind},
+    vault::{KeyRing, Slot, VaultError},
+};
+
+const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
+    access_token_enc, refresh_token_enc, dpop_key_enc, token_expires_at, token_generation, \
+    needs_reauth, last_error, created_at, updated_at, revoked_at";
+
+/// A connection as stored; token columns hold vault envelopes, never clear text.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConnectionRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub platform: String,
+    pub platform_account_id: String,
+    pub handle: String,
+    pub extras: String,
+    pub scopes: String,
+    pub access_token_enc: Option<String>,
+    pub refresh_token_enc: Option<String>,
+    pub dpop_key_enc: Option<String>,
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub token_generation: i64,
+    pub needs_reauth: bool,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ConnectionRow {
+    pub fn platform_kind(&self) -> Option<PlatformKind> {
+        PlatformKind::parse(&self.platform)
+    }
+
+    pub fn account(&self) -> Account {
+        let extras = serde_json::from_str(&self.extras).unwrap_or_default();
+        Account { platform_account_id: self.platform_account_id.clone(), handle: self.handle.clone(), extras }
+    }
+
+    pub fn has_refresh_token(&self) -> bool {
+        self.refresh_token_enc.is_some()
+    }
+
+    /// Decrypts the tokens for one call.
+    pub fn credentials(&self, vault: &KeyRing) -> Result<Credentials, VaultError> {
+        let open = |column: &str, env: &Option<String>| {
+            env.as_deref()
+                .map(|e| vault.decrypt(Slot { table: "connections", row: &self.id, column }, e))
+                .transpose()
+        };
+        Ok(Credentials {
+            access_token: open("access_token", &self.access_token_enc)?,
+            refresh_token: open("refresh_token", &self.refresh_token_enc)?,
+            dpop_key: open("dpop_key", &self.dpop_key_enc)?,
+            expires_at: self.token_expires_at,
+        })
+    }
+}
+
+/// Tokens and identity to store for an account.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub platform: PlatformKind,
+    pub platform_account_id: String,
+    pub handle: String,
+    pub extras: serde_json::Map<String, serde_json::Value>,
+    pub scopes: Vec<String>,
+    pub tokens: StoredTokens,
+}
+
+/// Tokens to write. A `None` refresh token never overwrites a stored one.
+#[derive(Debug, Clone, Default)]
+pub struct StoredTokens {
+    pub access_token: Option<SecretString>,
+    pub refresh_token: Option<SecretString>,
+    pub dpop_key: Option<SecretString>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn seal(vault: &KeyRing, row: &str, column: &str, v: &Option<SecretString>) -> Result<Option<String>> {
+    v.as_ref()
+        .map(|s| vault.encrypt(Slot { table: "connections", row, column }, s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    /// Creates the connection, or updates the one this tenant already has for the same platform
+    /// account (same id, same history). Returns the stored row.
+    pub async fn upsert_connection(
+        &self,
+        tenant_id: &str,
+        new: &NewConnection,
+        vault: &KeyRing,
+        now: DateTime<Utc>,
+    ) -> Result<ConnectionRow> {
+        let candidate = ids::new(ids::CONNECTION);
+        let extras = serde_json::Value::Object(new.extras.clone()).to_string();
+        let scopes = new.scopes.join(" ");
+        let select = format!("SELECT {COLUMNS} FROM connections WHERE id = $1");
+        let row = with_pool!(&self.pool, "INSERT INTO connections (id, tenant_id, platform, platform_account_id, handle, extras, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (tenant_id, platform, platform_account_id) DO NOTHING", |p, sql| {
+            let mut tx = p.begin().await?;
+            sqlx::query(sql)
+                .bind(&candidate)
+                .bind(tenant_id)
+                .bind(new.platform.as_str())
+                .bind(&new.platform_account_id)
+                .bind(&new.handle)
+                .bind(&extras)
+                .bind(&scopes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let id: String = sqlx::query_scalar(crate::store::with_engine(p, "SELECT id FROM connections WHERE tenant_id = $1 AND platform = $2 AND platform_account_id = $3"))
+                .bind(tenant_id)
+                .bind(new.platform.as_str())
+                .bind(&new.platform_account_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let t = &new.tokens;
+            sqlx::query(crate::store::with_engine(p, "UPDATE connections SET handle = $2, extras = $3, scopes = $4, \
+                access_token_enc = $5, refresh_token_enc = COALESCE($6, refresh_token_enc), \
+                dpop_key_enc = COALESCE($7, dpop_key_enc), token_expires_at = $8, \
+                token_generation = token_generation + 1, revoked_at = NULL, updated_at = $9 WHERE id = $1"))
+                .bind(&id)
+                .bind(&new.handle)
+                .bind(&extras)
+                .bind(&scopes)
+                .bind(seal(vault, &id, "access_token", &t.access_token)?)
+                .bind(seal(vault, &id, "refresh_token", &t.refresh_token)?)
+                .bind(seal(vault, &id, "dpop_key", &t.dpop_key)?)
+                .bind(t.expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let row: ConnectionRow = sqlx::query_as(crate::store::with_engine(p, &select)).bind(&id).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            row
+        });
+        Ok(row)
+    }
+
+    /// Any tenant's connection: for workers, which act on ids from payloads.
+    pub async fn connection(&self, id: &str) -> Result<Option<ConnectionRow>> {
+        let q = format!("SELECT {COLUMNS} FROM connections WHERE id = $1");
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).fetch_optional(p).await?))
+    }
+
+    /// One tenant's connection; another tenant's id is simply not found.
+    pub async fn tenant_connection(&self, tenant_id: &str, id: &str) -> Result<Option<ConnectionRow>> {
+        let q = format!("SELECT {COLUMNS} FROM connections WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL");
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).bind(tenant_id).fetch_optional(p).await?))
+    }
+
+    /// A tenant's connections, oldest first, paged by id.
+    pub async fn list_connections(
+        &self,
+        tenant_id: &str,
+        needs_reauth: Option<bool>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ConnectionRow>> {
+        let q = format!(
+            "SELECT {COLUMNS} FROM connections WHERE tenant_id = $1 AND revoked_at IS NULL \
+             AND ($2 IS NULL OR needs_reauth = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql).bind(tenant_id).bind(needs_reauth).bind(after).bind(limit).fetch_all(p).await?
+        }))
+    }
+
+    /// Flags dead credentials: every job for this connection parks until it is reconnected.
+    pub async fn mark_needs_reauth(&self, id: &str, reason: &str, now: DateTime<Utc>) -> Result<()> {
+        with_pool!(&self.pool, "UPDATE connections SET needs_reauth = TRUE, last_error = $2, updated_at = $3 WHERE id = $1", |p, sql| {
+            sqlx::query(sql).bind(id).bind(reason).bind(now).execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// Connections by platform: (platform, live connections, of which needing reauth).
+    pub async fn connection_counts(&self) -> Result<Vec<(String, i64, i64)>> {
+        Ok(with_pool!(&self.pool, "SELECT platform, COUNT(*), SUM(CASE WHEN needs_reauth THEN 1 ELSE 0 END) FROM connections WHERE revoked_at IS NULL GROUP BY platform", |p, sql| {
+            sqlx::query_as(sql).fetch_all(p).await?
+        }))
+    }
+
+    /// Re-encrypts every token not yet under the ring's primary key, in batches. Each row is
+    /// rewritten only if its ciphertexts are still the ones read, so a concurrent token write wins.
+    pub async fn reencrypt_connections(&self, vault: &KeyRing, now: DateTime<Utc>) -> Result<u64> {
+        let current = format!("v1.{}.%", vault.primary_id());
+        let mut changed = 0;
+        loop {
+            let q = format!(
+                "SELECT {COLUMNS} FROM connections WHERE (access_token_enc IS NOT NULL AND access_token_enc NOT LIKE $1) \
+                 OR (refresh_token_enc IS NOT NULL AND refresh_token_enc NOT LIKE $1) \
+                 OR (dpop_key_enc IS NOT NULL AND dpop_key_enc NOT LIKE $1) ORDER BY id LIMIT 200"
+            );
+            let rows: Vec<ConnectionRow> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(&current).fetch_all(p).await?);
+            if rows.is_empty() {
+                return Ok(changed);
+            }
+            let mut progressed = false;
+            for row in rows {
+                let creds = row.credentials(vault).map_err(|e| StoreError::Corrupt(format!("connection {}: {e}", row.id)))?;
+                let access = seal(vault, &row.id, "access_token", &creds.access_token)?;
+                let refresh = seal(vault, &row.id, "refresh_token", &creds.refresh_token)?;
+                let dpop = seal(vault, &row.id, "dpop_key", &creds.dpop_key)?;
+                let done = with_pool!(&self.pool, "UPDATE connections SET access_token_enc = $2, refresh_token_enc = $3, dpop_key_enc = $4, updated_at = $5 \
+                    WHERE id = $1 AND access_token_enc IS NOT DISTINCT FROM $6 AND refresh_token_enc IS NOT DISTINCT FROM $7 AND dpop_key_enc IS NOT DISTINCT FROM $8", |p, sql| {
+                    sqlx::query(sql)
+                        .bind(&row.id)
+                        .bind(access)
+                        .bind(refresh)
+                        .bind(dpop)
+                        .bind(now)
+                        .bind(&row.access_token_enc)
+                        .bind(&row.refresh_token_enc)
+                        .bind(&row.dpop_key_enc)
+                        .execute(p)
+                        .await?
+                        .rows_affected()
+                });
+                changed += done;
+                progressed |= done > 0;
+            }
+            if !progressed {
+                return Ok(changed);
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The durable record, on SQLite (embedded default) or Postgres.
+//!
+//! One interface for both engines: each query is written once, in Postgres's `$n` placeholder form,
+//! and [`with_pool!`] runs it on whichever pool is configured (SQLite gets `?n`, which binds by the
+//! same number). Times are always bound from Rust, never taken from the database clock, so both
+//! engines compare them the same way.
+
+mod connections;
+mod keys;
+mod shares;
+
+pub use connections::{ConnectionRow, NewConnection, StoredTokens};
+pub use keys::{ApiKeyRole, AuthedKey};
+pub use shares::{AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, NewShare, ShareDepth, ShareRow, ShareState, ShareUpdate};
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, SqlitePool,
+    migrate::Migrator,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported DATABASE_URL `{0}`: use sqlite:PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A connection pool for one of the two engines.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs one query text on whichever engine the pool is.
+///
+/// `with_pool!(pool, "SELECT ... $1", |p, sql| body)` expands `body` once per engine with `p` bound
+/// to that engine's pool and `sql` to the query in its placeholder form (each query is a fixed text
+/// of this crate, never built from input, hence `AssertSqlSafe`).
+macro_rules! with_pool {
+    ($pool:expr, $text:expr, |$p:ident, $sql:ident| $body:expr) => {
+        match $pool {
+            $crate::store::Pool::Sqlite($p) => {
+                let $sql = sqlx::AssertSqlSafe($crate::store::sqlite_sql($text));
+                $body
+            }
+            $crate::store::Pool::Postgres($p) => {
+                let $sql = sqlx::AssertSqlSafe(String::from($text));
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// `$1` → `?1`: SQLite binds `?NNN` by number, so a query keeps its meaning on both engines.
+pub(crate) fn sqlite_sql(text: &str) -> String {
+    text.replace('$', "?")
+}
+
+/// Herald's store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Connects to `sqlite:PATH` (created if missing) or `postgres://...`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            Pool::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.split(':').next().unwrap_or("").to_owned()));
+        };
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies Herald's migrations. The queue backend keeps its own tables (and migration rows)
+    /// in the same database, so each migrator ignores the other's applied versions.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut m: Migrator = sqlx::migrate!("../migrations/sqlite");
+                m.set_ignore_missing(true);
+                m.run(p).await?;
+            }
+            Pool::Postgres(p) => {
+                let mut m: Migrator = sqlx::migrate!("../migrations/postgres");
+                m.set_ignore_missing(true);
+                m.run(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(&self.pool, "SELECT 1", |p, sql| {
+            sqlx::query(sql).execute(p).await?;
+        });
+        Ok(())
+    }
+}
+
+/// The query text in the placeholder form of the engine a connection or transaction belongs to.
+pub(crate) fn with_engine<P: Engine + ?Sized>(_on: &P, text: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(if P::SQLITE { sqlite_sql(text) } else { text.to_owned() })
+}
+
+/// Which placeholder form an engine's pool takes.
+pub(crate) trait Engine {
+    const SQLITE: bool;
+}
+
+impl Engine for SqlitePool {
+    const SQLITE: bool = true;
+}
+
+impl Engine for PgPool {
+    const SQLITE: bool = false;
+}

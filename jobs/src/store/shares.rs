@@ -1,0 +1,498 @@
+//! Shares: one row per (request, target connection), the durable record of a post.
+//!
+//! Every state change is a compare-and-set on `(state, attempts)`, so at most one worker runs a
+//! share at a time, a duplicate delivery from the queue finds nothing to do, and a worker whose
+//! lease lapsed cannot overwrite the outcome of the worker that took over.
+
+use chrono::{DateTime, Utc};
+
+use super::{Result, Store, StoreError, with_engine, with_pool};
+use crate::ids;
+
+const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
+    attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
+    last_status, post_id, post_url, created_at, updated_at, finished_at";
+
+/// The states of a share. `succeeded` means a platform post id is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Parked,
+    OutcomeUnknown,
+    Cancelled,
+    Expired,
+}
+
+impl ShareState {
+    pub const ALL: [ShareState; 8] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Parked,
+        Self::OutcomeUnknown,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Parked => "parked",
+            Self::OutcomeUnknown => "outcome_unknown",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ShareRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub connection_id: String,
+    pub platform: String,
+    pub url: String,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub image_url: Option<String>,
+    pub state: String,
+    pub attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub first_sent_at: Option<DateTime<Utc>>,
+    pub last_error_class: Option<String>,
+    pub last_error: Option<String>,
+    pub last_status: Option<i32>,
+    pub post_id: Option<String>,
+    pub post_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ShareRow {
+    pub fn state(&self) -> Result<ShareState> {
+        ShareState::parse(&self.state).ok_or_else(|| StoreError::Corrupt(format!("share state `{}`", self.state)))
+    }
+
+    /// The queue's idempotency key for the delivery of this share's next attempt: the same for
+    /// every push of one scheduled run, different for the next run.
+    pub fn delivery_key(&self) -> String {
+        format!("share:{}:{}:{}", self.id, self.attempts, self.run_at.timestamp_millis())
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub id: String,
+    pub share_id: String,
+    pub number: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub error_class: Option<String>,
+    pub error_message: Option<String>,
+    pub platform_status: Option<i32>,
+}
+
+/// One target of a share request, validated.
+#[derive(Debug, Clone)]
+pub struct NewShare {
+    pub connection_id: String,
+    pub platform: String,
+    pub url: String,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub image_url: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+/// A whole share request: written in one transaction with its idempotency key.
+#[derive(Debug, Clone)]
+pub struct CreateShares {
+    pub tenant_id: String,
+    pub idempotency_key: Option<String>,
+    /// A digest of the request body: the same key with another body is refused.
+    pub request_hash: String,
+    pub shares: Vec<NewShare>,
+}
+
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(Vec<ShareRow>),
+    /// The key was seen before with the same request: these are the shares it made.
+    Replayed(Vec<ShareRow>),
+    /// The key was seen before with a different request.
+    KeyReused,
+}
+
+/// What a worker may do with a share it was handed.
+#[derive(Debug)]
+pub enum Claim {
+    /// This worker holds the lease. `recovered` says a previous attempt's worker vanished
+    /// mid-call, so that attempt may have reached the platform.
+    Run { share: ShareRow, recovered: bool },
+    /// Not due yet (an early delivery): run it at `run_at`.
+    NotDue(ShareRow),
+    /// Another worker holds a live lease, or won the race for it.
+    Busy,
+    /// Nothing to do: a final state, parked, cancelled, or expired just now.
+    Settled(ShareRow),
+    Gone,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum ShareUpdate {
+    Succeeded { post_id: String, post_url: Option<String> },
+    Retry { run_at: DateTime<Utc>, class: String, message: String, status: Option<u16> },
+    Failed { class: String, message: String, status: Option<u16> },
+    Parked { class: String, message: String },
+    OutcomeUnknown { message: String },
+}
+
+impl ShareUpdate {
+    fn state(&self) -> ShareState {
+        match self {
+            Self::Succeeded { .. } => ShareState::Succeeded,
+            Self::Retry { .. } => ShareState::Queued,
+            Self::Failed { .. } => ShareState::Failed,
+            Self::Parked { .. } => ShareState::Parked,
+            Self::OutcomeUnknown { .. } => ShareState::OutcomeUnknown,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Succeeded { .. } => "succeeded",
+            Self::Retry { .. } => "retried",
+            Self::Failed { .. } => "failed",
+            Self::Parked { .. } => "parked",
+            Self::OutcomeUnknown { .. } => "outcome_unknown",
+        }
+    }
+}
+
+/// What cancelling found.
+#[derive(Debug)]
+pub enum Cancel {
+    Cancelled(ShareRow),
+    TooLate(ShareRow),
+    NotFound,
+}
+
+/// Share counts for the queue-depth gauges.
+#[derive(Debug, Clone, Default)]
+pub struct ShareDepth {
+    pub ready: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub parked: i64,
+    pub oldest_ready: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    pub async fn create_shares(&self, req: &CreateShares, now: DateTime<Utc>) -> Result<CreateOutcome> {
+        let rows: Vec<ShareRow> = req
+            .shares
+            .iter()
+            .map(|s| ShareRow {
+                id: ids::new(ids::SHARE),
+                tenant_id: req.tenant_id.clone(),
+                connection_id: s.connection_id.clone(),
+                platform: s.platform.clone(),
+                url: s.url.clone(),
+                title: s.title.clone(),
+                body: s.body.clone(),
+                image_url: s.image_url.clone(),
+                state: ShareState::Queued.as_str().to_owned(),
+                attempts: 0,
+                run_at: s.run_at,
+                not_after: s.not_after,
+                lease_until: None,
+                first_sent_at: None,
+                last_error_class: None,
+                last_error: None,
+                last_status: None,
+                post_id: None,
+                post_url: None,
+                created_at: now,
+                updated_at: now,
+                finished_at: None,
+            })
+            .collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let ids_json = serde_json::to_string(&ids).expect("ids serialize");
+        let select = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
+        let outcome = with_pool!(&self.pool, "INSERT INTO idempotency_keys (tenant_id, key, request_hash, share_ids, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING", |p, sql| {
+            let mut tx = p.begin().await?;
+            if let Some(key) = &req.idempotency_key {
+                let fresh = sqlx::query(sql)
+                    .bind(&req.tenant_id)
+                    .bind(key)
+                    .bind(&req.request_hash)
+                    .bind(&ids_json)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() == 1;
+                if !fresh {
+                    let (hash, stored): (String, String) = sqlx::query_as(with_engine(p, "SELECT request_hash, share_ids FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"))
+                        .bind(&req.tenant_id)
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if hash != req.request_hash {
+                        return Ok(CreateOutcome::KeyReused);
+                    }
+                    let stored: Vec<String> = serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let mut found = Vec::with_capacity(stored.len());
+                    for id in stored {
+                        let row: ShareRow = sqlx::query_as(with_engine(p, &select)).bind(id).fetch_one(&mut *tx).await?;
+                        found.push(row);
+                    }
+                    return Ok(CreateOutcome::Replayed(found));
+                }
+            }
+            let insert = with_engine(p, "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)");
+            for r in &rows {
+                sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
+                    .bind(&r.id)
+                    .bind(&r.tenant_id)
+                    .bind(&r.connection_id)
+                    .bind(&r.platform)
+                    .bind(&r.url)
+                    .bind(&r.title)
+                    .bind(&r.body)
+                    .bind(&r.image_url)
+                    .bind(&r.state)
+                    .bind(r.run_at)
+                    .bind(r.not_after)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            CreateOutcome::Created(rows)
+        });
+        Ok(outcome)
+    }
+
+    pub async fn share(&self, id: &str) -> Result<Option<ShareRow>> {
+        let q = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).fetch_optional(p).await?))
+    }
+
+    pub async fn tenant_share(&self, tenant_id: &str, id: &str) -> Result<Option<ShareRow>> {
+        let q = format!("SELECT {COLUMNS} FROM shares WHERE id = $1 AND tenant_id = $2");
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).bind(tenant_id).fetch_optional(p).await?))
+    }
+
+    /// A tenant's shares, newest first, optionally of one URL; paged by id (ids are time-ordered).
+    pub async fn list_shares(
+        &self,
+        tenant_id: &str,
+        url: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ShareRow>> {
+        let q = format!(
+            "SELECT {COLUMNS} FROM shares WHERE tenant_id = $1 AND ($2 IS NULL OR url = $2) \
+             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql).bind(tenant_id).bind(url).bind(before).bind(limit).fetch_all(p).await?
+        }))
+    }
+
+    pub async fn share_attempts(&self, share_id: &str) -> Result<Vec<AttemptRow>> {
+        Ok(with_pool!(&self.pool, "SELECT id, share_id, number, started_at, finished_at, outcome, error_class, error_message, platform_status FROM share_attempts WHERE share_id = $1 ORDER BY number", |p, sql| {
+            sqlx::query_as(sql).bind(share_id).fetch_all(p).await?
+        }))
+    }
+
+    /// Takes the lease on a share for one attempt, if it is this worker's to run.
+    pub async fn claim_share(&self, id: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<Claim> {
+        let Some(share) = self.share(id).await? else { return Ok(Claim::Gone) };
+        let state = share.state()?;
+        let recovered = match state {
+            ShareState::Queued if share.not_after.is_some_and(|t| t < now) => {
+                return self.expire(share, now).await;
+            }
+            ShareState::Queued if share.run_at > now => return Ok(Claim::NotDue(share)),
+            ShareState::Queued => false,
+            ShareState::Running if share.lease_until.is_some_and(|t| t >= now) => return Ok(Claim::Busy),
+            ShareState::Running => true,
+            _ => return Ok(Claim::Settled(share)),
+        };
+        let q = format!(
+            "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $4, \
+             first_sent_at = COALESCE(first_sent_at, $3), updated_at = $3 \
+             WHERE id = $1 AND state = $2 AND attempts = $5 RETURNING {COLUMNS}"
+        );
+        let claimed: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql)
+                .bind(id)
+                .bind(state.as_str())
+                .bind(now)
+                .bind(lease_until)
+                .bind(share.attempts)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(match claimed {
+            Some(share) => Claim::Run { share, recovered },
+            None => Claim::Busy,
+        })
+    }
+
+    async fn expire(&self, share: ShareRow, now: DateTime<Utc>) -> Result<Claim> {
+        let q = format!(
+            "UPDATE shares SET state = 'expired', last_error_class = 'expired', \
+             last_error = 'not run before its lateness limit', updated_at = $2, finished_at = $2 \
+             WHERE id = $1 AND state = 'queued' AND attempts = $3 RETURNING {COLUMNS}"
+        );
+        let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql).bind(&share.id).bind(now).bind(share.attempts).fetch_optional(p).await?
+        });
+        Ok(row.map_or(Claim::Busy, Claim::Settled))
+    }
+
+    /// Records how attempt `attempt` ended, if this worker still holds the share. Returns the new
+    /// row, or `None` when another worker took the share over (this outcome is then dropped).
+    pub async fn finish_attempt(
+        &self,
+        id: &str,
+        attempt: i32,
+        started_at: DateTime<Utc>,
+        update: &ShareUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ShareRow>> {
+        let state = update.state();
+        let (class, message, status) = match update {
+            ShareUpdate::Succeeded { .. } => (None, None, None),
+            ShareUpdate::Retry { class, message, status, .. } | ShareUpdate::Failed { class, message, status } => {
+                (Some(class.as_str()), Some(message.as_str()), status.map(i32::from))
+            }
+            ShareUpdate::Parked { class, message } => (Some(class.as_str()), Some(message.as_str()), None),
+            ShareUpdate::OutcomeUnknown { message } => (Some("outcome_unknown"), Some(message.as_str()), None),
+        };
+        let (post_id, post_url) = match update {
+            ShareUpdate::Succeeded { post_id, post_url } => (Some(post_id.as_str()), post_url.as_deref()),
+            _ => (None, None),
+        };
+        let run_at = match update {
+            ShareUpdate::Retry { run_at, .. } => Some(*run_at),
+            _ => None,
+        };
+        let finished = !matches!(update, ShareUpdate::Retry { .. } | ShareUpdate::Parked { .. });
+        let q = format!(
+            "UPDATE shares SET state = $3, last_error_class = $4, last_error = $5, last_status = $6, \
+             post_id = COALESCE($7, post_id), post_url = COALESCE($8, post_url), \
+             run_at = COALESCE($9, run_at), lease_until = NULL, updated_at = $10, \
+             finished_at = CASE WHEN $11 THEN $10 ELSE NULL END \
+             WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
+        );
+        let attempt_id = ids::new(ids::ATTEMPT);
+        let row = with_pool!(&self.pool, &q, |p, sql| {
+            let mut tx = p.begin().await?;
+            let row: Option<ShareRow> = sqlx::query_as(sql)
+                .bind(id)
+                .bind(attempt)
+                .bind(state.as_str())
+                .bind(class)
+                .bind(message)
+                .bind(status)
+                .bind(post_id)
+                .bind(post_url)
+                .bind(run_at)
+                .bind(now)
+                .bind(finished)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if row.is_some() {
+                sqlx::query(with_engine(p, "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, outcome, error_class, error_message, platform_status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+                    .bind(&attempt_id)
+                    .bind(id)
+                    .bind(attempt)
+                    .bind(started_at)
+                    .bind(now)
+                    .bind(update.outcome())
+                    .bind(class)
+                    .bind(message)
+                    .bind(status)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            row
+        });
+        Ok(row)
+    }
+
+    /// Cancels a share that has not run (queued or parked).
+    pub async fn cancel_share(&self, tenant_id: &str, id: &str, now: DateTime<Utc>) -> Result<Cancel> {
+        let q = format!(
+            "UPDATE shares SET state = 'cancelled', updated_at = $3, finished_at = $3 \
+             WHERE id = $1 AND tenant_id = $2 AND state IN ('queued', 'parked') RETURNING {COLUMNS}"
+        );
+        let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql).bind(id).bind(tenant_id).bind(now).fetch_optional(p).await?
+        });
+        Ok(match row {
+            Some(r) => Cancel::Cancelled(r),
+            None => match self.tenant_share(tenant_id, id).await? {
+                Some(r) => Cancel::TooLate(r),
+                None => Cancel::NotFound,
+            },
+        })
+    }
+
+    /// Shares whose delivery may have been lost: due for longer than the grace period, or running
+    /// under a lease that lapsed. The reconciler pushes them again under their delivery key.
+    pub async fn shares_needing_delivery(&self, now: DateTime<Utc>, due_before: DateTime<Utc>, limit: i64) -> Result<Vec<ShareRow>> {
+        let q = format!(
+            "SELECT {COLUMNS} FROM shares WHERE (state = 'queued' AND run_at <= $1) \
+             OR (state = 'running' AND lease_until < $2) ORDER BY run_at LIMIT $3"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql).bind(due_before).bind(now).bind(limit).fetch_all(p).await?
+        }))
+    }
+
+    /// Counts for the queue gauges, from the partial index on active shares.
+    pub async fn share_depth(&self, now: DateTime<Utc>) -> Result<ShareDepth> {
+        let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = with_pool!(&self.pool, "SELECT state, SUM(CASE WHEN run_at <= $1 THEN 1 ELSE 0 END), COUNT(*), MIN(CASE WHEN run_at <= $1 THEN run_at END) FROM shares WHERE state IN ('queued', 'running') GROUP BY state", |p, sql| {
+            sqlx::query_as(sql).bind(now).fetch_all(p).await?
+        });
+        let mut d = ShareDepth::default();
+        for (state, due, all, oldest) in rows {
+            match state.as_str() {
+                "queued" => {
+                    d.ready = due;
+                    d.scheduled = all - due;
+                    d.oldest_ready = oldest;
+                }
+                _ => d.running = all,
+            }
+        }
+        d.parked = with_pool!(&self.pool, "SELECT COUNT(*) FROM shares WHERE state = 'parked'", |p, sql| {
+            sqlx::query_scalar(sql).fetch_one(p).await?
+        });
+        Ok(d)
+    }
+}

@@ -1,0 +1,108 @@
+//! Every setting Herald reads, in one place. Each is a flag and an environment variable; the
+//! variable names are what `.env.example` documents.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Args;
+use herald_jobs::{Settings, retry::RetryPolicy, ssrf::SsrfGuard};
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Where the store lives: `sqlite:PATH` (embedded default) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:herald.db")]
+    pub database_url: String,
+
+    /// Encryption keys for tokens at rest, `id:base64key[,id:base64key...]`; the first encrypts.
+    /// `herald serve` on SQLite creates one beside the database file if this is unset.
+    #[arg(long, env = "HERALD_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<String>,
+
+    /// The API's listen address.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where a worker process serves /metrics, /healthz and /readyz.
+    #[arg(long, env = "HERALD_WORKER_LISTEN", default_value = "127.0.0.1:9090")]
+    pub worker_listen: SocketAddr,
+
+    /// If set, /metrics needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// `text` or `json` log lines.
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Let user-supplied URLs point at private and loopback addresses. Tests and local
+    /// development only: it disables the SSRF guard.
+    #[arg(long, env = "HERALD_SSRF_ALLOW_PRIVATE", default_value_t = false)]
+    pub ssrf_allow_private: bool,
+
+    /// Jobs one worker runs at once.
+    #[arg(long, env = "HERALD_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Attempts per share, the first included.
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+
+    /// The first retry's base delay, in milliseconds; later ones double, with jitter.
+    #[arg(long, env = "HERALD_RETRY_BASE_MS", default_value_t = 5_000)]
+    pub retry_base_ms: u64,
+
+    /// The longest retry delay, in seconds.
+    #[arg(long, env = "HERALD_RETRY_MAX_SECS", default_value_t = 1_800)]
+    pub retry_max_secs: u64,
+
+    /// The longest one platform call may take, in seconds.
+    #[arg(long, env = "HERALD_PLATFORM_TIMEOUT_SECS", default_value_t = 30)]
+    pub platform_timeout_secs: u64,
+
+    /// How long a worker holds a share, in seconds; must exceed the platform timeout.
+    #[arg(long, env = "HERALD_LEASE_SECS", default_value_t = 90)]
+    pub lease_secs: u64,
+
+    /// A share not run within this many seconds of its publish time expires.
+    #[arg(long, env = "HERALD_SHARE_LATENESS_SECS", default_value_t = 86_400)]
+    pub share_lateness_secs: u64,
+
+    /// A share due for this many seconds without being picked up is delivered again.
+    #[arg(long, env = "HERALD_REDELIVERY_GRACE_SECS", default_value_t = 120)]
+    pub redelivery_grace_secs: u64,
+
+    /// How often the reconciler runs, in seconds.
+    #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 30)]
+    pub reconcile_secs: u64,
+}
+
+impl Config {
+    /// The settings the jobs and the API use, checked for unsafe combinations.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        anyhow::ensure!(
+            self.lease_secs > self.platform_timeout_secs,
+            "HERALD_LEASE_SECS ({}) must exceed HERALD_PLATFORM_TIMEOUT_SECS ({}), or a live worker could lose its share mid-call",
+            self.lease_secs,
+            self.platform_timeout_secs
+        );
+        anyhow::ensure!(self.max_attempts >= 1, "HERALD_MAX_ATTEMPTS must be at least 1");
+        anyhow::ensure!((1..=256).contains(&self.concurrency), "HERALD_CONCURRENCY must be between 1 and 256");
+        if self.ssrf_allow_private {
+            tracing::warn!("HERALD_SSRF_ALLOW_PRIVATE is on: user-supplied URLs may reach private addresses");
+        }
+        Ok(Settings {
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                base_delay: Duration::from_millis(self.retry_base_ms),
+                max_delay: Duration::from_secs(self.retry_max_secs),
+                ..RetryPolicy::default()
+            },
+            platform_timeout: Duration::from_secs(self.platform_timeout_secs),
+            lease: Duration::from_secs(self.lease_secs),
+            share_lateness: Duration::from_secs(self.share_lateness_secs),
+            redelivery_grace: Duration::from_secs(self.redelivery_grace_secs),
+            reconcile_every: Duration::from_secs(self.reconcile_secs.max(1)),
+            concurrency: self.concurrency,
+            ssrf: if self.ssrf_allow_private { SsrfGuard::allowing_private() } else { SsrfGuard::strict() },
+        })
+    }
+}

@@ -1,0 +1,164 @@
+//! `herald`: one binary, a subcommand per process role.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use herald::{app, config::Config, keys};
+use herald_jobs::{store::Store, vault::KeyRing};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Durable jobs that publish on behalf of people to social networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API, workers and sweeps in one process (the embedded default: one SQLite file).
+    Serve(Config),
+    /// The HTTP API only.
+    Api(Config),
+    /// The queue workers only (serves /metrics, /healthz, /readyz on HERALD_WORKER_LISTEN).
+    Worker(Config),
+    /// Applies the store's and the queue's migrations.
+    Migrate(Config),
+    /// API keys and encryption keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Creates an API key for a tenant (created if new), or an operator key. Shown once.
+    Create {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "tenant")]
+        operator: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Prints a fresh encryption key for HERALD_ENCRYPTION_KEYS.
+    Generate,
+    /// Re-encrypts every stored token under the first key of HERALD_ENCRYPTION_KEYS.
+    Rotate(Config),
+}
+
+fn init_logs(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} to {addr}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => {
+            init_logs(&config.log_format);
+            let settings = config.settings()?;
+            let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, true)?;
+            let parts = app::connect(&config.database_url, settings, ring).await?;
+            app::migrate(&parts.ctx.store).await?;
+            let listener = bind(config.listen, "API").await?;
+            let state = app::api_state(parts.ctx.clone(), config.metrics_token.clone());
+            println!("Herald is listening on http://{}", listener.local_addr()?);
+            println!("  store and queue: {}", app::redact_url(&config.database_url));
+            println!("  get an API key:  herald keys create --tenant NAME   (same DATABASE_URL)");
+            println!("  API reference:   http://{}/openapi.json", listener.local_addr()?);
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            let api = tokio::spawn(app::serve_api(listener, state, wait(rx.clone())));
+            let worker = tokio::spawn(app::run_worker(parts, wait(rx)));
+            shutdown_signal().await;
+            let _ = tx.send(true);
+            api.await??;
+            worker.await??;
+        }
+        Command::Api(config) => {
+            init_logs(&config.log_format);
+            let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+            let parts = app::connect(&config.database_url, config.settings()?, ring).await?;
+            let listener = bind(config.listen, "API").await?;
+            tracing::info!(addr = %listener.local_addr()?, "API listening");
+            app::serve_api(listener, app::api_state(parts.ctx, config.metrics_token.clone()), shutdown_signal()).await?;
+        }
+        Command::Worker(config) => {
+            init_logs(&config.log_format);
+            let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+            let parts = app::connect(&config.database_url, config.settings()?, ring).await?;
+            let listener = bind(config.worker_listen, "worker's ops listener").await?;
+            tracing::info!(addr = %listener.local_addr()?, "worker ops endpoints listening");
+            let state = app::api_state(parts.ctx.clone(), config.metrics_token.clone());
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let mut ops_rx = rx.clone();
+            let ops = tokio::spawn(app::serve_ops(listener, state, async move {
+                let _ = ops_rx.wait_for(|stop| *stop).await;
+            }));
+            let mut worker_rx = rx;
+            let worker = tokio::spawn(app::run_worker(parts, async move {
+                let _ = worker_rx.wait_for(|stop| *stop).await;
+            }));
+            shutdown_signal().await;
+            let _ = tx.send(true);
+            worker.await??;
+            ops.await??;
+        }
+        Command::Migrate(config) => {
+            init_logs(&config.log_format);
+            let store = Store::connect(&config.database_url).await?;
+            app::migrate(&store).await?;
+            println!("migrations applied to {}", app::redact_url(&config.database_url));
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Generate => println!("{}", KeyRing::generate_spec()),
+            KeysCommand::Create { tenant, operator, config } => {
+                init_logs(&config.log_format);
+                let store = Store::connect(&config.database_url).await?;
+                app::migrate(&store).await?;
+                let key = keys::create(&store, tenant.as_deref(), operator).await?;
+                println!("{key}");
+                eprintln!("This key is shown once; Herald stores only its hash. Send it as `Authorization: Bearer <key>`.");
+            }
+            KeysCommand::Rotate(config) => {
+                init_logs(&config.log_format);
+                let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+                let store = Store::connect(&config.database_url).await?;
+                let n = keys::rotate(&store, &ring).await?;
+                println!("re-encrypted {n} connections under key `{}`", ring.primary_id());
+            }
+        },
+    }
+    Ok(())
+}
