@@ -77,14 +77,28 @@ impl From<JsonRejection> for ApiError {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
             }
             JsonRejection::JsonDataError(e) => {
-                // serde names the path of the field it could not read, e.g. `connection_ids[0]`.
                 let text = e.body_text();
-                let field = text.split(": ").next().map(|f| f.trim_start_matches("Failed to deserialize the JSON body into the target type").trim().to_owned()).filter(|f| !f.is_empty() && !f.contains(' '));
-                Self { status: StatusCode::UNPROCESSABLE_ENTITY, code: "invalid_field", message: text, field }
+                let (code, field) = data_error_field(&text);
+                Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: text, field }
             }
             other => Self::new(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
         }
     }
+}
+
+/// Reads the field at fault out of serde's message, e.g. ``missing field `url` ``,
+/// ``unknown field `foo` ``, or `connection_ids[0]: invalid type: ...`.
+fn data_error_field(text: &str) -> (&'static str, Option<String>) {
+    let inner = text.split_once("target type: ").map_or(text, |(_, rest)| rest);
+    let quoted = |marker: &str| inner.split_once(marker).and_then(|(_, rest)| rest.split('`').next()).map(str::to_owned);
+    if let Some(f) = quoted("missing field `") {
+        return ("missing_field", Some(f));
+    }
+    if let Some(f) = quoted("unknown field `") {
+        return ("unknown_field", Some(f));
+    }
+    let path = inner.split_once(": ").map(|(p, _)| p).filter(|p| !p.is_empty() && *p != "." && !p.contains(' '));
+    ("invalid_field", path.map(str::to_owned))
 }
 
 impl IntoResponse for ApiError {

@@ -1,0 +1,9 @@
+//! End-to-end tests of the whole system: the API and workers in-process (and as child processes
+//! where a test kills one), real SQLite and Postgres stores, and local servers answering as each
+//! platform documents.
+
+mod support;
+
+mod api;
+mod dashboards;
+mod sharing;

@@ -1,0 +1,152 @@
+//! A local server that answers as Mastodon documents: `POST /api/v1/statuses` with its
+//! `Idempotency-Key` semantics (a repeated key returns the status it created, the key being stored
+//! once the status exists), `verify_credentials`, and the documented errors.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+
+/// What the next `POST /api/v1/statuses` does.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// 401 `{"error":"The access token is invalid"}`.
+    InvalidToken,
+    /// 422 `{"error":"Validation failed: ..."}`.
+    Unprocessable(&'static str),
+    /// 429 with the given headers.
+    RateLimited(Vec<(&'static str, String)>),
+    /// 503.
+    Unavailable,
+    /// Creates the status, then never answers (the client's timeout fires).
+    CreateThenHang,
+}
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    script: VecDeque<Reply>,
+    received: Vec<Received>,
+    statuses: Vec<Value>,
+    by_key: HashMap<String, Value>,
+}
+
+#[derive(Clone)]
+pub struct FakeMastodon {
+    pub base: String,
+    pub token: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeMastodon {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+        let app_state = (inner.clone(), token.clone());
+        let app = Router::new()
+            .route("/api/v1/statuses", post(create_status))
+            .route("/api/v1/accounts/verify_credentials", get(verify))
+            .with_state(app_state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base, token, inner }
+    }
+
+    /// Queues replies for the next requests; once they are used up, requests succeed.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner.lock().unwrap().script.extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().received.clone()
+    }
+
+    /// Statuses actually created (a repeat under a known key creates none).
+    pub fn statuses(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().statuses.clone()
+    }
+}
+
+type AppState = (Arc<Mutex<Inner>>, String);
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    (status, Json(json!({ "error": msg }))).into_response()
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {token}"))
+}
+
+async fn verify(State((_inner, token)): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, &token) {
+        return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+    }
+    Json(json!({ "id": "109", "username": "alice", "acct": "alice", "followers_count": 3 })).into_response()
+}
+
+async fn create_status(State((inner, token)): State<AppState>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let reply = {
+        let mut g = inner.lock().unwrap();
+        g.received.push(Received { headers: headers.clone(), body: body.clone() });
+        if !authorized(&headers, &token) {
+            return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+        }
+        if let Some(existing) = key.as_ref().and_then(|k| g.by_key.get(k)) {
+            return Json(existing.clone()).into_response();
+        }
+        g.script.pop_front()
+    };
+    let create = |inner: &Arc<Mutex<Inner>>| {
+        let mut g = inner.lock().unwrap();
+        let id = (110_000_000 + g.statuses.len()).to_string();
+        let status = json!({
+            "id": id,
+            "uri": format!("https://social.example/users/alice/statuses/{id}"),
+            "url": format!("https://social.example/@alice/{id}"),
+            "content": body["status"],
+            "visibility": body["visibility"],
+            "card": null,
+        });
+        g.statuses.push(status.clone());
+        if let Some(k) = &key {
+            g.by_key.insert(k.clone(), status.clone());
+        }
+        status
+    };
+    match reply {
+        None => Json(create(&inner)).into_response(),
+        Some(Reply::InvalidToken) => error(StatusCode::UNAUTHORIZED, "The access token is invalid"),
+        Some(Reply::Unprocessable(msg)) => error(StatusCode::UNPROCESSABLE_ENTITY, msg),
+        Some(Reply::Unavailable) => error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+        Some(Reply::RateLimited(hs)) => {
+            let mut res = error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+            for (k, v) in hs {
+                res.headers_mut().insert(k, v.parse().unwrap());
+            }
+            res
+        }
+        Some(Reply::CreateThenHang) => {
+            create(&inner);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            error(StatusCode::GATEWAY_TIMEOUT, "unreachable")
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The end-to-end harness: Herald's API and workers spawned in-process on port 0 against a fresh
+//! store, and local servers that answer as each platform documents.
+
+pub mod db;
+pub mod mastodon;
+
+use std::{future::Future, time::Duration};
+
+use chrono::Utc;
+use herald::app;
+use herald_jobs::{Settings, retry::RetryPolicy, ssrf::SsrfGuard, vault::KeyRing};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub use db::{Engine, TestDb};
+pub use mastodon::{FakeMastodon, Reply};
+
+/// Generates one `#[tokio::test]` per store engine from `async fn name(engine: Engine)`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        pub mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::support::Engine::Sqlite).await } )*
+        }
+        pub mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::support::Engine::Postgres).await } )*
+        }
+    };
+}
+
+/// Settings that make retries and leases quick enough for tests.
+pub fn fast_settings() -> Settings {
+    Settings {
+        retry: RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+            default_rate_limit_wait: Duration::from_secs(1),
+            max_rate_limit_wait: Duration::from_secs(5),
+        },
+        platform_timeout: Duration::from_millis(1500),
+        lease: Duration::from_secs(3),
+        share_lateness: Duration::from_secs(3600),
+        redelivery_grace: Duration::from_secs(2),
+        reconcile_every: Duration::from_millis(500),
+        concurrency: 4,
+        ssrf: SsrfGuard::allowing_private(),
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    /// A tenant key for tenant "acme".
+    pub key: String,
+    pub parts: app::Parts,
+    pub db: TestDb,
+    pub mastodon: FakeMastodon,
+    /// The encryption key ring, for child processes on the same store.
+    pub key_spec: String,
+    stop: watch::Sender<bool>,
+}
+
+impl TestApp {
+    pub async fn spawn(engine: Engine) -> Self {
+        Self::spawn_with(engine, true, fast_settings()).await
+    }
+
+    /// `workers: false` runs the API alone (a test then starts workers itself).
+    pub async fn spawn_with(engine: Engine, workers: bool, settings: Settings) -> Self {
+        let db = TestDb::new(engine).await;
+        let key_spec = KeyRing::generate_spec();
+        let ring = KeyRing::parse(&key_spec).unwrap();
+        let parts = app::connect(&db.url, settings, ring).await.unwrap();
+        app::migrate(&parts.ctx.store).await.unwrap();
+        let key = herald::keys::create(&parts.ctx.store, Some("acme"), false).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = watch::channel(false);
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(app::serve_api(listener, app::api_state(parts.ctx.clone(), None), wait(rx.clone())));
+        if workers {
+            tokio::spawn(app::run_worker(parts.clone(), wait(rx)));
+        }
+        let mastodon = FakeMastodon::start().await;
+        Self { base, http: reqwest::Client::new(), key, parts, db, mastodon, key_spec, stop }
+    }
+
+    pub async fn key_for(&self, tenant: &str) -> String {
+        herald::keys::create(&self.parts.ctx.store, Some(tenant), false).await.unwrap()
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, Some(&self.key), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(&self.key), Some(body)).await
+    }
+
+    /// Imports a Mastodon connection pointing at the fake server.
+    pub async fn mastodon_connection(&self) -> String {
+        self.mastodon_connection_with(&self.key, "109", &self.mastodon.token.clone()).await
+    }
+
+    pub async fn mastodon_connection_with(&self, key: &str, account: &str, token: &str) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/connections",
+                Some(key),
+                Some(json!({
+                    "platform": "mastodon",
+                    "platform_account_id": account,
+                    "handle": "alice@social.example",
+                    "access_token": token,
+                    "scopes": ["write:statuses", "profile"],
+                    "extras": { "instance_url": self.mastodon.base },
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Enqueues one share to one connection and returns its id.
+    pub async fn share(&self, connection: &str, text: &str) -> String {
+        let (status, body) = self
+            .post("/v1/shares", json!({ "url": "https://blog.example/post/1", "title": "A post", "text": text, "connection_ids": [connection] }))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["shares"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the share until `done` holds, failing after `within`.
+    pub async fn share_until(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let path = format!("/v1/shares/{id}");
+        eventually(within, || async {
+            let (status, body) = self.get(&path).await;
+            (status == StatusCode::OK && done(&body)).then_some(body)
+        })
+        .await
+        .unwrap_or_else(|| panic!("share {id} did not reach the expected state in {within:?}"))
+    }
+
+    /// Polls until the share reaches a state other than queued or running.
+    pub async fn settled(&self, id: &str) -> Value {
+        self.share_until(id, Duration::from_secs(20), |s| !matches!(s["state"].as_str(), Some("queued" | "running"))).await
+    }
+
+    pub fn now() -> chrono::DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Polls `probe` every 25 ms until it yields a value or `within` passes.
+pub async fn eventually<T, F, Fut>(within: Duration, probe: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
