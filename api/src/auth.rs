@@ -13,15 +13,29 @@ pub struct Tenant {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    parts
+        .headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 impl FromRequestParts<ApiState> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
         let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        let authed = state.ctx.store.authenticate(key).await?.ok_or_else(ApiError::unauthorized)?;
+        let authed = state
+            .ctx
+            .store
+            .authenticate(key)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
         match (authed.role, authed.tenant_id) {
             (ApiKeyRole::Tenant, Some(id)) => Ok(Tenant { id }),
             _ => Err(ApiError::forbidden("this endpoint needs a tenant key")),

@@ -34,20 +34,42 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     /// A 422 naming the field at fault.
-    pub fn invalid(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.into(), field: Some(field.into()) }
+    pub fn invalid(
+        field: impl Into<String>,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message: message.into(),
+            field: Some(field.into()),
+        }
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is required: Authorization: Bearer hk_...")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required: Authorization: Bearer hk_...",
+        )
     }
 
     pub fn forbidden(message: &str) -> Self {
@@ -57,7 +79,11 @@ impl ApiError {
     /// A failure of ours: logged here, once, and shown to the caller without internals.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side; try again")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side; try again",
+        )
     }
 }
 
@@ -70,16 +96,27 @@ impl From<herald_jobs::store::StoreError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::MissingJsonContentType(_) => {
-                Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send Content-Type: application/json")
-            }
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send Content-Type: application/json",
+            ),
             JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is too large",
+                )
             }
             JsonRejection::JsonDataError(e) => {
                 let text = e.body_text();
                 let (code, field) = data_error_field(&text);
-                Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: text, field }
+                Self {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code,
+                    message: text,
+                    field,
+                }
             }
             other => Self::new(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
         }
@@ -89,21 +126,37 @@ impl From<JsonRejection> for ApiError {
 /// Reads the field at fault out of serde's message, e.g. ``missing field `url` ``,
 /// ``unknown field `foo` ``, or `connection_ids[0]: invalid type: ...`.
 fn data_error_field(text: &str) -> (&'static str, Option<String>) {
-    let inner = text.split_once("target type: ").map_or(text, |(_, rest)| rest);
-    let quoted = |marker: &str| inner.split_once(marker).and_then(|(_, rest)| rest.split('`').next()).map(str::to_owned);
+    let inner = text
+        .split_once("target type: ")
+        .map_or(text, |(_, rest)| rest);
+    let quoted = |marker: &str| {
+        inner
+            .split_once(marker)
+            .and_then(|(_, rest)| rest.split('`').next())
+            .map(str::to_owned)
+    };
     if let Some(f) = quoted("missing field `") {
         return ("missing_field", Some(f));
     }
     if let Some(f) = quoted("unknown field `") {
         return ("unknown_field", Some(f));
     }
-    let path = inner.split_once(": ").map(|(p, _)| p).filter(|p| !p.is_empty() && *p != "." && !p.contains(' '));
+    let path = inner
+        .split_once(": ")
+        .map(|(p, _)| p)
+        .filter(|p| !p.is_empty() && *p != "." && !p.contains(' '));
     ("invalid_field", path.map(str::to_owned))
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message, field: self.field } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -35,7 +35,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
         .route("/v1/shares/{id}", get(shares::get).delete(shares::cancel))
-        .route("/v1/connections", get(connections::list).post(connections::create))
+        .route(
+            "/v1/connections",
+            get(connections::list).post(connections::create),
+        )
         .route("/v1/connections/{id}", get(connections::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -58,12 +61,17 @@ pub fn ops_router(state: ApiState) -> Router {
 
 /// Counts requests by method, matched route (never the raw path) and status.
 async fn track(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     metrics::counter!(m::API_REQUESTS_TOTAL, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!(m::API_REQUEST_DURATION_SECONDS, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(m::API_REQUEST_DURATION_SECONDS, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     res
 }

@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, page_limit, parse_time};
-use crate::{ApiState, auth::Tenant, error::{ApiError, ApiResult}};
+use crate::{
+    ApiState,
+    auth::Tenant,
+    error::{ApiError, ApiResult},
+};
 
 const MAX_ID: usize = 255;
 const MAX_TOKEN: usize = 16_384;
@@ -88,10 +92,18 @@ pub struct ConnectionList {
 fn required(field: &str, v: &str, max: usize) -> ApiResult<String> {
     let v = v.trim();
     if v.is_empty() {
-        return Err(ApiError::invalid(field, "missing_field", format!("`{field}` is required")));
+        return Err(ApiError::invalid(
+            field,
+            "missing_field",
+            format!("`{field}` is required"),
+        ));
     }
     if v.len() > max {
-        return Err(ApiError::invalid(field, "field_too_long", format!("`{field}` is longer than {max} bytes")));
+        return Err(ApiError::invalid(
+            field,
+            "field_too_long",
+            format!("`{field}` is longer than {max} bytes"),
+        ));
     }
     Ok(v.to_owned())
 }
@@ -107,12 +119,22 @@ pub async fn create(
     tenant: Tenant,
     ApiJson(req): ApiJson<CreateConnectionRequest>,
 ) -> ApiResult<(StatusCode, ApiJson<ConnectionView>)> {
-    let platform = PlatformKind::parse(req.platform.trim())
-        .ok_or_else(|| ApiError::invalid("platform", "unknown_platform", format!("unknown platform `{}`", req.platform)))?;
+    let platform = PlatformKind::parse(req.platform.trim()).ok_or_else(|| {
+        ApiError::invalid(
+            "platform",
+            "unknown_platform",
+            format!("unknown platform `{}`", req.platform),
+        )
+    })?;
     let platform_account_id = required("platform_account_id", &req.platform_account_id, MAX_ID)?;
     let handle = required("handle", &req.handle, MAX_ID)?;
     let access_token = required("access_token", &req.access_token, MAX_TOKEN)?;
-    let refresh_token = match req.refresh_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    let refresh_token = match req
+        .refresh_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         Some(t) => Some(required("refresh_token", t, MAX_TOKEN)?),
         None => None,
     };
@@ -122,26 +144,45 @@ pub async fn create(
         let raw = extras
             .get("instance_url")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| ApiError::invalid("extras.instance_url", "missing_field", "Mastodon connections need `extras.instance_url`"))?;
-        let url = state
-            .ctx
-            .settings
-            .ssrf
-            .check_url(raw)
-            .map_err(|e| ApiError::invalid("extras.instance_url", "invalid_url", format!("`extras.instance_url`: {e}")))?;
-        extras.insert("instance_url".into(), url.origin().ascii_serialization().into());
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "extras.instance_url",
+                    "missing_field",
+                    "Mastodon connections need `extras.instance_url`",
+                )
+            })?;
+        let url = state.ctx.settings.ssrf.check_url(raw).map_err(|e| {
+            ApiError::invalid(
+                "extras.instance_url",
+                "invalid_url",
+                format!("`extras.instance_url`: {e}"),
+            )
+        })?;
+        extras.insert(
+            "instance_url".into(),
+            url.origin().ascii_serialization().into(),
+        );
     }
-    if let Some(v) = extras.get("max_characters") {
-        if !v.as_u64().is_some_and(|n| (1..=1_000_000).contains(&n)) {
-            return Err(ApiError::invalid("extras.max_characters", "invalid_field", "`extras.max_characters` must be a positive whole number"));
-        }
+    if let Some(v) = extras.get("max_characters")
+        && !v.as_u64().is_some_and(|n| (1..=1_000_000).contains(&n))
+    {
+        return Err(ApiError::invalid(
+            "extras.max_characters",
+            "invalid_field",
+            "`extras.max_characters` must be a positive whole number",
+        ));
     }
     let new = NewConnection {
         platform,
         platform_account_id,
         handle,
         extras,
-        scopes: req.scopes.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        scopes: req
+            .scopes
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
         tokens: StoredTokens {
             access_token: Some(SecretString::from(access_token)),
             refresh_token: refresh_token.map(SecretString::from),
@@ -149,15 +190,28 @@ pub async fn create(
             expires_at,
         },
     };
-    let row = state.ctx.store.upsert_connection(&tenant.id, &new, &state.ctx.vault, Utc::now()).await?;
+    let row = state
+        .ctx
+        .store
+        .upsert_connection(&tenant.id, &new, &state.ctx.vault, Utc::now())
+        .await?;
     Ok((StatusCode::CREATED, ApiJson(row.into())))
 }
 
 #[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path)),
     responses((status = 200, body = ConnectionView), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
-pub async fn get(State(state): State<ApiState>, tenant: Tenant, Path(id): Path<String>) -> ApiResult<ApiJson<ConnectionView>> {
-    let row = state.ctx.store.tenant_connection(&tenant.id, &id).await?.ok_or_else(|| ApiError::not_found("connection"))?;
+pub async fn get(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<ApiJson<ConnectionView>> {
+    let row = state
+        .ctx
+        .store
+        .tenant_connection(&tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection"))?;
     Ok(ApiJson(row.into()))
 }
 
@@ -173,9 +227,22 @@ pub struct ListQuery {
 /// The tenant's connections, oldest first.
 #[utoipa::path(get, path = "/v1/connections", tag = "connections", params(ListQuery),
     responses((status = 200, body = ConnectionList)), security(("api_key" = [])))]
-pub async fn list(State(state): State<ApiState>, tenant: Tenant, Query(q): Query<ListQuery>) -> ApiResult<ApiJson<ConnectionList>> {
+pub async fn list(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<ApiJson<ConnectionList>> {
     let limit = page_limit(q.limit)?;
-    let rows = state.ctx.store.list_connections(&tenant.id, q.needs_reauth, q.after.as_deref(), limit).await?;
-    let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
-    Ok(ApiJson(ConnectionList { connections: rows.into_iter().map(Into::into).collect(), next_after }))
+    let rows = state
+        .ctx
+        .store
+        .list_connections(&tenant.id, q.needs_reauth, q.after.as_deref(), limit)
+        .await?;
+    let next_after = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(ApiJson(ConnectionList {
+        connections: rows.into_iter().map(Into::into).collect(),
+        next_after,
+    }))
 }

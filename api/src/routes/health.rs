@@ -17,11 +17,18 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let store = state.ctx.store.ping().await.is_ok();
     let queue = state.ctx.queue.ping().await.is_ok();
-    let status = if store && queue { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if store && queue {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
-    (status, Json(json!({
-        "status": word(store && queue),
-        "store": { "engine": state.ctx.store.engine(), "status": word(store) },
-        "queue": { "backend": state.ctx.queue.backend(), "status": word(queue) },
-    })))
+    (
+        status,
+        Json(json!({
+            "status": word(store && queue),
+            "store": { "engine": state.ctx.store.engine(), "status": word(store) },
+            "queue": { "backend": state.ctx.queue.backend(), "status": word(queue) },
+        })),
+    )
 }

@@ -30,11 +30,20 @@ impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
 }
 
 /// Checks an optional RFC 3339 time field.
-pub(crate) fn parse_time(field: &str, raw: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+pub(crate) fn parse_time(
+    field: &str,
+    raw: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     raw.map(|s| {
         chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&chrono::Utc))
-            .map_err(|_| ApiError::invalid(field, "invalid_time", format!("`{field}` must be an RFC 3339 time such as 2026-01-02T15:04:05Z")))
+            .map_err(|_| {
+                ApiError::invalid(
+                    field,
+                    "invalid_time",
+                    format!("`{field}` must be an RFC 3339 time such as 2026-01-02T15:04:05Z"),
+                )
+            })
     })
     .transpose()
 }
@@ -45,6 +54,10 @@ pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(50),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::invalid("limit", "invalid_limit", format!("`limit` must be between 1 and {MAX_PAGE}"))),
+        Some(_) => Err(ApiError::invalid(
+            "limit",
+            "invalid_limit",
+            format!("`limit` must be between 1 and {MAX_PAGE}"),
+        )),
     }
 }

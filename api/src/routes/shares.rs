@@ -17,7 +17,11 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, page_limit, parse_time};
-use crate::{ApiState, auth::Tenant, error::{ApiError, ApiResult}};
+use crate::{
+    ApiState,
+    auth::Tenant,
+    error::{ApiError, ApiResult},
+};
 
 const MAX_TARGETS: usize = 50;
 const MAX_URL: usize = 2048;
@@ -100,8 +104,15 @@ impl ShareView {
     fn from_row(r: ShareRow) -> ApiResult<Self> {
         let state = r.state()?;
         Ok(Self {
-            last_error: r.last_error_class.map(|class| ShareError { class, message: r.last_error, platform_status: r.last_status }),
-            post: r.post_id.map(|id| PostView { id, url: r.post_url }),
+            last_error: r.last_error_class.map(|class| ShareError {
+                class,
+                message: r.last_error,
+                platform_status: r.last_status,
+            }),
+            post: r.post_id.map(|id| PostView {
+                id,
+                url: r.post_url,
+            }),
             id: r.id,
             connection_id: r.connection_id,
             platform: r.platform,
@@ -144,7 +155,11 @@ pub struct ShareList {
 
 fn check_url(state: &ApiState, field: &str, raw: &str) -> ApiResult<()> {
     if raw.len() > MAX_URL {
-        return Err(ApiError::invalid(field, "invalid_url", format!("`{field}` is longer than {MAX_URL} characters")));
+        return Err(ApiError::invalid(
+            field,
+            "invalid_url",
+            format!("`{field}` is longer than {MAX_URL} characters"),
+        ));
     }
     state
         .ctx
@@ -156,7 +171,10 @@ fn check_url(state: &ApiState, field: &str, raw: &str) -> ApiResult<()> {
 }
 
 fn trimmed(v: &Option<String>) -> Option<String> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// Enqueue a share to one or more connections.
@@ -184,7 +202,11 @@ pub async fn create(
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let k = v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY);
+            let k = v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY);
             Some(k.ok_or_else(|| ApiError::invalid("Idempotency-Key", "invalid_idempotency_key", format!("the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible characters")))?.to_owned())
         }
     };
@@ -195,12 +217,23 @@ pub async fn create(
     }
     check_url(&state, "url", &url)?;
     let title = trimmed(&req.title);
-    if title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE) {
-        return Err(ApiError::invalid("title", "title_too_long", format!("`title` is longer than {MAX_TITLE} characters")));
+    if title
+        .as_ref()
+        .is_some_and(|t| t.chars().count() > MAX_TITLE)
+    {
+        return Err(ApiError::invalid(
+            "title",
+            "title_too_long",
+            format!("`title` is longer than {MAX_TITLE} characters"),
+        ));
     }
     let text = trimmed(&req.text);
     if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT) {
-        return Err(ApiError::invalid("text", "text_too_long", format!("`text` is longer than {MAX_TEXT} characters")));
+        return Err(ApiError::invalid(
+            "text",
+            "text_too_long",
+            format!("`text` is longer than {MAX_TEXT} characters"),
+        ));
     }
     let image_url = trimmed(&req.image_url);
     if let Some(img) = &image_url {
@@ -208,24 +241,42 @@ pub async fn create(
     }
     let publish_at = parse_time("publish_at", req.publish_at.as_deref())?;
     if publish_at.is_some_and(|t| t < now - chrono::Duration::seconds(60)) {
-        return Err(ApiError::invalid("publish_at", "publish_at_in_past", "`publish_at` is in the past"));
+        return Err(ApiError::invalid(
+            "publish_at",
+            "publish_at_in_past",
+            "`publish_at` is in the past",
+        ));
     }
     let run_at = publish_at.unwrap_or(now).max(now);
     let not_after = parse_time("not_after", req.not_after.as_deref())?;
     if not_after.is_some_and(|t| t <= run_at) {
-        return Err(ApiError::invalid("not_after", "not_after_before_publish", "`not_after` must be later than the publish time"));
+        return Err(ApiError::invalid(
+            "not_after",
+            "not_after_before_publish",
+            "`not_after` must be later than the publish time",
+        ));
     }
-    let not_after = Some(not_after.unwrap_or_else(|| run_at + chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default()));
+    let not_after = Some(not_after.unwrap_or_else(|| {
+        run_at + chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default()
+    }));
 
     if req.connection_ids.is_empty() || req.connection_ids.len() > MAX_TARGETS {
-        return Err(ApiError::invalid("connection_ids", "invalid_targets", format!("`connection_ids` needs 1 to {MAX_TARGETS} connection ids")));
+        return Err(ApiError::invalid(
+            "connection_ids",
+            "invalid_targets",
+            format!("`connection_ids` needs 1 to {MAX_TARGETS} connection ids"),
+        ));
     }
     let mut seen = HashSet::new();
     let mut shares = Vec::with_capacity(req.connection_ids.len());
     for (i, id) in req.connection_ids.iter().enumerate() {
         let field = format!("connection_ids[{i}]");
         if !seen.insert(id.as_str()) {
-            return Err(ApiError::invalid(field, "duplicate_connection", format!("connection `{id}` is listed twice")));
+            return Err(ApiError::invalid(
+                field,
+                "duplicate_connection",
+                format!("connection `{id}` is listed twice"),
+            ));
         }
         // Another tenant's connection is indistinguishable from one that does not exist.
         let conn = state
@@ -233,10 +284,22 @@ pub async fn create(
             .store
             .tenant_connection(&tenant.id, id)
             .await?
-            .ok_or_else(|| ApiError::invalid(&field, "unknown_connection", format!("no connection `{id}`")))?;
-        let kind = conn.platform_kind().ok_or_else(|| ApiError::internal(format!("stored platform `{}`", conn.platform)))?;
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    &field,
+                    "unknown_connection",
+                    format!("no connection `{id}`"),
+                )
+            })?;
+        let kind = conn
+            .platform_kind()
+            .ok_or_else(|| ApiError::internal(format!("stored platform `{}`", conn.platform)))?;
         let platform = state.ctx.platforms.get(kind).ok_or_else(|| {
-            ApiError::invalid(&field, "platform_unavailable", format!("{kind} is not configured on this Herald"))
+            ApiError::invalid(
+                &field,
+                "platform_unavailable",
+                format!("{kind} is not configured on this Herald"),
+            )
         })?;
         let probe = PostRequest {
             share_id: String::new(),
@@ -247,7 +310,11 @@ pub async fn create(
             idempotency_key: String::new(),
         };
         platform.validate(&conn.account(), &probe).map_err(|inv| {
-            let field = if inv.field == "text" { "text".to_owned() } else { format!("{field}.{}", inv.field) };
+            let field = if inv.field == "text" {
+                "text".to_owned()
+            } else {
+                format!("{field}.{}", inv.field)
+            };
             ApiError::invalid(field, inv.code, inv.message)
         })?;
         shares.push(NewShare {
@@ -262,16 +329,33 @@ pub async fn create(
         });
     }
 
-    let canonical = serde_json::to_vec(&serde_json::to_value(&req).map_err(ApiError::internal)?).map_err(ApiError::internal)?;
-    let request_hash = Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect();
-    let create = CreateShares { tenant_id: tenant.id.clone(), idempotency_key, request_hash, shares };
+    let canonical = serde_json::to_vec(&serde_json::to_value(&req).map_err(ApiError::internal)?)
+        .map_err(ApiError::internal)?;
+    let request_hash = Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let create = CreateShares {
+        tenant_id: tenant.id.clone(),
+        idempotency_key,
+        request_hash,
+        shares,
+    };
     let rows = match state.ctx.store.create_shares(&create, now).await? {
         CreateOutcome::Created(rows) => {
             for row in &rows {
-                let payload = serde_json::to_value(ShareV1 { share_id: row.id.clone() }).map_err(ApiError::internal)?;
+                let payload = serde_json::to_value(ShareV1 {
+                    share_id: row.id.clone(),
+                })
+                .map_err(ApiError::internal)?;
                 // The rows are committed: a failed push is recovered by the reconciler, so the
                 // request still succeeds.
-                if let Err(e) = state.ctx.queue.push(QueueName::Share, payload, row.run_at, &row.delivery_key()).await {
+                if let Err(e) = state
+                    .ctx
+                    .queue
+                    .push(QueueName::Share, payload, row.run_at, &row.delivery_key())
+                    .await
+                {
                     tracing::warn!(share.id = %row.id, error = %e, "enqueue failed; the reconciler will deliver it");
                 }
             }
@@ -279,19 +363,41 @@ pub async fn create(
         }
         CreateOutcome::Replayed(rows) => rows,
         CreateOutcome::KeyReused => {
-            return Err(ApiError::invalid("Idempotency-Key", "idempotency_key_reused", "this Idempotency-Key was used for a different request"));
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+            ));
         }
     };
-    let shares = rows.into_iter().map(ShareView::from_row).collect::<ApiResult<Vec<_>>>()?;
-    Ok((StatusCode::ACCEPTED, ApiJson(ShareList { shares, next_before: None })))
+    let shares = rows
+        .into_iter()
+        .map(ShareView::from_row)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(ShareList {
+            shares,
+            next_before: None,
+        }),
+    ))
 }
 
 /// One share with its attempts.
 #[utoipa::path(get, path = "/v1/shares/{id}", tag = "shares", params(("id" = String, Path)),
     responses((status = 200, body = ShareView), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
-pub async fn get(State(state): State<ApiState>, tenant: Tenant, Path(id): Path<String>) -> ApiResult<ApiJson<ShareView>> {
-    let row = state.ctx.store.tenant_share(&tenant.id, &id).await?.ok_or_else(|| ApiError::not_found("share"))?;
+pub async fn get(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<ApiJson<ShareView>> {
+    let row = state
+        .ctx
+        .store
+        .tenant_share(&tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("share"))?;
     let attempts = state.ctx.store.share_attempts(&row.id).await?;
     let mut view = ShareView::from_row(row)?;
     view.attempt_history = Some(attempts.into_iter().map(AttemptView::from).collect());
@@ -311,12 +417,28 @@ pub struct ListQuery {
 /// The tenant's shares, newest first, optionally of one URL.
 #[utoipa::path(get, path = "/v1/shares", tag = "shares", params(ListQuery),
     responses((status = 200, body = ShareList)), security(("api_key" = [])))]
-pub async fn list(State(state): State<ApiState>, tenant: Tenant, Query(q): Query<ListQuery>) -> ApiResult<ApiJson<ShareList>> {
+pub async fn list(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<ApiJson<ShareList>> {
     let limit = page_limit(q.limit)?;
-    let rows = state.ctx.store.list_shares(&tenant.id, q.url.as_deref(), q.before.as_deref(), limit).await?;
-    let next_before = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone())).flatten();
-    let shares = rows.into_iter().map(ShareView::from_row).collect::<ApiResult<Vec<_>>>()?;
-    Ok(ApiJson(ShareList { shares, next_before }))
+    let rows = state
+        .ctx
+        .store
+        .list_shares(&tenant.id, q.url.as_deref(), q.before.as_deref(), limit)
+        .await?;
+    let next_before = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    let shares = rows
+        .into_iter()
+        .map(ShareView::from_row)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(ApiJson(ShareList {
+        shares,
+        next_before,
+    }))
 }
 
 /// Cancel a share that has not run (queued or parked).
@@ -326,8 +448,17 @@ pub async fn list(State(state): State<ApiState>, tenant: Tenant, Query(q): Query
         (status = 404, body = crate::error::ErrorBody),
         (status = 409, description = "Already running or finished (`share_not_cancellable`)", body = crate::error::ErrorBody),
     ), security(("api_key" = [])))]
-pub async fn cancel(State(state): State<ApiState>, tenant: Tenant, Path(id): Path<String>) -> ApiResult<ApiJson<ShareView>> {
-    match state.ctx.store.cancel_share(&tenant.id, &id, Utc::now()).await? {
+pub async fn cancel(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<ApiJson<ShareView>> {
+    match state
+        .ctx
+        .store
+        .cancel_share(&tenant.id, &id, Utc::now())
+        .await?
+    {
         Cancel::Cancelled(row) => Ok(ApiJson(ShareView::from_row(row)?)),
         Cancel::TooLate(row) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -43,7 +43,11 @@ impl ConnectionRow {
 
     pub fn account(&self) -> Account {
         let extras = serde_json::from_str(&self.extras).unwrap_or_default();
-        Account { platform_account_id: self.platform_account_id.clone(), handle: self.handle.clone(), extras }
+        Account {
+            platform_account_id: self.platform_account_id.clone(),
+            handle: self.handle.clone(),
+            extras,
+        }
     }
 
     pub fn has_refresh_token(&self) -> bool {
@@ -54,7 +58,16 @@ impl ConnectionRow {
     pub fn credentials(&self, vault: &KeyRing) -> Result<Credentials, VaultError> {
         let open = |column: &str, env: &Option<String>| {
             env.as_deref()
-                .map(|e| vault.decrypt(Slot { table: "connections", row: &self.id, column }, e))
+                .map(|e| {
+                    vault.decrypt(
+                        Slot {
+                            table: "connections",
+                            row: &self.id,
+                            column,
+                        },
+                        e,
+                    )
+                })
                 .transpose()
         };
         Ok(Credentials {
@@ -86,9 +99,23 @@ pub struct StoredTokens {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-fn seal(vault: &KeyRing, row: &str, column: &str, v: &Option<SecretString>) -> Result<Option<String>> {
+fn seal(
+    vault: &KeyRing,
+    row: &str,
+    column: &str,
+    v: &Option<SecretString>,
+) -> Result<Option<String>> {
     v.as_ref()
-        .map(|s| vault.encrypt(Slot { table: "connections", row, column }, s))
+        .map(|s| {
+            vault.encrypt(
+                Slot {
+                    table: "connections",
+                    row,
+                    column,
+                },
+                s,
+            )
+        })
         .transpose()
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -107,27 +134,30 @@ impl Store {
         let extras = serde_json::Value::Object(new.extras.clone()).to_string();
         let scopes = new.scopes.join(" ");
         let select = format!("SELECT {COLUMNS} FROM connections WHERE id = $1");
-        let row = with_pool!(&self.pool, "INSERT INTO connections (id, tenant_id, platform, platform_account_id, handle, extras, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (tenant_id, platform, platform_account_id) DO NOTHING", |p, sql| {
-            let mut tx = p.begin().await?;
-            sqlx::query(sql)
-                .bind(&candidate)
-                .bind(tenant_id)
-                .bind(new.platform.as_str())
-                .bind(&new.platform_account_id)
-                .bind(&new.handle)
-                .bind(&extras)
-                .bind(&scopes)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            let id: String = sqlx::query_scalar(crate::store::with_engine(p, "SELECT id FROM connections WHERE tenant_id = $1 AND platform = $2 AND platform_account_id = $3"))
+        let row = with_pool!(
+            &self.pool,
+            "INSERT INTO connections (id, tenant_id, platform, platform_account_id, handle, extras, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (tenant_id, platform, platform_account_id) DO NOTHING",
+            |p, sql| {
+                let mut tx = p.begin().await?;
+                sqlx::query(sql)
+                    .bind(&candidate)
+                    .bind(tenant_id)
+                    .bind(new.platform.as_str())
+                    .bind(&new.platform_account_id)
+                    .bind(&new.handle)
+                    .bind(&extras)
+                    .bind(&scopes)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let id: String = sqlx::query_scalar(crate::store::with_engine(p, "SELECT id FROM connections WHERE tenant_id = $1 AND platform = $2 AND platform_account_id = $3"))
                 .bind(tenant_id)
                 .bind(new.platform.as_str())
                 .bind(&new.platform_account_id)
                 .fetch_one(&mut *tx)
                 .await?;
-            let t = &new.tokens;
-            sqlx::query(crate::store::with_engine(p, "UPDATE connections SET handle = $2, extras = $3, scopes = $4, \
+                let t = &new.tokens;
+                sqlx::query(crate::store::with_engine(p, "UPDATE connections SET handle = $2, extras = $3, scopes = $4, \
                 access_token_enc = $5, refresh_token_enc = COALESCE($6, refresh_token_enc), \
                 dpop_key_enc = COALESCE($7, dpop_key_enc), token_expires_at = $8, \
                 token_generation = token_generation + 1, revoked_at = NULL, updated_at = $9 WHERE id = $1"))
@@ -142,23 +172,40 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            let row: ConnectionRow = sqlx::query_as(crate::store::with_engine(p, &select)).bind(&id).fetch_one(&mut *tx).await?;
-            tx.commit().await?;
-            row
-        });
+                let row: ConnectionRow = sqlx::query_as(crate::store::with_engine(p, &select))
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                row
+            }
+        );
         Ok(row)
     }
 
     /// Any tenant's connection: for workers, which act on ids from payloads.
     pub async fn connection(&self, id: &str) -> Result<Option<ConnectionRow>> {
         let q = format!("SELECT {COLUMNS} FROM connections WHERE id = $1");
-        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).fetch_optional(p).await?))
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(p)
+            .await?))
     }
 
     /// One tenant's connection; another tenant's id is simply not found.
-    pub async fn tenant_connection(&self, tenant_id: &str, id: &str) -> Result<Option<ConnectionRow>> {
-        let q = format!("SELECT {COLUMNS} FROM connections WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL");
-        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).bind(tenant_id).fetch_optional(p).await?))
+    pub async fn tenant_connection(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ConnectionRow>> {
+        let q = format!(
+            "SELECT {COLUMNS} FROM connections WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_optional(p)
+            .await?))
     }
 
     /// A tenant's connections, oldest first, paged by id.
@@ -174,23 +221,45 @@ impl Store {
              AND ($2 IS NULL OR needs_reauth = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql).bind(tenant_id).bind(needs_reauth).bind(after).bind(limit).fetch_all(p).await?
+            sqlx::query_as(sql)
+                .bind(tenant_id)
+                .bind(needs_reauth)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
         }))
     }
 
     /// Flags dead credentials: every job for this connection parks until it is reconnected.
-    pub async fn mark_needs_reauth(&self, id: &str, reason: &str, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(&self.pool, "UPDATE connections SET needs_reauth = TRUE, last_error = $2, updated_at = $3 WHERE id = $1", |p, sql| {
-            sqlx::query(sql).bind(id).bind(reason).bind(now).execute(p).await?;
-        });
+    pub async fn mark_needs_reauth(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(
+            &self.pool,
+            "UPDATE connections SET needs_reauth = TRUE, last_error = $2, updated_at = $3 WHERE id = $1",
+            |p, sql| {
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(reason)
+                    .bind(now)
+                    .execute(p)
+                    .await?;
+            }
+        );
         Ok(())
     }
 
     /// Connections by platform: (platform, live connections, of which needing reauth).
     pub async fn connection_counts(&self) -> Result<Vec<(String, i64, i64)>> {
-        Ok(with_pool!(&self.pool, "SELECT platform, COUNT(*), SUM(CASE WHEN needs_reauth THEN 1 ELSE 0 END) FROM connections WHERE revoked_at IS NULL GROUP BY platform", |p, sql| {
-            sqlx::query_as(sql).fetch_all(p).await?
-        }))
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT platform, COUNT(*), SUM(CASE WHEN needs_reauth THEN 1 ELSE 0 END) FROM connections WHERE revoked_at IS NULL GROUP BY platform",
+            |p, sql| sqlx::query_as(sql).fetch_all(p).await?
+        ))
     }
 
     /// Re-encrypts every token not yet under the ring's primary key, in batches. Each row is
@@ -204,31 +273,40 @@ impl Store {
                  OR (refresh_token_enc IS NOT NULL AND refresh_token_enc NOT LIKE $1) \
                  OR (dpop_key_enc IS NOT NULL AND dpop_key_enc NOT LIKE $1) ORDER BY id LIMIT 200"
             );
-            let rows: Vec<ConnectionRow> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(&current).fetch_all(p).await?);
+            let rows: Vec<ConnectionRow> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+                .bind(&current)
+                .fetch_all(p)
+                .await?);
             if rows.is_empty() {
                 return Ok(changed);
             }
             let mut progressed = false;
             for row in rows {
-                let creds = row.credentials(vault).map_err(|e| StoreError::Corrupt(format!("connection {}: {e}", row.id)))?;
+                let creds = row
+                    .credentials(vault)
+                    .map_err(|e| StoreError::Corrupt(format!("connection {}: {e}", row.id)))?;
                 let access = seal(vault, &row.id, "access_token", &creds.access_token)?;
                 let refresh = seal(vault, &row.id, "refresh_token", &creds.refresh_token)?;
                 let dpop = seal(vault, &row.id, "dpop_key", &creds.dpop_key)?;
-                let done = with_pool!(&self.pool, "UPDATE connections SET access_token_enc = $2, refresh_token_enc = $3, dpop_key_enc = $4, updated_at = $5 \
-                    WHERE id = $1 AND access_token_enc IS NOT DISTINCT FROM $6 AND refresh_token_enc IS NOT DISTINCT FROM $7 AND dpop_key_enc IS NOT DISTINCT FROM $8", |p, sql| {
-                    sqlx::query(sql)
-                        .bind(&row.id)
-                        .bind(access)
-                        .bind(refresh)
-                        .bind(dpop)
-                        .bind(now)
-                        .bind(&row.access_token_enc)
-                        .bind(&row.refresh_token_enc)
-                        .bind(&row.dpop_key_enc)
-                        .execute(p)
-                        .await?
-                        .rows_affected()
-                });
+                let done = with_pool!(
+                    &self.pool,
+                    "UPDATE connections SET access_token_enc = $2, refresh_token_enc = $3, dpop_key_enc = $4, updated_at = $5 \
+                    WHERE id = $1 AND access_token_enc IS NOT DISTINCT FROM $6 AND refresh_token_enc IS NOT DISTINCT FROM $7 AND dpop_key_enc IS NOT DISTINCT FROM $8",
+                    |p, sql| {
+                        sqlx::query(sql)
+                            .bind(&row.id)
+                            .bind(access)
+                            .bind(refresh)
+                            .bind(dpop)
+                            .bind(now)
+                            .bind(&row.access_token_enc)
+                            .bind(&row.refresh_token_enc)
+                            .bind(&row.dpop_key_enc)
+                            .execute(p)
+                            .await?
+                            .rows_affected()
+                    }
+                );
                 changed += done;
                 progressed |= done > 0;
             }

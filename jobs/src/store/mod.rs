@@ -11,7 +11,10 @@ mod shares;
 
 pub use connections::{ConnectionRow, NewConnection, StoredTokens};
 pub use keys::{ApiKeyRole, AuthedKey};
-pub use shares::{AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, NewShare, ShareDepth, ShareRow, ShareState, ShareUpdate};
+pub use shares::{
+    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, NewShare, ShareDepth, ShareRow,
+    ShareState, ShareUpdate,
+};
 
 use std::{str::FromStr, time::Duration};
 
@@ -21,7 +24,6 @@ use sqlx::{
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -86,7 +88,12 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            Pool::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?)
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(opts)
+                    .await?,
+            )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Pool::Postgres(
                 PgPoolOptions::new()
@@ -96,7 +103,9 @@ impl Store {
                     .await?,
             )
         } else {
-            return Err(StoreError::UnsupportedUrl(url.split(':').next().unwrap_or("").to_owned()));
+            return Err(StoreError::UnsupportedUrl(
+                url.split(':').next().unwrap_or("").to_owned(),
+            ));
         };
         Ok(Self { pool })
     }
@@ -141,7 +150,11 @@ impl Store {
 
 /// The query text in the placeholder form of the engine a connection or transaction belongs to.
 pub(crate) fn with_engine<P: Engine + ?Sized>(_on: &P, text: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(if P::SQLITE { sqlite_sql(text) } else { text.to_owned() })
+    sqlx::AssertSqlSafe(if P::SQLITE {
+        sqlite_sql(text)
+    } else {
+        text.to_owned()
+    })
 }
 
 /// Which placeholder form an engine's pool takes.

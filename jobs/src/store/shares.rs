@@ -14,7 +14,9 @@ const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body,
     last_status, post_id, post_url, created_at, updated_at, finished_at";
 
 /// The states of a share. `succeeded` means a platform post id is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ShareState {
     Queued,
@@ -85,13 +87,19 @@ pub struct ShareRow {
 
 impl ShareRow {
     pub fn state(&self) -> Result<ShareState> {
-        ShareState::parse(&self.state).ok_or_else(|| StoreError::Corrupt(format!("share state `{}`", self.state)))
+        ShareState::parse(&self.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("share state `{}`", self.state)))
     }
 
     /// The queue's idempotency key for the delivery of this share's next attempt: the same for
     /// every push of one scheduled run, different for the next run.
     pub fn delivery_key(&self) -> String {
-        format!("share:{}:{}:{}", self.id, self.attempts, self.run_at.timestamp_millis())
+        format!(
+            "share:{}:{}:{}",
+            self.id,
+            self.attempts,
+            self.run_at.timestamp_millis()
+        )
     }
 }
 
@@ -145,7 +153,10 @@ pub enum CreateOutcome {
 pub enum Claim {
     /// This worker holds the lease. `recovered` says a previous attempt's worker vanished
     /// mid-call, so that attempt may have reached the platform.
-    Run { share: ShareRow, recovered: bool },
+    Run {
+        share: ShareRow,
+        recovered: bool,
+    },
     /// Not due yet (an early delivery): run it at `run_at`.
     NotDue(ShareRow),
     /// Another worker holds a live lease, or won the race for it.
@@ -158,11 +169,28 @@ pub enum Claim {
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub enum ShareUpdate {
-    Succeeded { post_id: String, post_url: Option<String> },
-    Retry { run_at: DateTime<Utc>, class: String, message: String, status: Option<u16> },
-    Failed { class: String, message: String, status: Option<u16> },
-    Parked { class: String, message: String },
-    OutcomeUnknown { message: String },
+    Succeeded {
+        post_id: String,
+        post_url: Option<String>,
+    },
+    Retry {
+        run_at: DateTime<Utc>,
+        class: String,
+        message: String,
+        status: Option<u16>,
+    },
+    Failed {
+        class: String,
+        message: String,
+        status: Option<u16>,
+    },
+    Parked {
+        class: String,
+        message: String,
+    },
+    OutcomeUnknown {
+        message: String,
+    },
 }
 
 impl ShareUpdate {
@@ -206,7 +234,11 @@ pub struct ShareDepth {
 }
 
 impl Store {
-    pub async fn create_shares(&self, req: &CreateShares, now: DateTime<Utc>) -> Result<CreateOutcome> {
+    pub async fn create_shares(
+        &self,
+        req: &CreateShares,
+        now: DateTime<Utc>,
+    ) -> Result<CreateOutcome> {
         let rows: Vec<ShareRow> = req
             .shares
             .iter()
@@ -238,68 +270,87 @@ impl Store {
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let ids_json = serde_json::to_string(&ids).expect("ids serialize");
         let select = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
-        let outcome = with_pool!(&self.pool, "INSERT INTO idempotency_keys (tenant_id, key, request_hash, share_ids, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING", |p, sql| {
-            let mut tx = p.begin().await?;
-            if let Some(key) = &req.idempotency_key {
-                let fresh = sqlx::query(sql)
-                    .bind(&req.tenant_id)
-                    .bind(key)
-                    .bind(&req.request_hash)
-                    .bind(&ids_json)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected() == 1;
-                if !fresh {
-                    let (hash, stored): (String, String) = sqlx::query_as(with_engine(p, "SELECT request_hash, share_ids FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"))
+        let outcome = with_pool!(
+            &self.pool,
+            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, share_ids, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING",
+            |p, sql| {
+                let mut tx = p.begin().await?;
+                if let Some(key) = &req.idempotency_key {
+                    let fresh = sqlx::query(sql)
+                        .bind(&req.tenant_id)
+                        .bind(key)
+                        .bind(&req.request_hash)
+                        .bind(&ids_json)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                    if !fresh {
+                        let (hash, stored): (String, String) = sqlx::query_as(with_engine(p, "SELECT request_hash, share_ids FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"))
                         .bind(&req.tenant_id)
                         .bind(key)
                         .fetch_one(&mut *tx)
                         .await?;
-                    if hash != req.request_hash {
-                        return Ok(CreateOutcome::KeyReused);
+                        if hash != req.request_hash {
+                            return Ok(CreateOutcome::KeyReused);
+                        }
+                        let stored: Vec<String> = serde_json::from_str(&stored)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        let mut found = Vec::with_capacity(stored.len());
+                        for id in stored {
+                            let row: ShareRow = sqlx::query_as(with_engine(p, &select))
+                                .bind(id)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            found.push(row);
+                        }
+                        return Ok(CreateOutcome::Replayed(found));
                     }
-                    let stored: Vec<String> = serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let mut found = Vec::with_capacity(stored.len());
-                    for id in stored {
-                        let row: ShareRow = sqlx::query_as(with_engine(p, &select)).bind(id).fetch_one(&mut *tx).await?;
-                        found.push(row);
-                    }
-                    return Ok(CreateOutcome::Replayed(found));
                 }
+                let insert = with_engine(
+                    p,
+                    "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)",
+                );
+                for r in &rows {
+                    sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
+                        .bind(&r.id)
+                        .bind(&r.tenant_id)
+                        .bind(&r.connection_id)
+                        .bind(&r.platform)
+                        .bind(&r.url)
+                        .bind(&r.title)
+                        .bind(&r.body)
+                        .bind(&r.image_url)
+                        .bind(&r.state)
+                        .bind(r.run_at)
+                        .bind(r.not_after)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                CreateOutcome::Created(rows)
             }
-            let insert = with_engine(p, "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)");
-            for r in &rows {
-                sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
-                    .bind(&r.id)
-                    .bind(&r.tenant_id)
-                    .bind(&r.connection_id)
-                    .bind(&r.platform)
-                    .bind(&r.url)
-                    .bind(&r.title)
-                    .bind(&r.body)
-                    .bind(&r.image_url)
-                    .bind(&r.state)
-                    .bind(r.run_at)
-                    .bind(r.not_after)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            CreateOutcome::Created(rows)
-        });
+        );
         Ok(outcome)
     }
 
     pub async fn share(&self, id: &str) -> Result<Option<ShareRow>> {
         let q = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
-        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).fetch_optional(p).await?))
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(p)
+            .await?))
     }
 
     pub async fn tenant_share(&self, tenant_id: &str, id: &str) -> Result<Option<ShareRow>> {
         let q = format!("SELECT {COLUMNS} FROM shares WHERE id = $1 AND tenant_id = $2");
-        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(id).bind(tenant_id).fetch_optional(p).await?))
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_optional(p)
+            .await?))
     }
 
     /// A tenant's shares, newest first, optionally of one URL; paged by id (ids are time-ordered).
@@ -315,19 +366,34 @@ impl Store {
              AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql).bind(tenant_id).bind(url).bind(before).bind(limit).fetch_all(p).await?
+            sqlx::query_as(sql)
+                .bind(tenant_id)
+                .bind(url)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
         }))
     }
 
     pub async fn share_attempts(&self, share_id: &str) -> Result<Vec<AttemptRow>> {
-        Ok(with_pool!(&self.pool, "SELECT id, share_id, number, started_at, finished_at, outcome, error_class, error_message, platform_status FROM share_attempts WHERE share_id = $1 ORDER BY number", |p, sql| {
-            sqlx::query_as(sql).bind(share_id).fetch_all(p).await?
-        }))
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT id, share_id, number, started_at, finished_at, outcome, error_class, error_message, platform_status FROM share_attempts WHERE share_id = $1 ORDER BY number",
+            |p, sql| sqlx::query_as(sql).bind(share_id).fetch_all(p).await?
+        ))
     }
 
     /// Takes the lease on a share for one attempt, if it is this worker's to run.
-    pub async fn claim_share(&self, id: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<Claim> {
-        let Some(share) = self.share(id).await? else { return Ok(Claim::Gone) };
+    pub async fn claim_share(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim> {
+        let Some(share) = self.share(id).await? else {
+            return Ok(Claim::Gone);
+        };
         let state = share.state()?;
         let recovered = match state {
             ShareState::Queued if share.not_after.is_some_and(|t| t < now) => {
@@ -335,7 +401,9 @@ impl Store {
             }
             ShareState::Queued if share.run_at > now => return Ok(Claim::NotDue(share)),
             ShareState::Queued => false,
-            ShareState::Running if share.lease_until.is_some_and(|t| t >= now) => return Ok(Claim::Busy),
+            ShareState::Running if share.lease_until.is_some_and(|t| t >= now) => {
+                return Ok(Claim::Busy);
+            }
             ShareState::Running => true,
             _ => return Ok(Claim::Settled(share)),
         };
@@ -367,7 +435,12 @@ impl Store {
              WHERE id = $1 AND state = 'queued' AND attempts = $3 RETURNING {COLUMNS}"
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql).bind(&share.id).bind(now).bind(share.attempts).fetch_optional(p).await?
+            sqlx::query_as(sql)
+                .bind(&share.id)
+                .bind(now)
+                .bind(share.attempts)
+                .fetch_optional(p)
+                .await?
         });
         Ok(row.map_or(Claim::Busy, Claim::Settled))
     }
@@ -385,21 +458,42 @@ impl Store {
         let state = update.state();
         let (class, message, status) = match update {
             ShareUpdate::Succeeded { .. } => (None, None, None),
-            ShareUpdate::Retry { class, message, status, .. } | ShareUpdate::Failed { class, message, status } => {
-                (Some(class.as_str()), Some(message.as_str()), status.map(i32::from))
+            ShareUpdate::Retry {
+                class,
+                message,
+                status,
+                ..
             }
-            ShareUpdate::Parked { class, message } => (Some(class.as_str()), Some(message.as_str()), None),
-            ShareUpdate::OutcomeUnknown { message } => (Some("outcome_unknown"), Some(message.as_str()), None),
+            | ShareUpdate::Failed {
+                class,
+                message,
+                status,
+            } => (
+                Some(class.as_str()),
+                Some(message.as_str()),
+                status.map(i32::from),
+            ),
+            ShareUpdate::Parked { class, message } => {
+                (Some(class.as_str()), Some(message.as_str()), None)
+            }
+            ShareUpdate::OutcomeUnknown { message } => {
+                (Some("outcome_unknown"), Some(message.as_str()), None)
+            }
         };
         let (post_id, post_url) = match update {
-            ShareUpdate::Succeeded { post_id, post_url } => (Some(post_id.as_str()), post_url.as_deref()),
+            ShareUpdate::Succeeded { post_id, post_url } => {
+                (Some(post_id.as_str()), post_url.as_deref())
+            }
             _ => (None, None),
         };
         let run_at = match update {
             ShareUpdate::Retry { run_at, .. } => Some(*run_at),
             _ => None,
         };
-        let finished = !matches!(update, ShareUpdate::Retry { .. } | ShareUpdate::Parked { .. });
+        let finished = !matches!(
+            update,
+            ShareUpdate::Retry { .. } | ShareUpdate::Parked { .. }
+        );
         let q = format!(
             "UPDATE shares SET state = $3, last_error_class = $4, last_error = $5, last_status = $6, \
              post_id = COALESCE($7, post_id), post_url = COALESCE($8, post_url), \
@@ -445,13 +539,23 @@ impl Store {
     }
 
     /// Cancels a share that has not run (queued or parked).
-    pub async fn cancel_share(&self, tenant_id: &str, id: &str, now: DateTime<Utc>) -> Result<Cancel> {
+    pub async fn cancel_share(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Cancel> {
         let q = format!(
             "UPDATE shares SET state = 'cancelled', updated_at = $3, finished_at = $3 \
              WHERE id = $1 AND tenant_id = $2 AND state IN ('queued', 'parked') RETURNING {COLUMNS}"
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql).bind(id).bind(tenant_id).bind(now).fetch_optional(p).await?
+            sqlx::query_as(sql)
+                .bind(id)
+                .bind(tenant_id)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
         });
         Ok(match row {
             Some(r) => Cancel::Cancelled(r),
@@ -464,21 +568,33 @@ impl Store {
 
     /// Shares whose delivery may have been lost: due for longer than the grace period, or running
     /// under a lease that lapsed. The reconciler pushes them again under their delivery key.
-    pub async fn shares_needing_delivery(&self, now: DateTime<Utc>, due_before: DateTime<Utc>, limit: i64) -> Result<Vec<ShareRow>> {
+    pub async fn shares_needing_delivery(
+        &self,
+        now: DateTime<Utc>,
+        due_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ShareRow>> {
         let q = format!(
             "SELECT {COLUMNS} FROM shares WHERE (state = 'queued' AND run_at <= $1) \
              OR (state = 'running' AND lease_until < $2) ORDER BY run_at LIMIT $3"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql).bind(due_before).bind(now).bind(limit).fetch_all(p).await?
+            sqlx::query_as(sql)
+                .bind(due_before)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
         }))
     }
 
     /// Counts for the queue gauges, from the partial index on active shares.
     pub async fn share_depth(&self, now: DateTime<Utc>) -> Result<ShareDepth> {
-        let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = with_pool!(&self.pool, "SELECT state, SUM(CASE WHEN run_at <= $1 THEN 1 ELSE 0 END), COUNT(*), MIN(CASE WHEN run_at <= $1 THEN run_at END) FROM shares WHERE state IN ('queued', 'running') GROUP BY state", |p, sql| {
-            sqlx::query_as(sql).bind(now).fetch_all(p).await?
-        });
+        let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = with_pool!(
+            &self.pool,
+            "SELECT state, SUM(CASE WHEN run_at <= $1 THEN 1 ELSE 0 END), COUNT(*), MIN(CASE WHEN run_at <= $1 THEN run_at END) FROM shares WHERE state IN ('queued', 'running') GROUP BY state",
+            |p, sql| sqlx::query_as(sql).bind(now).fetch_all(p).await?
+        );
         let mut d = ShareDepth::default();
         for (state, due, all, oldest) in rows {
             match state.as_str() {
@@ -490,9 +606,11 @@ impl Store {
                 _ => d.running = all,
             }
         }
-        d.parked = with_pool!(&self.pool, "SELECT COUNT(*) FROM shares WHERE state = 'parked'", |p, sql| {
-            sqlx::query_scalar(sql).fetch_one(p).await?
-        });
+        d.parked = with_pool!(
+            &self.pool,
+            "SELECT COUNT(*) FROM shares WHERE state = 'parked'",
+            |p, sql| sqlx::query_scalar(sql).fetch_one(p).await?
+        );
         Ok(d)
     }
 }

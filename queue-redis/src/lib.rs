@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+
+mod ack;
+mod config;
+mod connection;
+mod error;
+mod keys;
+mod push;
+mod queue;
+mod scripts;
+mod storage;
+mod types;
+mod worker;
+
+pub use ack::{AckLayer, AckService};
+pub use config::Config;
+pub use connection::RedisConn;
+pub use error::Error;
+pub use queue::RedisQueue;
+pub use storage::{Health, RedisStorage};
+pub use types::{DeadJob, JobId, Pushed, QueueStats};

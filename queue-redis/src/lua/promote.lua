@@ -1,0 +1,28 @@
+-- Move due delayed jobs to the stream, at most ARGV[1] of them per call,
+-- so the cost is bounded whatever the size of the scheduled set.
+-- KEYS[1] stream, KEYS[2] scheduled zset, KEYS[3] scheduled payload hash
+-- Returns {promoted, ms until the next job is due or -1 if none}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  local enc = redis.call('HGET', KEYS[3], id)
+  if enc then
+    local sep = string.find(enc, ':', 1, true)
+    local attempts = string.sub(enc, 1, sep - 1)
+    local payload = string.sub(enc, sep + 1)
+    if attempts == '0' then
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'd', payload)
+    else
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'd', payload, 'a', attempts)
+    end
+    redis.call('HDEL', KEYS[3], id)
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local wait = -1
+if head[2] then
+  wait = math.max(0, tonumber(head[2]) - now)
+end
+return {#ids, wait}

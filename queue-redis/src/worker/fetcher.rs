@@ -1,0 +1,296 @@
+use std::{
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use apalis_core::task::{Task, builder::TaskBuilder, task_id::TaskId};
+use redis::{Value, aio::MultiplexedConnection};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use super::{Shared, reconnect_backoff};
+use crate::{
+    ack::{AckMsg, Delivery, Outcome, Settlement},
+    error::is_transient,
+    keys::GROUP,
+    scripts,
+};
+
+struct Reader {
+    conn: MultiplexedConnection,
+    client_id: i64,
+}
+
+/// Reads jobs with `XREADGROUP ... BLOCK` whenever the worker has room for more, so a
+/// push wakes an idle worker at once and an idle worker sends one command per tick.
+pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Task<T>>,
+    acks: mpsc::UnboundedSender<AckMsg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tick = shared.config.scheduler_tick;
+    let mut delays = reconnect_backoff();
+    let mut reader: Option<Reader> = None;
+    let mut next_promote = Instant::now();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if reader.is_none() {
+            match connect(&shared).await {
+                Ok(r) => {
+                    shared.mark_healthy(true);
+                    delays = reconnect_backoff();
+                    reader = Some(r);
+                }
+                Err(e) => {
+                    shared.mark_healthy(false);
+                    tracing::warn!(error = %e, queue = %shared.config.queue, "cannot open the worker's read connection");
+                    if pause(delays.next(), &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(r) = reader.as_mut() else { continue };
+
+        let permit = tokio::select! {
+            p = tx.reserve() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let want = (1 + tx.capacity()).min(shared.config.prefetch);
+
+        let now = Instant::now();
+        if now >= next_promote {
+            next_promote = match promote(&shared).await {
+                Ok((moved, _)) if moved as usize >= shared.config.promote_batch => now,
+                Ok((_, wait)) if wait >= 0 => now + tick.min(Duration::from_millis(wait as u64)),
+                Ok(_) => now + tick,
+                Err(e) => {
+                    tracing::warn!(error = %e, "promoting delayed jobs failed");
+                    now + tick
+                }
+            };
+        }
+        let block = next_promote
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), tick);
+
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&shared.consumer)
+            .arg("COUNT")
+            .arg(want)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&shared.keys.stream)
+            .arg(">");
+        let client_id = r.client_id;
+        let reply = {
+            let mut read = pin!(cmd.query_async::<Value>(&mut r.conn));
+            tokio::select! {
+                reply = &mut read => reply,
+                _ = stop.changed() => {
+                    // Finish the read so no delivery lands after the release that follows.
+                    loop {
+                        unblock(&shared, client_id).await;
+                        if let Ok(reply) = tokio::time::timeout(Duration::from_millis(100), &mut read).await {
+                            break reply;
+                        }
+                    }
+                }
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        match reply {
+            Ok(value) => {
+                let mut permit = Some(permit);
+                for_each_entry(value, |entry_id, fields| {
+                    let Some(task) = decode::<T>(&shared, &acks, entry_id, fields) else {
+                        return;
+                    };
+                    match permit.take() {
+                        Some(p) => p.send(task),
+                        // room was counted before the read and only this task sends
+                        None => {
+                            if tx.try_send(task).is_err() {
+                                tracing::error!(
+                                    "prefetch buffer overflow; the job returns when the lease lapses"
+                                );
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // the stream or group vanished, e.g. a Redis restart without persistence
+                if let Err(e) = ensure_group(&shared, &mut r.conn).await {
+                    tracing::warn!(error = %e, "cannot recreate the consumer group");
+                    reader = None;
+                }
+            }
+            Err(e) => {
+                if is_transient(&e) {
+                    shared.mark_healthy(false);
+                }
+                tracing::warn!(error = %e, queue = %shared.config.queue, "reading jobs failed; reconnecting");
+                reader = None;
+                if pause(delays.next(), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay`; true if the worker is stopping.
+async fn pause(delay: Option<Duration>, stop: &mut watch::Receiver<bool>) -> bool {
+    let delay = delay.unwrap_or(Duration::from_secs(5));
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn connect(shared: &Shared) -> Result<Reader, crate::Error> {
+    let mut conn = shared.conn.dedicated().await?;
+    let client_id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut conn)
+        .await?;
+    ensure_group(shared, &mut conn).await?;
+    Ok(Reader { conn, client_id })
+}
+
+async fn ensure_group(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+) -> Result<(), redis::RedisError> {
+    // from id 0, so jobs pushed before the first worker started are delivered too
+    let created = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&shared.keys.stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .exec_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn unblock(shared: &Shared, client_id: i64) {
+    let _ = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(client_id)
+        .exec_async(&mut shared.conn.shared())
+        .await;
+}
+
+async fn promote(shared: &Shared) -> Result<(i64, i64), redis::RedisError> {
+    let keys = &shared.keys;
+    scripts::PROMOTE
+        .key(&keys.stream)
+        .key(&keys.scheduled)
+        .key(&keys.scheduled_jobs)
+        .arg(shared.config.promote_batch)
+        .invoke_async(&mut shared.conn.shared())
+        .await
+}
+
+/// Turns one stream entry into a task; an entry that cannot be decoded goes dead at once
+/// instead of failing the worker.
+fn decode<T: DeserializeOwned>(
+    shared: &Shared,
+    acks: &mpsc::UnboundedSender<AckMsg>,
+    entry_id: &[u8],
+    fields: Vec<Value>,
+) -> Option<Task<T>> {
+    let mut job_id = None;
+    let mut payload = None;
+    let mut attempts = 0usize;
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let (Value::BulkString(k), Value::BulkString(v)) = (k, v) else {
+            continue;
+        };
+        match k.as_slice() {
+            b"id" => job_id = Some(String::from_utf8_lossy(&v).into_owned()),
+            b"d" => payload = Some(v),
+            b"a" => {
+                attempts = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    let entry_id: Arc<str> = String::from_utf8_lossy(entry_id).into();
+    let job_id: Arc<str> = job_id.unwrap_or_else(|| entry_id.to_string()).into();
+    let delivery = Delivery { entry_id, job_id };
+    match serde_json::from_slice::<T>(payload.as_deref().unwrap_or_default()) {
+        Ok(args) => Some(
+            TaskBuilder::new(args)
+                .task_id(TaskId::from_string(&*delivery.job_id))
+                .attempt(attempts)
+                .max_attempts(shared.config.max_attempts)
+                .data(delivery)
+                .build(),
+        ),
+        Err(e) => {
+            tracing::error!(job = %delivery.job_id, error = %e, "undecodable job payload; moving it to dead");
+            let _ = acks.send(AckMsg::Settle(Settlement {
+                delivery,
+                outcome: Outcome::Dead {
+                    attempts,
+                    error: format!("undecodable payload: {e}"),
+                },
+            }));
+            None
+        }
+    }
+}
+
+/// Walks an `XREADGROUP` reply (RESP2 arrays or RESP3 maps) without building a `HashMap`
+/// per entry.
+fn for_each_entry(reply: Value, mut f: impl FnMut(&[u8], Vec<Value>)) {
+    let streams = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        Value::Map(kv) => kv.into_iter().map(|(_, v)| v).collect(),
+        _ => return,
+    };
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut parts) = entry else {
+                continue;
+            };
+            if parts.len() != 2 {
+                continue;
+            }
+            let fields = parts.pop();
+            let id = parts.pop();
+            if let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (id, fields) {
+                f(&id, fields);
+            }
+        }
+    }
+}

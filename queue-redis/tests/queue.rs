@@ -1,0 +1,542 @@
+//! End-to-end tests against a real Redis (127.0.0.1:6379 or HERALD_TEST_REDIS_URL).
+
+mod support;
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::{Command, Stdio},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use apalis::prelude::*;
+use futures::StreamExt;
+use herald_queue_redis::Config;
+use redis::AsyncCommands;
+use support::*;
+
+const QUEUE: &str = "share";
+const CHILD_ENV: &str = "HERALD_QR_CHILD_PREFIX";
+
+fn config(q: &herald_queue_redis::RedisQueue) -> Config {
+    q.config(QUEUE)
+}
+
+async fn push_ok(q: &herald_queue_redis::RedisQueue, n: u64) {
+    q.push(QUEUE, &Job::ok(n), None, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_wakes_an_idle_worker_at_once() {
+    let q = queue("wake").await;
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(&q, config(&q), "wake", 4, ctx);
+    wait_workers(&q, QUEUE, 1).await;
+    let mut pickups = Vec::new();
+    for n in 0..20 {
+        let t0 = Instant::now();
+        push_ok(&q, n).await;
+        let s = tokio::time::timeout(Duration::from_secs(5), started.recv())
+            .await
+            .expect("an idle worker did not pick up a push")
+            .unwrap();
+        assert_eq!(s.n, n);
+        pickups.push(s.at - t0);
+        tokio::time::sleep(Duration::from_millis(20)).await; // let the worker go idle again
+    }
+    pickups.sort();
+    // a poller with the reference's 100 ms interval would show a median near 50 ms
+    assert!(
+        pickups[10] < Duration::from_millis(20),
+        "median pickup {:?}",
+        pickups[10]
+    );
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_in_push_order() {
+    let q = queue("order").await;
+    for n in 0..200 {
+        push_ok(&q, n).await;
+    }
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(&q, config(&q), "order", 1, ctx);
+    for n in 0..200 {
+        assert_eq!(started.recv().await.unwrap().n, n);
+    }
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_become_due() {
+    let q = queue("delay").await;
+    let cfg = config(&q)
+        .scheduler_tick(Duration::from_millis(100))
+        .promote_batch(100);
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(&q, cfg.clone(), "delay", 16, ctx);
+    wait_workers(&q, QUEUE, 1).await;
+
+    let t0 = Instant::now();
+    q.push(QUEUE, &Job::ok(1), Some(Duration::from_millis(800)), None)
+        .await
+        .unwrap();
+    assert_eq!(q.stats(QUEUE).await.unwrap().scheduled, 1);
+    let s = started.recv().await.unwrap();
+    let waited = s.at - t0;
+    assert!(waited >= Duration::from_millis(790), "ran after {waited:?}");
+    assert!(waited < Duration::from_millis(2000), "ran after {waited:?}");
+
+    // through apalis' TaskSink, with run_after
+    let mut sink = q.storage::<Job>(cfg);
+    sink.push_task(
+        TaskBuilder::new(Job::ok(2))
+            .run_after(Duration::from_secs(1))
+            .build(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.recv().await.unwrap().n, 2);
+
+    // thousands due at once are promoted in bounded batches
+    let pushes = (100..3100).map(|n| {
+        let q = q.clone();
+        async move {
+            q.push(QUEUE, &Job::ok(n), Some(Duration::from_millis(300)), None)
+                .await
+                .unwrap()
+        }
+    });
+    futures::stream::iter(pushes)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let mut seen = HashSet::new();
+    while seen.len() < 3000 {
+        let s = tokio::time::timeout(Duration::from_secs(20), started.recv())
+            .await
+            .expect("delayed jobs not promoted")
+            .unwrap();
+        assert!(seen.insert(s.n), "job {} ran twice", s.n);
+    }
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_makes_a_second_push_a_no_op() {
+    let q = queue("idem")
+        .await
+        .with_idempotency_ttl(Duration::from_secs(1));
+    let a = q
+        .push(QUEUE, &Job::ok(1), None, Some("share-1"))
+        .await
+        .unwrap();
+    let b = q
+        .push(QUEUE, &Job::ok(1), None, Some("share-1"))
+        .await
+        .unwrap();
+    assert_eq!(a, b, "a duplicate returns the first job's id");
+    assert_eq!(q.stats(QUEUE).await.unwrap().ready, 1);
+
+    // apalis' TaskBuilder::idempotency_key goes through the same check
+    let mut sink = q.storage::<Job>(config(&q).idempotency_ttl(Duration::from_secs(1)));
+    for _ in 0..2 {
+        sink.push_task(
+            TaskBuilder::new(Job::ok(2))
+                .idempotency_key("share-2")
+                .build(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(q.stats(QUEUE).await.unwrap().ready, 2);
+
+    // once the TTL lapses the key is free again
+    let key = format!("{}:{{{QUEUE}}}:idem:share-1", q.prefix());
+    wait_for(
+        "the idempotency key to expire",
+        Duration::from_secs(5),
+        || {
+            let mut conn = q.conn().shared();
+            let key = key.clone();
+            async move { !conn.exists::<_, bool>(&key).await.unwrap() }
+        },
+    )
+    .await;
+    let c = q
+        .push(QUEUE, &Job::ok(1), None, Some("share-1"))
+        .await
+        .unwrap();
+    assert_ne!(a, c);
+    assert_eq!(q.stats(QUEUE).await.unwrap().ready, 3);
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_aborted_jobs_go_dead_and_replay() {
+    let q = queue("dead").await;
+    let cfg = config(&q)
+        .max_attempts(3)
+        .retry_delay(Duration::from_millis(50))
+        .scheduler_tick(Duration::from_millis(50));
+    let fail = q
+        .push(
+            QUEUE,
+            &Job {
+                n: 1,
+                mode: Mode::Fail,
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let abort = q
+        .push(
+            QUEUE,
+            &Job {
+                n: 2,
+                mode: Mode::Abort,
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(&q, cfg, "dead", 4, ctx.clone());
+    wait_for("both jobs to die", Duration::from_secs(10), || async {
+        q.stats(QUEUE).await.unwrap().dead == 2
+    })
+    .await;
+    let mut runs: HashMap<u64, Vec<usize>> = HashMap::new();
+    while let Ok(s) = started.try_recv() {
+        runs.entry(s.n).or_default().push(s.attempt);
+    }
+    assert_eq!(
+        runs[&1],
+        vec![1, 2, 3],
+        "a failing job runs max_attempts times"
+    );
+    assert_eq!(runs[&2], vec![1], "an aborted job is not retried");
+
+    let dead = q.list_dead(QUEUE, 0, 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    let by_id: HashMap<_, _> = dead.iter().map(|d| (d.id.clone(), d)).collect();
+    assert_eq!(by_id[&fail].attempts, 3);
+    assert!(
+        by_id[&fail].last_error.contains("job 1 failed"),
+        "{:?}",
+        by_id[&fail]
+    );
+    assert_eq!(by_id[&fail].payload["n"], 1);
+    assert_eq!(by_id[&abort].attempts, 1);
+    assert!(
+        by_id[&abort].last_error.contains("needs reauth"),
+        "{:?}",
+        by_id[&abort]
+    );
+    // paging
+    assert_eq!(q.list_dead(QUEUE, 1, 10).await.unwrap().len(), 1);
+    assert_eq!(q.list_dead(QUEUE, 0, 1).await.unwrap()[0].id, dead[0].id);
+
+    ctx.healed.store(true, Ordering::SeqCst);
+    assert!(q.replay_dead(QUEUE, fail.as_str()).await.unwrap());
+    assert!(
+        !q.replay_dead(QUEUE, fail.as_str()).await.unwrap(),
+        "replayed twice"
+    );
+    let s = started.recv().await.unwrap();
+    assert_eq!(
+        (s.n, s.attempt),
+        (1, 1),
+        "a replay starts a fresh attempt budget"
+    );
+    wait_for(
+        "the replayed job to finish",
+        Duration::from_secs(5),
+        || async { q.finished_at(QUEUE, fail.as_str()).await.unwrap().is_some() },
+    )
+    .await;
+    assert_eq!(q.stats(QUEUE).await.unwrap().dead, 1);
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_expire_after_retention() {
+    let q = queue("retention").await;
+    let cfg = config(&q)
+        .done_retention(Duration::from_secs(1))
+        .dead_retention(Duration::from_secs(1))
+        .lease(Duration::from_millis(900));
+    let done = q.push(QUEUE, &Job::ok(1), None, None).await.unwrap();
+    let dead = q
+        .push(
+            QUEUE,
+            &Job {
+                n: 2,
+                mode: Mode::Abort,
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let (ctx, _started) = Ctx::new();
+    let w = start_worker(&q, cfg, "retention", 4, ctx);
+    wait_for("both jobs to finish", Duration::from_secs(10), || async {
+        q.finished_at(QUEUE, done.as_str()).await.unwrap().is_some()
+            && q.stats(QUEUE).await.unwrap().dead == 1
+    })
+    .await;
+    assert_eq!(q.list_dead(QUEUE, 0, 10).await.unwrap()[0].id, dead);
+    wait_for(
+        "finished jobs to expire",
+        Duration::from_secs(10),
+        || async {
+            q.finished_at(QUEUE, done.as_str()).await.unwrap().is_none()
+                && q.stats(QUEUE).await.unwrap().dead == 0
+        },
+    )
+    .await;
+    assert!(q.list_dead(QUEUE, 0, 10).await.unwrap().is_empty());
+    // what remains is the (empty) stream and the live worker's lease
+    let keys = keys_of(&q).await;
+    let base = format!("{}:{{{QUEUE}}}", q.prefix());
+    assert_eq!(
+        keys,
+        vec![format!("{base}:stream"), format!("{base}:workers")]
+    );
+    w.stop().await;
+    let keys = keys_of(&q).await;
+    assert_eq!(
+        keys,
+        vec![format!("{base}:stream")],
+        "a stopped worker leaves no lease"
+    );
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job_with_its_worker() {
+    let q = queue("lease").await;
+    let cfg = config(&q).lease(Duration::from_millis(600));
+    let (ctx, mut started) = Ctx::new();
+    let a = start_worker(&q, cfg.clone(), "lease-a", 2, ctx.clone());
+    let b = start_worker(&q, cfg, "lease-b", 2, ctx);
+    wait_workers(&q, QUEUE, 2).await;
+    let id = q
+        .push(
+            QUEUE,
+            &Job {
+                n: 7,
+                mode: Mode::SleepMs(2500),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the long job to finish",
+        Duration::from_secs(10),
+        || async { q.finished_at(QUEUE, id.as_str()).await.unwrap().is_some() },
+    )
+    .await;
+    let mut runs = 0;
+    while started.try_recv().is_ok() {
+        runs += 1;
+    }
+    assert_eq!(runs, 1, "a job ran twice while its worker was alive");
+    a.stop().await;
+    b.stop().await;
+    cleanup(&q).await;
+}
+
+/// Not a test on its own: the worker process that `killed_workers_jobs_run_exactly_once` kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_worker_process() {
+    let Ok(prefix) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let q = queue_at(&redis_url(), &prefix).await;
+    let (started, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        started,
+        healed: Default::default(),
+        hang: true,
+        log: Some((q.conn().shared(), format!("{prefix}:child-log"))),
+    });
+    let cfg = config(&q).lease(Duration::from_secs(1)).prefetch(4);
+    let w = start_worker(&q, cfg, "child", 4, ctx);
+    let _ = w.handle.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_jobs_run_exactly_once() {
+    let q = queue("sigkill").await;
+    for n in 0..30 {
+        push_ok(&q, n).await;
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_worker_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, q.prefix())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = format!("{}:child-log", q.prefix());
+    wait_for("the child to start 4 jobs", Duration::from_secs(30), || {
+        let mut conn = q.conn().shared();
+        let log = log.clone();
+        async move { conn.llen::<_, usize>(&log).await.unwrap() >= 4 }
+    })
+    .await;
+    let leased = q.stats(QUEUE).await.unwrap().running;
+    assert!(leased >= 4, "child holds {leased} jobs");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let in_child: Vec<u64> = q.conn().shared().lrange(&log, 0, -1).await.unwrap();
+
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(
+        &q,
+        config(&q).lease(Duration::from_secs(1)),
+        "rescuer",
+        8,
+        ctx,
+    );
+    let mut runs: HashMap<u64, usize> = HashMap::new();
+    while runs.len() < 30 {
+        let s = tokio::time::timeout(Duration::from_secs(15), started.recv())
+            .await
+            .expect("the killed worker's jobs did not come back")
+            .unwrap();
+        *runs.entry(s.n).or_default() += 1;
+    }
+    wait_for("the queue to settle", Duration::from_secs(10), || async {
+        let s = q.stats(QUEUE).await.unwrap();
+        s.ready == 0 && s.running == 0 && s.scheduled == 0
+    })
+    .await;
+    while let Ok(s) = started.try_recv() {
+        *runs.entry(s.n).or_default() += 1;
+    }
+    for n in 0..30 {
+        assert_eq!(
+            runs.get(&n),
+            Some(&1),
+            "job {n} (started in child: {in_child:?})"
+        );
+    }
+    assert_eq!(q.stats(QUEUE).await.unwrap().dead, 0);
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100k_backlog_drains() {
+    const N: u64 = 100_000;
+    let q = queue("backlog").await;
+    let pushes = (0..N).map(|n| {
+        let q = q.clone();
+        async move { q.push(QUEUE, &Job::ok(n), None, None).await.unwrap() }
+    });
+    futures::stream::iter(pushes)
+        .buffer_unordered(128)
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(q.stats(QUEUE).await.unwrap().ready, N);
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(
+        &q,
+        config(&q).done_retention(Duration::ZERO),
+        "backlog",
+        16,
+        ctx,
+    );
+    let mut seen = vec![false; N as usize];
+    for _ in 0..N {
+        let s = tokio::time::timeout(Duration::from_secs(30), started.recv())
+            .await
+            .expect("backlog stalled")
+            .unwrap();
+        assert!(!seen[s.n as usize], "job {} ran twice", s.n);
+        seen[s.n as usize] = true;
+    }
+    wait_for("the backlog to settle", Duration::from_secs(10), || async {
+        let s = q.stats(QUEUE).await.unwrap();
+        s.ready == 0 && s.running == 0
+    })
+    .await;
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_no_acknowledged_job() {
+    let mut redis = TempRedis::start();
+    let q = queue_at(&redis.url(), "restart").await;
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(
+        &q,
+        config(&q).lease(Duration::from_secs(2)),
+        "restart",
+        4,
+        ctx,
+    );
+    wait_workers(&q, QUEUE, 1).await;
+
+    let mut acknowledged = HashSet::new();
+    for n in 0..3000u64 {
+        if n == 1000 {
+            redis.crash_and_restart();
+        }
+        let job = Job {
+            n,
+            mode: Mode::SleepMs(1),
+        };
+        if q.push(QUEUE, &job, None, None).await.is_ok() {
+            acknowledged.insert(n);
+        }
+    }
+    assert!(
+        acknowledged.len() >= 2900,
+        "only {} pushes succeeded",
+        acknowledged.len()
+    );
+    let mut seen = HashSet::new();
+    while !acknowledged.is_subset(&seen) {
+        let s = tokio::time::timeout(Duration::from_secs(30), started.recv())
+            .await
+            .unwrap_or_else(|_| {
+                let lost: Vec<_> = acknowledged.difference(&seen).take(10).collect();
+                panic!("acknowledged jobs never ran, e.g. {lost:?}")
+            })
+            .unwrap();
+        seen.insert(s.n);
+    }
+    assert!(!w.handle.is_finished(), "the worker died");
+    // and it still takes new work
+    push_ok(&q, 99_999).await;
+    wait_for(
+        "a job pushed after the restart",
+        Duration::from_secs(10),
+        || {
+            let found = std::iter::from_fn(|| started.try_recv().ok()).any(|s| s.n == 99_999);
+            async move { found }
+        },
+    )
+    .await;
+    assert!(q.ping().await.is_ok());
+    w.stop().await;
+}
