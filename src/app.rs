@@ -42,26 +42,39 @@ pub fn platforms(settings: &Settings) -> Platforms {
 
 /// Applies the store's and the queue's migrations.
 pub async fn migrate(store: &Store) -> anyhow::Result<()> {
-    store.migrate().await.context("applying Herald's migrations")?;
+    store
+        .migrate()
+        .await
+        .context("applying Herald's migrations")?;
     // The queue's tables live in the same database; each migrator ignores the other's versions.
     match store.pool() {
         Pool::Sqlite(p) => {
             let mut m = SqliteStorage::<()>::migrations();
             m.set_ignore_missing(true);
-            m.run(p).await.context("applying the SQLite queue's migrations")?;
+            m.run(p)
+                .await
+                .context("applying the SQLite queue's migrations")?;
         }
         Pool::Postgres(p) => {
             let mut m = PostgresStorage::<()>::migrations();
             m.set_ignore_missing(true);
-            m.run(p).await.context("applying the Postgres queue's migrations")?;
+            m.run(p)
+                .await
+                .context("applying the Postgres queue's migrations")?;
         }
     }
     Ok(())
 }
 
 /// Connects the store and the queue that goes with it.
-pub async fn connect(database_url: &str, settings: Settings, vault: KeyRing) -> anyhow::Result<Parts> {
-    let store = Store::connect(database_url).await.with_context(|| format!("connecting to {}", redact_url(database_url)))?;
+pub async fn connect(
+    database_url: &str,
+    settings: Settings,
+    vault: KeyRing,
+) -> anyhow::Result<Parts> {
+    let store = Store::connect(database_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(database_url)))?;
     let wakeups = Wakeups::new();
     let (queue, backend): (Arc<dyn JobQueue>, herald_worker::Backend) = match store.pool() {
         Pool::Sqlite(p) => {
@@ -73,8 +86,18 @@ pub async fn connect(database_url: &str, settings: Settings, vault: KeyRing) -> 
             (Arc::new(q.clone()), herald_worker::Backend::Postgres(q))
         }
     };
-    let ctx = Ctx { platforms: platforms(&settings), store, queue, vault: Arc::new(vault), settings: Arc::new(settings) };
-    Ok(Parts { ctx, backend, wakeups })
+    let ctx = Ctx {
+        platforms: platforms(&settings),
+        store,
+        queue,
+        vault: Arc::new(vault),
+        settings: Arc::new(settings),
+    };
+    Ok(Parts {
+        ctx,
+        backend,
+        wakeups,
+    })
 }
 
 /// The process-wide Prometheus recorder (installed once; tests share it).
@@ -95,41 +118,71 @@ pub fn prometheus() -> PrometheusHandle {
 }
 
 pub fn api_state(ctx: Ctx, metrics_token: Option<String>) -> ApiState {
-    ApiState { ctx, prometheus: prometheus(), metrics_token }
+    ApiState {
+        ctx,
+        prometheus: prometheus(),
+        metrics_token,
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve_api(listener: TcpListener, state: ApiState, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    axum::serve(listener, herald_api::router(state)).with_graceful_shutdown(shutdown).await?;
+pub async fn serve_api(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, herald_api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
 /// Serves /metrics, /healthz and /readyz (for a worker process) until `shutdown` resolves.
-pub async fn serve_ops(listener: TcpListener, state: ApiState, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    axum::serve(listener, herald_api::ops_router(state)).with_graceful_shutdown(shutdown).await?;
+pub async fn serve_ops(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, herald_api::ops_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
 /// Runs the workers until `shutdown` resolves.
-pub async fn run_worker(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run_worker(
+    parts: Parts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     herald_worker::run(parts.ctx, parts.backend, parts.wakeups, shutdown).await
 }
 
 /// The key ring: from configuration, or for the embedded default a key file beside the SQLite
 /// database, created on first start.
-pub fn key_ring(configured: Option<&str>, database_url: &str, create_if_missing: bool) -> anyhow::Result<KeyRing> {
+pub fn key_ring(
+    configured: Option<&str>,
+    database_url: &str,
+    create_if_missing: bool,
+) -> anyhow::Result<KeyRing> {
     if let Some(spec) = configured {
         return Ok(KeyRing::parse(spec)?);
     }
     let Some(path) = sqlite_key_file(database_url) else {
-        anyhow::bail!("HERALD_ENCRYPTION_KEYS is not set: generate one with `herald keys generate`");
+        anyhow::bail!(
+            "HERALD_ENCRYPTION_KEYS is not set: generate one with `herald keys generate`"
+        );
     };
     if !path.exists() {
-        anyhow::ensure!(create_if_missing, "HERALD_ENCRYPTION_KEYS is not set and {} does not exist", path.display());
+        anyhow::ensure!(
+            create_if_missing,
+            "HERALD_ENCRYPTION_KEYS is not set and {} does not exist",
+            path.display()
+        );
         write_private(&path, &KeyRing::generate_spec())?;
         tracing::warn!(path = %path.display(), "generated an encryption key for tokens at rest; back it up with the database");
     }
-    let spec = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let spec =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(KeyRing::parse(spec.trim())?)
 }
 
@@ -145,7 +198,9 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(contents.as_bytes())?;
     Ok(())
 }

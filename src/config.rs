@@ -84,10 +84,18 @@ impl Config {
             self.lease_secs,
             self.platform_timeout_secs
         );
-        anyhow::ensure!(self.max_attempts >= 1, "HERALD_MAX_ATTEMPTS must be at least 1");
-        anyhow::ensure!((1..=256).contains(&self.concurrency), "HERALD_CONCURRENCY must be between 1 and 256");
+        anyhow::ensure!(
+            self.max_attempts >= 1,
+            "HERALD_MAX_ATTEMPTS must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=256).contains(&self.concurrency),
+            "HERALD_CONCURRENCY must be between 1 and 256"
+        );
         if self.ssrf_allow_private {
-            tracing::warn!("HERALD_SSRF_ALLOW_PRIVATE is on: user-supplied URLs may reach private addresses");
+            tracing::warn!(
+                "HERALD_SSRF_ALLOW_PRIVATE is on: user-supplied URLs may reach private addresses"
+            );
         }
         Ok(Settings {
             retry: RetryPolicy {
@@ -102,7 +110,11 @@ impl Config {
             redelivery_grace: Duration::from_secs(self.redelivery_grace_secs),
             reconcile_every: Duration::from_secs(self.reconcile_secs.max(1)),
             concurrency: self.concurrency,
-            ssrf: if self.ssrf_allow_private { SsrfGuard::allowing_private() } else { SsrfGuard::strict() },
+            ssrf: if self.ssrf_allow_private {
+                SsrfGuard::allowing_private()
+            } else {
+                SsrfGuard::strict()
+            },
         })
     }
 }

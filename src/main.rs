@@ -10,7 +10,11 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Durable jobs that publish on behalf of people to social networks")]
+#[command(
+    name = "herald",
+    version,
+    about = "Durable jobs that publish on behalf of people to social networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,8 +55,11 @@ enum KeysCommand {
 }
 
 fn init_logs(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {
@@ -64,7 +71,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -76,7 +84,9 @@ async fn shutdown_signal() {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} to {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} to {addr}"))
 }
 
 #[tokio::main]
@@ -86,15 +96,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => {
             init_logs(&config.log_format);
             let settings = config.settings()?;
-            let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, true)?;
+            let ring = app::key_ring(
+                config.encryption_keys.as_deref(),
+                &config.database_url,
+                true,
+            )?;
             let parts = app::connect(&config.database_url, settings, ring).await?;
             app::migrate(&parts.ctx.store).await?;
             let listener = bind(config.listen, "API").await?;
             let state = app::api_state(parts.ctx.clone(), config.metrics_token.clone());
             println!("Herald is listening on http://{}", listener.local_addr()?);
-            println!("  store and queue: {}", app::redact_url(&config.database_url));
+            println!(
+                "  store and queue: {}",
+                app::redact_url(&config.database_url)
+            );
             println!("  get an API key:  herald keys create --tenant NAME   (same DATABASE_URL)");
-            println!("  API reference:   http://{}/openapi.json", listener.local_addr()?);
+            println!(
+                "  API reference:   http://{}/openapi.json",
+                listener.local_addr()?
+            );
             let (tx, rx) = tokio::sync::watch::channel(false);
             let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|stop| *stop).await;
@@ -108,15 +128,28 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Api(config) => {
             init_logs(&config.log_format);
-            let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+            let ring = app::key_ring(
+                config.encryption_keys.as_deref(),
+                &config.database_url,
+                false,
+            )?;
             let parts = app::connect(&config.database_url, config.settings()?, ring).await?;
             let listener = bind(config.listen, "API").await?;
             tracing::info!(addr = %listener.local_addr()?, "API listening");
-            app::serve_api(listener, app::api_state(parts.ctx, config.metrics_token.clone()), shutdown_signal()).await?;
+            app::serve_api(
+                listener,
+                app::api_state(parts.ctx, config.metrics_token.clone()),
+                shutdown_signal(),
+            )
+            .await?;
         }
         Command::Worker(config) => {
             init_logs(&config.log_format);
-            let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+            let ring = app::key_ring(
+                config.encryption_keys.as_deref(),
+                &config.database_url,
+                false,
+            )?;
             let parts = app::connect(&config.database_url, config.settings()?, ring).await?;
             let listener = bind(config.worker_listen, "worker's ops listener").await?;
             tracing::info!(addr = %listener.local_addr()?, "worker ops endpoints listening");
@@ -139,24 +172,40 @@ async fn main() -> anyhow::Result<()> {
             init_logs(&config.log_format);
             let store = Store::connect(&config.database_url).await?;
             app::migrate(&store).await?;
-            println!("migrations applied to {}", app::redact_url(&config.database_url));
+            println!(
+                "migrations applied to {}",
+                app::redact_url(&config.database_url)
+            );
         }
         Command::Keys { command } => match command {
             KeysCommand::Generate => println!("{}", KeyRing::generate_spec()),
-            KeysCommand::Create { tenant, operator, config } => {
+            KeysCommand::Create {
+                tenant,
+                operator,
+                config,
+            } => {
                 init_logs(&config.log_format);
                 let store = Store::connect(&config.database_url).await?;
                 app::migrate(&store).await?;
                 let key = keys::create(&store, tenant.as_deref(), operator).await?;
                 println!("{key}");
-                eprintln!("This key is shown once; Herald stores only its hash. Send it as `Authorization: Bearer <key>`.");
+                eprintln!(
+                    "This key is shown once; Herald stores only its hash. Send it as `Authorization: Bearer <key>`."
+                );
             }
             KeysCommand::Rotate(config) => {
                 init_logs(&config.log_format);
-                let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+                let ring = app::key_ring(
+                    config.encryption_keys.as_deref(),
+                    &config.database_url,
+                    false,
+                )?;
                 let store = Store::connect(&config.database_url).await?;
                 let n = keys::rotate(&store, &ring).await?;
-                println!("re-encrypted {n} connections under key `{}`", ring.primary_id());
+                println!(
+                    "re-encrypted {n} connections under key `{}`",
+                    ring.primary_id()
+                );
             }
         },
     }

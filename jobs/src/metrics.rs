@@ -87,7 +87,11 @@ declare! {
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
     for m in ALL {
-        let unit = if m.name.ends_with("_seconds") { Some(Unit::Seconds) } else { None };
+        let unit = if m.name.ends_with("_seconds") {
+            Some(Unit::Seconds)
+        } else {
+            None
+        };
         match (m.kind, unit) {
             (Kind::Counter, _) => describe_counter!(m.name, m.help),
             (Kind::Gauge, Some(u)) => describe_gauge!(m.name, u, m.help),
@@ -99,4 +103,6 @@ pub fn describe() {
 }
 
 /// Histogram buckets for job and request durations, in seconds.
-pub const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];

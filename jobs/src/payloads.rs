@@ -55,7 +55,10 @@ mod tests {
 
     #[test]
     fn payloads_have_a_stable_versioned_wire_form() {
-        let json = serde_json::to_string(&ShareV1 { share_id: "shr_1".into() }).unwrap();
+        let json = serde_json::to_string(&ShareV1 {
+            share_id: "shr_1".into(),
+        })
+        .unwrap();
         assert_eq!(json, r#"{"v":"1","share_id":"shr_1"}"#);
         let back: ShareV1 = serde_json::from_str(&json).unwrap();
         assert_eq!(back.share_id, "shr_1");

@@ -37,7 +37,13 @@ impl QueueError {
 pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// Pushes `payload` to `queue`, to run at `run_at` (now or later). A second push with the same
     /// `key` while the first is known to the backend is a no-op.
-    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError>;
+    async fn push(
+        &self,
+        queue: QueueName,
+        payload: Value,
+        run_at: DateTime<Utc>,
+        key: &str,
+    ) -> Result<(), QueueError>;
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), QueueError>;
@@ -77,7 +83,12 @@ impl Wakeups {
     /// A stream that yields once per wake-up of `queue`, for apalis's poll strategy.
     pub fn stream(&self, queue: QueueName) -> mpsc::Receiver<()> {
         let (tx, rx) = mpsc::channel(0);
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).entry(queue).or_default().push(tx);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue)
+            .or_default()
+            .push(tx);
         rx
     }
 }
@@ -101,7 +112,8 @@ impl SqliteQueue {
     }
 
     pub fn storage<T>(&self, queue: QueueName) -> SqliteStorage<T> {
-        SqliteStorage::new(&self.pool).with_config(apalis_sqlite::Config::default().queue(queue.as_str()))
+        SqliteStorage::new(&self.pool)
+            .with_config(apalis_sqlite::Config::default().queue(queue.as_str()))
     }
 
     pub fn pool(&self) -> &apalis_sqlite::SqlitePool {
@@ -111,8 +123,17 @@ impl SqliteQueue {
 
 #[async_trait]
 impl JobQueue for SqliteQueue {
-    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError> {
-        let task = TaskBuilder::new(payload).run_after(delay_until(run_at)).idempotency_key(key).build();
+    async fn push(
+        &self,
+        queue: QueueName,
+        payload: Value,
+        run_at: DateTime<Utc>,
+        key: &str,
+    ) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(payload)
+            .run_after(delay_until(run_at))
+            .idempotency_key(key)
+            .build();
         let mut storage = self.storage::<Value>(queue);
         storage.push_task(task).await.map_err(QueueError::from)?;
         self.wakeups.wake(queue);
@@ -120,7 +141,10 @@ impl JobQueue for SqliteQueue {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(QueueError::from)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(QueueError::from)?;
         Ok(())
     }
 
@@ -149,7 +173,8 @@ impl PostgresQueue {
     }
 
     pub fn storage<T>(&self, queue: QueueName) -> PostgresStorage<T> {
-        PostgresStorage::new(&self.pool).with_config(apalis_postgres::Config::default().queue(queue.as_str()))
+        PostgresStorage::new(&self.pool)
+            .with_config(apalis_postgres::Config::default().queue(queue.as_str()))
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {
@@ -159,8 +184,17 @@ impl PostgresQueue {
 
 #[async_trait]
 impl JobQueue for PostgresQueue {
-    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError> {
-        let task = TaskBuilder::new(payload).run_after(delay_until(run_at)).idempotency_key(key).build();
+    async fn push(
+        &self,
+        queue: QueueName,
+        payload: Value,
+        run_at: DateTime<Utc>,
+        key: &str,
+    ) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(payload)
+            .run_after(delay_until(run_at))
+            .idempotency_key(key)
+            .build();
         let mut storage = self.storage::<Value>(queue);
         storage.push_task(task).await.map_err(QueueError::from)?;
         self.wakeups.wake(queue);
@@ -168,7 +202,10 @@ impl JobQueue for PostgresQueue {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(QueueError::from)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(QueueError::from)?;
         Ok(())
     }
 

@@ -50,7 +50,8 @@ impl RetryPolicy {
 
     /// How long to defer after a rate limit.
     pub fn rate_limit_wait(&self, said: Option<Duration>) -> Duration {
-        said.unwrap_or(self.default_rate_limit_wait).clamp(Duration::from_secs(1), self.max_rate_limit_wait)
+        said.unwrap_or(self.default_rate_limit_wait)
+            .clamp(Duration::from_secs(1), self.max_rate_limit_wait)
     }
 }
 
@@ -60,7 +61,12 @@ mod tests {
 
     #[test]
     fn delays_grow_stay_capped_and_end_with_the_budget() {
-        let p = RetryPolicy { max_attempts: 5, base_delay: Duration::from_secs(1), max_delay: Duration::from_secs(4), ..Default::default() };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(4),
+            ..Default::default()
+        };
         let d: Vec<Duration> = (1..5).map(|a| p.delay_after(a).unwrap()).collect();
         // Jitter adds up to one more delay's worth.
         assert!(d[0] >= Duration::from_secs(1) && d[0] <= Duration::from_secs(2));
@@ -73,7 +79,13 @@ mod tests {
     fn rate_limit_waits_are_clamped() {
         let p = RetryPolicy::default();
         assert_eq!(p.rate_limit_wait(None), Duration::from_secs(60));
-        assert_eq!(p.rate_limit_wait(Some(Duration::ZERO)), Duration::from_secs(1));
-        assert_eq!(p.rate_limit_wait(Some(Duration::from_secs(999_999))), Duration::from_secs(86_400));
+        assert_eq!(
+            p.rate_limit_wait(Some(Duration::ZERO)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            p.rate_limit_wait(Some(Duration::from_secs(999_999))),
+            Duration::from_secs(86_400)
+        );
     }
 }

@@ -32,12 +32,16 @@ pub struct SsrfGuard {
 
 impl SsrfGuard {
     pub fn strict() -> Self {
-        Self { allow_private: false }
+        Self {
+            allow_private: false,
+        }
     }
 
     /// Lets private and loopback addresses through: for tests and local development only.
     pub fn allowing_private() -> Self {
-        Self { allow_private: true }
+        Self {
+            allow_private: true,
+        }
     }
 
     pub fn allows_private(&self) -> bool {
@@ -74,7 +78,9 @@ impl SsrfGuard {
 
     /// A DNS resolver for reqwest that drops every non-public address.
     pub fn resolver(&self) -> Arc<GuardedResolver> {
-        Arc::new(GuardedResolver { guard: self.clone() })
+        Arc::new(GuardedResolver {
+            guard: self.clone(),
+        })
     }
 }
 
@@ -161,7 +167,11 @@ mod tests {
             "http://0.0.0.0/",
             "http://100.64.0.1/",
         ] {
-            assert_eq!(g.check_url(bad).unwrap_err(), SsrfError::PrivateAddress, "{bad}");
+            assert_eq!(
+                g.check_url(bad).unwrap_err(),
+                SsrfError::PrivateAddress,
+                "{bad}"
+            );
         }
     }
 
@@ -170,14 +180,27 @@ mod tests {
         let g = SsrfGuard::strict();
         assert!(g.check_url("https://mastodon.social/@x").is_ok());
         assert!(g.check_url("https://93.184.216.34/").is_ok());
-        assert_eq!(g.check_url("file:///etc/passwd").unwrap_err(), SsrfError::Scheme);
-        assert_eq!(g.check_url("gopher://x.org").unwrap_err(), SsrfError::Scheme);
-        assert_eq!(g.check_url("https://u:p@x.org").unwrap_err(), SsrfError::Credentials);
+        assert_eq!(
+            g.check_url("file:///etc/passwd").unwrap_err(),
+            SsrfError::Scheme
+        );
+        assert_eq!(
+            g.check_url("gopher://x.org").unwrap_err(),
+            SsrfError::Scheme
+        );
+        assert_eq!(
+            g.check_url("https://u:p@x.org").unwrap_err(),
+            SsrfError::Credentials
+        );
         assert_eq!(g.check_url("not a url").unwrap_err(), SsrfError::Malformed);
     }
 
     #[test]
     fn the_test_guard_lets_loopback_through() {
-        assert!(SsrfGuard::allowing_private().check_url("http://127.0.0.1:9/").is_ok());
+        assert!(
+            SsrfGuard::allowing_private()
+                .check_url("http://127.0.0.1:9/")
+                .is_ok()
+        );
     }
 }

@@ -57,7 +57,10 @@ pub struct KeyRing {
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyRing")
-            .field("key_ids", &self.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>())
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -67,10 +70,17 @@ impl KeyRing {
     pub fn parse(spec: &str) -> Result<Self, VaultError> {
         let mut keys: Vec<RingKey> = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (id, b64) = part.split_once(':').ok_or_else(|| VaultError::BadKey(redact(part)))?;
+            let (id, b64) = part
+                .split_once(':')
+                .ok_or_else(|| VaultError::BadKey(redact(part)))?;
             let id = id.trim();
-            let valid_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            let bytes = B64.decode(b64.trim()).map_err(|_| VaultError::BadKey(id.to_owned()))?;
+            let valid_id = !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let bytes = B64
+                .decode(b64.trim())
+                .map_err(|_| VaultError::BadKey(id.to_owned()))?;
             if !valid_id || bytes.len() != 32 {
                 return Err(VaultError::BadKey(id.to_owned()));
             }
@@ -78,7 +88,10 @@ impl KeyRing {
                 return Err(VaultError::DuplicateKey(id.to_owned()));
             }
             let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes));
-            keys.push(RingKey { id: id.to_owned(), cipher });
+            keys.push(RingKey {
+                id: id.to_owned(),
+                cipher,
+            });
         }
         if keys.is_empty() {
             return Err(VaultError::NoKeys);
@@ -103,7 +116,13 @@ impl KeyRing {
         let aad = slot.aad();
         let ct = key
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext.expose_secret().as_bytes(), aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext.expose_secret().as_bytes(),
+                    aad: &aad,
+                },
+            )
             .map_err(|_| VaultError::Malformed)?;
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ct);
@@ -152,22 +171,36 @@ mod tests {
     use super::*;
 
     fn slot(row: &str) -> Slot<'_> {
-        Slot { table: "connections", row, column: "access_token" }
+        Slot {
+            table: "connections",
+            row,
+            column: "access_token",
+        }
     }
 
     #[test]
     fn a_token_round_trips_and_never_shows_in_the_envelope() {
         let ring = KeyRing::parse(&KeyRing::generate_spec()).unwrap();
-        let env = ring.encrypt(slot("con_1"), &SecretString::from("s3cret-token")).unwrap();
+        let env = ring
+            .encrypt(slot("con_1"), &SecretString::from("s3cret-token"))
+            .unwrap();
         assert!(!env.contains("s3cret"));
-        assert_eq!(ring.decrypt(slot("con_1"), &env).unwrap().expose_secret(), "s3cret-token");
+        assert_eq!(
+            ring.decrypt(slot("con_1"), &env).unwrap().expose_secret(),
+            "s3cret-token"
+        );
     }
 
     #[test]
     fn a_ciphertext_moved_to_another_row_fails_to_decrypt() {
         let ring = KeyRing::parse(&KeyRing::generate_spec()).unwrap();
-        let env = ring.encrypt(slot("con_1"), &SecretString::from("t")).unwrap();
-        assert!(matches!(ring.decrypt(slot("con_2"), &env), Err(VaultError::Tampered)));
+        let env = ring
+            .encrypt(slot("con_1"), &SecretString::from("t"))
+            .unwrap();
+        assert!(matches!(
+            ring.decrypt(slot("con_2"), &env),
+            Err(VaultError::Tampered)
+        ));
     }
 
     #[test]
@@ -187,6 +220,8 @@ mod tests {
     fn malformed_keys_name_the_key_but_not_its_bytes() {
         let err = KeyRing::parse("k1:c2hvcnQ=").unwrap_err().to_string();
         assert!(err.contains("k1") && !err.contains("c2hvcnQ"));
-        assert!(format!("{:?}", KeyRing::parse(&KeyRing::generate_spec()).unwrap()).contains("key_ids"));
+        assert!(
+            format!("{:?}", KeyRing::parse(&KeyRing::generate_spec()).unwrap()).contains("key_ids")
+        );
     }
 }

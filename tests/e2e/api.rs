@@ -28,14 +28,20 @@ fn share_body(conn: &str) -> Value {
 
 async fn requests_without_a_valid_key_are_refused(engine: Engine) {
     let app = TestApp::spawn_with(engine, false, fast_settings()).await;
-    for key in [None, Some("nope"), Some("hk_key_00000000000000000000000000000000_secret")] {
+    for key in [
+        None,
+        Some("nope"),
+        Some("hk_key_00000000000000000000000000000000_secret"),
+    ] {
         let (status, body) = app.call(Method::GET, "/v1/shares", key, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["code"], "unauthorized");
     }
     // A real key id with a wrong secret is refused too.
     let forged = format!("{}x", &app.key[..app.key.len() - 1]);
-    let (status, _) = app.call(Method::GET, "/v1/shares", Some(&forged), None).await;
+    let (status, _) = app
+        .call(Method::GET, "/v1/shares", Some(&forged), None)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
@@ -53,15 +59,30 @@ async fn imported_tokens_are_encrypted_at_rest_and_never_shown(engine: Engine) {
     let text = body.to_string();
     assert!(!text.contains(&token) && !text.contains("refresh-secret-123"));
     assert_eq!(body["has_refresh_token"], true);
-    let row = app.parts.ctx.store.connection(body["id"].as_str().unwrap()).await.unwrap().unwrap();
+    let row = app
+        .parts
+        .ctx
+        .store
+        .connection(body["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let stored = format!("{:?}", row);
-    assert!(!stored.contains(&token) && !stored.contains("refresh-secret-123"), "tokens stored in clear");
+    assert!(
+        !stored.contains(&token) && !stored.contains("refresh-secret-123"),
+        "tokens stored in clear"
+    );
     assert!(row.access_token_enc.as_deref().unwrap().starts_with("v1."));
     let creds = row.credentials(&app.parts.ctx.vault).unwrap();
-    assert!(!format!("{creds:?}").contains(&token), "Debug shows a token");
+    assert!(
+        !format!("{creds:?}").contains(&token),
+        "Debug shows a token"
+    );
 }
 
-async fn a_second_import_of_the_same_account_updates_it_and_keeps_the_refresh_token(engine: Engine) {
+async fn a_second_import_of_the_same_account_updates_it_and_keeps_the_refresh_token(
+    engine: Engine,
+) {
     let app = TestApp::spawn_with(engine, false, fast_settings()).await;
     let base = json!({
         "platform": "mastodon", "platform_account_id": "109", "handle": "alice@social.example",
@@ -76,7 +97,14 @@ async fn a_second_import_of_the_same_account_updates_it_and_keeps_the_refresh_to
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(first["id"], again["id"]);
     assert_eq!(again["handle"], "alice2@social.example");
-    let row = app.parts.ctx.store.connection(first["id"].as_str().unwrap()).await.unwrap().unwrap();
+    let row = app
+        .parts
+        .ctx
+        .store
+        .connection(first["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let creds = row.credentials(&app.parts.ctx.vault).unwrap();
     use secrecy::ExposeSecret;
     assert_eq!(creds.access_token.unwrap().expose_secret(), "second");
@@ -95,21 +123,79 @@ async fn bad_input_gets_a_stable_code_and_the_field_and_writes_nothing(engine: E
         b
     };
     let cases: Vec<(Value, &str, &str)> = vec![
-        (with(&|b| { b.as_object_mut().unwrap().remove("url"); }), "url", "missing_field"),
-        (with(&|b| b["colour"] = json!("red")), "colour", "unknown_field"),
-        (with(&|b| b["connection_ids"] = json!([1])), "connection_ids[0]", "invalid_field"),
+        (
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("url");
+            }),
+            "url",
+            "missing_field",
+        ),
+        (
+            with(&|b| b["colour"] = json!("red")),
+            "colour",
+            "unknown_field",
+        ),
+        (
+            with(&|b| b["connection_ids"] = json!([1])),
+            "connection_ids[0]",
+            "invalid_field",
+        ),
         (with(&|b| b["url"] = json!("")), "url", "missing_url"),
-        (with(&|b| b["url"] = json!("not a url")), "url", "invalid_url"),
-        (with(&|b| b["url"] = json!("ftp://blog.example/x")), "url", "invalid_url"),
-        (with(&|b| b["image_url"] = json!("file:///etc/passwd")), "image_url", "invalid_url"),
-        (with(&|b| b["text"] = json!("x".repeat(480))), "text", "text_too_long"),
-        (with(&|b| b["connection_ids"] = json!([])), "connection_ids", "invalid_targets"),
-        (with(&|b| b["connection_ids"] = json!(["con_nope"])), "connection_ids[0]", "unknown_connection"),
-        (with(&|b| b["connection_ids"] = json!([conn.clone(), foreign.clone()])), "connection_ids[1]", "unknown_connection"),
-        (with(&|b| b["connection_ids"] = json!([conn.clone(), conn.clone()])), "connection_ids[1]", "duplicate_connection"),
-        (with(&|b| b["publish_at"] = json!("2020-01-01T00:00:00Z")), "publish_at", "publish_at_in_past"),
-        (with(&|b| b["publish_at"] = json!("tomorrow at noon")), "publish_at", "invalid_time"),
-        (with(&|b| b["title"] = json!("t".repeat(301))), "title", "title_too_long"),
+        (
+            with(&|b| b["url"] = json!("not a url")),
+            "url",
+            "invalid_url",
+        ),
+        (
+            with(&|b| b["url"] = json!("ftp://blog.example/x")),
+            "url",
+            "invalid_url",
+        ),
+        (
+            with(&|b| b["image_url"] = json!("file:///etc/passwd")),
+            "image_url",
+            "invalid_url",
+        ),
+        (
+            with(&|b| b["text"] = json!("x".repeat(480))),
+            "text",
+            "text_too_long",
+        ),
+        (
+            with(&|b| b["connection_ids"] = json!([])),
+            "connection_ids",
+            "invalid_targets",
+        ),
+        (
+            with(&|b| b["connection_ids"] = json!(["con_nope"])),
+            "connection_ids[0]",
+            "unknown_connection",
+        ),
+        (
+            with(&|b| b["connection_ids"] = json!([conn.clone(), foreign.clone()])),
+            "connection_ids[1]",
+            "unknown_connection",
+        ),
+        (
+            with(&|b| b["connection_ids"] = json!([conn.clone(), conn.clone()])),
+            "connection_ids[1]",
+            "duplicate_connection",
+        ),
+        (
+            with(&|b| b["publish_at"] = json!("2020-01-01T00:00:00Z")),
+            "publish_at",
+            "publish_at_in_past",
+        ),
+        (
+            with(&|b| b["publish_at"] = json!("tomorrow at noon")),
+            "publish_at",
+            "invalid_time",
+        ),
+        (
+            with(&|b| b["title"] = json!("t".repeat(301))),
+            "title",
+            "title_too_long",
+        ),
     ];
     for (body, field, code) in cases {
         let (status, err) = app.post("/v1/shares", body.clone()).await;
@@ -118,20 +204,36 @@ async fn bad_input_gets_a_stable_code_and_the_field_and_writes_nothing(engine: E
         assert_eq!(err["error"]["field"], field, "{body} -> {err}");
     }
     let (_, list) = app.get("/v1/shares").await;
-    assert_eq!(list["shares"].as_array().unwrap().len(), 0, "a refused request wrote shares");
+    assert_eq!(
+        list["shares"].as_array().unwrap().len(),
+        0,
+        "a refused request wrote shares"
+    );
 
     let (status, err) = app
         .post("/v1/connections", json!({ "platform": "myspace", "platform_account_id": "1", "handle": "a", "access_token": "t" }))
         .await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("platform")));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("platform"))
+    );
     let (status, err) = app
         .post("/v1/connections", json!({ "platform": "mastodon", "platform_account_id": "1", "handle": "a", "access_token": "t" }))
         .await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("extras.instance_url")));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("extras.instance_url")
+        )
+    );
     let (status, err) = app
         .post("/v1/connections", json!({ "platform": "mastodon", "platform_account_id": "1", "handle": "a", "access_token": " " , "extras": { "instance_url": app.mastodon.base }}))
         .await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("access_token")));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("access_token"))
+    );
 }
 
 async fn an_oversized_or_malformed_body_is_refused(engine: Engine) {
@@ -162,9 +264,19 @@ async fn repeating_a_request_with_its_idempotency_key_returns_the_same_shares(en
     let app = TestApp::spawn_with(engine, false, fast_settings()).await;
     let conn = app.mastodon_connection().await;
     let send = |body: Value, key: &'static str| {
-        app.http.post(format!("{}/v1/shares", app.base)).bearer_auth(&app.key).header("idempotency-key", key).json(&body).send()
+        app.http
+            .post(format!("{}/v1/shares", app.base))
+            .bearer_auth(&app.key)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
     };
-    let first: Value = send(share_body(&conn), "req-1").await.unwrap().json().await.unwrap();
+    let first: Value = send(share_body(&conn), "req-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let res = send(share_body(&conn), "req-1").await.unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let second: Value = res.json().await.unwrap();
@@ -188,41 +300,84 @@ async fn a_tenant_never_sees_or_uses_another_tenants_connections_or_shares(engin
         b["shares"][0]["id"].as_str().unwrap().to_owned()
     };
     let other = app.key_for("globex").await;
-    for path in [format!("/v1/shares/{share}"), format!("/v1/connections/{conn}")] {
+    for path in [
+        format!("/v1/shares/{share}"),
+        format!("/v1/connections/{conn}"),
+    ] {
         let (status, _) = app.call(Method::GET, &path, Some(&other), None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
-    let (status, _) = app.call(Method::DELETE, &format!("/v1/shares/{share}"), Some(&other), None).await;
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/shares/{share}"),
+            Some(&other),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, list) = app.call(Method::GET, "/v1/shares", Some(&other), None).await;
+    let (_, list) = app
+        .call(Method::GET, "/v1/shares", Some(&other), None)
+        .await;
     assert_eq!(list["shares"].as_array().unwrap().len(), 0);
-    let (_, list) = app.call(Method::GET, "/v1/connections", Some(&other), None).await;
+    let (_, list) = app
+        .call(Method::GET, "/v1/connections", Some(&other), None)
+        .await;
     assert_eq!(list["connections"].as_array().unwrap().len(), 0);
-    let (status, err) = app.call(Method::POST, "/v1/shares", Some(&other), Some(share_body(&conn))).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_connection")));
+    let (status, err) = app
+        .call(
+            Method::POST,
+            "/v1/shares",
+            Some(&other),
+            Some(share_body(&conn)),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_connection"))
+    );
     // The owner still sees its share, untouched.
     let (status, mine) = app.get(&format!("/v1/shares/{share}")).await;
-    assert_eq!((status, mine["state"].as_str()), (StatusCode::OK, Some("queued")));
+    assert_eq!(
+        (status, mine["state"].as_str()),
+        (StatusCode::OK, Some("queued"))
+    );
 }
 
 async fn shares_are_listed_by_url(engine: Engine) {
     let app = TestApp::spawn_with(engine, false, fast_settings()).await;
     let conn = app.mastodon_connection().await;
-    for url in ["https://blog.example/a", "https://blog.example/b", "https://blog.example/a"] {
-        let (status, _) = app.post("/v1/shares", json!({ "url": url, "connection_ids": [conn] })).await;
+    for url in [
+        "https://blog.example/a",
+        "https://blog.example/b",
+        "https://blog.example/a",
+    ] {
+        let (status, _) = app
+            .post(
+                "/v1/shares",
+                json!({ "url": url, "connection_ids": [conn] }),
+            )
+            .await;
         assert_eq!(status, StatusCode::ACCEPTED);
     }
-    let (_, a) = app.get("/v1/shares?url=https%3A%2F%2Fblog.example%2Fa").await;
+    let (_, a) = app
+        .get("/v1/shares?url=https%3A%2F%2Fblog.example%2Fa")
+        .await;
     let a = a["shares"].as_array().unwrap();
     assert_eq!(a.len(), 2);
     assert!(a.iter().all(|s| s["url"] == "https://blog.example/a"));
     let (_, page) = app.get("/v1/shares?limit=2").await;
     assert_eq!(page["shares"].as_array().unwrap().len(), 2);
     let before = page["next_before"].as_str().unwrap();
-    let (_, rest) = app.get(&format!("/v1/shares?limit=2&before={before}")).await;
+    let (_, rest) = app
+        .get(&format!("/v1/shares?limit=2&before={before}"))
+        .await;
     assert_eq!(rest["shares"].as_array().unwrap().len(), 1);
     let (status, err) = app.get("/v1/shares?limit=0").await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("limit")));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("limit"))
+    );
 }
 
 async fn a_scheduled_share_can_be_cancelled_but_a_finished_one_cannot(engine: Engine) {
@@ -234,14 +389,41 @@ async fn a_scheduled_share_can_be_cancelled_but_a_finished_one_cannot(engine: En
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["shares"][0]["id"].as_str().unwrap();
-    let (status, cancelled) = app.call(Method::DELETE, &format!("/v1/shares/{id}"), Some(&app.key), None).await;
-    assert_eq!((status, cancelled["state"].as_str()), (StatusCode::OK, Some("cancelled")));
+    let (status, cancelled) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/shares/{id}"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
 
     let done = app.share(&conn, "now").await;
-    app.share_until(&done, std::time::Duration::from_secs(15), |s| s["state"] == "succeeded").await;
-    let (status, err) = app.call(Method::DELETE, &format!("/v1/shares/{done}"), Some(&app.key), None).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("share_not_cancellable")));
-    assert_eq!(app.mastodon.statuses().len(), 1, "the cancelled share was posted");
+    app.share_until(&done, std::time::Duration::from_secs(15), |s| {
+        s["state"] == "succeeded"
+    })
+    .await;
+    let (status, err) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/shares/{done}"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("share_not_cancellable"))
+    );
+    assert_eq!(
+        app.mastodon.statuses().len(),
+        1,
+        "the cancelled share was posted"
+    );
 }
 
 async fn health_readiness_and_the_openapi_document_answer(engine: Engine) {
@@ -253,8 +435,17 @@ async fn health_readiness_and_the_openapi_document_answer(engine: Engine) {
     assert_eq!(ready["store"]["status"], "ok");
     let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    for path in ["/v1/shares", "/v1/shares/{id}", "/v1/connections", "/v1/connections/{id}", "/readyz"] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/v1/shares",
+        "/v1/shares/{id}",
+        "/v1/connections",
+        "/v1/connections/{id}",
+        "/readyz",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
 }
 
@@ -262,12 +453,24 @@ async fn the_ssrf_guard_refuses_private_instance_and_share_urls(engine: Engine) 
     let mut settings = fast_settings();
     settings.ssrf = herald_jobs::ssrf::SsrfGuard::strict();
     let app = TestApp::spawn_with(engine, false, settings).await;
-    for instance in ["http://127.0.0.1:3000", "http://169.254.169.254", "http://[::1]/", "http://10.0.0.8", "http://localhost"] {
+    for instance in [
+        "http://127.0.0.1:3000",
+        "http://169.254.169.254",
+        "http://[::1]/",
+        "http://10.0.0.8",
+        "http://localhost",
+    ] {
         let (status, err) = app
             .post("/v1/connections", json!({ "platform": "mastodon", "platform_account_id": "1", "handle": "a", "access_token": "t", "extras": { "instance_url": instance } }))
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{instance}");
-        assert_eq!((err["error"]["code"].as_str(), err["error"]["field"].as_str()), (Some("invalid_url"), Some("extras.instance_url")));
+        assert_eq!(
+            (
+                err["error"]["code"].as_str(),
+                err["error"]["field"].as_str()
+            ),
+            (Some("invalid_url"), Some("extras.instance_url"))
+        );
     }
     let (_, conns) = app.get("/v1/connections").await;
     assert_eq!(conns["connections"].as_array().unwrap().len(), 0);

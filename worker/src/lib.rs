@@ -39,7 +39,12 @@ async fn share_job(job: ShareV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
 fn worker_name(queue: QueueName) -> String {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    format!("{}-{host}-{}-{}", queue.as_str(), std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{host}-{}-{}",
+        queue.as_str(),
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 macro_rules! share_worker {
@@ -48,7 +53,9 @@ macro_rules! share_worker {
         let wakeups: Wakeups = $wakeups.clone();
         let concurrency = ctx.settings.concurrency;
         move |_run: usize| {
-            let strategy = Strategy::new().stream(wakeups.stream(QueueName::Share)).interval(FALLBACK_POLL);
+            let strategy = Strategy::new()
+                .stream(wakeups.stream(QueueName::Share))
+                .interval(FALLBACK_POLL);
             WorkerBuilder::new(worker_name(QueueName::Share))
                 .backend($storage.poll_with_strategy(strategy))
                 .data(ctx.clone())
@@ -76,11 +83,19 @@ pub async fn run(
     let monitor = match &backend {
         Backend::Sqlite(q) => {
             let q = q.clone();
-            monitor.register(share_worker!(q.storage::<ShareV1>(QueueName::Share), ctx, wakeups))
+            monitor.register(share_worker!(
+                q.storage::<ShareV1>(QueueName::Share),
+                ctx,
+                wakeups
+            ))
         }
         Backend::Postgres(q) => {
             let q = q.clone();
-            monitor.register(share_worker!(q.storage::<ShareV1>(QueueName::Share), ctx, wakeups))
+            monitor.register(share_worker!(
+                q.storage::<ShareV1>(QueueName::Share),
+                ctx,
+                wakeups
+            ))
         }
     };
     let reconciler = CancelOnDrop(tokio::spawn(reconcile_forever(ctx.clone())));
@@ -109,7 +124,8 @@ async fn reconcile_forever(ctx: Ctx) {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reconciler run failed");
-                metrics::counter!(m::SWEEP_RUNS_TOTAL, "sweep" => "reconcile", "result" => "error").increment(1);
+                metrics::counter!(m::SWEEP_RUNS_TOTAL, "sweep" => "reconcile", "result" => "error")
+                    .increment(1);
             }
         }
     }

@@ -10,10 +10,17 @@ pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
     let now = Utc::now();
     let d = ctx.store.share_depth(now).await?;
     let share = QueueName::Share.as_str();
-    for (state, n) in [("ready", d.ready), ("scheduled", d.scheduled), ("running", d.running), ("parked", d.parked)] {
+    for (state, n) in [
+        ("ready", d.ready),
+        ("scheduled", d.scheduled),
+        ("running", d.running),
+        ("parked", d.parked),
+    ] {
         metrics::gauge!(m::QUEUE_DEPTH, "queue" => share, "state" => state).set(n as f64);
     }
-    let age = d.oldest_ready.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+    let age = d
+        .oldest_ready
+        .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
     metrics::gauge!(m::QUEUE_OLDEST_AGE_SECONDS, "queue" => share).set(age);
 
     let counts = ctx.store.connection_counts().await?;
@@ -23,7 +30,8 @@ pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
             .find(|(p, _, _)| p == kind.as_str())
             .map_or((0, 0), |(_, a, r)| (*a, *r));
         metrics::gauge!(m::CONNECTIONS, "platform" => kind.as_str()).set(all as f64);
-        metrics::gauge!(m::CONNECTIONS_NEEDING_REAUTH, "platform" => kind.as_str()).set(reauth as f64);
+        metrics::gauge!(m::CONNECTIONS_NEEDING_REAUTH, "platform" => kind.as_str())
+            .set(reauth as f64);
         // Per-connection refresh failure counting arrives with the token lifecycle (issue 4).
         metrics::gauge!(m::CONNECTIONS_REFRESH_FAILING, "platform" => kind.as_str()).set(0.0);
     }

@@ -16,7 +16,10 @@ use crate::{
 pub async fn redeliver(ctx: &Ctx) -> anyhow::Result<usize> {
     let now = Utc::now();
     let grace = chrono::Duration::from_std(ctx.settings.redelivery_grace)?;
-    let rows = ctx.store.shares_needing_delivery(now, now - grace, 500).await?;
+    let rows = ctx
+        .store
+        .shares_needing_delivery(now, now - grace, 500)
+        .await?;
     let mut pushed = 0;
     for row in rows {
         let key = match row.state()? {
@@ -27,7 +30,9 @@ pub async fn redeliver(ctx: &Ctx) -> anyhow::Result<usize> {
             ),
             _ => row.delivery_key(),
         };
-        let payload = serde_json::to_value(ShareV1 { share_id: row.id.clone() })?;
+        let payload = serde_json::to_value(ShareV1 {
+            share_id: row.id.clone(),
+        })?;
         ctx.queue.push(QueueName::Share, payload, now, &key).await?;
         pushed += 1;
     }

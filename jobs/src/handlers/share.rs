@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use crate::{
-    Ctx,
-    metrics as m,
+    Ctx, metrics as m,
     payloads::{QueueName, ShareV1},
     platform::{Platform, PlatformError, PostRequest},
     store::{Claim, ConnectionRow, ShareRow, ShareUpdate},
@@ -19,7 +18,12 @@ use crate::{
 pub async fn run(ctx: &Ctx, job: &ShareV1) -> anyhow::Result<()> {
     let now = Utc::now();
     let lease_until = now + ctx.settings.lease;
-    match ctx.store.claim_share(&job.share_id, now, lease_until).await.context("claiming the share")? {
+    match ctx
+        .store
+        .claim_share(&job.share_id, now, lease_until)
+        .await
+        .context("claiming the share")?
+    {
         Claim::Run { share, recovered } => attempt(ctx, share, recovered).await,
         Claim::NotDue(share) => {
             // Delivered early (clocks differ between hosts): deliver again when due.
@@ -31,8 +35,13 @@ pub async fn run(ctx: &Ctx, job: &ShareV1) -> anyhow::Result<()> {
 }
 
 async fn push(ctx: &Ctx, share: &ShareRow, key: &str) -> anyhow::Result<()> {
-    let payload = serde_json::to_value(ShareV1 { share_id: share.id.clone() })?;
-    ctx.queue.push(QueueName::Share, payload, share.run_at, key).await.context("pushing the share")?;
+    let payload = serde_json::to_value(ShareV1 {
+        share_id: share.id.clone(),
+    })?;
+    ctx.queue
+        .push(QueueName::Share, payload, share.run_at, key)
+        .await
+        .context("pushing the share")?;
     Ok(())
 }
 
@@ -69,10 +78,12 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool) -> anyhow::Result<
         _ => {}
     }
     let (class, message) = match &update {
-        ShareUpdate::Retry { class, message, .. } | ShareUpdate::Failed { class, message, .. } | ShareUpdate::Parked { class, message } => {
-            (Some(class.as_str()), Some(message.as_str()))
+        ShareUpdate::Retry { class, message, .. }
+        | ShareUpdate::Failed { class, message, .. }
+        | ShareUpdate::Parked { class, message } => (Some(class.as_str()), Some(message.as_str())),
+        ShareUpdate::OutcomeUnknown { message } => {
+            (Some("outcome_unknown"), Some(message.as_str()))
         }
-        ShareUpdate::OutcomeUnknown { message } => (Some("outcome_unknown"), Some(message.as_str())),
         ShareUpdate::Succeeded { .. } => (None, None),
     };
     info!(
@@ -95,7 +106,10 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool) -> anyhow::Result<
 /// Everything that happens between holding the lease and knowing the outcome.
 async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<ShareUpdate> {
     let Some(conn) = ctx.store.connection(&share.connection_id).await? else {
-        return Ok(failed("connection_removed", "the connection no longer exists"));
+        return Ok(failed(
+            "connection_removed",
+            "the connection no longer exists",
+        ));
     };
     if conn.revoked_at.is_some() {
         return Ok(failed("connection_removed", "the connection was removed"));
@@ -104,7 +118,10 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         return Ok(parked(&conn));
     }
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
-        return Ok(failed("platform_unavailable", &format!("no client configured for {}", conn.platform)));
+        return Ok(failed(
+            "platform_unavailable",
+            &format!("no client configured for {}", conn.platform),
+        ));
     };
     let creds = match conn.credentials(&ctx.vault) {
         Ok(c) => c,
@@ -126,7 +143,12 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         // The previous worker vanished mid-call and the platform cannot deduplicate a repeat:
         // settle by reading back, never by posting blindly.
         match platform.find_published(&account, &creds, &post).await {
-            Ok(Some(p)) => return Ok(ShareUpdate::Succeeded { post_id: p.post_id, post_url: p.post_url }),
+            Ok(Some(p)) => {
+                return Ok(ShareUpdate::Succeeded {
+                    post_id: p.post_id,
+                    post_url: p.post_url,
+                });
+            }
             Ok(None) => {}
             Err(_) => {
                 return Ok(ShareUpdate::OutcomeUnknown {
@@ -135,82 +157,161 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
             }
         }
     }
-    let result = match tokio::time::timeout(ctx.settings.platform_timeout, platform.share(&account, &creds, &post)).await {
+    let result = match tokio::time::timeout(
+        ctx.settings.platform_timeout,
+        platform.share(&account, &creds, &post),
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(_) => Err(PlatformError::OutcomeUnknown { reason: "timed out".into() }),
+        Err(_) => Err(PlatformError::OutcomeUnknown {
+            reason: "timed out".into(),
+        }),
     };
     let error = match result {
-        Ok(p) => return Ok(ShareUpdate::Succeeded { post_id: p.post_id, post_url: p.post_url }),
+        Ok(p) => {
+            return Ok(ShareUpdate::Succeeded {
+                post_id: p.post_id,
+                post_url: p.post_url,
+            });
+        }
         Err(e) => e,
     };
     Ok(match error {
         PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason } => {
-            ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
+            ctx.store
+                .mark_needs_reauth(&conn.id, &reason, Utc::now())
+                .await?;
             warn!(connection.id = %conn.id, platform = %conn.platform, "connection needs reauth");
-            ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }
+            ShareUpdate::Parked {
+                class: "needs_reauth".into(),
+                message: reason,
+            }
         }
         PlatformError::TokenExpired => {
             let reason = "the access token expired and could not be refreshed".to_owned();
-            ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
-            ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }
+            ctx.store
+                .mark_needs_reauth(&conn.id, &reason, Utc::now())
+                .await?;
+            ShareUpdate::Parked {
+                class: "needs_reauth".into(),
+                message: reason,
+            }
         }
         PlatformError::RateLimited { retry_after } => {
             let wait = ctx.settings.retry.rate_limit_wait(retry_after);
-            retry_or_fail(ctx, share, now + wait, "rate_limited", "the platform asked to wait".into(), Some(429))
+            retry_or_fail(
+                ctx,
+                share,
+                now + wait,
+                "rate_limited",
+                "the platform asked to wait".into(),
+                Some(429),
+            )
         }
         PlatformError::Rejected { status, reason } => ShareUpdate::Failed {
             class: "rejected".into(),
             message: reason,
             status: (status > 0).then_some(status),
         },
-        PlatformError::Transient { status, reason } => match ctx.settings.retry.delay_after(share.attempts as u32) {
-            Some(d) => retry_or_fail(ctx, share, now + d, "transient", reason, status),
-            None => exhausted(share, "transient", &reason, status),
-        },
+        PlatformError::Transient { status, reason } => {
+            match ctx.settings.retry.delay_after(share.attempts as u32) {
+                Some(d) => retry_or_fail(ctx, share, now + d, "transient", reason, status),
+                None => exhausted(share, "transient", &reason, status),
+            }
+        }
         // Only a platform that deduplicates repeats within a window gets a retry here (Mastodon
         // keeps an Idempotency-Key for an hour): a repeat returns the post the lost answer made.
-        PlatformError::OutcomeUnknown { reason } if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) => {
+        PlatformError::OutcomeUnknown { reason }
+            if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) =>
+        {
             match ctx.settings.retry.delay_after(share.attempts as u32) {
-                Some(d) => retry_or_fail(ctx, share, now + d, "transient", format!("{reason}; retrying under the same idempotency key"), None),
-                None => ShareUpdate::OutcomeUnknown { message: format!("{reason}; retries exhausted") },
+                Some(d) => retry_or_fail(
+                    ctx,
+                    share,
+                    now + d,
+                    "transient",
+                    format!("{reason}; retrying under the same idempotency key"),
+                    None,
+                ),
+                None => ShareUpdate::OutcomeUnknown {
+                    message: format!("{reason}; retries exhausted"),
+                },
             }
         }
         PlatformError::OutcomeUnknown { reason } => ShareUpdate::OutcomeUnknown {
             message: format!("{reason} after the request was sent; the post may exist"),
         },
-        PlatformError::Unsupported(what) => failed("unsupported", &format!("{what} is not supported")),
+        PlatformError::Unsupported(what) => {
+            failed("unsupported", &format!("{what} is not supported"))
+        }
     })
 }
 
-fn retry_or_fail(ctx: &Ctx, share: &ShareRow, run_at: DateTime<Utc>, class: &str, message: String, status: Option<u16>) -> ShareUpdate {
+fn retry_or_fail(
+    ctx: &Ctx,
+    share: &ShareRow,
+    run_at: DateTime<Utc>,
+    class: &str,
+    message: String,
+    status: Option<u16>,
+) -> ShareUpdate {
     if share.attempts as u32 >= ctx.settings.retry.max_attempts {
         return exhausted(share, class, &message, status);
     }
     if share.not_after.is_some_and(|limit| run_at > limit) {
-        return ShareUpdate::Failed { class: class.into(), message: format!("{message}; the next try would be past the share's lateness limit"), status };
+        return ShareUpdate::Failed {
+            class: class.into(),
+            message: format!("{message}; the next try would be past the share's lateness limit"),
+            status,
+        };
     }
-    ShareUpdate::Retry { run_at, class: class.into(), message, status }
+    ShareUpdate::Retry {
+        run_at,
+        class: class.into(),
+        message,
+        status,
+    }
 }
 
 fn exhausted(share: &ShareRow, class: &str, message: &str, status: Option<u16>) -> ShareUpdate {
-    ShareUpdate::Failed { class: class.into(), message: format!("gave up after {} attempts: {message}", share.attempts), status }
+    ShareUpdate::Failed {
+        class: class.into(),
+        message: format!("gave up after {} attempts: {message}", share.attempts),
+        status,
+    }
 }
 
-fn within_idempotency_window(platform: &dyn Platform, first_sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    let Some(window) = platform.capabilities().idempotency_window else { return false };
-    let Some(first) = first_sent_at else { return true };
+fn within_idempotency_window(
+    platform: &dyn Platform,
+    first_sent_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(window) = platform.capabilities().idempotency_window else {
+        return false;
+    };
+    let Some(first) = first_sent_at else {
+        return true;
+    };
     // Keep a margin: a retry must reach the platform well before it forgets the key.
     let usable = window.mul_f64(0.8);
     (now - first).to_std().is_ok_and(|age| age < usable)
 }
 
 fn failed(class: &str, message: &str) -> ShareUpdate {
-    ShareUpdate::Failed { class: class.into(), message: message.into(), status: None }
+    ShareUpdate::Failed {
+        class: class.into(),
+        message: message.into(),
+        status: None,
+    }
 }
 
 fn parked(conn: &ConnectionRow) -> ShareUpdate {
     ShareUpdate::Parked {
         class: "needs_reauth".into(),
-        message: conn.last_error.clone().unwrap_or_else(|| "the connection needs to be reconnected".into()),
+        message: conn
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "the connection needs to be reconnected".into()),
     }
 }

@@ -52,11 +52,18 @@ pub async fn send(
     metrics::histogram!(m::PLATFORM_REQUEST_DURATION_SECONDS, "platform" => platform.as_str(), "operation" => operation)
         .record(started.elapsed().as_secs_f64());
     res.map_err(|e| {
-        let reason = if e.is_timeout() { "timed out".to_owned() } else { "network error".to_owned() };
+        let reason = if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            "network error".to_owned()
+        };
         if creates && sent_before_error(&e) {
             PlatformError::OutcomeUnknown { reason }
         } else {
-            PlatformError::Transient { status: None, reason }
+            PlatformError::Transient {
+                status: None,
+                reason,
+            }
         }
     })
 }

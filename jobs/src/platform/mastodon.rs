@@ -11,8 +11,8 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{
-    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, Platform, PlatformError, PlatformKind,
-    PostRequest, Profile, Published, Relation, http,
+    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, Platform,
+    PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, http,
 };
 
 /// Mastodon counts every URL as this many characters, whatever its length.
@@ -35,7 +35,10 @@ impl Mastodon {
         account
             .extra_str("instance_url")
             .map(|u| u.trim_end_matches('/'))
-            .ok_or_else(|| PlatformError::Rejected { status: 0, reason: "connection has no instance_url".into() })
+            .ok_or_else(|| PlatformError::Rejected {
+                status: 0,
+                reason: "connection has no instance_url".into(),
+            })
     }
 
     fn bearer(creds: &Credentials) -> Result<String, PlatformError> {
@@ -43,12 +46,19 @@ impl Mastodon {
             .access_token
             .as_ref()
             .map(|t| format!("Bearer {}", t.expose_secret()))
-            .ok_or_else(|| PlatformError::Unauthorized { reason: "no access token stored".into() })
+            .ok_or_else(|| PlatformError::Unauthorized {
+                reason: "no access token stored".into(),
+            })
     }
 
     /// The status text: the text (or else the title), a blank line, the URL.
     pub fn compose(post: &PostRequest) -> String {
-        let lead = post.text.as_deref().or(post.title.as_deref()).map(str::trim).filter(|s| !s.is_empty());
+        let lead = post
+            .text
+            .as_deref()
+            .or(post.title.as_deref())
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
         match lead {
             Some(lead) => format!("{lead}\n\n{}", post.url),
             None => post.url.clone(),
@@ -85,7 +95,12 @@ struct ErrorBody {
 /// The wait a 429 asks for: `Retry-After` if present, else `X-RateLimit-Reset` (an ISO 8601 time
 /// on Mastodon, epoch seconds on some other servers), corrected for clock skew with `Date`.
 pub fn rate_limit_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(secs) = get("retry-after").and_then(|v| v.parse::<u64>().ok()) {
         return Some(Duration::from_secs(secs));
     }
@@ -93,7 +108,12 @@ pub fn rate_limit_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Durati
     let reset_at = DateTime::parse_from_rfc3339(reset)
         .map(|t| t.with_timezone(&Utc))
         .ok()
-        .or_else(|| reset.parse::<i64>().ok().and_then(|s| DateTime::from_timestamp(s, 0)))?;
+        .or_else(|| {
+            reset
+                .parse::<i64>()
+                .ok()
+                .and_then(|s| DateTime::from_timestamp(s, 0))
+        })?;
     let server_now = get("date")
         .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
         .map_or(now, |d| d.with_timezone(&Utc));
@@ -110,9 +130,17 @@ async fn classify(res: Response) -> PlatformError {
         .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_owned());
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PlatformError::Unauthorized { reason },
-        StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited { retry_after: rate_limit_wait(&headers, Utc::now()) },
-        s if s.is_server_error() => PlatformError::Transient { status: Some(s.as_u16()), reason },
-        s => PlatformError::Rejected { status: s.as_u16(), reason },
+        StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
+            retry_after: rate_limit_wait(&headers, Utc::now()),
+        },
+        s if s.is_server_error() => PlatformError::Transient {
+            status: Some(s.as_u16()),
+            reason,
+        },
+        s => PlatformError::Rejected {
+            status: s.as_u16(),
+            reason,
+        },
     }
 }
 
@@ -123,7 +151,12 @@ impl Platform for Mastodon {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { idempotency_window: Some(IDEMPOTENCY_WINDOW), refresh: false, followers: true, requires_image: false }
+        Capabilities {
+            idempotency_window: Some(IDEMPOTENCY_WINDOW),
+            refresh: false,
+            followers: true,
+            requires_image: false,
+        }
     }
 
     fn validate(&self, account: &Account, post: &PostRequest) -> Result<(), Invalid> {
@@ -134,27 +167,48 @@ impl Platform for Mastodon {
             return Err(Invalid {
                 field: "text",
                 code: "text_too_long",
-                message: format!("Mastodon allows {limit} characters (a URL counts as {URL_WEIGHT}); this share has {weighted}"),
+                message: format!(
+                    "Mastodon allows {limit} characters (a URL counts as {URL_WEIGHT}); this share has {weighted}"
+                ),
             });
         }
         Ok(())
     }
 
-    async fn verify(&self, account: &Account, creds: &Credentials) -> Result<Profile, PlatformError> {
-        let url = format!("{}/api/v1/accounts/verify_credentials", Self::base(account)?);
-        let req = self.http.get(url).header("authorization", Self::bearer(creds)?);
+    async fn verify(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+    ) -> Result<Profile, PlatformError> {
+        let url = format!(
+            "{}/api/v1/accounts/verify_credentials",
+            Self::base(account)?
+        );
+        let req = self
+            .http
+            .get(url)
+            .header("authorization", Self::bearer(creds)?);
         let res = http::send(self.kind(), "verify", false, req).await?;
         if !res.status().is_success() {
             return Err(classify(res).await);
         }
-        let a: MastodonAccount = res
-            .json()
-            .await
-            .map_err(|e| PlatformError::Transient { status: None, reason: format!("unreadable account: {e}") })?;
-        Ok(Profile { platform_account_id: a.id, handle: a.acct, followers_count: a.followers_count })
+        let a: MastodonAccount = res.json().await.map_err(|e| PlatformError::Transient {
+            status: None,
+            reason: format!("unreadable account: {e}"),
+        })?;
+        Ok(Profile {
+            platform_account_id: a.id,
+            handle: a.acct,
+            followers_count: a.followers_count,
+        })
     }
 
-    async fn share(&self, account: &Account, creds: &Credentials, post: &PostRequest) -> Result<Published, PlatformError> {
+    async fn share(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+        post: &PostRequest,
+    ) -> Result<Published, PlatformError> {
         let url = format!("{}/api/v1/statuses", Self::base(account)?);
         let body = serde_json::json!({ "status": Self::compose(post), "visibility": "public" });
         let req = self
@@ -171,8 +225,13 @@ impl Platform for Mastodon {
         let s: Status = res
             .json()
             .await
-            .map_err(|e| PlatformError::OutcomeUnknown { reason: format!("unreadable status: {e}") })?;
-        Ok(Published { post_id: s.id, post_url: s.url })
+            .map_err(|e| PlatformError::OutcomeUnknown {
+                reason: format!("unreadable status: {e}"),
+            })?;
+        Ok(Published {
+            post_id: s.id,
+            post_url: s.url,
+        })
     }
 
     async fn followers_page(
@@ -187,27 +246,46 @@ impl Platform for Mastodon {
             Relation::Followers => "followers",
             Relation::Follows => "following",
         };
-        let first = format!("{base}/api/v1/accounts/{}/{path}?limit=80", account.platform_account_id);
+        let first = format!(
+            "{base}/api/v1/accounts/{}/{path}?limit=80",
+            account.platform_account_id
+        );
         // The cursor is the `next` link the instance gave; only follow it on the same instance.
         let url = match cursor {
             Some(c) if c.starts_with(&format!("{base}/")) => c.to_owned(),
-            Some(_) => return Err(PlatformError::Rejected { status: 0, reason: "cursor points off the instance".into() }),
+            Some(_) => {
+                return Err(PlatformError::Rejected {
+                    status: 0,
+                    reason: "cursor points off the instance".into(),
+                });
+            }
             None => first,
         };
-        let req = self.http.get(url).header("authorization", Self::bearer(creds)?);
+        let req = self
+            .http
+            .get(url)
+            .header("authorization", Self::bearer(creds)?);
         let res = http::send(self.kind(), "followers", false, req).await?;
         if !res.status().is_success() {
             return Err(classify(res).await);
         }
-        let next_cursor = res.headers().get("link").and_then(|v| v.to_str().ok()).and_then(next_link);
-        let accounts: Vec<MastodonAccount> = res
-            .json()
-            .await
-            .map_err(|e| PlatformError::Transient { status: None, reason: format!("unreadable accounts: {e}") })?;
+        let next_cursor = res
+            .headers()
+            .get("link")
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        let accounts: Vec<MastodonAccount> =
+            res.json().await.map_err(|e| PlatformError::Transient {
+                status: None,
+                reason: format!("unreadable accounts: {e}"),
+            })?;
         Ok(FollowerPage {
             accounts: accounts
                 .into_iter()
-                .map(|a| FollowerAccount { platform_account_id: a.id, handle: a.acct })
+                .map(|a| FollowerAccount {
+                    platform_account_id: a.id,
+                    handle: a.acct,
+                })
                 .collect(),
             next_cursor,
         })
@@ -218,8 +296,16 @@ impl Platform for Mastodon {
 pub fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
-        let is_next = params.split(';').any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
-        is_next.then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+        is_next.then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
     })
 }
 
@@ -244,35 +330,55 @@ mod tests {
         if let Some(m) = max {
             extras.insert("max_characters".into(), m.into());
         }
-        Account { platform_account_id: "1".into(), handle: "a".into(), extras }
+        Account {
+            platform_account_id: "1".into(),
+            handle: "a".into(),
+            extras,
+        }
     }
 
     #[test]
     fn a_url_counts_as_twenty_three_characters() {
         let m = Mastodon::new(Client::new());
         assert!(m.validate(&account(None), &post(&"x".repeat(475))).is_ok());
-        let err = m.validate(&account(None), &post(&"x".repeat(476))).unwrap_err();
+        let err = m
+            .validate(&account(None), &post(&"x".repeat(476)))
+            .unwrap_err();
         assert_eq!((err.field, err.code), ("text", "text_too_long"));
-        assert!(m.validate(&account(Some(1000)), &post(&"x".repeat(900))).is_ok());
+        assert!(
+            m.validate(&account(Some(1000)), &post(&"x".repeat(900)))
+                .is_ok()
+        );
     }
 
     #[test]
     fn the_next_link_is_found_among_others() {
         let h = r#"<https://m.example/api/v1/accounts/1/followers?max_id=7>; rel="next", <https://m.example/api/v1/accounts/1/followers?min_id=9>; rel="prev""#;
-        assert_eq!(next_link(h).as_deref(), Some("https://m.example/api/v1/accounts/1/followers?max_id=7"));
+        assert_eq!(
+            next_link(h).as_deref(),
+            Some("https://m.example/api/v1/accounts/1/followers?max_id=7")
+        );
         assert_eq!(next_link(r#"<https://x>; rel="prev""#), None);
     }
 
     #[test]
     fn rate_limit_reset_is_read_as_iso_or_epoch_and_corrected_by_date() {
-        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut h = HeaderMap::new();
-        h.insert("x-ratelimit-reset", "2026-01-01T00:05:00.000000Z".parse().unwrap());
+        h.insert(
+            "x-ratelimit-reset",
+            "2026-01-01T00:05:00.000000Z".parse().unwrap(),
+        );
         assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(300)));
         h.insert("date", "Thu, 01 Jan 2026 00:04:00 GMT".parse().unwrap());
         assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(60)));
         let mut e = HeaderMap::new();
-        e.insert("x-ratelimit-reset", (now.timestamp() + 30).to_string().parse().unwrap());
+        e.insert(
+            "x-ratelimit-reset",
+            (now.timestamp() + 30).to_string().parse().unwrap(),
+        );
         assert_eq!(rate_limit_wait(&e, now), Some(Duration::from_secs(30)));
         e.insert("retry-after", "7".parse().unwrap());
         assert_eq!(rate_limit_wait(&e, now), Some(Duration::from_secs(7)));

@@ -98,8 +98,14 @@ pub struct Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
-            .field("access_token", &self.access_token.as_ref().map(|_| "[redacted]"))
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("dpop_key", &self.dpop_key.as_ref().map(|_| "[redacted]"))
             .field("expires_at", &self.expires_at)
             .finish()
@@ -146,7 +152,10 @@ pub struct TokenSet {
 impl fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenSet")
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
@@ -257,7 +266,11 @@ pub trait Platform: Send + Sync + 'static {
     fn validate(&self, account: &Account, post: &PostRequest) -> Result<(), Invalid>;
 
     /// Confirms the credentials work and reports whose they are.
-    async fn verify(&self, account: &Account, creds: &Credentials) -> Result<Profile, PlatformError>;
+    async fn verify(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+    ) -> Result<Profile, PlatformError>;
 
     /// Publishes one post.
     async fn share(
@@ -278,7 +291,11 @@ pub trait Platform: Send + Sync + 'static {
     }
 
     /// Renews the access token.
-    async fn refresh(&self, _account: &Account, _creds: &Credentials) -> Result<TokenSet, PlatformError> {
+    async fn refresh(
+        &self,
+        _account: &Account,
+        _creds: &Credentials,
+    ) -> Result<TokenSet, PlatformError> {
         Err(PlatformError::Unsupported("refresh"))
     }
 

@@ -98,14 +98,25 @@ async fn verify(State((_inner, token)): State<AppState>, headers: HeaderMap) -> 
     if !authorized(&headers, &token) {
         return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
     }
-    Json(json!({ "id": "109", "username": "alice", "acct": "alice", "followers_count": 3 })).into_response()
+    Json(json!({ "id": "109", "username": "alice", "acct": "alice", "followers_count": 3 }))
+        .into_response()
 }
 
-async fn create_status(State((inner, token)): State<AppState>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+async fn create_status(
+    State((inner, token)): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let reply = {
         let mut g = inner.lock().unwrap();
-        g.received.push(Received { headers: headers.clone(), body: body.clone() });
+        g.received.push(Received {
+            headers: headers.clone(),
+            body: body.clone(),
+        });
         if !authorized(&headers, &token) {
             return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
         }

@@ -74,26 +74,49 @@ impl TestApp {
         let ring = KeyRing::parse(&key_spec).unwrap();
         let parts = app::connect(&db.url, settings, ring).await.unwrap();
         app::migrate(&parts.ctx.store).await.unwrap();
-        let key = herald::keys::create(&parts.ctx.store, Some("acme"), false).await.unwrap();
+        let key = herald::keys::create(&parts.ctx.store, Some("acme"), false)
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = watch::channel(false);
         let wait = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        tokio::spawn(app::serve_api(listener, app::api_state(parts.ctx.clone(), None), wait(rx.clone())));
+        tokio::spawn(app::serve_api(
+            listener,
+            app::api_state(parts.ctx.clone(), None),
+            wait(rx.clone()),
+        ));
         if workers {
             tokio::spawn(app::run_worker(parts.clone(), wait(rx)));
         }
         let mastodon = FakeMastodon::start().await;
-        Self { base, http: reqwest::Client::new(), key, parts, db, mastodon, key_spec, stop }
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            key,
+            parts,
+            db,
+            mastodon,
+            key_spec,
+            stop,
+        }
     }
 
     pub async fn key_for(&self, tenant: &str) -> String {
-        herald::keys::create(&self.parts.ctx.store, Some(tenant), false).await.unwrap()
+        herald::keys::create(&self.parts.ctx.store, Some(tenant), false)
+            .await
+            .unwrap()
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(k) = key {
             req = req.bearer_auth(k);
@@ -104,20 +127,26 @@ impl TestApp {
         let res = req.send().await.unwrap();
         let status = res.status();
         let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, Some(&self.key), None).await
+        self.call(reqwest::Method::GET, path, Some(&self.key), None)
+            .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, Some(&self.key), Some(body)).await
+        self.call(reqwest::Method::POST, path, Some(&self.key), Some(body))
+            .await
     }
 
     /// Imports a Mastodon connection pointing at the fake server.
     pub async fn mastodon_connection(&self) -> String {
-        self.mastodon_connection_with(&self.key, "109", &self.mastodon.token.clone()).await
+        self.mastodon_connection_with(&self.key, "109", &self.mastodon.token.clone())
+            .await
     }
 
     pub async fn mastodon_connection_with(&self, key: &str, account: &str, token: &str) -> String {
@@ -150,7 +179,12 @@ impl TestApp {
     }
 
     /// Polls the share until `done` holds, failing after `within`.
-    pub async fn share_until(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn share_until(
+        &self,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let path = format!("/v1/shares/{id}");
         eventually(within, || async {
             let (status, body) = self.get(&path).await;
@@ -162,7 +196,10 @@ impl TestApp {
 
     /// Polls until the share reaches a state other than queued or running.
     pub async fn settled(&self, id: &str) -> Value {
-        self.share_until(id, Duration::from_secs(20), |s| !matches!(s["state"].as_str(), Some("queued" | "running"))).await
+        self.share_until(id, Duration::from_secs(20), |s| {
+            !matches!(s["state"].as_str(), Some("queued" | "running"))
+        })
+        .await
     }
 
     pub fn now() -> chrono::DateTime<Utc> {
