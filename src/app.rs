@@ -13,7 +13,7 @@ use herald_api::ApiState;
 use herald_jobs::{
     Ctx, Settings, metrics as m,
     platform::{Platforms, http, mastodon::Mastodon},
-    queue::{JobQueue, PostgresQueue, SqliteQueue, Wakeups},
+    queue::{JobQueue, PostgresQueue, RedisJobQueue, SqliteQueue, Wakeups},
     store::{Pool, Store},
     vault::KeyRing,
 };
@@ -66,22 +66,41 @@ pub async fn migrate(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects the store and the queue that goes with it.
-pub async fn connect(
-    database_url: &str,
-    settings: Settings,
-    vault: KeyRing,
-) -> anyhow::Result<Parts> {
+/// Where the store and the queue live.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub database_url: String,
+    /// Herald's Redis queue backend; without it the queue lives in the store's database.
+    pub redis_url: Option<String>,
+    /// Every Redis key starts with this (one prefix per deployment, or per test).
+    pub redis_prefix: String,
+}
+
+impl Backends {
+    pub fn store_only(database_url: &str) -> Self {
+        Self { database_url: database_url.to_owned(), redis_url: None, redis_prefix: "herald".into() }
+    }
+}
+
+/// Connects the store and the queue.
+pub async fn connect(backends: &Backends, settings: Settings, vault: KeyRing) -> anyhow::Result<Parts> {
+    let database_url = backends.database_url.as_str();
     let store = Store::connect(database_url)
         .await
         .with_context(|| format!("connecting to {}", redact_url(database_url)))?;
     let wakeups = Wakeups::new();
-    let (queue, backend): (Arc<dyn JobQueue>, herald_worker::Backend) = match store.pool() {
-        Pool::Sqlite(p) => {
+    let (queue, backend): (Arc<dyn JobQueue>, herald_worker::Backend) = match (&backends.redis_url, store.pool()) {
+        (Some(url), _) => {
+            let q = RedisJobQueue::connect(url, &backends.redis_prefix)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+            (Arc::new(q.clone()), herald_worker::Backend::Redis(q))
+        }
+        (None, Pool::Sqlite(p)) => {
             let q = SqliteQueue::new(p.clone(), wakeups.clone());
             (Arc::new(q.clone()), herald_worker::Backend::Sqlite(q))
         }
-        Pool::Postgres(p) => {
+        (None, Pool::Postgres(p)) => {
             let q = PostgresQueue::new(p.clone(), wakeups.clone());
             (Arc::new(q.clone()), herald_worker::Backend::Postgres(q))
         }
@@ -93,11 +112,7 @@ pub async fn connect(
         vault: Arc::new(vault),
         settings: Arc::new(settings),
     };
-    Ok(Parts {
-        ctx,
-        backend,
-        wakeups,
-    })
+    Ok(Parts { ctx, backend, wakeups })
 }
 
 /// The process-wide Prometheus recorder (installed once; tests share it).

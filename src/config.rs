@@ -12,6 +12,15 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:herald.db")]
     pub database_url: String,
 
+    /// Herald's Redis queue backend (`redis://...`); without it the queue lives in the store's
+    /// database.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// The prefix of every Redis key this deployment uses.
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
     /// Encryption keys for tokens at rest, `id:base64key[,id:base64key...]`; the first encrypts.
     /// `herald serve` on SQLite creates one beside the database file if this is unset.
     #[arg(long, env = "HERALD_ENCRYPTION_KEYS", hide_env_values = true)]
@@ -76,6 +85,14 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn backends(&self) -> crate::app::Backends {
+        crate::app::Backends {
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone().filter(|u| !u.trim().is_empty()),
+            redis_prefix: self.redis_prefix.clone(),
+        }
+    }
+
     /// The settings the jobs and the API use, checked for unsafe combinations.
     pub fn settings(&self) -> anyhow::Result<Settings> {
         anyhow::ensure!(

@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
                 &config.database_url,
                 true,
             )?;
-            let parts = app::connect(&config.database_url, settings, ring).await?;
+            let parts = app::connect(&config.backends(), settings, ring).await?;
             app::migrate(&parts.ctx.store).await?;
             let listener = bind(config.listen, "API").await?;
             let state = app::api_state(parts.ctx.clone(), config.metrics_token.clone());
@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 &config.database_url,
                 false,
             )?;
-            let parts = app::connect(&config.database_url, config.settings()?, ring).await?;
+            let parts = app::connect(&config.backends(), config.settings()?, ring).await?;
             let listener = bind(config.listen, "API").await?;
             tracing::info!(addr = %listener.local_addr()?, "API listening");
             app::serve_api(
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
                 &config.database_url,
                 false,
             )?;
-            let parts = app::connect(&config.database_url, config.settings()?, ring).await?;
+            let parts = app::connect(&config.backends(), config.settings()?, ring).await?;
             let listener = bind(config.worker_listen, "worker's ops listener").await?;
             tracing::info!(addr = %listener.local_addr()?, "worker ops endpoints listening");
             let state = app::api_state(parts.ctx.clone(), config.metrics_token.clone());

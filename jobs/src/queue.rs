@@ -213,3 +213,44 @@ impl JobQueue for PostgresQueue {
         "postgres"
     }
 }
+
+/// Herald's own Redis backend (`herald-queue-redis`): blocking reads wake workers in every process
+/// at once, so no in-process wake-up is needed.
+#[derive(Clone)]
+pub struct RedisJobQueue {
+    queue: herald_queue_redis::RedisQueue,
+}
+
+impl fmt::Debug for RedisJobQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisJobQueue").field("prefix", &self.queue.prefix()).finish()
+    }
+}
+
+impl RedisJobQueue {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, QueueError> {
+        let queue = herald_queue_redis::RedisQueue::connect(url, prefix).await.map_err(QueueError::from)?;
+        Ok(Self { queue })
+    }
+
+    pub fn inner(&self) -> &herald_queue_redis::RedisQueue {
+        &self.queue
+    }
+}
+
+#[async_trait]
+impl JobQueue for RedisJobQueue {
+    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError> {
+        let delay = Some(delay_until(run_at)).filter(|d| !d.is_zero());
+        self.queue.push(queue.as_str(), &payload, delay, Some(key)).await.map_err(QueueError::from)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.queue.ping().await.map_err(QueueError::from)
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}

@@ -211,8 +211,11 @@ async fn retries_are_bounded(engine: Engine) {
 
 /// Spawns `herald worker` as a child process on the test's store.
 fn worker_process(app: &TestApp, port: u16) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("worker")
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    if let Some(url) = &app.backends.redis_url {
+        cmd.env("REDIS_URL", url).env("HERALD_REDIS_PREFIX", &app.backends.redis_prefix);
+    }
+    cmd.arg("worker")
         .env("DATABASE_URL", &app.db.url)
         .env("HERALD_ENCRYPTION_KEYS", &app.key_spec)
         .env("HERALD_WORKER_LISTEN", format!("127.0.0.1:{port}"))

@@ -11,7 +11,7 @@ use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
 use herald_jobs::{
     Ctx, handlers, metrics as m,
     payloads::{QueueName, ShareV1},
-    queue::{PostgresQueue, SqliteQueue, Wakeups},
+    queue::{PostgresQueue, RedisJobQueue, SqliteQueue, Wakeups},
 };
 use tokio_util_shim::CancelOnDrop;
 
@@ -20,6 +20,7 @@ use tokio_util_shim::CancelOnDrop;
 pub enum Backend {
     Sqlite(SqliteQueue),
     Postgres(PostgresQueue),
+    Redis(RedisJobQueue),
 }
 
 /// How long in-flight jobs get to finish after a shutdown signal.
@@ -96,6 +97,21 @@ pub async fn run(
                 ctx,
                 wakeups
             ))
+        }
+        Backend::Redis(q) => {
+            let q = q.inner().clone();
+            let ctx = ctx.clone();
+            let concurrency = ctx.settings.concurrency;
+            // The Redis backend blocks on its stream and wakes on push in every process: no poll.
+            monitor.register(move |_run: usize| {
+                let config = q.config(QueueName::Share.as_str()).lease(ctx.settings.lease);
+                WorkerBuilder::new(worker_name(QueueName::Share))
+                    .backend(q.storage::<ShareV1>(config))
+                    .data(ctx.clone())
+                    .catch_panic()
+                    .concurrency(concurrency)
+                    .build(share_job)
+            })
         }
     };
     let reconciler = CancelOnDrop(tokio::spawn(reconcile_forever(ctx.clone())));

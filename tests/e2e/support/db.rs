@@ -6,8 +6,32 @@ use sqlx::{Connection, PgConnection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
+    /// The embedded default: store and queue in one SQLite file.
     Sqlite,
+    /// Store and queue in Postgres.
     Postgres,
+    /// Store in Postgres, queue on Herald's Redis backend (a key prefix per test).
+    PostgresRedis,
+}
+
+pub fn redis_url() -> String {
+    std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis key prefix no other test uses; fails the test if Redis cannot be reached.
+pub async fn redis_prefix() -> String {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let reachable = match client.get_multiplexed_async_connection().await {
+        Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        reachable,
+        "cannot reach Redis at {url}: start one (`redis-server --port 6379 --save \"\"`, or run scripts/test, which does) \
+         or point HERALD_TEST_REDIS_URL at one"
+    );
+    format!("herald-test-{}", uuid::Uuid::new_v4().simple())
 }
 
 pub struct TestDb {
@@ -33,7 +57,7 @@ impl TestDb {
                     pg_admin: None,
                 }
             }
-            Engine::Postgres => {
+            Engine::Postgres | Engine::PostgresRedis => {
                 let admin = postgres_admin_url();
                 let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
                     panic!(

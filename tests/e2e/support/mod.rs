@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-pub use db::{Engine, TestDb};
+pub use db::{Engine, TestDb, redis_prefix, redis_url};
 pub use mastodon::{FakeMastodon, Reply};
 
 /// Generates one `#[tokio::test]` per store engine from `async fn name(engine: Engine)`.
@@ -25,6 +25,9 @@ macro_rules! on_every_backend {
         }
         pub mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::support::Engine::Postgres).await } )*
+        }
+        pub mod redis {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::support::Engine::PostgresRedis).await } )*
         }
     };
 }
@@ -56,6 +59,7 @@ pub struct TestApp {
     pub key: String,
     pub parts: app::Parts,
     pub db: TestDb,
+    pub backends: app::Backends,
     pub mastodon: FakeMastodon,
     /// The encryption key ring, for child processes on the same store.
     pub key_spec: String,
@@ -72,7 +76,12 @@ impl TestApp {
         let db = TestDb::new(engine).await;
         let key_spec = KeyRing::generate_spec();
         let ring = KeyRing::parse(&key_spec).unwrap();
-        let parts = app::connect(&db.url, settings, ring).await.unwrap();
+        let mut backends = app::Backends::store_only(&db.url);
+        if engine == Engine::PostgresRedis {
+            backends.redis_url = Some(redis_url());
+            backends.redis_prefix = redis_prefix().await;
+        }
+        let parts = app::connect(&backends, settings, ring).await.unwrap();
         app::migrate(&parts.ctx.store).await.unwrap();
         let key = herald::keys::create(&parts.ctx.store, Some("acme"), false)
             .await
@@ -98,6 +107,7 @@ impl TestApp {
             key,
             parts,
             db,
+            backends,
             mastodon,
             key_spec,
             stop,
