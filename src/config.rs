@@ -79,6 +79,22 @@ pub struct Config {
     #[arg(long, env = "HERALD_REDELIVERY_GRACE_SECS", default_value_t = 120)]
     pub redelivery_grace_secs: u64,
 
+    /// A token expiring within this many seconds is refreshed before a call uses it.
+    #[arg(long, env = "HERALD_REFRESH_SKEW_SECS", default_value_t = 300)]
+    pub refresh_skew_secs: u64,
+
+    /// The refresh sweep takes connections whose tokens expire within this many seconds.
+    #[arg(long, env = "HERALD_REFRESH_WINDOW_SECS", default_value_t = 7200)]
+    pub refresh_window_secs: u64,
+
+    /// When the refresh sweep runs (cron with seconds; default every 30 minutes).
+    #[arg(long, env = "HERALD_REFRESH_SWEEP_CRON", default_value = "0 */30 * * * *")]
+    pub refresh_sweep_cron: String,
+
+    /// When the follower-sync sweep runs (cron with seconds; default daily at 03:15 UTC).
+    #[arg(long, env = "HERALD_FOLLOWER_SYNC_CRON", default_value = "0 15 3 * * *")]
+    pub follower_sync_cron: String,
+
     /// How often the reconciler runs, in seconds.
     #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 30)]
     pub reconcile_secs: u64,
@@ -127,6 +143,10 @@ impl Config {
             redelivery_grace: Duration::from_secs(self.redelivery_grace_secs),
             reconcile_every: Duration::from_secs(self.reconcile_secs.max(1)),
             concurrency: self.concurrency,
+            refresh_skew: Duration::from_secs(self.refresh_skew_secs),
+            refresh_window: Duration::from_secs(self.refresh_window_secs),
+            refresh_sweep_cron: self.refresh_sweep_cron.clone(),
+            follower_sync_cron: self.follower_sync_cron.clone(),
             ssrf: if self.ssrf_allow_private {
                 SsrfGuard::allowing_private()
             } else {

@@ -30,11 +30,41 @@ enum Command {
     Worker(Config),
     /// Applies the store's and the queue's migrations.
     Migrate(Config),
+    /// Replays one job by id, or every job matching a filter (`--dry-run` lists them).
+    Replay(ReplayArgs),
     /// API keys and encryption keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// One job's id (a share id). Without it, the filter flags choose the jobs.
+    id: Option<String>,
+    #[arg(long, default_value = "share")]
+    queue: String,
+    /// failed, parked, expired, cancelled or outcome_unknown.
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long)]
+    platform: Option<String>,
+    /// Only jobs changed within this span: 90s, 15m, 2h, 7d.
+    #[arg(long)]
+    since: Option<String>,
+    /// List what would be replayed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replay shares whose outcome is unknown (they may already be posted); needs --reason.
+    #[arg(long, requires = "reason")]
+    force: bool,
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: i64,
+    #[command(flatten)]
+    config: Config,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +198,10 @@ async fn main() -> anyhow::Result<()> {
             worker.await??;
             ops.await??;
         }
+        Command::Replay(args) => {
+            init_logs(&args.config.log_format);
+            replay(args).await?;
+        }
         Command::Migrate(config) => {
             init_logs(&config.log_format);
             let store = Store::connect(&config.database_url).await?;
@@ -209,5 +243,32 @@ async fn main() -> anyhow::Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use herald_jobs::{replay, store::JobFilter};
+    let config = &args.config;
+    let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+    let parts = app::connect(&config.backends(), config.settings()?, ring).await?;
+    let force = args.force.then_some(args.reason.as_deref()).flatten();
+    let results = match &args.id {
+        Some(id) => vec![replay::replay_one(&parts.ctx, id, "cli", force).await?],
+        None => {
+            anyhow::ensure!(args.queue == "share", "only the share queue's jobs can be replayed (got --queue {})", args.queue);
+            let state = args.state.clone().ok_or_else(|| anyhow::anyhow!("name the --state to replay (failed, parked, expired, ...)"))?;
+            let since = match &args.since {
+                Some(s) => Some(replay::since(s, chrono::Utc::now()).ok_or_else(|| anyhow::anyhow!("--since takes a span like 90s, 15m, 2h or 7d"))?),
+                None => None,
+            };
+            let filter = JobFilter { state: Some(state), platform: args.platform.clone(), since };
+            replay::replay_matching(&parts.ctx, &filter, "cli", force, args.dry_run, args.limit).await?
+        }
+    };
+    for r in &results {
+        println!("{}\t{}\t{}", r.id, r.state.as_deref().unwrap_or("-"), r.result);
+    }
+    let done = results.iter().filter(|r| r.result == "replayed" || r.result == "would_replay").count();
+    eprintln!("{done} of {} job(s) {}", results.len(), if args.dry_run { "would be replayed" } else { "replayed" });
     Ok(())
 }

@@ -42,3 +42,22 @@ impl FromRequestParts<ApiState> for Tenant {
         }
     }
 }
+
+/// A caller authenticated with an operator key: inspects and replays jobs across tenants.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub key_id: String,
+}
+
+impl FromRequestParts<ApiState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let authed = state.ctx.store.authenticate(key).await?.ok_or_else(ApiError::unauthorized)?;
+        match authed.role {
+            ApiKeyRole::Operator => Ok(Operator { key_id: authed.key_id }),
+            ApiKeyRole::Tenant => Err(ApiError::forbidden("this endpoint needs an operator key (herald keys create --operator)")),
+        }
+    }
+}

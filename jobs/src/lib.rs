@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod payloads;
 pub mod platform;
 pub mod queue;
+pub mod replay;
 pub mod retry;
 pub mod settings;
 pub mod ssrf;

@@ -35,11 +35,15 @@ pub struct ShareV1 {
     pub share_id: String,
 }
 
-/// Refresh one connection's tokens.
+/// Make one connection's credentials good: refresh its tokens, or, when it is flagged
+/// `needs_reauth` and fresh tokens were stored, verify them and resume its parked work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "v", rename = "1")]
 pub struct RefreshV1 {
     pub connection_id: String,
+    /// Which try this is after transient failures (0 for the first).
+    #[serde(default)]
+    pub retry: u32,
 }
 
 /// Sync one connection's followers and follows.
@@ -47,6 +51,9 @@ pub struct RefreshV1 {
 #[serde(tag = "v", rename = "1")]
 pub struct FollowerSyncV1 {
     pub connection_id: String,
+    /// Which try this is after transient failures (0 for the first).
+    #[serde(default)]
+    pub retry: u32,
 }
 
 #[cfg(test)]

@@ -22,6 +22,13 @@ pub struct Settings {
     /// Jobs one worker runs at once, per queue.
     pub concurrency: usize,
     pub ssrf: SsrfGuard,
+    /// A token expiring within this long is refreshed before a call uses it.
+    pub refresh_skew: Duration,
+    /// The refresh sweep enqueues connections whose tokens expire within this window.
+    pub refresh_window: Duration,
+    /// Cron expressions (with seconds) of the sweeps.
+    pub refresh_sweep_cron: String,
+    pub follower_sync_cron: String,
 }
 
 impl Default for Settings {
@@ -35,6 +42,10 @@ impl Default for Settings {
             reconcile_every: Duration::from_secs(30),
             concurrency: 16,
             ssrf: SsrfGuard::strict(),
+            refresh_skew: Duration::from_secs(300),
+            refresh_window: Duration::from_secs(2 * 3600),
+            refresh_sweep_cron: "0 */30 * * * *".into(),
+            follower_sync_cron: "0 15 3 * * *".into(),
         }
     }
 }

@@ -2,18 +2,19 @@
 
 use std::{
     future::Future,
+    str::FromStr,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
 use apalis::prelude::*;
 use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
+use apalis_cron::{CronScheduler, Tick};
 use herald_jobs::{
     Ctx, handlers, metrics as m,
-    payloads::{QueueName, ShareV1},
+    payloads::{FollowerSyncV1, QueueName, RefreshV1, ShareV1},
     queue::{PostgresQueue, RedisJobQueue, SqliteQueue, Wakeups},
 };
-use tokio_util_shim::CancelOnDrop;
 
 /// The queue backend the workers consume from.
 #[derive(Debug, Clone)]
@@ -28,47 +29,104 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A fallback poll, for pushes from other processes that the in-process wake-up cannot see.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
+/// A failed job is logged once here; its row keeps its state and the reconciler or the next
+/// sweep picks it up again.
+fn logged(queue: QueueName, id: &str, e: anyhow::Error) -> BoxDynError {
+    tracing::error!(queue = queue.as_str(), job.subject = %id, error = %format!("{e:#}"), "job failed");
+    e.into()
+}
+
 async fn share_job(job: ShareV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
-    handlers::share::run(&ctx, &job).await.map_err(|e| {
-        tracing::error!(share.id = %job.share_id, error = %format!("{e:#}"), "share job failed; the reconciler will deliver it again");
-        e.into()
-    })
+    handlers::share::run(&ctx, &job).await.map_err(|e| logged(QueueName::Share, &job.share_id, e))
+}
+
+async fn refresh_job(job: RefreshV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    handlers::refresh::run(&ctx, &job).await.map_err(|e| logged(QueueName::Refresh, &job.connection_id, e))
+}
+
+async fn follower_sync_job(job: FollowerSyncV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    handlers::follower_sync::run(&ctx, &job)
+        .await
+        .map_err(|e| logged(QueueName::FollowerSync, &job.connection_id, e))
+}
+
+/// A tick of the refresh sweep. Every process's cron fires; the store lets one of them run it.
+async fn refresh_tick(tick: Tick, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    let key = tick.get_timestamp().to_string();
+    handlers::sweeps::refresh_sweep(&ctx, &key).await.map(|_| ()).map_err(|e| logged(QueueName::Refresh, "sweep", e))
+}
+
+async fn follower_sync_tick(tick: Tick, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    let key = tick.get_timestamp().to_string();
+    handlers::sweeps::follower_sync_sweep(&ctx, &key)
+        .await
+        .map(|_| ())
+        .map_err(|e| logged(QueueName::FollowerSync, "sweep", e))
 }
 
 /// A worker name never used before in this process: apalis refuses a name still registered by a
 /// previous run.
-fn worker_name(queue: QueueName) -> String {
+fn worker_name(what: &str) -> String {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    format!(
-        "{}-{host}-{}-{}",
-        queue.as_str(),
-        std::process::id(),
-        RUNS.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{what}-{host}-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed))
 }
 
-macro_rules! share_worker {
-    ($storage:expr, $ctx:expr, $wakeups:expr) => {{
+/// One queue's worker on a store-backed queue (SQLite or Postgres): woken at once by pushes from
+/// this process, and by a poll for pushes from others.
+macro_rules! store_worker {
+    ($monitor:expr, $q:expr, $ctx:expr, $wakeups:expr, $queue:expr, $args:ty, $handler:expr) => {{
+        let q = $q.clone();
         let ctx = $ctx.clone();
         let wakeups: Wakeups = $wakeups.clone();
         let concurrency = ctx.settings.concurrency;
-        move |_run: usize| {
-            let strategy = Strategy::new()
-                .stream(wakeups.stream(QueueName::Share))
-                .interval(FALLBACK_POLL);
-            WorkerBuilder::new(worker_name(QueueName::Share))
-                .backend($storage.poll_with_strategy(strategy))
+        $monitor.register(move |_run: usize| {
+            let strategy = Strategy::new().stream(wakeups.stream($queue)).interval(FALLBACK_POLL);
+            WorkerBuilder::new(worker_name($queue.as_str()))
+                .backend(q.storage::<$args>($queue).poll_with_strategy(strategy))
                 .data(ctx.clone())
                 .catch_panic()
                 .concurrency(concurrency)
-                .build(share_job)
-        }
+                .build($handler)
+        })
     }};
 }
 
-/// Runs the workers and the reconciler until `shutdown` resolves, then waits up to
-/// [`SHUTDOWN_TIMEOUT`] for jobs in flight.
+/// One queue's worker on Herald's Redis backend, which blocks on its stream: no poll.
+macro_rules! redis_worker {
+    ($monitor:expr, $q:expr, $ctx:expr, $queue:expr, $args:ty, $handler:expr) => {{
+        let q = $q.inner().clone();
+        let ctx = $ctx.clone();
+        let concurrency = ctx.settings.concurrency;
+        $monitor.register(move |_run: usize| {
+            let config = q.config($queue.as_str()).lease(ctx.settings.lease);
+            WorkerBuilder::new(worker_name($queue.as_str()))
+                .backend(q.storage::<$args>(config))
+                .data(ctx.clone())
+                .catch_panic()
+                .concurrency(concurrency)
+                .build($handler)
+        })
+    }};
+}
+
+macro_rules! cron_worker {
+    ($monitor:expr, $ctx:expr, $name:literal, $schedule:expr, $handler:expr) => {{
+        let ctx = $ctx.clone();
+        let schedule = cron::Schedule::from_str(&$schedule)
+            .map_err(|e| anyhow::anyhow!("the {} schedule `{}` is not a cron expression: {e}", $name, $schedule))?;
+        $monitor.register(move |_run: usize| {
+            WorkerBuilder::new(worker_name($name))
+                .backend(CronScheduler::new(schedule.clone()))
+                .data(ctx.clone())
+                .catch_panic()
+                .build($handler)
+        })
+    }};
+}
+
+/// Runs every queue's worker, the sweeps and the reconciler until `shutdown` resolves, then waits
+/// up to [`SHUTDOWN_TIMEOUT`] for jobs in flight.
 pub async fn run(
     ctx: Ctx,
     backend: Backend,
@@ -83,46 +141,36 @@ pub async fn run(
         .shutdown_timeout(SHUTDOWN_TIMEOUT);
     let monitor = match &backend {
         Backend::Sqlite(q) => {
-            let q = q.clone();
-            monitor.register(share_worker!(
-                q.storage::<ShareV1>(QueueName::Share),
-                ctx,
-                wakeups
-            ))
+            let m = store_worker!(monitor, q, ctx, wakeups, QueueName::Share, ShareV1, share_job);
+            let m = store_worker!(m, q, ctx, wakeups, QueueName::Refresh, RefreshV1, refresh_job);
+            store_worker!(m, q, ctx, wakeups, QueueName::FollowerSync, FollowerSyncV1, follower_sync_job)
         }
         Backend::Postgres(q) => {
-            let q = q.clone();
-            monitor.register(share_worker!(
-                q.storage::<ShareV1>(QueueName::Share),
-                ctx,
-                wakeups
-            ))
+            let m = store_worker!(monitor, q, ctx, wakeups, QueueName::Share, ShareV1, share_job);
+            let m = store_worker!(m, q, ctx, wakeups, QueueName::Refresh, RefreshV1, refresh_job);
+            store_worker!(m, q, ctx, wakeups, QueueName::FollowerSync, FollowerSyncV1, follower_sync_job)
         }
         Backend::Redis(q) => {
-            let q = q.inner().clone();
-            let ctx = ctx.clone();
-            let concurrency = ctx.settings.concurrency;
-            // The Redis backend blocks on its stream and wakes on push in every process: no poll.
-            monitor.register(move |_run: usize| {
-                let config = q.config(QueueName::Share.as_str()).lease(ctx.settings.lease);
-                WorkerBuilder::new(worker_name(QueueName::Share))
-                    .backend(q.storage::<ShareV1>(config))
-                    .data(ctx.clone())
-                    .catch_panic()
-                    .concurrency(concurrency)
-                    .build(share_job)
-            })
+            let m = redis_worker!(monitor, q, ctx, QueueName::Share, ShareV1, share_job);
+            let m = redis_worker!(m, q, ctx, QueueName::Refresh, RefreshV1, refresh_job);
+            redis_worker!(m, q, ctx, QueueName::FollowerSync, FollowerSyncV1, follower_sync_job)
         }
     };
-    let reconciler = CancelOnDrop(tokio::spawn(reconcile_forever(ctx.clone())));
-    metrics::gauge!(m::WORKERS_ALIVE, "queue" => QueueName::Share.as_str()).set(1.0);
+    let monitor = cron_worker!(monitor, ctx, "refresh-sweep", ctx.settings.refresh_sweep_cron, refresh_tick);
+    let monitor = cron_worker!(monitor, ctx, "follower-sync-sweep", ctx.settings.follower_sync_cron, follower_sync_tick);
+    let reconciler = AbortOnDrop(tokio::spawn(reconcile_forever(ctx.clone())));
+    for q in QueueName::ALL {
+        metrics::gauge!(m::WORKERS_ALIVE, "queue" => q.as_str()).set(1.0);
+    }
     let result = monitor
         .run_with_signal(async move {
             shutdown.await;
             Ok(())
         })
         .await;
-    metrics::gauge!(m::WORKERS_ALIVE, "queue" => QueueName::Share.as_str()).set(0.0);
+    for q in QueueName::ALL {
+        metrics::gauge!(m::WORKERS_ALIVE, "queue" => q.as_str()).set(0.0);
+    }
     drop(reconciler);
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
 }
@@ -140,20 +188,17 @@ async fn reconcile_forever(ctx: Ctx) {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reconciler run failed");
-                metrics::counter!(m::SWEEP_RUNS_TOTAL, "sweep" => "reconcile", "result" => "error")
-                    .increment(1);
+                metrics::counter!(m::SWEEP_RUNS_TOTAL, "sweep" => "reconcile", "result" => "error").increment(1);
             }
         }
     }
 }
 
-mod tokio_util_shim {
-    /// Aborts a spawned task when dropped, so background loops end with the worker.
-    pub struct CancelOnDrop<T>(pub tokio::task::JoinHandle<T>);
+/// Aborts a spawned task when dropped, so background loops end with the worker.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-    impl<T> Drop for CancelOnDrop<T> {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -195,6 +195,13 @@ pub async fn create(
         .store
         .upsert_connection(&tenant.id, &new, &state.ctx.vault, Utc::now())
         .await?;
+    if row.needs_reauth {
+        // Fresh tokens for a flagged connection: a worker verifies them, then clears the flag and
+        // resumes the parked shares. Until then the connection stays flagged.
+        herald_jobs::handlers::refresh::enqueue_reconnect_check(&state.ctx, &row)
+            .await
+            .map_err(ApiError::internal)?;
+    }
     Ok((StatusCode::CREATED, ApiJson(row.into())))
 }
 
@@ -219,6 +226,8 @@ pub async fn get(
 pub struct ListQuery {
     /// Only connections that need (or do not need) reconnecting.
     pub needs_reauth: Option<bool>,
+    /// Only connections with 3 or more failed token refreshes in the last 24 hours.
+    pub refresh_failing: Option<bool>,
     pub after: Option<String>,
     /// 1 to 200, default 50.
     pub limit: Option<i64>,
@@ -233,10 +242,11 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<ApiJson<ConnectionList>> {
     let limit = page_limit(q.limit)?;
+    let failing_since = q.refresh_failing.unwrap_or(false).then(|| Utc::now() - chrono::Duration::hours(24));
     let rows = state
         .ctx
         .store
-        .list_connections(&tenant.id, q.needs_reauth, q.after.as_deref(), limit)
+        .list_connections(&tenant.id, q.needs_reauth, failing_since, q.after.as_deref(), limit)
         .await?;
     let next_after = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id.clone()))

@@ -1,5 +1,6 @@
 pub mod connections;
 pub mod health;
+pub mod jobs;
 pub mod metrics;
 pub mod shares;
 

@@ -101,7 +101,7 @@ pub struct ShareView {
 }
 
 impl ShareView {
-    fn from_row(r: ShareRow) -> ApiResult<Self> {
+    pub(crate) fn from_row(r: ShareRow) -> ApiResult<Self> {
         let state = r.state()?;
         Ok(Self {
             last_error: r.last_error_class.map(|class| ShareError {

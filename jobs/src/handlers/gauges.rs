@@ -24,6 +24,10 @@ pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
     metrics::gauge!(m::QUEUE_OLDEST_AGE_SECONDS, "queue" => share).set(age);
 
     let counts = ctx.store.connection_counts().await?;
+    let failing = ctx
+        .store
+        .refresh_failing_counts(now - chrono::Duration::hours(24), 3)
+        .await?;
     for kind in PlatformKind::ALL {
         let (all, reauth) = counts
             .iter()
@@ -32,8 +36,8 @@ pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
         metrics::gauge!(m::CONNECTIONS, "platform" => kind.as_str()).set(all as f64);
         metrics::gauge!(m::CONNECTIONS_NEEDING_REAUTH, "platform" => kind.as_str())
             .set(reauth as f64);
-        // Per-connection refresh failure counting arrives with the token lifecycle (issue 4).
-        metrics::gauge!(m::CONNECTIONS_REFRESH_FAILING, "platform" => kind.as_str()).set(0.0);
+        let f = failing.iter().find(|(p, _)| p == kind.as_str()).map_or(0, |(_, n)| *n);
+        metrics::gauge!(m::CONNECTIONS_REFRESH_FAILING, "platform" => kind.as_str()).set(f as f64);
     }
     Ok(())
 }

@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
+use super::refresh::{self, Refresh};
+
 use crate::{
     Ctx, metrics as m,
     payloads::{QueueName, ShareV1},
@@ -123,11 +125,34 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
             &format!("no client configured for {}", conn.platform),
         ));
     };
-    let creds = match conn.credentials(&ctx.vault) {
+    let mut conn = conn;
+    let mut creds = match conn.credentials(&ctx.vault) {
         Ok(c) => c,
         // A key missing from the ring is an operator's fix, not the user's: fail loudly.
         Err(e) => return Ok(failed("vault", &format!("tokens cannot be decrypted: {e}"))),
     };
+    // Just in time: a token about to expire is refreshed (single-flight) before the call.
+    if platform.capabilities().refresh && conn.has_refresh_token() && refresh::expires_soon(ctx, creds.expires_at) {
+        let now = Utc::now();
+        match refresh::refresh_connection(ctx, &conn.id).await? {
+            Refresh::Refreshed(fresh) => {
+                creds = fresh.credentials(&ctx.vault)?;
+                conn = fresh;
+            }
+            Refresh::Dead(reason) => return Ok(ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }),
+            Refresh::Busy => {
+                let wait = chrono::Duration::from_std(refresh::WAIT_FOR_REFRESH)?;
+                return Ok(retry_or_fail(ctx, share, now + wait, "waiting_for_refresh", "another worker is refreshing this connection's token".into(), None));
+            }
+            Refresh::Transient(reason) if creds.expires_at.is_some_and(|t| t <= now) => {
+                return Ok(match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
+                    Some(d) => retry_or_fail(ctx, share, now + d, "transient", format!("token refresh failed: {reason}"), None),
+                    None => exhausted(share, "transient", &reason, None),
+                });
+            }
+            Refresh::Transient(_) | Refresh::Skipped => {}
+        }
+    }
     let account = conn.account();
     let post = PostRequest {
         share_id: share.id.clone(),
@@ -188,16 +213,23 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
                 message: reason,
             }
         }
-        PlatformError::TokenExpired => {
-            let reason = "the access token expired and could not be refreshed".to_owned();
-            ctx.store
-                .mark_needs_reauth(&conn.id, &reason, Utc::now())
-                .await?;
-            ShareUpdate::Parked {
-                class: "needs_reauth".into(),
-                message: reason,
+        PlatformError::TokenExpired => match refresh::refresh_connection(ctx, &conn.id).await? {
+            // The platform said the token expired before our clock did: refresh, then go again.
+            Refresh::Refreshed(_) | Refresh::Busy => {
+                let soon = chrono::Duration::from_std(refresh::WAIT_FOR_REFRESH)?;
+                retry_or_fail(ctx, share, now + soon, "token_expired", "the access token expired; refreshed".into(), Some(401))
             }
-        }
+            Refresh::Dead(reason) => ShareUpdate::Parked { class: "needs_reauth".into(), message: reason },
+            Refresh::Transient(reason) => match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
+                Some(d) => retry_or_fail(ctx, share, now + d, "transient", format!("token refresh failed: {reason}"), None),
+                None => exhausted(share, "transient", &reason, None),
+            },
+            Refresh::Skipped => {
+                let reason = "the access token expired and this connection cannot refresh it".to_owned();
+                ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
+                ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }
+            }
+        },
         PlatformError::RateLimited { retry_after } => {
             let wait = ctx.settings.retry.rate_limit_wait(retry_after);
             retry_or_fail(
@@ -215,7 +247,7 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
             status: (status > 0).then_some(status),
         },
         PlatformError::Transient { status, reason } => {
-            match ctx.settings.retry.delay_after(share.attempts as u32) {
+            match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
                 Some(d) => retry_or_fail(ctx, share, now + d, "transient", reason, status),
                 None => exhausted(share, "transient", &reason, status),
             }
@@ -225,7 +257,7 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         PlatformError::OutcomeUnknown { reason }
             if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) =>
         {
-            match ctx.settings.retry.delay_after(share.attempts as u32) {
+            match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
                 Some(d) => retry_or_fail(
                     ctx,
                     share,
@@ -256,7 +288,7 @@ fn retry_or_fail(
     message: String,
     status: Option<u16>,
 ) -> ShareUpdate {
-    if share.attempts as u32 >= ctx.settings.retry.max_attempts {
+    if share.attempts_in_budget() >= ctx.settings.retry.max_attempts {
         return exhausted(share, class, &message, status);
     }
     if share.not_after.is_some_and(|limit| run_at > limit) {
@@ -277,7 +309,7 @@ fn retry_or_fail(
 fn exhausted(share: &ShareRow, class: &str, message: &str, status: Option<u16>) -> ShareUpdate {
     ShareUpdate::Failed {
         class: class.into(),
-        message: format!("gave up after {} attempts: {message}", share.attempts),
+        message: format!("gave up after {} attempts: {message}", share.attempts_in_budget()),
         status,
     }
 }

@@ -208,17 +208,22 @@ impl Store {
             .await?))
     }
 
-    /// A tenant's connections, oldest first, paged by id.
+    /// A tenant's connections, oldest first, paged by id. `refresh_failing_since` keeps those
+    /// with 3 or more failed refreshes since then.
     pub async fn list_connections(
         &self,
         tenant_id: &str,
         needs_reauth: Option<bool>,
+        refresh_failing_since: Option<DateTime<Utc>>,
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ConnectionRow>> {
         let q = format!(
             "SELECT {COLUMNS} FROM connections WHERE tenant_id = $1 AND revoked_at IS NULL \
-             AND ($2 IS NULL OR needs_reauth = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+             AND ($2 IS NULL OR needs_reauth = $2) AND ($3 IS NULL OR id > $3) \
+             AND ($5 IS NULL OR id IN (SELECT connection_id FROM token_refreshes WHERE at >= $5 \
+                 AND result NOT IN ('succeeded', 'skipped') GROUP BY connection_id HAVING COUNT(*) >= 3)) \
+             ORDER BY id LIMIT $4"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
             sqlx::query_as(sql)
@@ -226,6 +231,7 @@ impl Store {
                 .bind(needs_reauth)
                 .bind(after)
                 .bind(limit)
+                .bind(refresh_failing_since)
                 .fetch_all(p)
                 .await?
         }))

@@ -6,11 +6,17 @@
 //! engines compare them the same way.
 
 mod connections;
+mod followers;
 mod keys;
+mod lifecycle;
+mod replay;
 mod shares;
 
 pub use connections::{ConnectionRow, NewConnection, StoredTokens};
+pub use followers::SyncRun;
 pub use keys::{ApiKeyRole, AuthedKey};
+pub use lifecycle::TokenWrite;
+pub use replay::{JobFilter, Replay, ReplayRow};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, NewShare, ShareDepth, ShareRow,
     ShareState, ShareUpdate,

@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use super::{Result, Store, StoreError, with_engine, with_pool};
 use crate::ids;
 
-const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
+pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
-    last_status, post_id, post_url, created_at, updated_at, finished_at";
+    last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from";
 
 /// The states of a share. `succeeded` means a platform post id is stored.
 #[derive(
@@ -83,9 +83,16 @@ pub struct ShareRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Attempts before this number were spent before the last replay and do not count.
+    pub budget_from: i32,
 }
 
 impl ShareRow {
+    /// Attempts made since the share was created or last replayed.
+    pub fn attempts_in_budget(&self) -> u32 {
+        (self.attempts - self.budget_from).max(0) as u32
+    }
+
     pub fn state(&self) -> Result<ShareState> {
         ShareState::parse(&self.state)
             .ok_or_else(|| StoreError::Corrupt(format!("share state `{}`", self.state)))
@@ -265,6 +272,7 @@ impl Store {
                 created_at: now,
                 updated_at: now,
                 finished_at: None,
+                budget_from: 0,
             })
             .collect();
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();

@@ -1,0 +1,243 @@
+//! `/v1/jobs`: operators inspect jobs across tenants and replay them. A share is the job of the
+//! `share` queue (its id is the share id); attempts carry each error class, message and the
+//! platform's status.
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use chrono::{DateTime, Utc};
+use herald_jobs::{
+    replay::{self, ReplayResult},
+    store::{JobFilter, ReplayRow, ShareState},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    ApiJson, page_limit,
+    shares::{AttemptView, ShareView},
+};
+use crate::{
+    ApiState,
+    auth::Operator,
+    error::{ApiError, ApiResult},
+};
+
+const MAX_BULK: i64 = 1000;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplayView {
+    pub from_state: String,
+    pub forced: bool,
+    pub reason: Option<String>,
+    pub replayed_at: DateTime<Utc>,
+}
+
+impl From<ReplayRow> for ReplayView {
+    fn from(r: ReplayRow) -> Self {
+        Self { from_state: r.from_state, forced: r.forced, reason: r.reason, replayed_at: r.replayed_at }
+    }
+}
+
+/// One job as operators see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub queue: String,
+    pub tenant_id: String,
+    #[serde(flatten)]
+    pub share: ShareView,
+    /// Earlier replays of this job, oldest first (on `GET /v1/jobs/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replays: Option<Vec<ReplayView>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// Pass as `before` for the next page.
+    pub next_before: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct JobQuery {
+    /// `share` (the default; refresh and follower-sync runs are listed per connection).
+    pub queue: Option<String>,
+    pub state: Option<String>,
+    pub platform: Option<String>,
+    /// An RFC 3339 time, or a span back from now: `90s`, `15m`, `2h`, `7d`.
+    pub since: Option<String>,
+    /// The `next_before` of the previous page.
+    pub before: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<i64>,
+}
+
+fn filter(queue: Option<&str>, state: Option<&str>, platform: Option<&str>, since: Option<&str>) -> ApiResult<JobFilter> {
+    if let Some(q) = queue
+        && q != "share"
+    {
+        return Err(ApiError::invalid("queue", "unsupported_queue", "only the `share` queue's jobs are listed and replayed here"));
+    }
+    if let Some(s) = state
+        && ShareState::parse(s).is_none()
+    {
+        return Err(ApiError::invalid("state", "invalid_state", format!("unknown state `{s}`")));
+    }
+    if let Some(p) = platform
+        && herald_jobs::platform::PlatformKind::parse(p).is_none()
+    {
+        return Err(ApiError::invalid("platform", "unknown_platform", format!("unknown platform `{p}`")));
+    }
+    let since = match since {
+        None => None,
+        Some(s) => Some(
+            replay::since(s, Utc::now())
+                .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)))
+                .ok_or_else(|| ApiError::invalid("since", "invalid_time", "`since` must be RFC 3339 or a span like 2h"))?,
+        ),
+    };
+    Ok(JobFilter { state: state.map(str::to_owned), platform: platform.map(str::to_owned), since })
+}
+
+fn view(row: herald_jobs::store::ShareRow) -> ApiResult<JobView> {
+    let tenant_id = row.tenant_id.clone();
+    let id = row.id.clone();
+    Ok(JobView { id, queue: "share".into(), tenant_id, share: ShareView::from_row(row)?, replays: None })
+}
+
+/// Jobs across tenants, newest change first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "operators", params(JobQuery),
+    responses((status = 200, body = JobList), (status = 403, description = "Not an operator key", body = crate::error::ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn list(State(state): State<ApiState>, _op: Operator, Query(q): Query<JobQuery>) -> ApiResult<ApiJson<JobList>> {
+    let f = filter(q.queue.as_deref(), q.state.as_deref(), q.platform.as_deref(), q.since.as_deref())?;
+    let limit = page_limit(q.limit)?;
+    let before = match q.before.as_deref() {
+        None => None,
+        Some(b) => {
+            let (at, id) = b.split_once('~').ok_or_else(|| ApiError::invalid("before", "invalid_cursor", "use the `next_before` of the previous page"))?;
+            let at = DateTime::parse_from_rfc3339(at).map_err(|_| ApiError::invalid("before", "invalid_cursor", "use the `next_before` of the previous page"))?;
+            Some((at.with_timezone(&Utc), id.to_owned()))
+        }
+    };
+    let rows = state.ctx.store.list_share_jobs(&f, before, limit).await?;
+    let next_before = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| format!("{}~{}", r.updated_at.to_rfc3339(), r.id)))
+        .flatten();
+    let jobs = rows.into_iter().map(view).collect::<ApiResult<Vec<_>>>()?;
+    Ok(ApiJson(JobList { jobs, next_before }))
+}
+
+/// One job with its attempts and replays.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "operators", params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, body = crate::error::ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn get(State(state): State<ApiState>, _op: Operator, Path(id): Path<String>) -> ApiResult<ApiJson<JobView>> {
+    let row = state.ctx.store.share(&id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    let attempts = state.ctx.store.share_attempts(&id).await?;
+    let replays = state.ctx.store.share_replays(&id).await?;
+    let mut job = view(row)?;
+    job.share.attempt_history = Some(attempts.into_iter().map(AttemptView::from).collect());
+    job.replays = Some(replays.into_iter().map(Into::into).collect());
+    Ok(ApiJson(job))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Required to replay a share in `outcome_unknown`: it may already be posted.
+    #[serde(default)]
+    pub force: bool,
+    /// Why; required with `force`, stored with the replay.
+    pub reason: Option<String>,
+}
+
+fn force_reason(force: bool, reason: Option<&str>) -> ApiResult<Option<String>> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    match (force, reason) {
+        (true, None) => Err(ApiError::invalid("reason", "reason_required", "`force` needs a `reason`: the share may already be posted")),
+        (true, Some(r)) if r.len() > 500 => Err(ApiError::invalid("reason", "reason_too_long", "`reason` is longer than 500 characters")),
+        (true, Some(r)) => Ok(Some(r.to_owned())),
+        (false, _) => Ok(None),
+    }
+}
+
+/// Replay one job: a new attempt, linked to the old ones.
+#[utoipa::path(post, path = "/v1/jobs/{id}/replay", tag = "operators", params(("id" = String, Path)), request_body = ReplayRequest,
+    responses(
+        (status = 202, description = "Queued again", body = ReplayResult),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "`needs_force` (outcome unknown) or `not_replayable` (queued, running, succeeded)", body = crate::error::ErrorBody),
+    ), security(("api_key" = [])))]
+pub async fn replay_one(
+    State(state): State<ApiState>,
+    op: Operator,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, ApiJson<ReplayResult>)> {
+    // The body is optional: an empty one is a plain replay.
+    let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
+    };
+    let force = force_reason(req.force, req.reason.as_deref())?;
+    let out = replay::replay_one(&state.ctx, &id, &op.key_id, force.as_deref()).await.map_err(ApiError::internal)?;
+    match out.result.as_str() {
+        "replayed" => Ok((StatusCode::ACCEPTED, ApiJson(out))),
+        "not_found" => Err(ApiError::not_found("job")),
+        "needs_force" => Err(ApiError::new(StatusCode::CONFLICT, "needs_force", "this share's outcome is unknown and it may already be posted: replay with `force` and a `reason`")),
+        _ => Err(ApiError::new(StatusCode::CONFLICT, "not_replayable", format!("the job is {} and cannot be replayed", out.state.unwrap_or_default()))),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplayRequest {
+    pub queue: Option<String>,
+    pub state: Option<String>,
+    pub platform: Option<String>,
+    /// RFC 3339 or a span back from now (`2h`).
+    pub since: Option<String>,
+    /// List what would be replayed, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub force: bool,
+    pub reason: Option<String>,
+    /// At most this many jobs (default and maximum 1000).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkReplayResult {
+    pub dry_run: bool,
+    pub jobs: Vec<ReplayResult>,
+}
+
+/// Replay every job matching a filter, or list them with `dry_run`.
+#[utoipa::path(post, path = "/v1/jobs/replay", tag = "operators", request_body = BulkReplayRequest,
+    responses((status = 200, body = BulkReplayResult), (status = 422, body = crate::error::ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn replay_bulk(
+    State(state): State<ApiState>,
+    op: Operator,
+    ApiJson(req): ApiJson<BulkReplayRequest>,
+) -> ApiResult<ApiJson<BulkReplayResult>> {
+    let f = filter(req.queue.as_deref(), req.state.as_deref(), req.platform.as_deref(), req.since.as_deref())?;
+    if f.state.is_none() {
+        return Err(ApiError::invalid("state", "state_required", "a bulk replay names the `state` to replay (failed, parked, expired, ...)"));
+    }
+    let limit = match req.limit {
+        None => MAX_BULK,
+        Some(n) if (1..=MAX_BULK).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "invalid_limit", format!("`limit` must be between 1 and {MAX_BULK}"))),
+    };
+    let force = force_reason(req.force, req.reason.as_deref())?;
+    let jobs = replay::replay_matching(&state.ctx, &f, &op.key_id, force.as_deref(), req.dry_run, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(ApiJson(BulkReplayResult { dry_run: req.dry_run, jobs }))
+}

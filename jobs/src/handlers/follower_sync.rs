@@ -1,0 +1,101 @@
+//! One follower sync: both relations of a connection, page by page from the run's checkpoint.
+//! Memory is one page; a crash repeats at most one page; a rate limit or an outage pauses the run
+//! and the job comes back later to resume it.
+
+use anyhow::Context as _;
+use chrono::Utc;
+use tracing::{info, warn};
+
+use crate::{
+    Ctx,
+    metrics as m,
+    payloads::{FollowerSyncV1, QueueName},
+    platform::{PlatformError, Relation},
+};
+
+const QUEUE: &str = "follower_sync";
+
+pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
+    let Some(conn) = ctx.store.connection(&job.connection_id).await? else { return Ok(()) };
+    if conn.revoked_at.is_some() {
+        return Ok(());
+    }
+    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else { return Ok(()) };
+    let platform_name = conn.platform.clone();
+    if conn.needs_reauth {
+        metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => QUEUE, "platform" => platform_name).increment(1);
+        return Ok(());
+    }
+    if !platform.capabilities().followers {
+        return Ok(());
+    }
+    let creds = conn.credentials(&ctx.vault).context("decrypting tokens")?;
+    let account = conn.account();
+    for relation in [Relation::Followers, Relation::Follows] {
+        let rel = match relation {
+            Relation::Followers => "followers",
+            Relation::Follows => "follows",
+        };
+        let mut run = ctx.store.open_sync_run(&conn.id, rel, Utc::now()).await?;
+        loop {
+            if run.pages > 0 && run.cursor.is_none() {
+                break; // the last page was stored; only the finish was lost
+            }
+            let page = match tokio::time::timeout(
+                ctx.settings.platform_timeout,
+                platform.followers_page(&account, &creds, relation, run.cursor.as_deref()),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(PlatformError::Transient { status: None, reason: "timed out".into() }),
+            };
+            match page {
+                Ok(page) => {
+                    ctx.store.record_sync_page(&run, &page.accounts, page.next_cursor.as_deref(), Utc::now()).await?;
+                    run.pages += 1;
+                    run.cursor = page.next_cursor;
+                    if run.cursor.is_none() {
+                        break;
+                    }
+                }
+                Err(PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason }) => {
+                    ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
+                    ctx.store.pause_sync_run(&run, &reason, Utc::now()).await?;
+                    metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => QUEUE, "platform" => platform_name.clone()).increment(1);
+                    warn!(connection.id = %conn.id, platform = %platform_name, outcome = "parked", "follower sync stopped: connection needs reauth");
+                    return Ok(());
+                }
+                Err(PlatformError::RateLimited { retry_after }) => {
+                    let wait = ctx.settings.retry.rate_limit_wait(retry_after);
+                    ctx.store.pause_sync_run(&run, "rate limited", Utc::now()).await?;
+                    metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => QUEUE, "platform" => platform_name.clone()).increment(1);
+                    return again(ctx, job, job.retry, wait).await;
+                }
+                Err(e) => {
+                    ctx.store.pause_sync_run(&run, &e.to_string(), Utc::now()).await?;
+                    let next = job.retry + 1;
+                    return match ctx.settings.retry.delay_after(next) {
+                        Some(d) => again(ctx, job, next, d).await,
+                        None => {
+                            warn!(connection.id = %conn.id, error = %e, "follower sync gave up; the next sweep resumes it");
+                            Ok(())
+                        }
+                    };
+                }
+            }
+        }
+        let done = ctx.store.finish_sync_run(&run, Utc::now()).await?;
+        info!(connection.id = %conn.id, platform = %platform_name, relation = rel, pages = done.pages, seen = done.seen, gained = done.gained, lost = done.lost, "follower sync finished");
+    }
+    metrics::counter!(m::JOBS_TOTAL, "queue" => QUEUE, "platform" => platform_name, "outcome" => "succeeded").increment(1);
+    Ok(())
+}
+
+async fn again(ctx: &Ctx, job: &FollowerSyncV1, retry: u32, wait: std::time::Duration) -> anyhow::Result<()> {
+    let run_at = Utc::now() + chrono::Duration::from_std(wait)?;
+    let payload = serde_json::to_value(FollowerSyncV1 { connection_id: job.connection_id.clone(), retry })?;
+    let key = format!("follower_sync:{}:resume:{}", job.connection_id, run_at.timestamp_millis());
+    ctx.queue.push(QueueName::FollowerSync, payload, run_at, &key).await?;
+    Ok(())
+}

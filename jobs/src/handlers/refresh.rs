@@ -1,0 +1,207 @@
+//! Keeping a connection's credentials good: single-flight token refresh, and the reconnect check
+//! that verifies freshly stored tokens, clears `needs_reauth` and resumes parked shares.
+//!
+//! Single flight across every worker process: a lease on the connection row, taken by
+//! compare-and-set, so only one worker spends a rotating refresh token; and the token generation
+//! read under the lease is checked again on write, so a worker whose lease lapsed never overwrites
+//! newer tokens. The new pair is stored before anything uses it.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use tracing::{info, warn};
+
+use crate::{
+    Ctx,
+    metrics as m,
+    payloads::{QueueName, RefreshV1, ShareV1},
+    platform::PlatformError,
+    store::{ConnectionRow, StoredTokens, TokenWrite},
+};
+
+/// How one refresh went.
+#[derive(Debug)]
+pub enum Refresh {
+    /// New tokens are stored; this is the connection as it is now.
+    Refreshed(ConnectionRow),
+    /// Another worker holds the refresh lease.
+    Busy,
+    /// The grant is dead: the connection is flagged `needs_reauth`.
+    Dead(String),
+    /// Worth trying again later.
+    Transient(String),
+    /// Nothing to refresh with (no refresh token, or the platform has no refresh).
+    Skipped,
+}
+
+fn count(platform: &str, result: &'static str) {
+    metrics::counter!(m::TOKEN_REFRESHES_TOTAL, "platform" => platform.to_owned(), "result" => result).increment(1);
+}
+
+/// Refreshes one connection's tokens, single-flight.
+pub async fn refresh_connection(ctx: &Ctx, connection_id: &str) -> anyhow::Result<Refresh> {
+    let now = Utc::now();
+    let owner = crate::ids::new("lock");
+    let lease = ctx.settings.platform_timeout * 2;
+    let Some(generation) = ctx
+        .store
+        .acquire_refresh_lock(connection_id, &owner, now, now + lease)
+        .await?
+    else {
+        return Ok(Refresh::Busy);
+    };
+    let result = refresh_locked(ctx, connection_id, generation).await;
+    // On success the token write already released the lease; this covers every other path.
+    ctx.store.release_refresh_lock(connection_id, &owner).await?;
+    result
+}
+
+async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyhow::Result<Refresh> {
+    // Read the tokens under the lease: a refresh token rotated by the previous holder is the one
+    // to spend now.
+    let Some(conn) = ctx.store.connection(connection_id).await? else { return Ok(Refresh::Skipped) };
+    let platform_name = conn.platform.clone();
+    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
+        return Ok(Refresh::Skipped);
+    };
+    if conn.revoked_at.is_some() || conn.needs_reauth || !conn.has_refresh_token() || !platform.capabilities().refresh {
+        count(&platform_name, "skipped");
+        return Ok(Refresh::Skipped);
+    }
+    let creds = conn.credentials(&ctx.vault).context("decrypting tokens")?;
+    let now = Utc::now();
+    let answer = match tokio::time::timeout(ctx.settings.platform_timeout, platform.refresh(&conn.account(), &creds)).await {
+        Ok(r) => r,
+        Err(_) => Err(PlatformError::OutcomeUnknown { reason: "the token endpoint did not answer in time".into() }),
+    };
+    match answer {
+        Ok(tokens) => {
+            let stored = StoredTokens {
+                access_token: Some(tokens.access_token),
+                refresh_token: tokens.refresh_token,
+                dpop_key: None,
+                expires_at: tokens.expires_at,
+            };
+            match ctx.store.store_refreshed_tokens(&conn.id, generation, &stored, &ctx.vault, now).await? {
+                TokenWrite::Stored { .. } => {
+                    ctx.store.record_refresh(&conn, "succeeded", None, now).await?;
+                    count(&platform_name, "succeeded");
+                    info!(connection.id = %conn.id, platform = %platform_name, outcome = "succeeded", "token refreshed");
+                    let fresh = ctx.store.connection(&conn.id).await?.context("connection vanished")?;
+                    Ok(Refresh::Refreshed(fresh))
+                }
+                TokenWrite::Stale => {
+                    // Tokens were replaced while we refreshed (a reconnect): theirs are newer.
+                    warn!(connection.id = %conn.id, "refreshed tokens dropped: the connection's tokens changed meanwhile");
+                    count(&platform_name, "stale");
+                    Ok(Refresh::Skipped)
+                }
+            }
+        }
+        Err(PlatformError::InvalidGrant { reason } | PlatformError::Unauthorized { reason }) => {
+            let message = format!("the platform refused to renew the token ({reason}); the user must reconnect");
+            ctx.store.mark_needs_reauth(&conn.id, &message, now).await?;
+            ctx.store.record_refresh(&conn, "invalid_grant", Some(&message), now).await?;
+            count(&platform_name, "invalid_grant");
+            warn!(connection.id = %conn.id, platform = %platform_name, outcome = "invalid_grant", "refresh refused; connection needs reauth");
+            Ok(Refresh::Dead(message))
+        }
+        Err(PlatformError::Unsupported(_)) => {
+            count(&platform_name, "skipped");
+            Ok(Refresh::Skipped)
+        }
+        Err(e) => {
+            let message = e.to_string();
+            ctx.store.record_refresh(&conn, "transient", Some(&message), now).await?;
+            count(&platform_name, "transient");
+            warn!(connection.id = %conn.id, platform = %platform_name, outcome = "transient", error.message = %message, "refresh failed; will retry");
+            Ok(Refresh::Transient(message))
+        }
+    }
+}
+
+/// Runs one `refresh` job.
+pub async fn run(ctx: &Ctx, job: &RefreshV1) -> anyhow::Result<()> {
+    let Some(conn) = ctx.store.connection(&job.connection_id).await? else { return Ok(()) };
+    if conn.revoked_at.is_some() {
+        return Ok(());
+    }
+    if conn.needs_reauth {
+        return reconnect_check(ctx, &conn, job).await;
+    }
+    match refresh_connection(ctx, &conn.id).await? {
+        Refresh::Transient(_) => retry_later(ctx, job).await,
+        // Busy: the holder's refresh serves this job too.
+        Refresh::Refreshed(_) | Refresh::Busy | Refresh::Dead(_) | Refresh::Skipped => Ok(()),
+    }
+}
+
+async fn retry_later(ctx: &Ctx, job: &RefreshV1) -> anyhow::Result<()> {
+    let next = job.retry + 1;
+    let Some(delay) = ctx.settings.retry.delay_after(next) else {
+        warn!(connection.id = %job.connection_id, "refresh retries exhausted; the next sweep tries again");
+        return Ok(());
+    };
+    let payload = serde_json::to_value(RefreshV1 { connection_id: job.connection_id.clone(), retry: next })?;
+    let run_at = Utc::now() + chrono::Duration::from_std(delay)?;
+    let key = format!("refresh:{}:retry:{next}:{}", job.connection_id, run_at.timestamp_millis());
+    ctx.queue.push(QueueName::Refresh, payload, run_at, &key).await?;
+    Ok(())
+}
+
+/// Fresh tokens were stored for a flagged connection: verify them with a real call, then clear
+/// the flag and resume the parked shares in their original order.
+async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> anyhow::Result<()> {
+    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else { return Ok(()) };
+    let creds = conn.credentials(&ctx.vault).context("decrypting tokens")?;
+    let now = Utc::now();
+    let verified = match tokio::time::timeout(ctx.settings.platform_timeout, platform.verify(&conn.account(), &creds)).await {
+        Ok(r) => r,
+        Err(_) => Err(PlatformError::Transient { status: None, reason: "verify timed out".into() }),
+    };
+    match verified {
+        Ok(profile) if profile.platform_account_id != conn.platform_account_id => {
+            let message = format!(
+                "reconnected with a different account ({}), expected {}",
+                profile.handle, conn.handle
+            );
+            ctx.store.mark_needs_reauth(&conn.id, &message, now).await?;
+            Ok(())
+        }
+        Ok(_) => {
+            if !ctx.store.clear_needs_reauth(&conn.id, conn.token_generation, now).await? {
+                return Ok(()); // tokens changed again since; that write brings its own check
+            }
+            let (resumed, expired) = ctx.store.resume_parked(&conn.id, now).await?;
+            info!(connection.id = %conn.id, platform = %conn.platform, resumed = resumed.len(), expired, "connection verified; parked shares resumed");
+            for share in &resumed {
+                let payload = serde_json::to_value(ShareV1 { share_id: share.id.clone() })?;
+                ctx.queue.push(QueueName::Share, payload, share.run_at, &share.delivery_key()).await?;
+            }
+            Ok(())
+        }
+        Err(PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason }) => {
+            ctx.store.mark_needs_reauth(&conn.id, &format!("the new tokens were refused: {reason}"), now).await?;
+            Ok(())
+        }
+        Err(_) => retry_later(ctx, job).await,
+    }
+}
+
+/// Enqueues the reconnect check for a connection whose tokens were just stored while flagged.
+pub async fn enqueue_reconnect_check(ctx: &Ctx, conn: &ConnectionRow) -> anyhow::Result<()> {
+    let payload = serde_json::to_value(RefreshV1 { connection_id: conn.id.clone(), retry: 0 })?;
+    let key = format!("reconnect:{}:{}", conn.id, conn.token_generation);
+    ctx.queue.push(QueueName::Refresh, payload, Utc::now(), &key).await?;
+    Ok(())
+}
+
+/// Whether a token expiring at `expires_at` should be refreshed before use.
+pub fn expires_soon(ctx: &Ctx, expires_at: Option<chrono::DateTime<Utc>>) -> bool {
+    let skew = chrono::Duration::from_std(ctx.settings.refresh_skew).unwrap_or_default();
+    expires_at.is_some_and(|t| t - Utc::now() < skew)
+}
+
+/// How long a share waits for another worker's refresh of its connection.
+pub const WAIT_FOR_REFRESH: Duration = Duration::from_secs(2);
