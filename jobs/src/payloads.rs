@@ -51,6 +51,9 @@ pub struct RefreshV1 {
 #[serde(tag = "v", rename = "1")]
 pub struct FollowerSyncV1 {
     pub connection_id: String,
+    /// Continue the runs a rate limit or an outage paused, and start none.
+    #[serde(default)]
+    pub resume: bool,
     /// Which try this is after transient failures (0 for the first).
     #[serde(default)]
     pub retry: u32,

@@ -6,4 +6,5 @@ mod support;
 
 mod api;
 mod dashboards;
+mod lifecycle;
 mod sharing;

@@ -31,12 +31,19 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
     }
     let creds = conn.credentials(&ctx.vault).context("decrypting tokens")?;
     let account = conn.account();
+    let mut resumed = false;
     for relation in [Relation::Followers, Relation::Follows] {
         let rel = match relation {
             Relation::Followers => "followers",
             Relation::Follows => "follows",
         };
-        let mut run = ctx.store.open_sync_run(&conn.id, rel, Utc::now()).await?;
+        // A resume continues the paused run and the relations after it; those before it finished.
+        let mut run = match (job.resume && !resumed, ctx.store.find_open_sync_run(&conn.id, rel).await?) {
+            (_, Some(run)) => run,
+            (true, None) => continue,
+            (false, None) => ctx.store.open_sync_run(&conn.id, rel, Utc::now()).await?,
+        };
+        resumed = true;
         loop {
             if run.pages > 0 && run.cursor.is_none() {
                 break; // the last page was stored; only the finish was lost
@@ -94,7 +101,7 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
 
 async fn again(ctx: &Ctx, job: &FollowerSyncV1, retry: u32, wait: std::time::Duration) -> anyhow::Result<()> {
     let run_at = Utc::now() + chrono::Duration::from_std(wait)?;
-    let payload = serde_json::to_value(FollowerSyncV1 { connection_id: job.connection_id.clone(), retry })?;
+    let payload = serde_json::to_value(FollowerSyncV1 { connection_id: job.connection_id.clone(), resume: true, retry })?;
     let key = format!("follower_sync:{}:resume:{}", job.connection_id, run_at.timestamp_millis());
     ctx.queue.push(QueueName::FollowerSync, payload, run_at, &key).await?;
     Ok(())

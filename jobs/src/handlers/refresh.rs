@@ -65,7 +65,14 @@ async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyh
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(Refresh::Skipped);
     };
-    if conn.revoked_at.is_some() || conn.needs_reauth || !conn.has_refresh_token() || !platform.capabilities().refresh {
+    if conn.revoked_at.is_some() || conn.needs_reauth || !conn.has_refresh_token() {
+        count(&platform_name, "skipped");
+        return Ok(Refresh::Skipped);
+    }
+    if !platform.capabilities().refresh {
+        // A token that expires on a platform with no refresh: the user will have to reconnect.
+        let message = "this platform offers no token refresh";
+        ctx.store.record_refresh(&conn, "skipped", Some(message), Utc::now()).await?;
         count(&platform_name, "skipped");
         return Ok(Refresh::Skipped);
     }

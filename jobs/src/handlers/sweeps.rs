@@ -70,7 +70,7 @@ pub async fn follower_sync_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option
             loop {
                 let ids = ctx.store.connections_of_platform(kind.as_str(), after.as_deref(), PAGE).await?;
                 for id in &ids {
-                    let payload = serde_json::to_value(FollowerSyncV1 { connection_id: id.clone(), retry: 0 })?;
+                    let payload = serde_json::to_value(FollowerSyncV1 { connection_id: id.clone(), resume: false, retry: 0 })?;
                     ctx.queue.push(QueueName::FollowerSync, payload, now, &format!("follower_sync:{id}:{tick}")).await?;
                     pushed += 1;
                 }

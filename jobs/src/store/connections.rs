@@ -138,7 +138,7 @@ impl Store {
             &self.pool,
             "INSERT INTO connections (id, tenant_id, platform, platform_account_id, handle, extras, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (tenant_id, platform, platform_account_id) DO NOTHING",
             |p, sql| {
-                let mut tx = p.begin().await?;
+                let mut tx = crate::store::Engine::begin_write(p).await?;
                 sqlx::query(sql)
                     .bind(&candidate)
                     .bind(tenant_id)

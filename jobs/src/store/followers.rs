@@ -27,6 +27,12 @@ pub struct SyncRun {
 const RUN_COLUMNS: &str = "id, connection_id, relation, state, cursor, pages, seen, gained, lost, last_error, started_at, updated_at, finished_at";
 
 impl Store {
+    /// The unfinished run of this connection and relation, if any.
+    pub async fn find_open_sync_run(&self, connection_id: &str, relation: &str) -> Result<Option<SyncRun>> {
+        let q = format!("SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state = 'running' ORDER BY started_at DESC LIMIT 1");
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(connection_id).bind(relation).fetch_optional(p).await?))
+    }
+
     /// The unfinished run of this connection and relation, or a new one. A run left by a crash or
     /// a rate limit resumes from its checkpoint.
     pub async fn open_sync_run(&self, connection_id: &str, relation: &str, now: DateTime<Utc>) -> Result<SyncRun> {
@@ -52,7 +58,7 @@ impl Store {
         let gained = with_pool!(&self.pool, "INSERT INTO followers (connection_id, relation, platform_account_id, handle, first_seen_at, last_seen_run) \
             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (connection_id, relation, platform_account_id) \
             DO UPDATE SET handle = excluded.handle, last_seen_run = excluded.last_seen_run", |p, sql| {
-            let mut tx = p.begin().await?;
+            let mut tx = crate::store::Engine::begin_write(p).await?;
             let mut gained = 0i64;
             for a in accounts {
                 let existed: Option<String> = sqlx::query_scalar(with_engine(p, "SELECT last_seen_run FROM followers WHERE connection_id = $1 AND relation = $2 AND platform_account_id = $3"))
@@ -92,7 +98,7 @@ impl Store {
     pub async fn finish_sync_run(&self, run: &SyncRun, now: DateTime<Utc>) -> Result<SyncRun> {
         let q = format!("UPDATE follower_sync_runs SET state = 'finished', lost = $2, cursor = NULL, updated_at = $3, finished_at = $3 WHERE id = $1 RETURNING {RUN_COLUMNS}");
         Ok(with_pool!(&self.pool, &q, |p, sql| {
-            let mut tx = p.begin().await?;
+            let mut tx = crate::store::Engine::begin_write(p).await?;
             let lost = sqlx::query(with_engine(p, "DELETE FROM followers WHERE connection_id = $1 AND relation = $2 AND last_seen_run <> $3"))
                 .bind(&run.connection_id)
                 .bind(&run.relation)

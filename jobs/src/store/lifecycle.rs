@@ -120,7 +120,7 @@ impl Store {
              WHERE connection_id = $1 AND state = 'parked' AND (not_after IS NULL OR not_after > $2) RETURNING {cols}"
         );
         let (mut rows, expired) = with_pool!(&self.pool, &q, |p, sql| {
-            let mut tx = p.begin().await?;
+            let mut tx = crate::store::Engine::begin_write(p).await?;
             let expired = sqlx::query(with_engine(p, "UPDATE shares SET state = 'expired', last_error_class = 'expired', \
                 last_error = 'parked past its lateness limit', updated_at = $2, finished_at = $2 \
                 WHERE connection_id = $1 AND state = 'parked' AND not_after <= $2"))
@@ -134,6 +134,15 @@ impl Store {
             (rows, expired)
         });
         rows.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        // Keep the original order in the queue: each resumed share is due a moment after the one
+        // before it.
+        for (i, row) in rows.iter_mut().enumerate().skip(1) {
+            let run_at = now + chrono::Duration::milliseconds(i as i64);
+            with_pool!(&self.pool, "UPDATE shares SET run_at = $2 WHERE id = $1 AND state = 'queued'", |p, sql| {
+                sqlx::query(sql).bind(&row.id).bind(run_at).execute(p).await?;
+            });
+            row.run_at = run_at;
+        }
         Ok((rows, expired))
     }
 

@@ -163,15 +163,32 @@ pub(crate) fn with_engine<P: Engine + ?Sized>(_on: &P, text: &str) -> sqlx::Asse
     })
 }
 
-/// Which placeholder form an engine's pool takes.
+/// What differs between the engines' pools: the placeholder form, and how a write transaction
+/// starts.
 pub(crate) trait Engine {
     const SQLITE: bool;
+    type Db: sqlx::Database;
+
+    /// A transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a transaction that reads first and writes later cannot wait for the
+    /// lock and fails with "database is locked" when another writer got there first.
+    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
 }
 
 impl Engine for SqlitePool {
     const SQLITE: bool = true;
+    type Db = sqlx::Sqlite;
+
+    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>> + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
 }
 
 impl Engine for PgPool {
     const SQLITE: bool = false;
+    type Db = sqlx::Postgres;
+
+    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>> + Send {
+        self.begin()
+    }
 }

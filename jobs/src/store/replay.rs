@@ -91,7 +91,7 @@ impl Store {
              finished_at = NULL, not_after = $4, updated_at = $3 WHERE id = $1 AND state = $2 RETURNING {cols}"
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
-            let mut tx = p.begin().await?;
+            let mut tx = crate::store::Engine::begin_write(p).await?;
             let row: Option<ShareRow> = sqlx::query_as(sql).bind(id).bind(&state).bind(now).bind(now + lateness).fetch_optional(&mut *tx).await?;
             if row.is_some() {
                 sqlx::query(with_engine(p, "INSERT INTO share_replays (id, share_id, from_state, forced, reason, by_key, replayed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"))

@@ -282,7 +282,7 @@ impl Store {
             &self.pool,
             "INSERT INTO idempotency_keys (tenant_id, key, request_hash, share_ids, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING",
             |p, sql| {
-                let mut tx = p.begin().await?;
+                let mut tx = crate::store::Engine::begin_write(p).await?;
                 if let Some(key) = &req.idempotency_key {
                     let fresh = sqlx::query(sql)
                         .bind(&req.tenant_id)
@@ -511,7 +511,7 @@ impl Store {
         );
         let attempt_id = ids::new(ids::ATTEMPT);
         let row = with_pool!(&self.pool, &q, |p, sql| {
-            let mut tx = p.begin().await?;
+            let mut tx = crate::store::Engine::begin_write(p).await?;
             let row: Option<ShareRow> = sqlx::query_as(sql)
                 .bind(id)
                 .bind(attempt)

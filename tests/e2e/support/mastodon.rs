@@ -39,9 +39,25 @@ pub struct Received {
     pub body: Value,
 }
 
+/// What the next follower-list request does.
+#[derive(Debug, Clone)]
+pub enum ListReply {
+    /// Answers normally.
+    Page,
+    RateLimited { retry_after_secs: u64 },
+    InvalidToken,
+}
+
 #[derive(Default)]
 struct Inner {
     script: VecDeque<Reply>,
+    list_script: VecDeque<ListReply>,
+    /// Follower and following account ids, in the order the instance lists them.
+    followers: Vec<String>,
+    following: Vec<String>,
+    page_size: usize,
+    /// Every follower-list request: (relation, max_id).
+    list_requests: Vec<(String, Option<String>)>,
     received: Vec<Received>,
     statuses: Vec<Value>,
     by_key: HashMap<String, Value>,
@@ -62,6 +78,8 @@ impl FakeMastodon {
         let app = Router::new()
             .route("/api/v1/statuses", post(create_status))
             .route("/api/v1/accounts/verify_credentials", get(verify))
+            .route("/api/v1/accounts/{id}/followers", get(followers))
+            .route("/api/v1/accounts/{id}/following", get(following))
             .with_state(app_state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -76,6 +94,23 @@ impl FakeMastodon {
 
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().unwrap().received.clone()
+    }
+
+    /// Sets the follower and following lists and how many accounts a page holds.
+    pub fn set_graph(&self, followers: &[&str], following: &[&str], page_size: usize) {
+        let mut g = self.inner.lock().unwrap();
+        g.followers = followers.iter().map(|s| s.to_string()).collect();
+        g.following = following.iter().map(|s| s.to_string()).collect();
+        g.page_size = page_size;
+    }
+
+    pub fn script_lists(&self, replies: impl IntoIterator<Item = ListReply>) {
+        self.inner.lock().unwrap().list_script.extend(replies);
+    }
+
+    /// Follower-list requests so far: (relation, max_id).
+    pub fn list_requests(&self) -> Vec<(String, Option<String>)> {
+        self.inner.lock().unwrap().list_requests.clone()
     }
 
     /// Statuses actually created (a repeat under a known key creates none).
@@ -160,4 +195,67 @@ async fn create_status(
             error(StatusCode::GATEWAY_TIMEOUT, "unreachable")
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Paging {
+    max_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn followers(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<Paging>,
+    headers: HeaderMap,
+) -> Response {
+    list(state, "followers", id, q, headers)
+}
+
+async fn following(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<Paging>,
+    headers: HeaderMap,
+) -> Response {
+    list(state, "following", id, q, headers)
+}
+
+/// Pages as Mastodon does: newest first, `limit` at most 80, and a `Link` header whose `next`
+/// carries `max_id` (here the index of the next account, standing in for a relationship id).
+fn list((inner, token): AppState, relation: &str, id: String, q: Paging, headers: HeaderMap) -> Response {
+    let mut g = inner.lock().unwrap();
+    g.list_requests.push((relation.to_owned(), q.max_id.clone()));
+    if !authorized(&headers, &token) {
+        return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+    }
+    match g.list_script.pop_front() {
+        Some(ListReply::InvalidToken) => return error(StatusCode::UNAUTHORIZED, "The access token is invalid"),
+        Some(ListReply::Page) => {}
+        Some(ListReply::RateLimited { retry_after_secs }) => {
+            let mut res = error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+            res.headers_mut().insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+            return res;
+        }
+        None => {}
+    }
+    let all = if relation == "followers" { g.followers.clone() } else { g.following.clone() };
+    let size = q.limit.unwrap_or(40).min(80).min(if g.page_size == 0 { 80 } else { g.page_size });
+    let start: usize = q.max_id.as_deref().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(size)
+        .map(|a| json!({ "id": a, "username": a, "acct": format!("{a}@social.example") }))
+        .collect();
+    let mut res = Json(page).into_response();
+    if start + size < all.len() {
+        let base = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1").to_owned();
+        let link = format!(
+            "<http://{base}/api/v1/accounts/{id}/{relation}?limit={size}&max_id={}>; rel=\"next\", <http://{base}/api/v1/accounts/{id}/{relation}?min_id=0>; rel=\"prev\"",
+            start + size
+        );
+        res.headers_mut().insert("link", link.parse().unwrap());
+    }
+    res
 }

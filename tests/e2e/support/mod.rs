@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 pub use db::{Engine, TestDb, redis_prefix, redis_url};
-pub use mastodon::{FakeMastodon, Reply};
+pub use mastodon::{FakeMastodon, ListReply, Reply};
 
 /// Generates one `#[tokio::test]` per store engine from `async fn name(engine: Engine)`.
 #[macro_export]
@@ -78,6 +78,11 @@ impl TestApp {
 
     /// `workers: false` runs the API alone (a test then starts workers itself).
     pub async fn spawn_with(engine: Engine, workers: bool, settings: Settings) -> Self {
+        // RUST_LOG=info shows the system's own log lines in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+            .with_test_writer()
+            .try_init();
         let db = TestDb::new(engine).await;
         let key_spec = KeyRing::generate_spec();
         let ring = KeyRing::parse(&key_spec).unwrap();
@@ -117,6 +122,15 @@ impl TestApp {
             key_spec,
             stop,
         }
+    }
+
+    pub async fn operator_key(&self) -> String {
+        herald::keys::create(&self.parts.ctx.store, None, true).await.unwrap()
+    }
+
+    /// Pushes a job as a sweep would.
+    pub async fn push(&self, queue: herald_jobs::payloads::QueueName, payload: Value, key: &str) {
+        self.parts.ctx.queue.push(queue, payload, Utc::now(), key).await.unwrap();
     }
 
     pub async fn key_for(&self, tenant: &str) -> String {
