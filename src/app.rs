@@ -34,10 +34,58 @@ pub struct Parts {
     pub wakeups: Wakeups,
 }
 
-/// The platform clients, sharing one guarded HTTP client.
+/// The platform clients, sharing one guarded HTTP client. Mastodon needs no app; the others are
+/// there when their app is configured.
 pub fn platforms(settings: &Settings) -> Platforms {
+    use herald_jobs::platform::{facebook, instagram, linkedin, threads, x};
     let client = http::client(&settings.ssrf, settings.platform_timeout);
-    Platforms::default().with(Arc::new(Mastodon::new(client)))
+    let apps = &settings.apps;
+    let oauth =
+        |app: &herald_jobs::settings::PlatformApp, default_token_url: &str| x::OAuthClient {
+            client_id: app.client_id.clone(),
+            client_secret: app.client_secret.clone(),
+            token_url: app
+                .token_url
+                .clone()
+                .unwrap_or_else(|| default_token_url.to_owned()),
+        };
+    let base = |app: &herald_jobs::settings::PlatformApp, default: &str| {
+        app.api_base.clone().unwrap_or_else(|| default.to_owned())
+    };
+    let mut p = Platforms::default().with(Arc::new(Mastodon::new(client.clone())));
+    if let Some(app) = &apps.x {
+        p = p.with(Arc::new(x::X::new(
+            client.clone(),
+            base(app, x::DEFAULT_BASE),
+            oauth(app, x::DEFAULT_TOKEN_URL),
+        )));
+    }
+    if let Some(app) = &apps.linkedin {
+        p = p.with(Arc::new(linkedin::Linkedin::new(
+            client.clone(),
+            base(app, linkedin::DEFAULT_BASE),
+            oauth(app, linkedin::DEFAULT_TOKEN_URL),
+        )));
+    }
+    if let Some(app) = &apps.facebook {
+        p = p.with(Arc::new(facebook::Facebook::new(
+            client.clone(),
+            base(app, facebook::DEFAULT_BASE),
+        )));
+    }
+    if let Some(app) = &apps.instagram {
+        p = p.with(Arc::new(instagram::Instagram::new(
+            client.clone(),
+            base(app, instagram::DEFAULT_BASE),
+        )));
+    }
+    if let Some(app) = &apps.threads {
+        p = p.with(Arc::new(threads::Threads::new(
+            client,
+            base(app, threads::DEFAULT_BASE),
+        )));
+    }
+    p
 }
 
 /// Applies the store's and the queue's migrations.
@@ -78,33 +126,42 @@ pub struct Backends {
 
 impl Backends {
     pub fn store_only(database_url: &str) -> Self {
-        Self { database_url: database_url.to_owned(), redis_url: None, redis_prefix: "herald".into() }
+        Self {
+            database_url: database_url.to_owned(),
+            redis_url: None,
+            redis_prefix: "herald".into(),
+        }
     }
 }
 
 /// Connects the store and the queue.
-pub async fn connect(backends: &Backends, settings: Settings, vault: KeyRing) -> anyhow::Result<Parts> {
+pub async fn connect(
+    backends: &Backends,
+    settings: Settings,
+    vault: KeyRing,
+) -> anyhow::Result<Parts> {
     let database_url = backends.database_url.as_str();
     let store = Store::connect(database_url)
         .await
         .with_context(|| format!("connecting to {}", redact_url(database_url)))?;
     let wakeups = Wakeups::new();
-    let (queue, backend): (Arc<dyn JobQueue>, herald_worker::Backend) = match (&backends.redis_url, store.pool()) {
-        (Some(url), _) => {
-            let q = RedisJobQueue::connect(url, &backends.redis_prefix)
-                .await
-                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
-            (Arc::new(q.clone()), herald_worker::Backend::Redis(q))
-        }
-        (None, Pool::Sqlite(p)) => {
-            let q = SqliteQueue::new(p.clone(), wakeups.clone());
-            (Arc::new(q.clone()), herald_worker::Backend::Sqlite(q))
-        }
-        (None, Pool::Postgres(p)) => {
-            let q = PostgresQueue::new(p.clone(), wakeups.clone());
-            (Arc::new(q.clone()), herald_worker::Backend::Postgres(q))
-        }
-    };
+    let (queue, backend): (Arc<dyn JobQueue>, herald_worker::Backend) =
+        match (&backends.redis_url, store.pool()) {
+            (Some(url), _) => {
+                let q = RedisJobQueue::connect(url, &backends.redis_prefix)
+                    .await
+                    .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+                (Arc::new(q.clone()), herald_worker::Backend::Redis(q))
+            }
+            (None, Pool::Sqlite(p)) => {
+                let q = SqliteQueue::new(p.clone(), wakeups.clone());
+                (Arc::new(q.clone()), herald_worker::Backend::Sqlite(q))
+            }
+            (None, Pool::Postgres(p)) => {
+                let q = PostgresQueue::new(p.clone(), wakeups.clone());
+                (Arc::new(q.clone()), herald_worker::Backend::Postgres(q))
+            }
+        };
     let ctx = Ctx {
         platforms: platforms(&settings),
         store,
@@ -112,7 +169,11 @@ pub async fn connect(backends: &Backends, settings: Settings, vault: KeyRing) ->
         vault: Arc::new(vault),
         settings: Arc::new(settings),
     };
-    Ok(Parts { ctx, backend, wakeups })
+    Ok(Parts {
+        ctx,
+        backend,
+        wakeups,
+    })
 }
 
 /// The process-wide Prometheus recorder (installed once; tests share it).

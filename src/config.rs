@@ -88,11 +88,19 @@ pub struct Config {
     pub refresh_window_secs: u64,
 
     /// When the refresh sweep runs (cron with seconds; default every 30 minutes).
-    #[arg(long, env = "HERALD_REFRESH_SWEEP_CRON", default_value = "0 */30 * * * *")]
+    #[arg(
+        long,
+        env = "HERALD_REFRESH_SWEEP_CRON",
+        default_value = "0 */30 * * * *"
+    )]
     pub refresh_sweep_cron: String,
 
     /// When the follower-sync sweep runs (cron with seconds; default daily at 03:15 UTC).
-    #[arg(long, env = "HERALD_FOLLOWER_SYNC_CRON", default_value = "0 15 3 * * *")]
+    #[arg(
+        long,
+        env = "HERALD_FOLLOWER_SYNC_CRON",
+        default_value = "0 15 3 * * *"
+    )]
     pub follower_sync_cron: String,
 
     /// How often the reconciler runs, in seconds.
@@ -147,6 +155,7 @@ impl Config {
             refresh_window: Duration::from_secs(self.refresh_window_secs),
             refresh_sweep_cron: self.refresh_sweep_cron.clone(),
             follower_sync_cron: self.follower_sync_cron.clone(),
+            apps: herald_jobs::settings::PlatformApps::from_env(),
             ssrf: if self.ssrf_allow_private {
                 SsrfGuard::allowing_private()
             } else {

@@ -249,26 +249,59 @@ async fn main() -> anyhow::Result<()> {
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use herald_jobs::{replay, store::JobFilter};
     let config = &args.config;
-    let ring = app::key_ring(config.encryption_keys.as_deref(), &config.database_url, false)?;
+    let ring = app::key_ring(
+        config.encryption_keys.as_deref(),
+        &config.database_url,
+        false,
+    )?;
     let parts = app::connect(&config.backends(), config.settings()?, ring).await?;
     let force = args.force.then_some(args.reason.as_deref()).flatten();
     let results = match &args.id {
         Some(id) => vec![replay::replay_one(&parts.ctx, id, "cli", force).await?],
         None => {
-            anyhow::ensure!(args.queue == "share", "only the share queue's jobs can be replayed (got --queue {})", args.queue);
-            let state = args.state.clone().ok_or_else(|| anyhow::anyhow!("name the --state to replay (failed, parked, expired, ...)"))?;
+            anyhow::ensure!(
+                args.queue == "share",
+                "only the share queue's jobs can be replayed (got --queue {})",
+                args.queue
+            );
+            let state = args.state.clone().ok_or_else(|| {
+                anyhow::anyhow!("name the --state to replay (failed, parked, expired, ...)")
+            })?;
             let since = match &args.since {
-                Some(s) => Some(replay::since(s, chrono::Utc::now()).ok_or_else(|| anyhow::anyhow!("--since takes a span like 90s, 15m, 2h or 7d"))?),
+                Some(s) => Some(replay::since(s, chrono::Utc::now()).ok_or_else(|| {
+                    anyhow::anyhow!("--since takes a span like 90s, 15m, 2h or 7d")
+                })?),
                 None => None,
             };
-            let filter = JobFilter { state: Some(state), platform: args.platform.clone(), since };
-            replay::replay_matching(&parts.ctx, &filter, "cli", force, args.dry_run, args.limit).await?
+            let filter = JobFilter {
+                state: Some(state),
+                platform: args.platform.clone(),
+                since,
+            };
+            replay::replay_matching(&parts.ctx, &filter, "cli", force, args.dry_run, args.limit)
+                .await?
         }
     };
     for r in &results {
-        println!("{}\t{}\t{}", r.id, r.state.as_deref().unwrap_or("-"), r.result);
+        println!(
+            "{}\t{}\t{}",
+            r.id,
+            r.state.as_deref().unwrap_or("-"),
+            r.result
+        );
     }
-    let done = results.iter().filter(|r| r.result == "replayed" || r.result == "would_replay").count();
-    eprintln!("{done} of {} job(s) {}", results.len(), if args.dry_run { "would be replayed" } else { "replayed" });
+    let done = results
+        .iter()
+        .filter(|r| r.result == "replayed" || r.result == "would_replay")
+        .count();
+    eprintln!(
+        "{done} of {} job(s) {}",
+        results.len(),
+        if args.dry_run {
+            "would be replayed"
+        } else {
+            "replayed"
+        }
+    );
     Ok(())
 }

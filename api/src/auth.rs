@@ -52,12 +52,24 @@ pub struct Operator {
 impl FromRequestParts<ApiState> for Operator {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
         let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        let authed = state.ctx.store.authenticate(key).await?.ok_or_else(ApiError::unauthorized)?;
+        let authed = state
+            .ctx
+            .store
+            .authenticate(key)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
         match authed.role {
-            ApiKeyRole::Operator => Ok(Operator { key_id: authed.key_id }),
-            ApiKeyRole::Tenant => Err(ApiError::forbidden("this endpoint needs an operator key (herald keys create --operator)")),
+            ApiKeyRole::Operator => Ok(Operator {
+                key_id: authed.key_id,
+            }),
+            ApiKeyRole::Tenant => Err(ApiError::forbidden(
+                "this endpoint needs an operator key (herald keys create --operator)",
+            )),
         }
     }
 }

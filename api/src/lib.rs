@@ -31,7 +31,7 @@ pub struct ApiState {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    use routes::{connections, health, jobs, metrics, shares};
+    use routes::{connections, health, jobs, metrics, platforms, shares};
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
         .route("/v1/shares/{id}", get(shares::get).delete(shares::cancel))
@@ -40,10 +40,14 @@ pub fn router(state: ApiState) -> Router {
             get(connections::list).post(connections::create),
         )
         .route("/v1/connections/{id}", get(connections::get))
+        .route("/v1/platforms", get(platforms::list))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/replay", axum::routing::post(jobs::replay_bulk))
         .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/replay", axum::routing::post(jobs::replay_one))
+        .route(
+            "/v1/jobs/{id}/replay",
+            axum::routing::post(jobs::replay_one),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

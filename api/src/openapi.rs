@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::routes::{connections, health, jobs, shares};
+use crate::routes::{connections, health, jobs, platforms, shares};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use crate::routes::{connections, health, jobs, shares};
         shares::create, shares::get, shares::list, shares::cancel,
         connections::create, connections::get, connections::list,
         jobs::list, jobs::get, jobs::replay_one, jobs::replay_bulk,
+        platforms::list,
         health::healthz, health::readyz,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),

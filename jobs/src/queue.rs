@@ -223,13 +223,17 @@ pub struct RedisJobQueue {
 
 impl fmt::Debug for RedisJobQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisJobQueue").field("prefix", &self.queue.prefix()).finish()
+        f.debug_struct("RedisJobQueue")
+            .field("prefix", &self.queue.prefix())
+            .finish()
     }
 }
 
 impl RedisJobQueue {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, QueueError> {
-        let queue = herald_queue_redis::RedisQueue::connect(url, prefix).await.map_err(QueueError::from)?;
+        let queue = herald_queue_redis::RedisQueue::connect(url, prefix)
+            .await
+            .map_err(QueueError::from)?;
         Ok(Self { queue })
     }
 
@@ -240,9 +244,18 @@ impl RedisJobQueue {
 
 #[async_trait]
 impl JobQueue for RedisJobQueue {
-    async fn push(&self, queue: QueueName, payload: Value, run_at: DateTime<Utc>, key: &str) -> Result<(), QueueError> {
+    async fn push(
+        &self,
+        queue: QueueName,
+        payload: Value,
+        run_at: DateTime<Utc>,
+        key: &str,
+    ) -> Result<(), QueueError> {
         let delay = Some(delay_until(run_at)).filter(|d| !d.is_zero());
-        self.queue.push(queue.as_str(), &payload, delay, Some(key)).await.map_err(QueueError::from)?;
+        self.queue
+            .push(queue.as_str(), &payload, delay, Some(key))
+            .await
+            .map_err(QueueError::from)?;
         Ok(())
     }
 

@@ -21,20 +21,36 @@ pub struct ReplayResult {
 
 /// Replays one share job. `force` is the operator's reason for replaying a share whose outcome
 /// is unknown (it may already be posted).
-pub async fn replay_one(ctx: &Ctx, id: &str, by_key: &str, force: Option<&str>) -> anyhow::Result<ReplayResult> {
+pub async fn replay_one(
+    ctx: &Ctx,
+    id: &str,
+    by_key: &str,
+    force: Option<&str>,
+) -> anyhow::Result<ReplayResult> {
     let lateness = chrono::Duration::from_std(ctx.settings.share_lateness)?;
-    let out = ctx.store.replay_share(id, by_key, force, lateness, Utc::now()).await?;
+    let out = ctx
+        .store
+        .replay_share(id, by_key, force, lateness, Utc::now())
+        .await?;
     let (result, state) = match out {
         Replay::Replayed(row) => {
-            let payload = serde_json::to_value(ShareV1 { share_id: row.id.clone() })?;
-            ctx.queue.push(QueueName::Share, payload, row.run_at, &row.delivery_key()).await?;
+            let payload = serde_json::to_value(ShareV1 {
+                share_id: row.id.clone(),
+            })?;
+            ctx.queue
+                .push(QueueName::Share, payload, row.run_at, &row.delivery_key())
+                .await?;
             ("replayed", Some(row.state))
         }
         Replay::NeedsForce(row) => ("needs_force", Some(row.state)),
         Replay::NotReplayable(row) => ("not_replayable", Some(row.state)),
         Replay::NotFound => ("not_found", None),
     };
-    Ok(ReplayResult { id: id.to_owned(), result: result.into(), state })
+    Ok(ReplayResult {
+        id: id.to_owned(),
+        result: result.into(),
+        state,
+    })
 }
 
 /// Replays every share job matching the filter (at most `limit`), or lists them on a dry run.
@@ -56,7 +72,11 @@ pub async fn replay_matching(
                 "outcome_unknown" => "needs_force",
                 _ => "not_replayable",
             };
-            out.push(ReplayResult { id: row.id, result: result.into(), state: Some(row.state) });
+            out.push(ReplayResult {
+                id: row.id,
+                result: result.into(),
+                state: Some(row.state),
+            });
         } else {
             out.push(replay_one(ctx, &row.id, by_key, force).await?);
         }
@@ -84,9 +104,18 @@ mod tests {
     #[test]
     fn since_reads_seconds_minutes_hours_and_days() {
         let now = chrono::Utc::now();
-        assert_eq!(super::since("2h", now), Some(now - chrono::Duration::hours(2)));
-        assert_eq!(super::since("90s", now), Some(now - chrono::Duration::seconds(90)));
-        assert_eq!(super::since("7d", now), Some(now - chrono::Duration::days(7)));
+        assert_eq!(
+            super::since("2h", now),
+            Some(now - chrono::Duration::hours(2))
+        );
+        assert_eq!(
+            super::since("90s", now),
+            Some(now - chrono::Duration::seconds(90))
+        );
+        assert_eq!(
+            super::since("7d", now),
+            Some(now - chrono::Duration::days(7))
+        );
         assert_eq!(super::since("2 hours", now), None);
         assert_eq!(super::since("h", now), None);
     }

@@ -3,7 +3,69 @@
 
 use std::time::Duration;
 
-use crate::{retry::RetryPolicy, ssrf::SsrfGuard};
+use secrecy::SecretString;
+
+use crate::{platform::PlatformKind, retry::RetryPolicy, ssrf::SsrfGuard};
+
+/// A platform app's credentials (X, LinkedIn and Meta need one; Mastodon registers an app per
+/// instance and Bluesky's client is Herald itself). The URLs default to the platform's own.
+#[derive(Debug, Clone)]
+pub struct PlatformApp {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub api_base: Option<String>,
+    pub token_url: Option<String>,
+    pub authorize_url: Option<String>,
+}
+
+/// Configured platform apps. A platform without one is unavailable.
+#[derive(Debug, Clone, Default)]
+pub struct PlatformApps {
+    pub x: Option<PlatformApp>,
+    pub linkedin: Option<PlatformApp>,
+    pub facebook: Option<PlatformApp>,
+    pub instagram: Option<PlatformApp>,
+    pub threads: Option<PlatformApp>,
+}
+
+impl PlatformApps {
+    pub fn get(&self, kind: PlatformKind) -> Option<&PlatformApp> {
+        match kind {
+            PlatformKind::X => self.x.as_ref(),
+            PlatformKind::Linkedin => self.linkedin.as_ref(),
+            PlatformKind::FacebookPages => self.facebook.as_ref(),
+            PlatformKind::Instagram => self.instagram.as_ref(),
+            PlatformKind::Threads => self.threads.as_ref(),
+            PlatformKind::Mastodon | PlatformKind::Bluesky => None,
+        }
+    }
+
+    /// Reads `HERALD_<X|LINKEDIN|FACEBOOK|INSTAGRAM|THREADS>_CLIENT_ID` (required for the app to
+    /// exist), `_CLIENT_SECRET`, `_API_BASE`, `_TOKEN_URL` and `_AUTHORIZE_URL`.
+    pub fn from_env() -> Self {
+        let read = |name: &str| {
+            let var = |suffix: &str| {
+                std::env::var(format!("HERALD_{name}_{suffix}"))
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            };
+            var("CLIENT_ID").map(|client_id| PlatformApp {
+                client_id,
+                client_secret: var("CLIENT_SECRET").map(SecretString::from),
+                api_base: var("API_BASE"),
+                token_url: var("TOKEN_URL"),
+                authorize_url: var("AUTHORIZE_URL"),
+            })
+        };
+        Self {
+            x: read("X"),
+            linkedin: read("LINKEDIN"),
+            facebook: read("FACEBOOK"),
+            instagram: read("INSTAGRAM"),
+            threads: read("THREADS"),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -29,6 +91,7 @@ pub struct Settings {
     /// Cron expressions (with seconds) of the sweeps.
     pub refresh_sweep_cron: String,
     pub follower_sync_cron: String,
+    pub apps: PlatformApps,
 }
 
 impl Default for Settings {
@@ -46,6 +109,7 @@ impl Default for Settings {
             refresh_window: Duration::from_secs(2 * 3600),
             refresh_sweep_cron: "0 */30 * * * *".into(),
             follower_sync_cron: "0 15 3 * * *".into(),
+            apps: PlatformApps::default(),
         }
     }
 }

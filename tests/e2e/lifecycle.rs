@@ -38,7 +38,9 @@ async fn connection(app: &TestApp, id: &str) -> Value {
     app.get(&format!("/v1/connections/{id}")).await.1
 }
 
-async fn a_reconnect_is_verified_before_parked_shares_resume_in_order_and_late_ones_expire(engine: Engine) {
+async fn a_reconnect_is_verified_before_parked_shares_resume_in_order_and_late_ones_expire(
+    engine: Engine,
+) {
     let app = TestApp::spawn(engine).await;
     let conn = app.mastodon_connection().await;
     app.mastodon.script([Reply::InvalidToken]);
@@ -53,10 +55,16 @@ async fn a_reconnect_is_verified_before_parked_shares_resume_in_order_and_late_o
     let late = late["shares"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(app.settled(&late).await["state"], "parked");
     // Let the late share pass its lateness limit while parked.
-    eventually(Duration::from_secs(5), || async { (chrono::Utc::now().to_rfc3339() > not_after).then_some(()) }).await;
+    eventually(Duration::from_secs(5), || async {
+        (chrono::Utc::now().to_rfc3339() > not_after).then_some(())
+    })
+    .await;
 
     let body = reimport(&app, &app.mastodon.token.clone()).await;
-    assert_eq!(body["needs_reauth"], true, "the flag must stay until a verify call succeeds");
+    assert_eq!(
+        body["needs_reauth"], true,
+        "the flag must stay until a verify call succeeds"
+    );
     let c = eventually(Duration::from_secs(15), || async {
         let c = connection(&app, &conn).await;
         (c["needs_reauth"] == false).then_some(c)
@@ -66,7 +74,9 @@ async fn a_reconnect_is_verified_before_parked_shares_resume_in_order_and_late_o
     assert!(c["last_error"].is_null());
     let mut due = Vec::new();
     for id in [&first, &second] {
-        let s = app.share_until(id, Duration::from_secs(15), |s| s["state"] == "succeeded").await;
+        let s = app
+            .share_until(id, Duration::from_secs(15), |s| s["state"] == "succeeded")
+            .await;
         due.push(s["run_at"].as_str().unwrap().to_owned());
     }
     // Re-enqueued in their original order (workers run several at once, so posting order is not
@@ -85,7 +95,10 @@ async fn a_reconnect_with_tokens_the_platform_refuses_keeps_the_connection_flagg
     reimport(&app, "a-token-the-instance-does-not-know").await;
     let c = eventually(Duration::from_secs(15), || async {
         let c = connection(&app, &conn).await;
-        c["last_error"].as_str().is_some_and(|e| e.starts_with("the new tokens were refused")).then_some(c)
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the new tokens were refused"))
+            .then_some(c)
     })
     .await
     .expect("the refused verify was not recorded");
@@ -96,7 +109,12 @@ async fn a_reconnect_with_tokens_the_platform_refuses_keeps_the_connection_flagg
 }
 
 async fn sync(app: &TestApp, conn: &str, key: &str) {
-    app.push(QueueName::FollowerSync, json!({ "v": "1", "connection_id": conn }), key).await;
+    app.push(
+        QueueName::FollowerSync,
+        json!({ "v": "1", "connection_id": conn }),
+        key,
+    )
+    .await;
 }
 
 async fn finished_runs(app: &TestApp, conn: &str, n: usize) -> Vec<herald_jobs::store::SyncRun> {
@@ -112,20 +130,62 @@ async fn finished_runs(app: &TestApp, conn: &str, n: usize) -> Vec<herald_jobs::
 async fn follower_sync_pages_through_both_lists_and_records_gains_and_losses(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let conn = app.mastodon_connection().await;
-    app.mastodon.set_graph(&["a", "b", "c", "d", "e"], &["x", "y"], 2);
+    app.mastodon
+        .set_graph(&["a", "b", "c", "d", "e"], &["x", "y"], 2);
     sync(&app, &conn, "sync-1").await;
     let runs = finished_runs(&app, &conn, 2).await;
     let followers = runs.iter().find(|r| r.relation == "followers").unwrap();
-    assert_eq!((followers.pages, followers.seen, followers.gained, followers.lost), (3, 5, 5, 0));
-    assert_eq!(app.parts.ctx.store.follower_count(&conn, "followers").await.unwrap(), 5);
-    assert_eq!(app.parts.ctx.store.follower_count(&conn, "follows").await.unwrap(), 2);
+    assert_eq!(
+        (
+            followers.pages,
+            followers.seen,
+            followers.gained,
+            followers.lost
+        ),
+        (3, 5, 5, 0)
+    );
+    assert_eq!(
+        app.parts
+            .ctx
+            .store
+            .follower_count(&conn, "followers")
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        app.parts
+            .ctx
+            .store
+            .follower_count(&conn, "follows")
+            .await
+            .unwrap(),
+        2
+    );
 
-    app.mastodon.set_graph(&["a", "c", "d", "e", "f", "g"], &["x", "y"], 2);
+    app.mastodon
+        .set_graph(&["a", "c", "d", "e", "f", "g"], &["x", "y"], 2);
     sync(&app, &conn, "sync-2").await;
     let runs = finished_runs(&app, &conn, 4).await;
-    let latest = runs.iter().filter(|r| r.relation == "followers").max_by_key(|r| r.started_at).unwrap();
-    assert_eq!((latest.gained, latest.lost, latest.seen), (2, 1, 6), "b left; f and g arrived");
-    assert_eq!(app.parts.ctx.store.follower_count(&conn, "followers").await.unwrap(), 6);
+    let latest = runs
+        .iter()
+        .filter(|r| r.relation == "followers")
+        .max_by_key(|r| r.started_at)
+        .unwrap();
+    assert_eq!(
+        (latest.gained, latest.lost, latest.seen),
+        (2, 1, 6),
+        "b left; f and g arrived"
+    );
+    assert_eq!(
+        app.parts
+            .ctx
+            .store
+            .follower_count(&conn, "followers")
+            .await
+            .unwrap(),
+        6
+    );
 }
 
 async fn follower_sync_resumes_from_its_checkpoint_after_a_rate_limit(engine: Engine) {
@@ -133,26 +193,40 @@ async fn follower_sync_resumes_from_its_checkpoint_after_a_rate_limit(engine: En
     let conn = app.mastodon_connection().await;
     app.mastodon.set_graph(&["a", "b", "c", "d", "e"], &[], 2);
     // Page 1 answers; page 2 is rate limited once.
-    app.mastodon.script_lists([ListReply::Page, ListReply::RateLimited { retry_after_secs: 1 }]);
+    app.mastodon.script_lists([
+        ListReply::Page,
+        ListReply::RateLimited {
+            retry_after_secs: 1,
+        },
+    ]);
     sync(&app, &conn, "sync-1").await;
     let runs = finished_runs(&app, &conn, 2).await;
     assert_eq!(runs.len(), 2, "a resume started a new run: {runs:?}");
     let followers = runs.iter().find(|r| r.relation == "followers").unwrap();
-    assert_eq!((followers.seen, followers.gained, followers.pages), (5, 5, 3));
+    assert_eq!(
+        (followers.seen, followers.gained, followers.pages),
+        (5, 5, 3)
+    );
     let firsts = app
         .mastodon
         .list_requests()
         .iter()
         .filter(|(rel, max_id)| rel == "followers" && max_id.is_none())
         .count();
-    assert_eq!(firsts, 1, "the sync started over instead of resuming: {:?}", app.mastodon.list_requests());
+    assert_eq!(
+        firsts,
+        1,
+        "the sync started over instead of resuming: {:?}",
+        app.mastodon.list_requests()
+    );
 }
 
 async fn a_401_mid_sync_flags_the_connection_and_parks_the_sync(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let conn = app.mastodon_connection().await;
     app.mastodon.set_graph(&["a", "b", "c"], &[], 1);
-    app.mastodon.script_lists([ListReply::Page, ListReply::InvalidToken]);
+    app.mastodon
+        .script_lists([ListReply::Page, ListReply::InvalidToken]);
     sync(&app, &conn, "sync-1").await;
     let c = eventually(Duration::from_secs(15), || async {
         let c = connection(&app, &conn).await;
@@ -162,20 +236,32 @@ async fn a_401_mid_sync_flags_the_connection_and_parks_the_sync(engine: Engine) 
     .expect("a 401 mid-sync did not flag the connection");
     assert_eq!(c["last_error"], "The access token is invalid");
     let runs = app.parts.ctx.store.sync_runs(&conn, 5).await.unwrap();
-    assert!(runs.iter().any(|r| r.state == "running" && r.last_error.is_some()), "{runs:?}");
+    assert!(
+        runs.iter()
+            .any(|r| r.state == "running" && r.last_error.is_some()),
+        "{runs:?}"
+    );
 }
 
 async fn operators_inspect_and_replay_jobs_and_tenants_cannot(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let conn = app.mastodon_connection().await;
-    app.mastodon.script([Reply::Unprocessable("Validation failed: try again later")]);
+    app.mastodon
+        .script([Reply::Unprocessable("Validation failed: try again later")]);
     let share = app.share(&conn, "replay me").await;
     assert_eq!(app.settled(&share).await["state"], "failed");
 
     let (status, _) = app.get("/v1/jobs?state=failed").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a tenant key listed jobs");
     let op = app.operator_key().await;
-    let (status, list) = app.call(Method::GET, "/v1/jobs?queue=share&state=failed&platform=mastodon&since=1h", Some(&op), None).await;
+    let (status, list) = app
+        .call(
+            Method::GET,
+            "/v1/jobs?queue=share&state=failed&platform=mastodon&since=1h",
+            Some(&op),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list["jobs"][0]["id"], share.as_str());
     assert_eq!(list["jobs"][0]["last_error"]["platform_status"], 422);
@@ -190,27 +276,73 @@ async fn operators_inspect_and_replay_jobs_and_tenants_cannot(engine: Engine) {
 
     // The CLI lists the same.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["replay", "--queue", "share", "--state", "failed", "--platform", "mastodon", "--since", "2h", "--dry-run"])
+        .args([
+            "replay",
+            "--queue",
+            "share",
+            "--state",
+            "failed",
+            "--platform",
+            "mastodon",
+            "--since",
+            "2h",
+            "--dry-run",
+        ])
         .env("DATABASE_URL", &app.db.url)
         .env("HERALD_ENCRYPTION_KEYS", &app.key_spec)
-        .envs(app.backends.redis_url.iter().map(|u| ("REDIS_URL", u.clone())))
+        .envs(
+            app.backends
+                .redis_url
+                .iter()
+                .map(|u| ("REDIS_URL", u.clone())),
+        )
         .env("HERALD_REDIS_PREFIX", &app.backends.redis_prefix)
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains(&share) && stdout.contains("would_replay"), "{stdout}");
+    assert!(
+        stdout.contains(&share) && stdout.contains("would_replay"),
+        "{stdout}"
+    );
 
-    let (status, replayed) = app.call(Method::POST, &format!("/v1/jobs/{share}/replay"), Some(&op), None).await;
+    let (status, replayed) = app
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{share}/replay"),
+            Some(&op),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
-    let done = app.share_until(&share, Duration::from_secs(15), |s| s["state"] == "succeeded").await;
+    let done = app
+        .share_until(&share, Duration::from_secs(15), |s| {
+            s["state"] == "succeeded"
+        })
+        .await;
     assert_eq!(done["attempts"], 2);
-    let (_, job) = app.call(Method::GET, &format!("/v1/jobs/{share}"), Some(&op), None).await;
+    let (_, job) = app
+        .call(Method::GET, &format!("/v1/jobs/{share}"), Some(&op), None)
+        .await;
     assert_eq!(job["replays"][0]["from_state"], "failed");
     assert_eq!(job["attempt_history"].as_array().unwrap().len(), 2);
-    let (status, again) = app.call(Method::POST, &format!("/v1/jobs/{share}/replay"), Some(&op), None).await;
-    assert_eq!((status, again["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("not_replayable")));
+    let (status, again) = app
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{share}/replay"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_replayable"))
+    );
     assert_eq!(app.mastodon.statuses().len(), 1);
 }
 
@@ -222,26 +354,55 @@ async fn an_outcome_unknown_share_is_replayed_only_with_force_and_a_reason(engin
     let sql = "UPDATE shares SET state = 'outcome_unknown', attempts = 1 WHERE id = ";
     match app.parts.ctx.store.pool() {
         herald_jobs::store::Pool::Sqlite(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("{sql}'{share}'"))).execute(p).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("{sql}'{share}'")))
+                .execute(p)
+                .await
+                .unwrap();
         }
         herald_jobs::store::Pool::Postgres(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("{sql}'{share}'"))).execute(p).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("{sql}'{share}'")))
+                .execute(p)
+                .await
+                .unwrap();
         }
     }
     let op = app.operator_key().await;
     let path = format!("/v1/jobs/{share}/replay");
     let (status, err) = app.call(Method::POST, &path, Some(&op), None).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("needs_force")));
-    let (status, err) = app.call(Method::POST, &path, Some(&op), Some(json!({ "force": true }))).await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("reason")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("needs_force"))
+    );
+    let (status, err) = app
+        .call(
+            Method::POST,
+            &path,
+            Some(&op),
+            Some(json!({ "force": true })),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("reason"))
+    );
     let (status, ok) = app
-        .call(Method::POST, &path, Some(&op), Some(json!({ "force": true, "reason": "checked the account: not posted" })))
+        .call(
+            Method::POST,
+            &path,
+            Some(&op),
+            Some(json!({ "force": true, "reason": "checked the account: not posted" })),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{ok}");
-    let (_, job) = app.call(Method::GET, &format!("/v1/jobs/{share}"), Some(&op), None).await;
+    let (_, job) = app
+        .call(Method::GET, &format!("/v1/jobs/{share}"), Some(&op), None)
+        .await;
     assert_eq!(job["state"], "queued");
     assert_eq!(job["replays"][0]["forced"], true);
-    assert_eq!(job["replays"][0]["reason"], "checked the account: not posted");
+    assert_eq!(
+        job["replays"][0]["reason"],
+        "checked the account: not posted"
+    );
 }
 
 async fn a_sweep_runs_once_per_tick_however_many_workers_run(engine: Engine) {
@@ -273,18 +434,37 @@ async fn a_sweep_runs_once_per_tick_however_many_workers_run(engine: Engine) {
         async move {
             let q = format!("SELECT COUNT(*) FROM {table}");
             match store.pool() {
-                herald_jobs::store::Pool::Sqlite(p) => sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q)).fetch_one(p).await.unwrap(),
-                herald_jobs::store::Pool::Postgres(p) => sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q)).fetch_one(p).await.unwrap(),
+                herald_jobs::store::Pool::Sqlite(p) => {
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q))
+                        .fetch_one(p)
+                        .await
+                        .unwrap()
+                }
+                herald_jobs::store::Pool::Postgres(p) => {
+                    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q))
+                        .fetch_one(p)
+                        .await
+                        .unwrap()
+                }
             }
         }
     };
-    eventually(Duration::from_secs(20), || async { (count("sweep_ticks").await >= 3).then_some(()) })
-        .await
-        .expect("the sweep did not tick");
+    eventually(Duration::from_secs(20), || async {
+        (count("sweep_ticks").await >= 3).then_some(())
+    })
+    .await
+    .expect("the sweep did not tick");
     let _ = stop.send(true);
     let ticks = count("sweep_ticks").await;
     // Mastodon has no refresh: each swept connection records one `skipped` refresh per tick.
     let refreshes = count("token_refreshes").await;
-    assert!(refreshes <= ticks * ids.len() as i64, "{refreshes} refreshes for {ticks} ticks of {} connections", ids.len());
-    assert!(refreshes >= (ticks - 1) * ids.len() as i64, "{refreshes} refreshes for {ticks} ticks");
+    assert!(
+        refreshes <= ticks * ids.len() as i64,
+        "{refreshes} refreshes for {ticks} ticks of {} connections",
+        ids.len()
+    );
+    assert!(
+        refreshes >= (ticks - 1) * ids.len() as i64,
+        "{refreshes} refreshes for {ticks} ticks"
+    );
 }

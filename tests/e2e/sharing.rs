@@ -213,7 +213,8 @@ async fn retries_are_bounded(engine: Engine) {
 fn worker_process(app: &TestApp, port: u16) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
     if let Some(url) = &app.backends.redis_url {
-        cmd.env("REDIS_URL", url).env("HERALD_REDIS_PREFIX", &app.backends.redis_prefix);
+        cmd.env("REDIS_URL", url)
+            .env("HERALD_REDIS_PREFIX", &app.backends.redis_prefix);
     }
     cmd.arg("worker")
         .env("DATABASE_URL", &app.db.url)

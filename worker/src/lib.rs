@@ -37,11 +37,15 @@ fn logged(queue: QueueName, id: &str, e: anyhow::Error) -> BoxDynError {
 }
 
 async fn share_job(job: ShareV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
-    handlers::share::run(&ctx, &job).await.map_err(|e| logged(QueueName::Share, &job.share_id, e))
+    handlers::share::run(&ctx, &job)
+        .await
+        .map_err(|e| logged(QueueName::Share, &job.share_id, e))
 }
 
 async fn refresh_job(job: RefreshV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
-    handlers::refresh::run(&ctx, &job).await.map_err(|e| logged(QueueName::Refresh, &job.connection_id, e))
+    handlers::refresh::run(&ctx, &job)
+        .await
+        .map_err(|e| logged(QueueName::Refresh, &job.connection_id, e))
 }
 
 async fn follower_sync_job(job: FollowerSyncV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
@@ -53,7 +57,10 @@ async fn follower_sync_job(job: FollowerSyncV1, ctx: Data<Ctx>) -> Result<(), Bo
 /// A tick of the refresh sweep. Every process's cron fires; the store lets one of them run it.
 async fn refresh_tick(tick: Tick, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
     let key = tick.get_timestamp().to_string();
-    handlers::sweeps::refresh_sweep(&ctx, &key).await.map(|_| ()).map_err(|e| logged(QueueName::Refresh, "sweep", e))
+    handlers::sweeps::refresh_sweep(&ctx, &key)
+        .await
+        .map(|_| ())
+        .map_err(|e| logged(QueueName::Refresh, "sweep", e))
 }
 
 async fn follower_sync_tick(tick: Tick, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
@@ -69,7 +76,11 @@ async fn follower_sync_tick(tick: Tick, ctx: Data<Ctx>) -> Result<(), BoxDynErro
 fn worker_name(what: &str) -> String {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    format!("{what}-{host}-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{what}-{host}-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One queue's worker on a store-backed queue (SQLite or Postgres): woken at once by pushes from
@@ -81,7 +92,9 @@ macro_rules! store_worker {
         let wakeups: Wakeups = $wakeups.clone();
         let concurrency = ctx.settings.concurrency;
         $monitor.register(move |_run: usize| {
-            let strategy = Strategy::new().stream(wakeups.stream($queue)).interval(FALLBACK_POLL);
+            let strategy = Strategy::new()
+                .stream(wakeups.stream($queue))
+                .interval(FALLBACK_POLL);
             WorkerBuilder::new(worker_name($queue.as_str()))
                 .backend(q.storage::<$args>($queue).poll_with_strategy(strategy))
                 .data(ctx.clone())
@@ -113,8 +126,13 @@ macro_rules! redis_worker {
 macro_rules! cron_worker {
     ($monitor:expr, $ctx:expr, $name:literal, $schedule:expr, $handler:expr) => {{
         let ctx = $ctx.clone();
-        let schedule = cron::Schedule::from_str(&$schedule)
-            .map_err(|e| anyhow::anyhow!("the {} schedule `{}` is not a cron expression: {e}", $name, $schedule))?;
+        let schedule = cron::Schedule::from_str(&$schedule).map_err(|e| {
+            anyhow::anyhow!(
+                "the {} schedule `{}` is not a cron expression: {e}",
+                $name,
+                $schedule
+            )
+        })?;
         $monitor.register(move |_run: usize| {
             WorkerBuilder::new(worker_name($name))
                 .backend(CronScheduler::new(schedule.clone()))
@@ -141,23 +159,90 @@ pub async fn run(
         .shutdown_timeout(SHUTDOWN_TIMEOUT);
     let monitor = match &backend {
         Backend::Sqlite(q) => {
-            let m = store_worker!(monitor, q, ctx, wakeups, QueueName::Share, ShareV1, share_job);
-            let m = store_worker!(m, q, ctx, wakeups, QueueName::Refresh, RefreshV1, refresh_job);
-            store_worker!(m, q, ctx, wakeups, QueueName::FollowerSync, FollowerSyncV1, follower_sync_job)
+            let m = store_worker!(
+                monitor,
+                q,
+                ctx,
+                wakeups,
+                QueueName::Share,
+                ShareV1,
+                share_job
+            );
+            let m = store_worker!(
+                m,
+                q,
+                ctx,
+                wakeups,
+                QueueName::Refresh,
+                RefreshV1,
+                refresh_job
+            );
+            store_worker!(
+                m,
+                q,
+                ctx,
+                wakeups,
+                QueueName::FollowerSync,
+                FollowerSyncV1,
+                follower_sync_job
+            )
         }
         Backend::Postgres(q) => {
-            let m = store_worker!(monitor, q, ctx, wakeups, QueueName::Share, ShareV1, share_job);
-            let m = store_worker!(m, q, ctx, wakeups, QueueName::Refresh, RefreshV1, refresh_job);
-            store_worker!(m, q, ctx, wakeups, QueueName::FollowerSync, FollowerSyncV1, follower_sync_job)
+            let m = store_worker!(
+                monitor,
+                q,
+                ctx,
+                wakeups,
+                QueueName::Share,
+                ShareV1,
+                share_job
+            );
+            let m = store_worker!(
+                m,
+                q,
+                ctx,
+                wakeups,
+                QueueName::Refresh,
+                RefreshV1,
+                refresh_job
+            );
+            store_worker!(
+                m,
+                q,
+                ctx,
+                wakeups,
+                QueueName::FollowerSync,
+                FollowerSyncV1,
+                follower_sync_job
+            )
         }
         Backend::Redis(q) => {
             let m = redis_worker!(monitor, q, ctx, QueueName::Share, ShareV1, share_job);
             let m = redis_worker!(m, q, ctx, QueueName::Refresh, RefreshV1, refresh_job);
-            redis_worker!(m, q, ctx, QueueName::FollowerSync, FollowerSyncV1, follower_sync_job)
+            redis_worker!(
+                m,
+                q,
+                ctx,
+                QueueName::FollowerSync,
+                FollowerSyncV1,
+                follower_sync_job
+            )
         }
     };
-    let monitor = cron_worker!(monitor, ctx, "refresh-sweep", ctx.settings.refresh_sweep_cron, refresh_tick);
-    let monitor = cron_worker!(monitor, ctx, "follower-sync-sweep", ctx.settings.follower_sync_cron, follower_sync_tick);
+    let monitor = cron_worker!(
+        monitor,
+        ctx,
+        "refresh-sweep",
+        ctx.settings.refresh_sweep_cron,
+        refresh_tick
+    );
+    let monitor = cron_worker!(
+        monitor,
+        ctx,
+        "follower-sync-sweep",
+        ctx.settings.follower_sync_cron,
+        follower_sync_tick
+    );
     let reconciler = AbortOnDrop(tokio::spawn(reconcile_forever(ctx.clone())));
     for q in QueueName::ALL {
         metrics::gauge!(m::WORKERS_ALIVE, "queue" => q.as_str()).set(1.0);
@@ -188,7 +273,8 @@ async fn reconcile_forever(ctx: Ctx) {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reconciler run failed");
-                metrics::counter!(m::SWEEP_RUNS_TOTAL, "sweep" => "reconcile", "result" => "error").increment(1);
+                metrics::counter!(m::SWEEP_RUNS_TOTAL, "sweep" => "reconcile", "result" => "error")
+                    .increment(1);
             }
         }
     }

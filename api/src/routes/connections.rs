@@ -242,11 +242,20 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<ApiJson<ConnectionList>> {
     let limit = page_limit(q.limit)?;
-    let failing_since = q.refresh_failing.unwrap_or(false).then(|| Utc::now() - chrono::Duration::hours(24));
+    let failing_since = q
+        .refresh_failing
+        .unwrap_or(false)
+        .then(|| Utc::now() - chrono::Duration::hours(24));
     let rows = state
         .ctx
         .store
-        .list_connections(&tenant.id, q.needs_reauth, failing_since, q.after.as_deref(), limit)
+        .list_connections(
+            &tenant.id,
+            q.needs_reauth,
+            failing_since,
+            q.after.as_deref(),
+            limit,
+        )
         .await?;
     let next_after = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id.clone()))

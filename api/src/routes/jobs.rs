@@ -36,7 +36,12 @@ pub struct ReplayView {
 
 impl From<ReplayRow> for ReplayView {
     fn from(r: ReplayRow) -> Self {
-        Self { from_state: r.from_state, forced: r.forced, reason: r.reason, replayed_at: r.replayed_at }
+        Self {
+            from_state: r.from_state,
+            forced: r.forced,
+            reason: r.reason,
+            replayed_at: r.replayed_at,
+        }
     }
 }
 
@@ -74,57 +79,118 @@ pub struct JobQuery {
     pub limit: Option<i64>,
 }
 
-fn filter(queue: Option<&str>, state: Option<&str>, platform: Option<&str>, since: Option<&str>) -> ApiResult<JobFilter> {
+fn filter(
+    queue: Option<&str>,
+    state: Option<&str>,
+    platform: Option<&str>,
+    since: Option<&str>,
+) -> ApiResult<JobFilter> {
     if let Some(q) = queue
         && q != "share"
     {
-        return Err(ApiError::invalid("queue", "unsupported_queue", "only the `share` queue's jobs are listed and replayed here"));
+        return Err(ApiError::invalid(
+            "queue",
+            "unsupported_queue",
+            "only the `share` queue's jobs are listed and replayed here",
+        ));
     }
     if let Some(s) = state
         && ShareState::parse(s).is_none()
     {
-        return Err(ApiError::invalid("state", "invalid_state", format!("unknown state `{s}`")));
+        return Err(ApiError::invalid(
+            "state",
+            "invalid_state",
+            format!("unknown state `{s}`"),
+        ));
     }
     if let Some(p) = platform
         && herald_jobs::platform::PlatformKind::parse(p).is_none()
     {
-        return Err(ApiError::invalid("platform", "unknown_platform", format!("unknown platform `{p}`")));
+        return Err(ApiError::invalid(
+            "platform",
+            "unknown_platform",
+            format!("unknown platform `{p}`"),
+        ));
     }
     let since = match since {
         None => None,
         Some(s) => Some(
             replay::since(s, Utc::now())
-                .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)))
-                .ok_or_else(|| ApiError::invalid("since", "invalid_time", "`since` must be RFC 3339 or a span like 2h"))?,
+                .or_else(|| {
+                    DateTime::parse_from_rfc3339(s)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc))
+                })
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "since",
+                        "invalid_time",
+                        "`since` must be RFC 3339 or a span like 2h",
+                    )
+                })?,
         ),
     };
-    Ok(JobFilter { state: state.map(str::to_owned), platform: platform.map(str::to_owned), since })
+    Ok(JobFilter {
+        state: state.map(str::to_owned),
+        platform: platform.map(str::to_owned),
+        since,
+    })
 }
 
 fn view(row: herald_jobs::store::ShareRow) -> ApiResult<JobView> {
     let tenant_id = row.tenant_id.clone();
     let id = row.id.clone();
-    Ok(JobView { id, queue: "share".into(), tenant_id, share: ShareView::from_row(row)?, replays: None })
+    Ok(JobView {
+        id,
+        queue: "share".into(),
+        tenant_id,
+        share: ShareView::from_row(row)?,
+        replays: None,
+    })
 }
 
 /// Jobs across tenants, newest change first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "operators", params(JobQuery),
     responses((status = 200, body = JobList), (status = 403, description = "Not an operator key", body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
-pub async fn list(State(state): State<ApiState>, _op: Operator, Query(q): Query<JobQuery>) -> ApiResult<ApiJson<JobList>> {
-    let f = filter(q.queue.as_deref(), q.state.as_deref(), q.platform.as_deref(), q.since.as_deref())?;
+pub async fn list(
+    State(state): State<ApiState>,
+    _op: Operator,
+    Query(q): Query<JobQuery>,
+) -> ApiResult<ApiJson<JobList>> {
+    let f = filter(
+        q.queue.as_deref(),
+        q.state.as_deref(),
+        q.platform.as_deref(),
+        q.since.as_deref(),
+    )?;
     let limit = page_limit(q.limit)?;
     let before = match q.before.as_deref() {
         None => None,
         Some(b) => {
-            let (at, id) = b.split_once('~').ok_or_else(|| ApiError::invalid("before", "invalid_cursor", "use the `next_before` of the previous page"))?;
-            let at = DateTime::parse_from_rfc3339(at).map_err(|_| ApiError::invalid("before", "invalid_cursor", "use the `next_before` of the previous page"))?;
+            let (at, id) = b.split_once('~').ok_or_else(|| {
+                ApiError::invalid(
+                    "before",
+                    "invalid_cursor",
+                    "use the `next_before` of the previous page",
+                )
+            })?;
+            let at = DateTime::parse_from_rfc3339(at).map_err(|_| {
+                ApiError::invalid(
+                    "before",
+                    "invalid_cursor",
+                    "use the `next_before` of the previous page",
+                )
+            })?;
             Some((at.with_timezone(&Utc), id.to_owned()))
         }
     };
     let rows = state.ctx.store.list_share_jobs(&f, before, limit).await?;
     let next_before = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| format!("{}~{}", r.updated_at.to_rfc3339(), r.id)))
+        .then(|| {
+            rows.last()
+                .map(|r| format!("{}~{}", r.updated_at.to_rfc3339(), r.id))
+        })
         .flatten();
     let jobs = rows.into_iter().map(view).collect::<ApiResult<Vec<_>>>()?;
     Ok(ApiJson(JobList { jobs, next_before }))
@@ -134,8 +200,17 @@ pub async fn list(State(state): State<ApiState>, _op: Operator, Query(q): Query<
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "operators", params(("id" = String, Path)),
     responses((status = 200, body = JobView), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
-pub async fn get(State(state): State<ApiState>, _op: Operator, Path(id): Path<String>) -> ApiResult<ApiJson<JobView>> {
-    let row = state.ctx.store.share(&id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+pub async fn get(
+    State(state): State<ApiState>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> ApiResult<ApiJson<JobView>> {
+    let row = state
+        .ctx
+        .store
+        .share(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))?;
     let attempts = state.ctx.store.share_attempts(&id).await?;
     let replays = state.ctx.store.share_replays(&id).await?;
     let mut job = view(row)?;
@@ -157,8 +232,16 @@ pub struct ReplayRequest {
 fn force_reason(force: bool, reason: Option<&str>) -> ApiResult<Option<String>> {
     let reason = reason.map(str::trim).filter(|r| !r.is_empty());
     match (force, reason) {
-        (true, None) => Err(ApiError::invalid("reason", "reason_required", "`force` needs a `reason`: the share may already be posted")),
-        (true, Some(r)) if r.len() > 500 => Err(ApiError::invalid("reason", "reason_too_long", "`reason` is longer than 500 characters")),
+        (true, None) => Err(ApiError::invalid(
+            "reason",
+            "reason_required",
+            "`force` needs a `reason`: the share may already be posted",
+        )),
+        (true, Some(r)) if r.len() > 500 => Err(ApiError::invalid(
+            "reason",
+            "reason_too_long",
+            "`reason` is longer than 500 characters",
+        )),
         (true, Some(r)) => Ok(Some(r.to_owned())),
         (false, _) => Ok(None),
     }
@@ -181,15 +264,29 @@ pub async fn replay_one(
     let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
     };
     let force = force_reason(req.force, req.reason.as_deref())?;
-    let out = replay::replay_one(&state.ctx, &id, &op.key_id, force.as_deref()).await.map_err(ApiError::internal)?;
+    let out = replay::replay_one(&state.ctx, &id, &op.key_id, force.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
     match out.result.as_str() {
         "replayed" => Ok((StatusCode::ACCEPTED, ApiJson(out))),
         "not_found" => Err(ApiError::not_found("job")),
-        "needs_force" => Err(ApiError::new(StatusCode::CONFLICT, "needs_force", "this share's outcome is unknown and it may already be posted: replay with `force` and a `reason`")),
-        _ => Err(ApiError::new(StatusCode::CONFLICT, "not_replayable", format!("the job is {} and cannot be replayed", out.state.unwrap_or_default()))),
+        "needs_force" => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "needs_force",
+            "this share's outcome is unknown and it may already be posted: replay with `force` and a `reason`",
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_replayable",
+            format!(
+                "the job is {} and cannot be replayed",
+                out.state.unwrap_or_default()
+            ),
+        )),
     }
 }
 
@@ -226,18 +323,43 @@ pub async fn replay_bulk(
     op: Operator,
     ApiJson(req): ApiJson<BulkReplayRequest>,
 ) -> ApiResult<ApiJson<BulkReplayResult>> {
-    let f = filter(req.queue.as_deref(), req.state.as_deref(), req.platform.as_deref(), req.since.as_deref())?;
+    let f = filter(
+        req.queue.as_deref(),
+        req.state.as_deref(),
+        req.platform.as_deref(),
+        req.since.as_deref(),
+    )?;
     if f.state.is_none() {
-        return Err(ApiError::invalid("state", "state_required", "a bulk replay names the `state` to replay (failed, parked, expired, ...)"));
+        return Err(ApiError::invalid(
+            "state",
+            "state_required",
+            "a bulk replay names the `state` to replay (failed, parked, expired, ...)",
+        ));
     }
     let limit = match req.limit {
         None => MAX_BULK,
         Some(n) if (1..=MAX_BULK).contains(&n) => n,
-        Some(_) => return Err(ApiError::invalid("limit", "invalid_limit", format!("`limit` must be between 1 and {MAX_BULK}"))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "limit",
+                "invalid_limit",
+                format!("`limit` must be between 1 and {MAX_BULK}"),
+            ));
+        }
     };
     let force = force_reason(req.force, req.reason.as_deref())?;
-    let jobs = replay::replay_matching(&state.ctx, &f, &op.key_id, force.as_deref(), req.dry_run, limit)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(ApiJson(BulkReplayResult { dry_run: req.dry_run, jobs }))
+    let jobs = replay::replay_matching(
+        &state.ctx,
+        &f,
+        &op.key_id,
+        force.as_deref(),
+        req.dry_run,
+        limit,
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(ApiJson(BulkReplayResult {
+        dry_run: req.dry_run,
+        jobs,
+    }))
 }

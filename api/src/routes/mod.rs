@@ -2,6 +2,7 @@ pub mod connections;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
+pub mod platforms;
 pub mod shares;
 
 use axum::{

@@ -7,8 +7,7 @@ use chrono::Utc;
 use tracing::{info, warn};
 
 use crate::{
-    Ctx,
-    metrics as m,
+    Ctx, metrics as m,
     payloads::{FollowerSyncV1, QueueName},
     platform::{PlatformError, Relation},
 };
@@ -16,14 +15,19 @@ use crate::{
 const QUEUE: &str = "follower_sync";
 
 pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
-    let Some(conn) = ctx.store.connection(&job.connection_id).await? else { return Ok(()) };
+    let Some(conn) = ctx.store.connection(&job.connection_id).await? else {
+        return Ok(());
+    };
     if conn.revoked_at.is_some() {
         return Ok(());
     }
-    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else { return Ok(()) };
+    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
+        return Ok(());
+    };
     let platform_name = conn.platform.clone();
     if conn.needs_reauth {
-        metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => QUEUE, "platform" => platform_name).increment(1);
+        metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => QUEUE, "platform" => platform_name)
+            .increment(1);
         return Ok(());
     }
     if !platform.capabilities().followers {
@@ -38,7 +42,10 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
             Relation::Follows => "follows",
         };
         // A resume continues the paused run and the relations after it; those before it finished.
-        let mut run = match (job.resume && !resumed, ctx.store.find_open_sync_run(&conn.id, rel).await?) {
+        let mut run = match (
+            job.resume && !resumed,
+            ctx.store.find_open_sync_run(&conn.id, rel).await?,
+        ) {
             (_, Some(run)) => run,
             (true, None) => continue,
             (false, None) => ctx.store.open_sync_run(&conn.id, rel, Utc::now()).await?,
@@ -55,19 +62,33 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
             .await
             {
                 Ok(r) => r,
-                Err(_) => Err(PlatformError::Transient { status: None, reason: "timed out".into() }),
+                Err(_) => Err(PlatformError::Transient {
+                    status: None,
+                    reason: "timed out".into(),
+                }),
             };
             match page {
                 Ok(page) => {
-                    ctx.store.record_sync_page(&run, &page.accounts, page.next_cursor.as_deref(), Utc::now()).await?;
+                    ctx.store
+                        .record_sync_page(
+                            &run,
+                            &page.accounts,
+                            page.next_cursor.as_deref(),
+                            Utc::now(),
+                        )
+                        .await?;
                     run.pages += 1;
                     run.cursor = page.next_cursor;
                     if run.cursor.is_none() {
                         break;
                     }
                 }
-                Err(PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason }) => {
-                    ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
+                Err(
+                    PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason },
+                ) => {
+                    ctx.store
+                        .mark_needs_reauth(&conn.id, &reason, Utc::now())
+                        .await?;
                     ctx.store.pause_sync_run(&run, &reason, Utc::now()).await?;
                     metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => QUEUE, "platform" => platform_name.clone()).increment(1);
                     warn!(connection.id = %conn.id, platform = %platform_name, outcome = "parked", "follower sync stopped: connection needs reauth");
@@ -75,12 +96,16 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
                 }
                 Err(PlatformError::RateLimited { retry_after }) => {
                     let wait = ctx.settings.retry.rate_limit_wait(retry_after);
-                    ctx.store.pause_sync_run(&run, "rate limited", Utc::now()).await?;
+                    ctx.store
+                        .pause_sync_run(&run, "rate limited", Utc::now())
+                        .await?;
                     metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => QUEUE, "platform" => platform_name.clone()).increment(1);
                     return again(ctx, job, job.retry, wait).await;
                 }
                 Err(e) => {
-                    ctx.store.pause_sync_run(&run, &e.to_string(), Utc::now()).await?;
+                    ctx.store
+                        .pause_sync_run(&run, &e.to_string(), Utc::now())
+                        .await?;
                     let next = job.retry + 1;
                     return match ctx.settings.retry.delay_after(next) {
                         Some(d) => again(ctx, job, next, d).await,
@@ -99,10 +124,25 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn again(ctx: &Ctx, job: &FollowerSyncV1, retry: u32, wait: std::time::Duration) -> anyhow::Result<()> {
+async fn again(
+    ctx: &Ctx,
+    job: &FollowerSyncV1,
+    retry: u32,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
     let run_at = Utc::now() + chrono::Duration::from_std(wait)?;
-    let payload = serde_json::to_value(FollowerSyncV1 { connection_id: job.connection_id.clone(), resume: true, retry })?;
-    let key = format!("follower_sync:{}:resume:{}", job.connection_id, run_at.timestamp_millis());
-    ctx.queue.push(QueueName::FollowerSync, payload, run_at, &key).await?;
+    let payload = serde_json::to_value(FollowerSyncV1 {
+        connection_id: job.connection_id.clone(),
+        resume: true,
+        retry,
+    })?;
+    let key = format!(
+        "follower_sync:{}:resume:{}",
+        job.connection_id,
+        run_at.timestamp_millis()
+    );
+    ctx.queue
+        .push(QueueName::FollowerSync, payload, run_at, &key)
+        .await?;
     Ok(())
 }

@@ -36,7 +36,10 @@ pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
         metrics::gauge!(m::CONNECTIONS, "platform" => kind.as_str()).set(all as f64);
         metrics::gauge!(m::CONNECTIONS_NEEDING_REAUTH, "platform" => kind.as_str())
             .set(reauth as f64);
-        let f = failing.iter().find(|(p, _)| p == kind.as_str()).map_or(0, |(_, n)| *n);
+        let f = failing
+            .iter()
+            .find(|(p, _)| p == kind.as_str())
+            .map_or(0, |(_, n)| *n);
         metrics::gauge!(m::CONNECTIONS_REFRESH_FAILING, "platform" => kind.as_str()).set(f as f64);
     }
     Ok(())

@@ -13,8 +13,7 @@ use chrono::Utc;
 use tracing::{info, warn};
 
 use crate::{
-    Ctx,
-    metrics as m,
+    Ctx, metrics as m,
     payloads::{QueueName, RefreshV1, ShareV1},
     platform::PlatformError,
     store::{ConnectionRow, StoredTokens, TokenWrite},
@@ -24,7 +23,7 @@ use crate::{
 #[derive(Debug)]
 pub enum Refresh {
     /// New tokens are stored; this is the connection as it is now.
-    Refreshed(ConnectionRow),
+    Refreshed(Box<ConnectionRow>),
     /// Another worker holds the refresh lease.
     Busy,
     /// The grant is dead: the connection is flagged `needs_reauth`.
@@ -53,14 +52,22 @@ pub async fn refresh_connection(ctx: &Ctx, connection_id: &str) -> anyhow::Resul
     };
     let result = refresh_locked(ctx, connection_id, generation).await;
     // On success the token write already released the lease; this covers every other path.
-    ctx.store.release_refresh_lock(connection_id, &owner).await?;
+    ctx.store
+        .release_refresh_lock(connection_id, &owner)
+        .await?;
     result
 }
 
-async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyhow::Result<Refresh> {
+async fn refresh_locked(
+    ctx: &Ctx,
+    connection_id: &str,
+    generation: i64,
+) -> anyhow::Result<Refresh> {
     // Read the tokens under the lease: a refresh token rotated by the previous holder is the one
     // to spend now.
-    let Some(conn) = ctx.store.connection(connection_id).await? else { return Ok(Refresh::Skipped) };
+    let Some(conn) = ctx.store.connection(connection_id).await? else {
+        return Ok(Refresh::Skipped);
+    };
     let platform_name = conn.platform.clone();
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(Refresh::Skipped);
@@ -72,15 +79,24 @@ async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyh
     if !platform.capabilities().refresh {
         // A token that expires on a platform with no refresh: the user will have to reconnect.
         let message = "this platform offers no token refresh";
-        ctx.store.record_refresh(&conn, "skipped", Some(message), Utc::now()).await?;
+        ctx.store
+            .record_refresh(&conn, "skipped", Some(message), Utc::now())
+            .await?;
         count(&platform_name, "skipped");
         return Ok(Refresh::Skipped);
     }
     let creds = conn.credentials(&ctx.vault).context("decrypting tokens")?;
     let now = Utc::now();
-    let answer = match tokio::time::timeout(ctx.settings.platform_timeout, platform.refresh(&conn.account(), &creds)).await {
+    let answer = match tokio::time::timeout(
+        ctx.settings.platform_timeout,
+        platform.refresh(&conn.account(), &creds),
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(_) => Err(PlatformError::OutcomeUnknown { reason: "the token endpoint did not answer in time".into() }),
+        Err(_) => Err(PlatformError::OutcomeUnknown {
+            reason: "the token endpoint did not answer in time".into(),
+        }),
     };
     match answer {
         Ok(tokens) => {
@@ -90,13 +106,23 @@ async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyh
                 dpop_key: None,
                 expires_at: tokens.expires_at,
             };
-            match ctx.store.store_refreshed_tokens(&conn.id, generation, &stored, &ctx.vault, now).await? {
+            match ctx
+                .store
+                .store_refreshed_tokens(&conn.id, generation, &stored, &ctx.vault, now)
+                .await?
+            {
                 TokenWrite::Stored { .. } => {
-                    ctx.store.record_refresh(&conn, "succeeded", None, now).await?;
+                    ctx.store
+                        .record_refresh(&conn, "succeeded", None, now)
+                        .await?;
                     count(&platform_name, "succeeded");
                     info!(connection.id = %conn.id, platform = %platform_name, outcome = "succeeded", "token refreshed");
-                    let fresh = ctx.store.connection(&conn.id).await?.context("connection vanished")?;
-                    Ok(Refresh::Refreshed(fresh))
+                    let fresh = ctx
+                        .store
+                        .connection(&conn.id)
+                        .await?
+                        .context("connection vanished")?;
+                    Ok(Refresh::Refreshed(Box::new(fresh)))
                 }
                 TokenWrite::Stale => {
                     // Tokens were replaced while we refreshed (a reconnect): theirs are newer.
@@ -107,9 +133,13 @@ async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyh
             }
         }
         Err(PlatformError::InvalidGrant { reason } | PlatformError::Unauthorized { reason }) => {
-            let message = format!("the platform refused to renew the token ({reason}); the user must reconnect");
+            let message = format!(
+                "the platform refused to renew the token ({reason}); the user must reconnect"
+            );
             ctx.store.mark_needs_reauth(&conn.id, &message, now).await?;
-            ctx.store.record_refresh(&conn, "invalid_grant", Some(&message), now).await?;
+            ctx.store
+                .record_refresh(&conn, "invalid_grant", Some(&message), now)
+                .await?;
             count(&platform_name, "invalid_grant");
             warn!(connection.id = %conn.id, platform = %platform_name, outcome = "invalid_grant", "refresh refused; connection needs reauth");
             Ok(Refresh::Dead(message))
@@ -120,7 +150,9 @@ async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyh
         }
         Err(e) => {
             let message = e.to_string();
-            ctx.store.record_refresh(&conn, "transient", Some(&message), now).await?;
+            ctx.store
+                .record_refresh(&conn, "transient", Some(&message), now)
+                .await?;
             count(&platform_name, "transient");
             warn!(connection.id = %conn.id, platform = %platform_name, outcome = "transient", error.message = %message, "refresh failed; will retry");
             Ok(Refresh::Transient(message))
@@ -130,7 +162,9 @@ async fn refresh_locked(ctx: &Ctx, connection_id: &str, generation: i64) -> anyh
 
 /// Runs one `refresh` job.
 pub async fn run(ctx: &Ctx, job: &RefreshV1) -> anyhow::Result<()> {
-    let Some(conn) = ctx.store.connection(&job.connection_id).await? else { return Ok(()) };
+    let Some(conn) = ctx.store.connection(&job.connection_id).await? else {
+        return Ok(());
+    };
     if conn.revoked_at.is_some() {
         return Ok(());
     }
@@ -150,22 +184,41 @@ async fn retry_later(ctx: &Ctx, job: &RefreshV1) -> anyhow::Result<()> {
         warn!(connection.id = %job.connection_id, "refresh retries exhausted; the next sweep tries again");
         return Ok(());
     };
-    let payload = serde_json::to_value(RefreshV1 { connection_id: job.connection_id.clone(), retry: next })?;
+    let payload = serde_json::to_value(RefreshV1 {
+        connection_id: job.connection_id.clone(),
+        retry: next,
+    })?;
     let run_at = Utc::now() + chrono::Duration::from_std(delay)?;
-    let key = format!("refresh:{}:retry:{next}:{}", job.connection_id, run_at.timestamp_millis());
-    ctx.queue.push(QueueName::Refresh, payload, run_at, &key).await?;
+    let key = format!(
+        "refresh:{}:retry:{next}:{}",
+        job.connection_id,
+        run_at.timestamp_millis()
+    );
+    ctx.queue
+        .push(QueueName::Refresh, payload, run_at, &key)
+        .await?;
     Ok(())
 }
 
 /// Fresh tokens were stored for a flagged connection: verify them with a real call, then clear
 /// the flag and resume the parked shares in their original order.
 async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> anyhow::Result<()> {
-    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else { return Ok(()) };
+    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
+        return Ok(());
+    };
     let creds = conn.credentials(&ctx.vault).context("decrypting tokens")?;
     let now = Utc::now();
-    let verified = match tokio::time::timeout(ctx.settings.platform_timeout, platform.verify(&conn.account(), &creds)).await {
+    let verified = match tokio::time::timeout(
+        ctx.settings.platform_timeout,
+        platform.verify(&conn.account(), &creds),
+    )
+    .await
+    {
         Ok(r) => r,
-        Err(_) => Err(PlatformError::Transient { status: None, reason: "verify timed out".into() }),
+        Err(_) => Err(PlatformError::Transient {
+            status: None,
+            reason: "verify timed out".into(),
+        }),
     };
     match verified {
         Ok(profile) if profile.platform_account_id != conn.platform_account_id => {
@@ -177,19 +230,38 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
             Ok(())
         }
         Ok(_) => {
-            if !ctx.store.clear_needs_reauth(&conn.id, conn.token_generation, now).await? {
+            if !ctx
+                .store
+                .clear_needs_reauth(&conn.id, conn.token_generation, now)
+                .await?
+            {
                 return Ok(()); // tokens changed again since; that write brings its own check
             }
             let (resumed, expired) = ctx.store.resume_parked(&conn.id, now).await?;
             info!(connection.id = %conn.id, platform = %conn.platform, resumed = resumed.len(), expired, "connection verified; parked shares resumed");
             for share in &resumed {
-                let payload = serde_json::to_value(ShareV1 { share_id: share.id.clone() })?;
-                ctx.queue.push(QueueName::Share, payload, share.run_at, &share.delivery_key()).await?;
+                let payload = serde_json::to_value(ShareV1 {
+                    share_id: share.id.clone(),
+                })?;
+                ctx.queue
+                    .push(
+                        QueueName::Share,
+                        payload,
+                        share.run_at,
+                        &share.delivery_key(),
+                    )
+                    .await?;
             }
             Ok(())
         }
         Err(PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason }) => {
-            ctx.store.mark_needs_reauth(&conn.id, &format!("the new tokens were refused: {reason}"), now).await?;
+            ctx.store
+                .mark_needs_reauth(
+                    &conn.id,
+                    &format!("the new tokens were refused: {reason}"),
+                    now,
+                )
+                .await?;
             Ok(())
         }
         Err(_) => retry_later(ctx, job).await,
@@ -198,9 +270,14 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
 
 /// Enqueues the reconnect check for a connection whose tokens were just stored while flagged.
 pub async fn enqueue_reconnect_check(ctx: &Ctx, conn: &ConnectionRow) -> anyhow::Result<()> {
-    let payload = serde_json::to_value(RefreshV1 { connection_id: conn.id.clone(), retry: 0 })?;
+    let payload = serde_json::to_value(RefreshV1 {
+        connection_id: conn.id.clone(),
+        retry: 0,
+    })?;
     let key = format!("reconnect:{}:{}", conn.id, conn.token_generation);
-    ctx.queue.push(QueueName::Refresh, payload, Utc::now(), &key).await?;
+    ctx.queue
+        .push(QueueName::Refresh, payload, Utc::now(), &key)
+        .await?;
     Ok(())
 }
 

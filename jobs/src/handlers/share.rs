@@ -132,23 +132,47 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         Err(e) => return Ok(failed("vault", &format!("tokens cannot be decrypted: {e}"))),
     };
     // Just in time: a token about to expire is refreshed (single-flight) before the call.
-    if platform.capabilities().refresh && conn.has_refresh_token() && refresh::expires_soon(ctx, creds.expires_at) {
+    if platform.capabilities().refresh
+        && conn.has_refresh_token()
+        && refresh::expires_soon(ctx, creds.expires_at)
+    {
         let now = Utc::now();
         match refresh::refresh_connection(ctx, &conn.id).await? {
             Refresh::Refreshed(fresh) => {
                 creds = fresh.credentials(&ctx.vault)?;
-                conn = fresh;
+                conn = *fresh;
             }
-            Refresh::Dead(reason) => return Ok(ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }),
+            Refresh::Dead(reason) => {
+                return Ok(ShareUpdate::Parked {
+                    class: "needs_reauth".into(),
+                    message: reason,
+                });
+            }
             Refresh::Busy => {
                 let wait = chrono::Duration::from_std(refresh::WAIT_FOR_REFRESH)?;
-                return Ok(retry_or_fail(ctx, share, now + wait, "waiting_for_refresh", "another worker is refreshing this connection's token".into(), None));
+                return Ok(retry_or_fail(
+                    ctx,
+                    share,
+                    now + wait,
+                    "waiting_for_refresh",
+                    "another worker is refreshing this connection's token".into(),
+                    None,
+                ));
             }
             Refresh::Transient(reason) if creds.expires_at.is_some_and(|t| t <= now) => {
-                return Ok(match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
-                    Some(d) => retry_or_fail(ctx, share, now + d, "transient", format!("token refresh failed: {reason}"), None),
-                    None => exhausted(share, "transient", &reason, None),
-                });
+                return Ok(
+                    match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
+                        Some(d) => retry_or_fail(
+                            ctx,
+                            share,
+                            now + d,
+                            "transient",
+                            format!("token refresh failed: {reason}"),
+                            None,
+                        ),
+                        None => exhausted(share, "transient", &reason, None),
+                    },
+                );
             }
             Refresh::Transient(_) | Refresh::Skipped => {}
         }
@@ -217,17 +241,42 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
             // The platform said the token expired before our clock did: refresh, then go again.
             Refresh::Refreshed(_) | Refresh::Busy => {
                 let soon = chrono::Duration::from_std(refresh::WAIT_FOR_REFRESH)?;
-                retry_or_fail(ctx, share, now + soon, "token_expired", "the access token expired; refreshed".into(), Some(401))
+                retry_or_fail(
+                    ctx,
+                    share,
+                    now + soon,
+                    "token_expired",
+                    "the access token expired; refreshed".into(),
+                    Some(401),
+                )
             }
-            Refresh::Dead(reason) => ShareUpdate::Parked { class: "needs_reauth".into(), message: reason },
-            Refresh::Transient(reason) => match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
-                Some(d) => retry_or_fail(ctx, share, now + d, "transient", format!("token refresh failed: {reason}"), None),
-                None => exhausted(share, "transient", &reason, None),
+            Refresh::Dead(reason) => ShareUpdate::Parked {
+                class: "needs_reauth".into(),
+                message: reason,
             },
+            Refresh::Transient(reason) => {
+                match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
+                    Some(d) => retry_or_fail(
+                        ctx,
+                        share,
+                        now + d,
+                        "transient",
+                        format!("token refresh failed: {reason}"),
+                        None,
+                    ),
+                    None => exhausted(share, "transient", &reason, None),
+                }
+            }
             Refresh::Skipped => {
-                let reason = "the access token expired and this connection cannot refresh it".to_owned();
-                ctx.store.mark_needs_reauth(&conn.id, &reason, Utc::now()).await?;
-                ShareUpdate::Parked { class: "needs_reauth".into(), message: reason }
+                let reason =
+                    "the access token expired and this connection cannot refresh it".to_owned();
+                ctx.store
+                    .mark_needs_reauth(&conn.id, &reason, Utc::now())
+                    .await?;
+                ShareUpdate::Parked {
+                    class: "needs_reauth".into(),
+                    message: reason,
+                }
             }
         },
         PlatformError::RateLimited { retry_after } => {
@@ -309,7 +358,10 @@ fn retry_or_fail(
 fn exhausted(share: &ShareRow, class: &str, message: &str, status: Option<u16>) -> ShareUpdate {
     ShareUpdate::Failed {
         class: class.into(),
-        message: format!("gave up after {} attempts: {message}", share.attempts_in_budget()),
+        message: format!(
+            "gave up after {} attempts: {message}",
+            share.attempts_in_budget()
+        ),
         status,
     }
 }

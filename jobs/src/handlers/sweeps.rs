@@ -5,15 +5,17 @@
 use chrono::Utc;
 
 use crate::{
-    Ctx,
-    metrics as m,
+    Ctx, metrics as m,
     payloads::{FollowerSyncV1, QueueName, RefreshV1},
     platform::PlatformKind,
 };
 
 const PAGE: i64 = 500;
 
-fn counted(sweep: &'static str, result: anyhow::Result<Option<usize>>) -> anyhow::Result<Option<usize>> {
+fn counted(
+    sweep: &'static str,
+    result: anyhow::Result<Option<usize>>,
+) -> anyhow::Result<Option<usize>> {
     let label = match &result {
         Ok(Some(_)) => "ran",
         Ok(None) => "skipped",
@@ -27,61 +29,104 @@ fn counted(sweep: &'static str, result: anyhow::Result<Option<usize>>) -> anyhow
 /// another process already ran this tick. The query reads the partial index on expiry, so its cost
 /// follows the number of due connections, not all connections.
 pub async fn refresh_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option<usize>> {
-    counted("refresh", async {
-        let now = Utc::now();
-        if !ctx.store.claim_sweep_tick("refresh", tick, now).await? {
-            return Ok(None);
-        }
-        let before = now + chrono::Duration::from_std(ctx.settings.refresh_window)?;
-        let mut after: Option<String> = None;
-        let mut pushed = 0;
-        loop {
-            let due = ctx.store.connections_due_for_refresh(before, after.as_deref(), PAGE).await?;
-            let Some((last, _)) = due.last().cloned() else { break };
-            for (id, _platform) in &due {
-                let payload = serde_json::to_value(RefreshV1 { connection_id: id.clone(), retry: 0 })?;
-                ctx.queue.push(QueueName::Refresh, payload, now, &format!("refresh:{id}:sweep:{tick}")).await?;
-                pushed += 1;
+    counted(
+        "refresh",
+        async {
+            let now = Utc::now();
+            if !ctx.store.claim_sweep_tick("refresh", tick, now).await? {
+                return Ok(None);
             }
-            if (due.len() as i64) < PAGE {
-                break;
+            let before = now + chrono::Duration::from_std(ctx.settings.refresh_window)?;
+            let mut after: Option<String> = None;
+            let mut pushed = 0;
+            loop {
+                let due = ctx
+                    .store
+                    .connections_due_for_refresh(before, after.as_deref(), PAGE)
+                    .await?;
+                let Some((last, _)) = due.last().cloned() else {
+                    break;
+                };
+                for (id, _platform) in &due {
+                    let payload = serde_json::to_value(RefreshV1 {
+                        connection_id: id.clone(),
+                        retry: 0,
+                    })?;
+                    ctx.queue
+                        .push(
+                            QueueName::Refresh,
+                            payload,
+                            now,
+                            &format!("refresh:{id}:sweep:{tick}"),
+                        )
+                        .await?;
+                    pushed += 1;
+                }
+                if (due.len() as i64) < PAGE {
+                    break;
+                }
+                after = Some(last);
             }
-            after = Some(last);
+            tracing::info!(sweep = "refresh", tick, pushed, "sweep ran");
+            Ok(Some(pushed))
         }
-        tracing::info!(sweep = "refresh", tick, pushed, "sweep ran");
-        Ok(Some(pushed))
-    }
-    .await)
+        .await,
+    )
 }
 
 /// Enqueues a follower sync for every live connection of a platform that lists followers.
 pub async fn follower_sync_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option<usize>> {
-    counted("follower_sync", async {
-        let now = Utc::now();
-        if !ctx.store.claim_sweep_tick("follower_sync", tick, now).await? {
-            return Ok(None);
-        }
-        let mut pushed = 0;
-        for kind in PlatformKind::ALL {
-            if !ctx.platforms.get(kind).is_some_and(|p| p.capabilities().followers) {
-                continue;
+    counted(
+        "follower_sync",
+        async {
+            let now = Utc::now();
+            if !ctx
+                .store
+                .claim_sweep_tick("follower_sync", tick, now)
+                .await?
+            {
+                return Ok(None);
             }
-            let mut after: Option<String> = None;
-            loop {
-                let ids = ctx.store.connections_of_platform(kind.as_str(), after.as_deref(), PAGE).await?;
-                for id in &ids {
-                    let payload = serde_json::to_value(FollowerSyncV1 { connection_id: id.clone(), resume: false, retry: 0 })?;
-                    ctx.queue.push(QueueName::FollowerSync, payload, now, &format!("follower_sync:{id}:{tick}")).await?;
-                    pushed += 1;
+            let mut pushed = 0;
+            for kind in PlatformKind::ALL {
+                if !ctx
+                    .platforms
+                    .get(kind)
+                    .is_some_and(|p| p.capabilities().followers)
+                {
+                    continue;
                 }
-                if (ids.len() as i64) < PAGE {
-                    break;
+                let mut after: Option<String> = None;
+                loop {
+                    let ids = ctx
+                        .store
+                        .connections_of_platform(kind.as_str(), after.as_deref(), PAGE)
+                        .await?;
+                    for id in &ids {
+                        let payload = serde_json::to_value(FollowerSyncV1 {
+                            connection_id: id.clone(),
+                            resume: false,
+                            retry: 0,
+                        })?;
+                        ctx.queue
+                            .push(
+                                QueueName::FollowerSync,
+                                payload,
+                                now,
+                                &format!("follower_sync:{id}:{tick}"),
+                            )
+                            .await?;
+                        pushed += 1;
+                    }
+                    if (ids.len() as i64) < PAGE {
+                        break;
+                    }
+                    after = ids.last().cloned();
                 }
-                after = ids.last().cloned();
             }
+            tracing::info!(sweep = "follower_sync", tick, pushed, "sweep ran");
+            Ok(Some(pushed))
         }
-        tracing::info!(sweep = "follower_sync", tick, pushed, "sweep ran");
-        Ok(Some(pushed))
-    }
-    .await)
+        .await,
+    )
 }

@@ -11,8 +11,13 @@
 //! (Instagram and Threads create a container, then publish it; [`Platform::find_published`] is how a
 //! lost answer is settled).
 
+pub mod facebook;
 pub mod http;
+pub mod instagram;
+pub mod linkedin;
 pub mod mastodon;
+pub mod threads;
+pub mod x;
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 

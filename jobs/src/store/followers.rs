@@ -28,22 +28,51 @@ const RUN_COLUMNS: &str = "id, connection_id, relation, state, cursor, pages, se
 
 impl Store {
     /// The unfinished run of this connection and relation, if any.
-    pub async fn find_open_sync_run(&self, connection_id: &str, relation: &str) -> Result<Option<SyncRun>> {
-        let q = format!("SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state = 'running' ORDER BY started_at DESC LIMIT 1");
-        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(connection_id).bind(relation).fetch_optional(p).await?))
+    pub async fn find_open_sync_run(
+        &self,
+        connection_id: &str,
+        relation: &str,
+    ) -> Result<Option<SyncRun>> {
+        let q = format!(
+            "SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state = 'running' ORDER BY started_at DESC LIMIT 1"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(connection_id)
+            .bind(relation)
+            .fetch_optional(p)
+            .await?))
     }
 
     /// The unfinished run of this connection and relation, or a new one. A run left by a crash or
     /// a rate limit resumes from its checkpoint.
-    pub async fn open_sync_run(&self, connection_id: &str, relation: &str, now: DateTime<Utc>) -> Result<SyncRun> {
-        let q = format!("SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state = 'running' ORDER BY started_at DESC LIMIT 1");
-        let open: Option<SyncRun> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(connection_id).bind(relation).fetch_optional(p).await?);
+    pub async fn open_sync_run(
+        &self,
+        connection_id: &str,
+        relation: &str,
+        now: DateTime<Utc>,
+    ) -> Result<SyncRun> {
+        let q = format!(
+            "SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state = 'running' ORDER BY started_at DESC LIMIT 1"
+        );
+        let open: Option<SyncRun> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(connection_id)
+            .bind(relation)
+            .fetch_optional(p)
+            .await?);
         if let Some(run) = open {
             return Ok(run);
         }
         let id = ids::new("fsr");
-        let q = format!("INSERT INTO follower_sync_runs (id, connection_id, relation, state, started_at, updated_at) VALUES ($1, $2, $3, 'running', $4, $4) RETURNING {RUN_COLUMNS}");
-        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(&id).bind(connection_id).bind(relation).bind(now).fetch_one(p).await?))
+        let q = format!(
+            "INSERT INTO follower_sync_runs (id, connection_id, relation, state, started_at, updated_at) VALUES ($1, $2, $3, 'running', $4, $4) RETURNING {RUN_COLUMNS}"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(&id)
+            .bind(connection_id)
+            .bind(relation)
+            .bind(now)
+            .fetch_one(p)
+            .await?))
     }
 
     /// Upserts one page and moves the checkpoint past it, in one transaction: a crash repeats at
@@ -55,32 +84,35 @@ impl Store {
         next_cursor: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<i64> {
-        let gained = with_pool!(&self.pool, "INSERT INTO followers (connection_id, relation, platform_account_id, handle, first_seen_at, last_seen_run) \
+        let gained = with_pool!(
+            &self.pool,
+            "INSERT INTO followers (connection_id, relation, platform_account_id, handle, first_seen_at, last_seen_run) \
             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (connection_id, relation, platform_account_id) \
-            DO UPDATE SET handle = excluded.handle, last_seen_run = excluded.last_seen_run", |p, sql| {
-            let mut tx = crate::store::Engine::begin_write(p).await?;
-            let mut gained = 0i64;
-            for a in accounts {
-                let existed: Option<String> = sqlx::query_scalar(with_engine(p, "SELECT last_seen_run FROM followers WHERE connection_id = $1 AND relation = $2 AND platform_account_id = $3"))
+            DO UPDATE SET handle = excluded.handle, last_seen_run = excluded.last_seen_run",
+            |p, sql| {
+                let mut tx = crate::store::Engine::begin_write(p).await?;
+                let mut gained = 0i64;
+                for a in accounts {
+                    let existed: Option<String> = sqlx::query_scalar(with_engine(p, "SELECT last_seen_run FROM followers WHERE connection_id = $1 AND relation = $2 AND platform_account_id = $3"))
                     .bind(&run.connection_id)
                     .bind(&run.relation)
                     .bind(&a.platform_account_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-                if existed.is_none() {
-                    gained += 1;
+                    if existed.is_none() {
+                        gained += 1;
+                    }
+                    sqlx::query(sqlx::AssertSqlSafe(sql.0.as_str()))
+                        .bind(&run.connection_id)
+                        .bind(&run.relation)
+                        .bind(&a.platform_account_id)
+                        .bind(&a.handle)
+                        .bind(now)
+                        .bind(&run.id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
-                sqlx::query(sqlx::AssertSqlSafe(sql.0.as_str()))
-                    .bind(&run.connection_id)
-                    .bind(&run.relation)
-                    .bind(&a.platform_account_id)
-                    .bind(&a.handle)
-                    .bind(now)
-                    .bind(&run.id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query(with_engine(p, "UPDATE follower_sync_runs SET cursor = $2, pages = pages + 1, seen = seen + $3, gained = gained + $4, updated_at = $5 WHERE id = $1"))
+                sqlx::query(with_engine(p, "UPDATE follower_sync_runs SET cursor = $2, pages = pages + 1, seen = seen + $3, gained = gained + $4, updated_at = $5 WHERE id = $1"))
                 .bind(&run.id)
                 .bind(next_cursor)
                 .bind(accounts.len() as i32)
@@ -88,15 +120,18 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
-            gained
-        });
+                tx.commit().await?;
+                gained
+            }
+        );
         Ok(gained)
     }
 
     /// Ends a run: accounts not seen in it are lost (deleted and counted).
     pub async fn finish_sync_run(&self, run: &SyncRun, now: DateTime<Utc>) -> Result<SyncRun> {
-        let q = format!("UPDATE follower_sync_runs SET state = 'finished', lost = $2, cursor = NULL, updated_at = $3, finished_at = $3 WHERE id = $1 RETURNING {RUN_COLUMNS}");
+        let q = format!(
+            "UPDATE follower_sync_runs SET state = 'finished', lost = $2, cursor = NULL, updated_at = $3, finished_at = $3 WHERE id = $1 RETURNING {RUN_COLUMNS}"
+        );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
             let lost = sqlx::query(with_engine(p, "DELETE FROM followers WHERE connection_id = $1 AND relation = $2 AND last_seen_run <> $3"))
@@ -106,30 +141,63 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let row: SyncRun = sqlx::query_as(sql).bind(&run.id).bind(lost as i32).bind(now).fetch_one(&mut *tx).await?;
+            let row: SyncRun = sqlx::query_as(sql)
+                .bind(&run.id)
+                .bind(lost as i32)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
             tx.commit().await?;
             row
         }))
     }
 
     /// Notes why a run paused (a rate limit, dead credentials); it resumes from its checkpoint.
-    pub async fn pause_sync_run(&self, run: &SyncRun, reason: &str, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(&self.pool, "UPDATE follower_sync_runs SET last_error = $2, updated_at = $3 WHERE id = $1", |p, sql| {
-            sqlx::query(sql).bind(&run.id).bind(reason).bind(now).execute(p).await?;
-        });
+    pub async fn pause_sync_run(
+        &self,
+        run: &SyncRun,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(
+            &self.pool,
+            "UPDATE follower_sync_runs SET last_error = $2, updated_at = $3 WHERE id = $1",
+            |p, sql| {
+                sqlx::query(sql)
+                    .bind(&run.id)
+                    .bind(reason)
+                    .bind(now)
+                    .execute(p)
+                    .await?;
+            }
+        );
         Ok(())
     }
 
     /// Runs of one connection, newest first.
     pub async fn sync_runs(&self, connection_id: &str, limit: i64) -> Result<Vec<SyncRun>> {
-        let q = format!("SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2");
-        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql).bind(connection_id).bind(limit).fetch_all(p).await?))
+        let q = format!(
+            "SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(connection_id)
+            .bind(limit)
+            .fetch_all(p)
+            .await?))
     }
 
     /// How many followers (or follows) are stored for a connection.
     pub async fn follower_count(&self, connection_id: &str, relation: &str) -> Result<i64> {
-        Ok(with_pool!(&self.pool, "SELECT COUNT(*) FROM followers WHERE connection_id = $1 AND relation = $2", |p, sql| {
-            sqlx::query_scalar(sql).bind(connection_id).bind(relation).fetch_one(p).await?
-        }))
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT COUNT(*) FROM followers WHERE connection_id = $1 AND relation = $2",
+            |p, sql| {
+                sqlx::query_scalar(sql)
+                    .bind(connection_id)
+                    .bind(relation)
+                    .fetch_one(p)
+                    .await?
+            }
+        ))
     }
 }

@@ -3,13 +3,17 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{ConnectionRow, Result, ShareRow, Store, StoreError, StoredTokens, with_engine, with_pool};
+use super::{
+    ConnectionRow, Result, ShareRow, Store, StoreError, StoredTokens, with_engine, with_pool,
+};
 use crate::{ids, vault::KeyRing};
 
 /// How a token write went.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenWrite {
-    Stored { generation: i64 },
+    Stored {
+        generation: i64,
+    },
     /// The connection's tokens changed since they were read (a reconnect, another refresh): the
     /// write was dropped so newer tokens are never overwritten.
     Stale,
@@ -18,17 +22,37 @@ pub enum TokenWrite {
 impl Store {
     /// Takes the refresh lease on a connection if nobody holds a live one. Returns the token
     /// generation read under the lease.
-    pub async fn acquire_refresh_lock(&self, id: &str, owner: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<Option<i64>> {
-        Ok(with_pool!(&self.pool, "UPDATE connections SET refresh_lock_until = $3, refresh_lock_owner = $4 \
-            WHERE id = $1 AND (refresh_lock_until IS NULL OR refresh_lock_until < $2) RETURNING token_generation", |p, sql| {
-            sqlx::query_scalar(sql).bind(id).bind(now).bind(until).bind(owner).fetch_optional(p).await?
-        }))
+    pub async fn acquire_refresh_lock(
+        &self,
+        id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<i64>> {
+        Ok(with_pool!(
+            &self.pool,
+            "UPDATE connections SET refresh_lock_until = $3, refresh_lock_owner = $4 \
+            WHERE id = $1 AND (refresh_lock_until IS NULL OR refresh_lock_until < $2) RETURNING token_generation",
+            |p, sql| {
+                sqlx::query_scalar(sql)
+                    .bind(id)
+                    .bind(now)
+                    .bind(until)
+                    .bind(owner)
+                    .fetch_optional(p)
+                    .await?
+            }
+        ))
     }
 
     pub async fn release_refresh_lock(&self, id: &str, owner: &str) -> Result<()> {
-        with_pool!(&self.pool, "UPDATE connections SET refresh_lock_until = NULL, refresh_lock_owner = NULL WHERE id = $1 AND refresh_lock_owner = $2", |p, sql| {
-            sqlx::query(sql).bind(id).bind(owner).execute(p).await?;
-        });
+        with_pool!(
+            &self.pool,
+            "UPDATE connections SET refresh_lock_until = NULL, refresh_lock_owner = NULL WHERE id = $1 AND refresh_lock_owner = $2",
+            |p, sql| {
+                sqlx::query(sql).bind(id).bind(owner).execute(p).await?;
+            }
+        );
         Ok(())
     }
 
@@ -44,76 +68,149 @@ impl Store {
     ) -> Result<TokenWrite> {
         let seal = |column: &str, v: &Option<secrecy::SecretString>| {
             v.as_ref()
-                .map(|s| vault.encrypt(crate::vault::Slot { table: "connections", row: id, column }, s))
+                .map(|s| {
+                    vault.encrypt(
+                        crate::vault::Slot {
+                            table: "connections",
+                            row: id,
+                            column,
+                        },
+                        s,
+                    )
+                })
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))
         };
         let access = seal("access_token", &tokens.access_token)?;
         let refresh = seal("refresh_token", &tokens.refresh_token)?;
         let dpop = seal("dpop_key", &tokens.dpop_key)?;
-        let generation: Option<i64> = with_pool!(&self.pool, "UPDATE connections SET access_token_enc = COALESCE($3, access_token_enc), \
+        let generation: Option<i64> = with_pool!(
+            &self.pool,
+            "UPDATE connections SET access_token_enc = COALESCE($3, access_token_enc), \
             refresh_token_enc = COALESCE($4, refresh_token_enc), dpop_key_enc = COALESCE($5, dpop_key_enc), \
             token_expires_at = $6, token_generation = token_generation + 1, last_error = NULL, \
             refresh_lock_until = NULL, refresh_lock_owner = NULL, updated_at = $7 \
-            WHERE id = $1 AND token_generation = $2 RETURNING token_generation", |p, sql| {
-            sqlx::query_scalar(sql)
-                .bind(id)
-                .bind(read_generation)
-                .bind(access)
-                .bind(refresh)
-                .bind(dpop)
-                .bind(tokens.expires_at)
-                .bind(now)
-                .fetch_optional(p)
-                .await?
-        });
-        Ok(generation.map_or(TokenWrite::Stale, |generation| TokenWrite::Stored { generation }))
+            WHERE id = $1 AND token_generation = $2 RETURNING token_generation",
+            |p, sql| {
+                sqlx::query_scalar(sql)
+                    .bind(id)
+                    .bind(read_generation)
+                    .bind(access)
+                    .bind(refresh)
+                    .bind(dpop)
+                    .bind(tokens.expires_at)
+                    .bind(now)
+                    .fetch_optional(p)
+                    .await?
+            }
+        );
+        Ok(
+            generation.map_or(TokenWrite::Stale, |generation| TokenWrite::Stored {
+                generation,
+            }),
+        )
     }
 
     /// Records one refresh outcome (`succeeded`, `invalid_grant`, `transient`, `skipped`).
-    pub async fn record_refresh(&self, conn: &ConnectionRow, result: &str, message: Option<&str>, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(&self.pool, "INSERT INTO token_refreshes (id, connection_id, platform, result, message, at) VALUES ($1, $2, $3, $4, $5, $6)", |p, sql| {
-            sqlx::query(sql)
-                .bind(ids::new("rfr"))
-                .bind(&conn.id)
-                .bind(&conn.platform)
-                .bind(result)
-                .bind(message)
-                .bind(now)
-                .execute(p)
-                .await?;
-        });
+    pub async fn record_refresh(
+        &self,
+        conn: &ConnectionRow,
+        result: &str,
+        message: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(
+            &self.pool,
+            "INSERT INTO token_refreshes (id, connection_id, platform, result, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
+            |p, sql| {
+                sqlx::query(sql)
+                    .bind(ids::new("rfr"))
+                    .bind(&conn.id)
+                    .bind(&conn.platform)
+                    .bind(result)
+                    .bind(message)
+                    .bind(now)
+                    .execute(p)
+                    .await?;
+            }
+        );
         Ok(())
     }
 
     /// Connections with at least `threshold` failed refreshes since `since`, by platform. Reads
     /// only the failures in the window (a partial index), not all connections.
-    pub async fn refresh_failing_counts(&self, since: DateTime<Utc>, threshold: i64) -> Result<Vec<(String, i64)>> {
-        Ok(with_pool!(&self.pool, "SELECT platform, COUNT(*) FROM (SELECT connection_id, MIN(platform) AS platform FROM token_refreshes \
-            WHERE at >= $1 AND result NOT IN ('succeeded', 'skipped') GROUP BY connection_id HAVING COUNT(*) >= $2) failing GROUP BY platform", |p, sql| {
-            sqlx::query_as(sql).bind(since).bind(threshold).fetch_all(p).await?
-        }))
+    pub async fn refresh_failing_counts(
+        &self,
+        since: DateTime<Utc>,
+        threshold: i64,
+    ) -> Result<Vec<(String, i64)>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT platform, COUNT(*) FROM (SELECT connection_id, MIN(platform) AS platform FROM token_refreshes \
+            WHERE at >= $1 AND result NOT IN ('succeeded', 'skipped') GROUP BY connection_id HAVING COUNT(*) >= $2) failing GROUP BY platform",
+            |p, sql| {
+                sqlx::query_as(sql)
+                    .bind(since)
+                    .bind(threshold)
+                    .fetch_all(p)
+                    .await?
+            }
+        ))
     }
 
     /// The connections of one tenant in that condition (for the operators' list).
-    pub async fn refresh_failing_connections(&self, since: DateTime<Utc>, threshold: i64, limit: i64) -> Result<Vec<String>> {
-        Ok(with_pool!(&self.pool, "SELECT connection_id FROM token_refreshes WHERE at >= $1 AND result NOT IN ('succeeded', 'skipped') \
-            GROUP BY connection_id HAVING COUNT(*) >= $2 ORDER BY connection_id LIMIT $3", |p, sql| {
-            sqlx::query_scalar(sql).bind(since).bind(threshold).bind(limit).fetch_all(p).await?
-        }))
+    pub async fn refresh_failing_connections(
+        &self,
+        since: DateTime<Utc>,
+        threshold: i64,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT connection_id FROM token_refreshes WHERE at >= $1 AND result NOT IN ('succeeded', 'skipped') \
+            GROUP BY connection_id HAVING COUNT(*) >= $2 ORDER BY connection_id LIMIT $3",
+            |p, sql| {
+                sqlx::query_scalar(sql)
+                    .bind(since)
+                    .bind(threshold)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        ))
     }
 
     /// Clears `needs_reauth` after a successful verify, if the tokens are still the ones verified.
-    pub async fn clear_needs_reauth(&self, id: &str, verified_generation: i64, now: DateTime<Utc>) -> Result<bool> {
-        Ok(with_pool!(&self.pool, "UPDATE connections SET needs_reauth = FALSE, last_error = NULL, updated_at = $3 WHERE id = $1 AND token_generation = $2", |p, sql| {
-            sqlx::query(sql).bind(id).bind(verified_generation).bind(now).execute(p).await?.rows_affected() == 1
-        }))
+    pub async fn clear_needs_reauth(
+        &self,
+        id: &str,
+        verified_generation: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        Ok(with_pool!(
+            &self.pool,
+            "UPDATE connections SET needs_reauth = FALSE, last_error = NULL, updated_at = $3 WHERE id = $1 AND token_generation = $2",
+            |p, sql| {
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(verified_generation)
+                    .bind(now)
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+                    == 1
+            }
+        ))
     }
 
     /// Puts a connection's parked shares back in the queue in their original order; those past
     /// their lateness limit become `expired`. Returns the resumed rows (oldest first) and how many
     /// expired.
-    pub async fn resume_parked(&self, connection_id: &str, now: DateTime<Utc>) -> Result<(Vec<ShareRow>, u64)> {
+    pub async fn resume_parked(
+        &self,
+        connection_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<ShareRow>, u64)> {
         let cols = super::shares::COLUMNS;
         let q = format!(
             "UPDATE shares SET state = 'queued', run_at = $2, updated_at = $2 \
@@ -121,26 +218,45 @@ impl Store {
         );
         let (mut rows, expired) = with_pool!(&self.pool, &q, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
-            let expired = sqlx::query(with_engine(p, "UPDATE shares SET state = 'expired', last_error_class = 'expired', \
+            let expired = sqlx::query(with_engine(
+                p,
+                "UPDATE shares SET state = 'expired', last_error_class = 'expired', \
                 last_error = 'parked past its lateness limit', updated_at = $2, finished_at = $2 \
-                WHERE connection_id = $1 AND state = 'parked' AND not_after <= $2"))
+                WHERE connection_id = $1 AND state = 'parked' AND not_after <= $2",
+            ))
+            .bind(connection_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let rows: Vec<ShareRow> = sqlx::query_as(sql)
                 .bind(connection_id)
                 .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            let rows: Vec<ShareRow> = sqlx::query_as(sql).bind(connection_id).bind(now).fetch_all(&mut *tx).await?;
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
             (rows, expired)
         });
-        rows.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        rows.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         // Keep the original order in the queue: each resumed share is due a moment after the one
         // before it.
         for (i, row) in rows.iter_mut().enumerate().skip(1) {
             let run_at = now + chrono::Duration::milliseconds(i as i64);
-            with_pool!(&self.pool, "UPDATE shares SET run_at = $2 WHERE id = $1 AND state = 'queued'", |p, sql| {
-                sqlx::query(sql).bind(&row.id).bind(run_at).execute(p).await?;
-            });
+            with_pool!(
+                &self.pool,
+                "UPDATE shares SET run_at = $2 WHERE id = $1 AND state = 'queued'",
+                |p, sql| {
+                    sqlx::query(sql)
+                        .bind(&row.id)
+                        .bind(run_at)
+                        .execute(p)
+                        .await?;
+                }
+            );
             row.run_at = run_at;
         }
         Ok((rows, expired))
@@ -148,25 +264,69 @@ impl Store {
 
     /// Connections whose access token expires before `before`, that can be refreshed and are
     /// not flagged: read through the partial index on expiry, so the cost is the due set.
-    pub async fn connections_due_for_refresh(&self, before: DateTime<Utc>, after_id: Option<&str>, limit: i64) -> Result<Vec<(String, String)>> {
-        Ok(with_pool!(&self.pool, "SELECT id, platform FROM connections WHERE token_expires_at < $1 AND revoked_at IS NULL \
-            AND NOT needs_reauth AND refresh_token_enc IS NOT NULL AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3", |p, sql| {
-            sqlx::query_as(sql).bind(before).bind(after_id).bind(limit).fetch_all(p).await?
-        }))
+    pub async fn connections_due_for_refresh(
+        &self,
+        before: DateTime<Utc>,
+        after_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT id, platform FROM connections WHERE token_expires_at < $1 AND revoked_at IS NULL \
+            AND NOT needs_reauth AND refresh_token_enc IS NOT NULL AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
+            |p, sql| {
+                sqlx::query_as(sql)
+                    .bind(before)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        ))
     }
 
     /// Live, unflagged connections of one platform, paged by id (the follower-sync sweep).
-    pub async fn connections_of_platform(&self, platform: &str, after_id: Option<&str>, limit: i64) -> Result<Vec<String>> {
-        Ok(with_pool!(&self.pool, "SELECT id FROM connections WHERE platform = $1 AND revoked_at IS NULL AND NOT needs_reauth \
-            AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3", |p, sql| {
-            sqlx::query_scalar(sql).bind(platform).bind(after_id).bind(limit).fetch_all(p).await?
-        }))
+    pub async fn connections_of_platform(
+        &self,
+        platform: &str,
+        after_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT id FROM connections WHERE platform = $1 AND revoked_at IS NULL AND NOT needs_reauth \
+            AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
+            |p, sql| {
+                sqlx::query_scalar(sql)
+                    .bind(platform)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        ))
     }
 
     /// Claims one tick of a sweep for this process: true for exactly one caller per tick.
-    pub async fn claim_sweep_tick(&self, sweep: &str, tick: &str, now: DateTime<Utc>) -> Result<bool> {
-        Ok(with_pool!(&self.pool, "INSERT INTO sweep_ticks (sweep, tick, ran_at) VALUES ($1, $2, $3) ON CONFLICT (sweep, tick) DO NOTHING", |p, sql| {
-            sqlx::query(sql).bind(sweep).bind(tick).bind(now).execute(p).await?.rows_affected() == 1
-        }))
+    pub async fn claim_sweep_tick(
+        &self,
+        sweep: &str,
+        tick: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        Ok(with_pool!(
+            &self.pool,
+            "INSERT INTO sweep_ticks (sweep, tick, ran_at) VALUES ($1, $2, $3) ON CONFLICT (sweep, tick) DO NOTHING",
+            |p, sql| {
+                sqlx::query(sql)
+                    .bind(sweep)
+                    .bind(tick)
+                    .bind(now)
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+                    == 1
+            }
+        ))
     }
 }

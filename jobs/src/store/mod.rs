@@ -62,11 +62,16 @@ macro_rules! with_pool {
         match $pool {
             $crate::store::Pool::Sqlite($p) => {
                 let $sql = sqlx::AssertSqlSafe($crate::store::sqlite_sql($text));
-                $body
+                // rustfmt may wrap a long body in braces; they are harmless.
+                #[allow(unused_braces)]
+                let out = $body;
+                out
             }
             $crate::store::Pool::Postgres($p) => {
                 let $sql = sqlx::AssertSqlSafe(String::from($text));
-                $body
+                #[allow(unused_braces)]
+                let out = $body;
+                out
             }
         }
     };
@@ -172,14 +177,21 @@ pub(crate) trait Engine {
     /// A transaction that will write. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`): a transaction that reads first and writes later cannot wait for the
     /// lock and fails with "database is locked" when another writer got there first.
-    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send;
 }
 
 impl Engine for SqlitePool {
     const SQLITE: bool = true;
     type Db = sqlx::Sqlite;
 
-    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>> + Send {
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>,
+    > + Send {
         self.begin_with("BEGIN IMMEDIATE")
     }
 }
@@ -188,7 +200,11 @@ impl Engine for PgPool {
     const SQLITE: bool = false;
     type Db = sqlx::Postgres;
 
-    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>> + Send {
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>,
+    > + Send {
         self.begin()
     }
 }

@@ -38,7 +38,12 @@ pub enum Replay {
 
 impl Store {
     /// Share jobs matching the filter, newest change first, paged by `(updated_at, id)`.
-    pub async fn list_share_jobs(&self, f: &JobFilter, before: Option<(DateTime<Utc>, String)>, limit: i64) -> Result<Vec<ShareRow>> {
+    pub async fn list_share_jobs(
+        &self,
+        f: &JobFilter,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<ShareRow>> {
         let cols = super::shares::COLUMNS;
         let (before_at, before_id) = before.map_or((None, None), |(a, i)| (Some(a), Some(i)));
         let q = format!(
@@ -61,9 +66,11 @@ impl Store {
     }
 
     pub async fn share_replays(&self, share_id: &str) -> Result<Vec<ReplayRow>> {
-        Ok(with_pool!(&self.pool, "SELECT id, share_id, from_state, forced, reason, by_key, replayed_at FROM share_replays WHERE share_id = $1 ORDER BY replayed_at", |p, sql| {
-            sqlx::query_as(sql).bind(share_id).fetch_all(p).await?
-        }))
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT id, share_id, from_state, forced, reason, by_key, replayed_at FROM share_replays WHERE share_id = $1 ORDER BY replayed_at",
+            |p, sql| { sqlx::query_as(sql).bind(share_id).fetch_all(p).await? }
+        ))
     }
 
     /// Puts a finished share back in the queue with a fresh attempt budget, linked to its history
@@ -77,7 +84,9 @@ impl Store {
         lateness: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<Replay> {
-        let Some(share) = self.share(id).await? else { return Ok(Replay::NotFound) };
+        let Some(share) = self.share(id).await? else {
+            return Ok(Replay::NotFound);
+        };
         let state = share.state.clone();
         match state.as_str() {
             "failed" | "parked" | "expired" | "cancelled" => {}
@@ -92,7 +101,13 @@ impl Store {
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
-            let row: Option<ShareRow> = sqlx::query_as(sql).bind(id).bind(&state).bind(now).bind(now + lateness).fetch_optional(&mut *tx).await?;
+            let row: Option<ShareRow> = sqlx::query_as(sql)
+                .bind(id)
+                .bind(&state)
+                .bind(now)
+                .bind(now + lateness)
+                .fetch_optional(&mut *tx)
+                .await?;
             if row.is_some() {
                 sqlx::query(with_engine(p, "INSERT INTO share_replays (id, share_id, from_state, forced, reason, by_key, replayed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
                     .bind(ids::new("rpl"))
@@ -111,7 +126,10 @@ impl Store {
         Ok(match row {
             Some(r) => Replay::Replayed(r),
             // Its state changed under us (another replay): report what it is now.
-            None => self.share(id).await?.map_or(Replay::NotFound, Replay::NotReplayable),
+            None => self
+                .share(id)
+                .await?
+                .map_or(Replay::NotFound, Replay::NotReplayable),
         })
     }
 }

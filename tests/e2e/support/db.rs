@@ -23,7 +23,10 @@ pub async fn redis_prefix() -> String {
     let url = redis_url();
     let client = redis::Client::open(url.as_str()).unwrap();
     let reachable = match client.get_multiplexed_async_connection().await {
-        Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok(),
         Err(_) => false,
     };
     assert!(

@@ -44,7 +44,9 @@ pub struct Received {
 pub enum ListReply {
     /// Answers normally.
     Page,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     InvalidToken,
 }
 
@@ -223,25 +225,47 @@ async fn following(
 
 /// Pages as Mastodon does: newest first, `limit` at most 80, and a `Link` header whose `next`
 /// carries `max_id` (here the index of the next account, standing in for a relationship id).
-fn list((inner, token): AppState, relation: &str, id: String, q: Paging, headers: HeaderMap) -> Response {
+fn list(
+    (inner, token): AppState,
+    relation: &str,
+    id: String,
+    q: Paging,
+    headers: HeaderMap,
+) -> Response {
     let mut g = inner.lock().unwrap();
-    g.list_requests.push((relation.to_owned(), q.max_id.clone()));
+    g.list_requests
+        .push((relation.to_owned(), q.max_id.clone()));
     if !authorized(&headers, &token) {
         return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
     }
     match g.list_script.pop_front() {
-        Some(ListReply::InvalidToken) => return error(StatusCode::UNAUTHORIZED, "The access token is invalid"),
+        Some(ListReply::InvalidToken) => {
+            return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+        }
         Some(ListReply::Page) => {}
         Some(ListReply::RateLimited { retry_after_secs }) => {
             let mut res = error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
-            res.headers_mut().insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+            res.headers_mut()
+                .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
             return res;
         }
         None => {}
     }
-    let all = if relation == "followers" { g.followers.clone() } else { g.following.clone() };
-    let size = q.limit.unwrap_or(40).min(80).min(if g.page_size == 0 { 80 } else { g.page_size });
-    let start: usize = q.max_id.as_deref().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let all = if relation == "followers" {
+        g.followers.clone()
+    } else {
+        g.following.clone()
+    };
+    let size = q
+        .limit
+        .unwrap_or(40)
+        .min(80)
+        .min(if g.page_size == 0 { 80 } else { g.page_size });
+    let start: usize = q
+        .max_id
+        .as_deref()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     let page: Vec<Value> = all
         .iter()
         .skip(start)
@@ -250,7 +274,11 @@ fn list((inner, token): AppState, relation: &str, id: String, q: Paging, headers
         .collect();
     let mut res = Json(page).into_response();
     if start + size < all.len() {
-        let base = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1").to_owned();
+        let base = headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1")
+            .to_owned();
         let link = format!(
             "<http://{base}/api/v1/accounts/{id}/{relation}?limit={size}&max_id={}>; rel=\"next\", <http://{base}/api/v1/accounts/{id}/{relation}?min_id=0>; rel=\"prev\"",
             start + size

@@ -54,6 +54,7 @@ pub fn fast_settings() -> Settings {
         // Sweeps stay out of the way unless a test sets a schedule.
         refresh_sweep_cron: "0 0 0 1 1 *".into(),
         follower_sync_cron: "0 0 0 1 1 *".into(),
+        apps: Default::default(),
     }
 }
 
@@ -80,7 +81,10 @@ impl TestApp {
     pub async fn spawn_with(engine: Engine, workers: bool, settings: Settings) -> Self {
         // RUST_LOG=info shows the system's own log lines in a failing test's output.
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "off".into()),
+            )
             .with_test_writer()
             .try_init();
         let db = TestDb::new(engine).await;
@@ -125,12 +129,19 @@ impl TestApp {
     }
 
     pub async fn operator_key(&self) -> String {
-        herald::keys::create(&self.parts.ctx.store, None, true).await.unwrap()
+        herald::keys::create(&self.parts.ctx.store, None, true)
+            .await
+            .unwrap()
     }
 
     /// Pushes a job as a sweep would.
     pub async fn push(&self, queue: herald_jobs::payloads::QueueName, payload: Value, key: &str) {
-        self.parts.ctx.queue.push(queue, payload, Utc::now(), key).await.unwrap();
+        self.parts
+            .ctx
+            .queue
+            .push(queue, payload, Utc::now(), key)
+            .await
+            .unwrap();
     }
 
     pub async fn key_for(&self, tenant: &str) -> String {

@@ -1,0 +1,739 @@
+//! X (API v2): `POST /2/tweets`, `GET /2/users/me`, follower lists paged by `next_token`, and the
+//! OAuth 2.0 refresh grant, whose refresh tokens rotate.
+//!
+//! X has no idempotency key, so a lost answer is settled by reading the user's recent timeline
+//! ([`Platform::find_published`]). The OAuth client type and the read-back matcher live here and
+//! are shared with the other clients that need them (LinkedIn uses the same refresh grant).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use reqwest::{Client, Response, StatusCode, header::HeaderMap};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::{
+    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, Platform,
+    PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, TokenSet, http,
+};
+
+pub const DEFAULT_BASE: &str = "https://api.x.com";
+pub const DEFAULT_TOKEN_URL: &str = "https://api.x.com/2/oauth2/token";
+
+const MAX_WEIGHTED_LENGTH: usize = 280;
+/// Every URL is wrapped in t.co and counts as this many characters, whatever its length.
+const URL_WEIGHT: usize = 23;
+/// How far back read-back looks. Reads are billed per post returned, so both the window and the
+/// page are kept small: a share is settled within hours of its lost answer.
+const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
+const READ_BACK_PAGE: &str = "20";
+/// When a usage cap is hit and X says nothing about when it lifts. The cap is monthly or
+/// credit-based, so a retry at the usual reset would only be refused again.
+const USAGE_CAP_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// An OAuth client registered with a platform: what a refresh grant needs besides the user's token.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    /// `None` for a public client (X's Native App / SPA types), which sends `client_id` in the form.
+    pub client_secret: Option<SecretString>,
+    pub token_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct X {
+    http: Client,
+    base: String,
+    oauth: OAuthClient,
+}
+
+impl X {
+    pub fn new(http: Client, base_url: impl Into<String>, oauth: OAuthClient) -> Self {
+        Self {
+            http,
+            base: base_url.into().trim_end_matches('/').to_owned(),
+            oauth,
+        }
+    }
+
+    /// The post text: the text (or else the title), a blank line, the URL.
+    pub fn compose(post: &PostRequest) -> String {
+        match lead(post) {
+            Some(lead) => format!("{lead}\n\n{}", post.url),
+            None => post.url.clone(),
+        }
+    }
+
+    fn user_id(account: &Account) -> Result<&str, PlatformError> {
+        let id = account.platform_account_id.as_str();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PlatformError::Rejected {
+                status: 0,
+                reason: "the connection has no numeric X user id".into(),
+            });
+        }
+        Ok(id)
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        creds: &Credentials,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, PlatformError> {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("authorization", bearer(creds)?)
+            .query(query);
+        let res = http::send(PlatformKind::X, operation, false, req).await?;
+        if !res.status().is_success() {
+            return Err(classify(res, creds.refresh_token.is_some()).await);
+        }
+        res.json().await.map_err(|e| PlatformError::Transient {
+            status: None,
+            reason: format!("unreadable {operation} answer: {e}"),
+        })
+    }
+}
+
+/// The share's own words: its text, or else its title, if either has any.
+pub fn lead(post: &PostRequest) -> Option<&str> {
+    [post.text.as_deref(), post.title.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+}
+
+/// `Authorization: Bearer …`, or `Unauthorized` when no access token is stored.
+pub fn bearer(creds: &Credentials) -> Result<String, PlatformError> {
+    creds
+        .access_token
+        .as_ref()
+        .map(|t| format!("Bearer {}", t.expose_secret()))
+        .ok_or_else(|| PlatformError::Unauthorized {
+            reason: "no access token stored".into(),
+        })
+}
+
+/// Whether a post read back from a platform is this share: the share's URL is in the post (as its
+/// link or in its text) and, when the share has words of its own, they are in the text too.
+/// Platforms escape and re-space text, so both sides are normalized first.
+pub fn post_matches(post: &PostRequest, words: Option<&str>, text: &str, links: &[&str]) -> bool {
+    let want = normalize_url(&post.url);
+    let text = normalize_text(text);
+    let url_found = links.iter().any(|l| normalize_url(l) == want) || text.contains(want);
+    let words_found = words.is_none_or(|w| text.contains(&normalize_text(w)));
+    url_found && words_found
+}
+
+fn normalize_url(u: &str) -> &str {
+    u.trim().trim_end_matches('/')
+}
+
+fn normalize_text(s: &str) -> String {
+    let unescaped = s
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    unescaped.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// X's weighted length (twitter-text config v3, checked against
+/// github.com/twitter/twitter-text `config/v3.json`): code points in U+0000–U+10FF, U+2000–U+200D,
+/// U+2010–U+201F and U+2032–U+2037 weigh 1, everything else 2, an emoji sequence 2, and each
+/// `http(s)://` URL 23. X normalizes to NFC first; counting un-normalized text can only count more.
+pub fn weighted_length(text: &str) -> usize {
+    text.split_inclusive(char::is_whitespace)
+        .map(|piece| {
+            let word = piece.trim_end_matches(char::is_whitespace);
+            let lower = word.get(..8).unwrap_or(word).to_ascii_lowercase();
+            if lower.starts_with("http://") || lower.starts_with("https://") {
+                URL_WEIGHT + char_weights(&piece[word.len()..])
+            } else {
+                char_weights(piece)
+            }
+        })
+        .sum()
+}
+
+fn char_weights(s: &str) -> usize {
+    let light = |cp: u32| matches!(cp, 0..=4351 | 8192..=8205 | 8208..=8223 | 8242..=8247);
+    let mut total = 0;
+    let mut after_emoji = false;
+    let mut joined = false;
+    let mut open_flag = false;
+    for c in s.chars() {
+        let cp = c as u32;
+        if joined {
+            // The code point after a zero-width joiner belongs to the same emoji sequence.
+            joined = false;
+            continue;
+        }
+        match cp {
+            0x200D if after_emoji => joined = true,
+            0xFE00..=0xFE0F | 0x1F3FB..=0x1F3FF | 0xE0020..=0xE007F => {}
+            // A keycap sequence ("1️⃣") counts as an emoji: the digit weighed 1, this makes it 2.
+            0x20E3 => total += 1,
+            0x1F1E6..=0x1F1FF => {
+                // Two regional indicators make one flag.
+                if !open_flag {
+                    total += 2;
+                }
+                open_flag = !open_flag;
+                after_emoji = true;
+            }
+            _ => {
+                open_flag = false;
+                after_emoji = !light(cp);
+                total += if light(cp) { 1 } else { 2 };
+            }
+        }
+    }
+    total
+}
+
+/// The wait a 429 asks for. A 24-hour limit that is spent (`x-user-limit-24hour-*`,
+/// `x-app-limit-24hour-*`, sent on `POST /2/tweets`) wins over the 15-minute window
+/// (`x-rate-limit-reset`); resets are epoch seconds, corrected for clock skew with `Date`.
+pub fn rate_limit_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let spent = |prefix: &str| get(&format!("{prefix}-remaining")) == Some("0");
+    let reset_name = ["x-user-limit-24hour", "x-app-limit-24hour"]
+        .into_iter()
+        .find(|p| spent(p))
+        .map_or_else(|| "x-rate-limit-reset".to_owned(), |p| format!("{p}-reset"));
+    let reset_at = get(&reset_name)?
+        .parse::<i64>()
+        .ok()
+        .and_then(|s| DateTime::from_timestamp(s, 0))?;
+    let server_now = get("date")
+        .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+        .map_or(now, |d| d.with_timezone(&Utc));
+    Some((reset_at - server_now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// X's problem JSON (`{title, detail, type, status}`); some auth-layer answers use `errors[]`.
+#[derive(Deserialize, Default)]
+struct Problem {
+    title: Option<String>,
+    detail: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    errors: Vec<ProblemItem>,
+}
+
+#[derive(Deserialize)]
+struct ProblemItem {
+    message: Option<String>,
+}
+
+/// Classifies a non-2xx answer from the API (not the token endpoint). `has_refresh` turns a 401
+/// into `TokenExpired`: X access tokens live two hours and a refresh revives them.
+async fn classify(res: Response, has_refresh: bool) -> PlatformError {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let problem: Problem = res.json().await.unwrap_or_default();
+    let kind = problem.kind.unwrap_or_default();
+    let reason = problem
+        .detail
+        .or(problem.title)
+        .or_else(|| problem.errors.into_iter().find_map(|e| e.message))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    match status {
+        StatusCode::UNAUTHORIZED if has_refresh => PlatformError::TokenExpired,
+        StatusCode::UNAUTHORIZED => PlatformError::Unauthorized { reason },
+        // The token is of the wrong kind or lacks a scope: only a new authorization fixes it.
+        StatusCode::FORBIDDEN if kind.ends_with("/unsupported-authentication") => {
+            PlatformError::Unauthorized { reason }
+        }
+        // Herald's own app lacks access to the endpoint: an operator's fix, and permanent for this share.
+        StatusCode::FORBIDDEN if kind.ends_with("/client-forbidden") => PlatformError::Rejected {
+            status: 403,
+            reason: format!("the X app is not allowed this call: {reason}"),
+        },
+        StatusCode::TOO_MANY_REQUESTS if kind.ends_with("/usage-capped") => {
+            let wait = rate_limit_wait(&headers, Utc::now())
+                .filter(|w| !w.is_zero())
+                .unwrap_or(USAGE_CAP_WAIT);
+            PlatformError::RateLimited {
+                retry_after: Some(wait),
+            }
+        }
+        StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
+            retry_after: rate_limit_wait(&headers, Utc::now()),
+        },
+        s if s.is_server_error() => PlatformError::Transient {
+            status: Some(s.as_u16()),
+            reason,
+        },
+        // 403 duplicate content / "not permitted", 400 invalid request: posting again cannot help.
+        s => PlatformError::Rejected {
+            status: s.as_u16(),
+            reason,
+        },
+    }
+}
+
+/// A token endpoint's answer (RFC 6749 §5.1).
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_in: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+struct OAuthErrorBody {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Where the client authenticates itself on a refresh grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic for a confidential client, `client_id` in the form for a public one (X).
+    BasicOrPublic,
+    /// `client_id` and `client_secret` in the form (LinkedIn).
+    InBody,
+}
+
+/// Runs a refresh-token grant against `oauth.token_url`. A new refresh token in the answer
+/// replaces the old one (X rotates them); none means the stored one stays.
+pub async fn refresh_grant(
+    kind: PlatformKind,
+    http_client: &Client,
+    oauth: &OAuthClient,
+    refresh_token: &SecretString,
+    auth: ClientAuth,
+) -> Result<TokenSet, PlatformError> {
+    let mut form = vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", refresh_token.expose_secret().to_owned()),
+    ];
+    let mut req = http_client.post(&oauth.token_url);
+    match (auth, &oauth.client_secret) {
+        (ClientAuth::BasicOrPublic, Some(secret)) => {
+            req = req.basic_auth(&oauth.client_id, Some(secret.expose_secret()));
+        }
+        (ClientAuth::BasicOrPublic, None) => form.push(("client_id", oauth.client_id.clone())),
+        (ClientAuth::InBody, secret) => {
+            form.push(("client_id", oauth.client_id.clone()));
+            if let Some(secret) = secret {
+                form.push(("client_secret", secret.expose_secret().to_owned()));
+            }
+        }
+    }
+    let res = http::send(kind, "refresh", false, req.form(&form)).await?;
+    if !res.status().is_success() {
+        return Err(classify_token_error(res).await);
+    }
+    let t: TokenResponse = res.json().await.map_err(|e| PlatformError::Transient {
+        status: None,
+        reason: format!("unreadable token answer: {e}"),
+    })?;
+    Ok(TokenSet {
+        access_token: SecretString::from(t.access_token),
+        refresh_token: t
+            .refresh_token
+            .filter(|r| !r.is_empty())
+            .map(SecretString::from),
+        expires_at: t
+            .expires_in
+            .map(|s| Utc::now() + chrono::Duration::seconds(s)),
+    })
+}
+
+/// A refused refresh. X answers a dead or reused refresh token with 400 `invalid_request`
+/// rather than `invalid_grant`, so any 400/401 that is not about Herald's own client is a dead grant.
+async fn classify_token_error(res: Response) -> PlatformError {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body: OAuthErrorBody = res.json().await.unwrap_or_default();
+    let code = body.error.unwrap_or_default();
+    let reason = match (code.is_empty(), body.error_description) {
+        (false, Some(d)) => format!("{code}: {d}"),
+        (false, None) => code.clone(),
+        (true, Some(d)) => d,
+        (true, None) => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
+            retry_after: rate_limit_wait(&headers, Utc::now()),
+        },
+        s if s.is_server_error() => PlatformError::Transient {
+            status: Some(s.as_u16()),
+            reason,
+        },
+        _ if matches!(code.as_str(), "invalid_client" | "unauthorized_client") => {
+            PlatformError::Rejected {
+                status: status.as_u16(),
+                reason: format!("the token endpoint refused Herald's client credentials: {reason}"),
+            }
+        }
+        StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED => {
+            PlatformError::InvalidGrant { reason }
+        }
+        s => PlatformError::Rejected {
+            status: s.as_u16(),
+            reason,
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct Data<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct User {
+    id: String,
+    username: String,
+    public_metrics: Option<PublicMetrics>,
+}
+
+#[derive(Deserialize)]
+struct PublicMetrics {
+    followers_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct UserPage {
+    #[serde(default)]
+    data: Vec<User>,
+    meta: Option<Meta>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    next_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Timeline {
+    #[serde(default)]
+    data: Vec<Tweet>,
+}
+
+#[derive(Deserialize)]
+struct Tweet {
+    id: String,
+    text: String,
+    entities: Option<Entities>,
+}
+
+#[derive(Deserialize)]
+struct Entities {
+    #[serde(default)]
+    urls: Vec<UrlEntity>,
+}
+
+#[derive(Deserialize)]
+struct UrlEntity {
+    expanded_url: Option<String>,
+    unwound_url: Option<String>,
+}
+
+fn status_url(id: &str) -> String {
+    // The account-independent form; x.com redirects it to /<username>/status/<id>.
+    format!("https://x.com/i/web/status/{id}")
+}
+
+#[async_trait]
+impl Platform for X {
+    fn kind(&self) -> PlatformKind {
+        PlatformKind::X
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            idempotency_window: None,
+            refresh: true,
+            followers: true,
+            requires_image: false,
+        }
+    }
+
+    fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {
+        let weighted = weighted_length(&Self::compose(post));
+        if weighted > MAX_WEIGHTED_LENGTH {
+            return Err(Invalid {
+                field: "text",
+                code: "text_too_long",
+                message: format!(
+                    "X allows {MAX_WEIGHTED_LENGTH} weighted characters (a URL counts as {URL_WEIGHT}, most emoji and CJK as 2); this share has {weighted}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn verify(
+        &self,
+        _account: &Account,
+        creds: &Credentials,
+    ) -> Result<Profile, PlatformError> {
+        let u: Data<User> = self
+            .get_json(
+                "verify",
+                creds,
+                "/2/users/me",
+                &[("user.fields", "public_metrics")],
+            )
+            .await?;
+        Ok(Profile {
+            platform_account_id: u.data.id,
+            handle: u.data.username,
+            followers_count: u.data.public_metrics.and_then(|m| m.followers_count),
+        })
+    }
+
+    async fn share(
+        &self,
+        _account: &Account,
+        creds: &Credentials,
+        post: &PostRequest,
+    ) -> Result<Published, PlatformError> {
+        let body = serde_json::json!({ "text": Self::compose(post) });
+        let req = self
+            .http
+            .post(format!("{}/2/tweets", self.base))
+            .header("authorization", bearer(creds)?)
+            .json(&body);
+        let res = http::send(self.kind(), "share", true, req).await?;
+        if !res.status().is_success() {
+            return Err(classify(res, creds.refresh_token.is_some()).await);
+        }
+        // The post exists now; an unreadable body is not a reason to post again.
+        let created: Data<Created> =
+            res.json()
+                .await
+                .map_err(|e| PlatformError::OutcomeUnknown {
+                    reason: format!("unreadable post answer: {e}"),
+                })?;
+        let post_url = Some(status_url(&created.data.id));
+        Ok(Published {
+            post_id: created.data.id,
+            post_url,
+        })
+    }
+
+    /// Reads the author's posts from the last [`READ_BACK_WINDOW`] (replies and reposts excluded)
+    /// and matches the share's URL against the expanded t.co links, since X rewrites URLs in text.
+    async fn find_published(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+        post: &PostRequest,
+    ) -> Result<Option<Published>, PlatformError> {
+        let id = Self::user_id(account)?;
+        let since = (Utc::now() - READ_BACK_WINDOW)
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let query = [
+            ("max_results", READ_BACK_PAGE),
+            ("exclude", "replies,retweets"),
+            ("tweet.fields", "created_at,entities"),
+            ("start_time", since.as_str()),
+        ];
+        let timeline: Timeline = self
+            .get_json(
+                "find_published",
+                creds,
+                &format!("/2/users/{id}/tweets"),
+                &query,
+            )
+            .await?;
+        let found = timeline.data.into_iter().find(|t| {
+            let links: Vec<&str> = t
+                .entities
+                .iter()
+                .flat_map(|e| &e.urls)
+                .flat_map(|u| [u.expanded_url.as_deref(), u.unwound_url.as_deref()])
+                .flatten()
+                .collect();
+            post_matches(post, lead(post), &t.text, &links)
+        });
+        Ok(found.map(|t| Published {
+            post_url: Some(status_url(&t.id)),
+            post_id: t.id,
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        _account: &Account,
+        creds: &Credentials,
+    ) -> Result<TokenSet, PlatformError> {
+        let Some(rt) = &creds.refresh_token else {
+            // Without `offline.access` X issues no refresh token, and the access token dies in two hours.
+            return Err(PlatformError::InvalidGrant {
+                reason: "no refresh token stored; reconnect the account".into(),
+            });
+        };
+        refresh_grant(
+            self.kind(),
+            &self.http,
+            &self.oauth,
+            rt,
+            ClientAuth::BasicOrPublic,
+        )
+        .await
+    }
+
+    async fn followers_page(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+        relation: Relation,
+        cursor: Option<&str>,
+    ) -> Result<FollowerPage, PlatformError> {
+        let id = Self::user_id(account)?;
+        let path = match relation {
+            Relation::Followers => format!("/2/users/{id}/followers"),
+            Relation::Follows => format!("/2/users/{id}/following"),
+        };
+        let mut query = vec![("max_results", "1000"), ("user.fields", "username")];
+        if let Some(c) = cursor {
+            query.push(("pagination_token", c));
+        }
+        let page: UserPage = self.get_json("followers", creds, &path, &query).await?;
+        Ok(FollowerPage {
+            accounts: page
+                .data
+                .into_iter()
+                .map(|u| FollowerAccount {
+                    platform_account_id: u.id,
+                    handle: u.username,
+                })
+                .collect(),
+            next_cursor: page.meta.and_then(|m| m.next_token),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(text: &str) -> PostRequest {
+        PostRequest {
+            share_id: "shr_1".into(),
+            url: "https://example.com/a/very/long/path/that/is/far/longer/than/twenty/three/characters".into(),
+            title: None,
+            text: Some(text.into()),
+            image_url: None,
+            idempotency_key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn urls_weigh_twenty_three_and_cjk_and_emoji_weigh_two() {
+        assert_eq!(weighted_length("hello"), 5);
+        assert_eq!(
+            weighted_length("see https://example.com/a/very/long/path/indeed"),
+            4 + 23
+        );
+        assert_eq!(weighted_length("日本語"), 6);
+        assert_eq!(weighted_length("‘quotes’ — dash"), 15);
+        assert_eq!(weighted_length("😀"), 2);
+        // A family (ZWJ sequence), a skin-toned thumb, a flag and a keycap each count as one emoji.
+        assert_eq!(weighted_length("👨\u{200D}👩\u{200D}👧"), 2);
+        assert_eq!(weighted_length("👍🏽"), 2);
+        assert_eq!(weighted_length("🇫🇷🇩🇪"), 4);
+        assert_eq!(weighted_length("1\u{FE0F}\u{20E3}"), 2);
+    }
+
+    #[test]
+    fn a_share_fits_in_two_hundred_eighty_weighted_characters() {
+        let x = X::new(
+            Client::new(),
+            DEFAULT_BASE,
+            OAuthClient {
+                client_id: "c".into(),
+                client_secret: None,
+                token_url: DEFAULT_TOKEN_URL.into(),
+            },
+        );
+        let account = Account {
+            platform_account_id: "1".into(),
+            handle: "a".into(),
+            extras: Default::default(),
+        };
+        // 255 + "\n\n" + 23 = 280.
+        assert!(x.validate(&account, &post(&"x".repeat(255))).is_ok());
+        let err = x.validate(&account, &post(&"x".repeat(256))).unwrap_err();
+        assert_eq!((err.field, err.code), ("text", "text_too_long"));
+        // 127 × 2 + 2 + 23 = 279; one more is 281.
+        assert!(x.validate(&account, &post(&"字".repeat(127))).is_ok());
+        assert!(x.validate(&account, &post(&"字".repeat(128))).is_err());
+    }
+
+    #[test]
+    fn the_spent_daily_limit_wins_over_the_window_and_date_corrects_skew() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-rate-limit-reset",
+            (now.timestamp() + 120).to_string().parse().unwrap(),
+        );
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(120)));
+        h.insert("x-user-limit-24hour-remaining", "0".parse().unwrap());
+        h.insert(
+            "x-user-limit-24hour-reset",
+            (now.timestamp() + 3600).to_string().parse().unwrap(),
+        );
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(3600)));
+        let server_now = (now + chrono::Duration::seconds(600)).to_rfc2822();
+        h.insert("date", server_now.parse().unwrap());
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(3000)));
+        assert_eq!(rate_limit_wait(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_post_matches_on_its_url_and_its_words_despite_escaping() {
+        let mut p = post("Tom & Jerry");
+        assert!(post_matches(
+            &p,
+            lead(&p),
+            "Tom &amp; Jerry\n\nhttps://t.co/abc",
+            &[p.url.as_str()]
+        ));
+        assert!(!post_matches(
+            &p,
+            lead(&p),
+            "Tom &amp; Jerry\n\nhttps://t.co/abc",
+            &["https://example.com/other"]
+        ));
+        assert!(!post_matches(
+            &p,
+            lead(&p),
+            "Something else https://t.co/abc",
+            &[p.url.as_str()]
+        ));
+        p.text = None;
+        let url = format!("{}/", p.url);
+        assert!(post_matches(
+            &p,
+            lead(&p),
+            "https://t.co/abc",
+            &[url.as_str()]
+        ));
+    }
+}
