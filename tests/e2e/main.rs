@@ -7,4 +7,5 @@ mod support;
 mod api;
 mod dashboards;
 mod lifecycle;
+mod observability;
 mod sharing;

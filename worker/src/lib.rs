@@ -36,8 +36,8 @@ fn logged(queue: QueueName, id: &str, e: anyhow::Error) -> BoxDynError {
     e.into()
 }
 
-async fn share_job(job: ShareV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
-    handlers::share::run(&ctx, &job)
+async fn share_job(job: ShareV1, id: TaskId, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    handlers::share::run(&ctx, &job, &id.to_string())
         .await
         .map_err(|e| logged(QueueName::Share, &job.share_id, e))
 }

@@ -17,7 +17,7 @@ use crate::{
 
 /// Runs one delivery of a share job. An `Err` is a store or queue failure: the share row keeps its
 /// state and lease, and the reconciler delivers it again.
-pub async fn run(ctx: &Ctx, job: &ShareV1) -> anyhow::Result<()> {
+pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
     let now = Utc::now();
     let lease_until = now + ctx.settings.lease;
     match ctx
@@ -26,7 +26,7 @@ pub async fn run(ctx: &Ctx, job: &ShareV1) -> anyhow::Result<()> {
         .await
         .context("claiming the share")?
     {
-        Claim::Run { share, recovered } => attempt(ctx, share, recovered).await,
+        Claim::Run { share, recovered } => attempt(ctx, share, recovered, job_id).await,
         Claim::NotDue(share) => {
             // Delivered early (clocks differ between hosts): deliver again when due.
             let key = format!("{}:early:{}", share.delivery_key(), now.timestamp_millis());
@@ -47,7 +47,7 @@ async fn push(ctx: &Ctx, share: &ShareRow, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool) -> anyhow::Result<()> {
+async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> anyhow::Result<()> {
     let started_at = Utc::now();
     let clock = Instant::now();
     let update = decide(ctx, &share, recovered).await?;
@@ -89,6 +89,7 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool) -> anyhow::Result<
         ShareUpdate::Succeeded { .. } => (None, None),
     };
     info!(
+        job.id = job_id,
         share.id = %share.id,
         connection.id = %share.connection_id,
         platform,

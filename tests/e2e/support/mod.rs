@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod mastodon;
+pub mod x;
 
 use std::{future::Future, time::Duration};
 
