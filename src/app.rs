@@ -52,7 +52,9 @@ pub fn platforms(settings: &Settings) -> Platforms {
     let base = |app: &herald_jobs::settings::PlatformApp, default: &str| {
         app.api_base.clone().unwrap_or_else(|| default.to_owned())
     };
-    let mut p = Platforms::default().with(Arc::new(Mastodon::new(client.clone())));
+    let mut p = Platforms::default()
+        .with(Arc::new(Mastodon::new(client.clone())))
+        .with(Arc::new(herald_jobs::platform::bluesky::Bluesky::new(client.clone(), settings.ssrf.clone())));
     if let Some(app) = &apps.x {
         p = p.with(Arc::new(x::X::new(
             client.clone(),

@@ -1,5 +1,11 @@
 -- Token lifecycle, replay, sweeps and follower sync.
 
+-- The refresh sweep pages through due connections in expiry order: (expiry, id) keeps every page
+-- an index range scan, so a sweep costs time in proportion to the connections that are due.
+DROP INDEX connections_by_expiry;
+CREATE INDEX connections_by_expiry ON connections (token_expires_at, id)
+    WHERE revoked_at IS NULL AND NOT needs_reauth AND refresh_token_enc IS NOT NULL;
+
 -- Single-flight refresh: a lease on the connection, taken by compare-and-set.
 ALTER TABLE connections ADD COLUMN refresh_lock_until TIMESTAMPTZ;
 ALTER TABLE connections ADD COLUMN refresh_lock_owner TEXT;

@@ -37,17 +37,17 @@ pub async fn refresh_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option<usize
                 return Ok(None);
             }
             let before = now + chrono::Duration::from_std(ctx.settings.refresh_window)?;
-            let mut after: Option<String> = None;
+            let mut after = None;
             let mut pushed = 0;
             loop {
                 let due = ctx
                     .store
-                    .connections_due_for_refresh(before, after.as_deref(), PAGE)
+                    .connections_due_for_refresh(before, after.as_ref(), PAGE)
                     .await?;
-                let Some((last, _)) = due.last().cloned() else {
+                let Some((last, _, last_at)) = due.last().cloned() else {
                     break;
                 };
-                for (id, _platform) in &due {
+                for (id, _platform, _) in &due {
                     let payload = serde_json::to_value(RefreshV1 {
                         connection_id: id.clone(),
                         retry: 0,
@@ -65,7 +65,7 @@ pub async fn refresh_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option<usize
                 if (due.len() as i64) < PAGE {
                     break;
                 }
-                after = Some(last);
+                after = Some((last_at, last));
             }
             tracing::info!(sweep = "refresh", tick, pushed, "sweep ran");
             Ok(Some(pushed))

@@ -11,6 +11,7 @@
 //! (Instagram and Threads create a container, then publish it; [`Platform::find_published`] is how a
 //! lost answer is settled).
 
+pub mod bluesky;
 pub mod facebook;
 pub mod http;
 pub mod instagram;

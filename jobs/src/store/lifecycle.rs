@@ -263,26 +263,20 @@ impl Store {
     }
 
     /// Connections whose access token expires before `before`, that can be refreshed and are
-    /// not flagged: read through the partial index on expiry, so the cost is the due set.
+    /// not flagged, in expiry order, after the `(expiry, id)` of the previous page: each page is a
+    /// range scan of the partial index on `(token_expires_at, id)`, so the cost is the due set.
     pub async fn connections_due_for_refresh(
         &self,
         before: DateTime<Utc>,
-        after_id: Option<&str>,
+        after: Option<&(DateTime<Utc>, String)>,
         limit: i64,
-    ) -> Result<Vec<(String, String)>> {
-        Ok(with_pool!(
-            &self.pool,
-            "SELECT id, platform FROM connections WHERE token_expires_at < $1 AND revoked_at IS NULL \
-            AND NOT needs_reauth AND refresh_token_enc IS NOT NULL AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
-            |p, sql| {
-                sqlx::query_as(sql)
-                    .bind(before)
-                    .bind(after_id)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?
-            }
-        ))
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        let (after_at, after_id) = after.map_or((None, None), |(a, i)| (Some(*a), Some(i.as_str())));
+        Ok(with_pool!(&self.pool, "SELECT id, platform, token_expires_at FROM connections WHERE token_expires_at < $1 \
+            AND revoked_at IS NULL AND NOT needs_reauth AND refresh_token_enc IS NOT NULL \
+            AND ($2 IS NULL OR (token_expires_at, id) > ($2, $3)) ORDER BY token_expires_at, id LIMIT $4", |p, sql| {
+            sqlx::query_as(sql).bind(before).bind(after_at).bind(after_id).bind(limit).fetch_all(p).await?
+        }))
     }
 
     /// Live, unflagged connections of one platform, paged by id (the follower-sync sweep).
