@@ -59,7 +59,9 @@ async fn sweep_read(store: &Store) -> anyhow::Result<(usize, f64)> {
     let mut after = None;
     let mut n = 0;
     loop {
-        let page = store.connections_due_for_refresh(before, after.as_ref(), 500).await?;
+        let page = store
+            .connections_due_for_refresh(before, after.as_ref(), 500)
+            .await?;
         n += page.len();
         match page.last() {
             Some((id, _, at)) if page.len() == 500 => after = Some((*at, id.clone())),
@@ -74,7 +76,9 @@ async fn run(engine: &str, url: &str) -> anyhow::Result<()> {
     store.migrate().await?;
     for due in [0, 1_000, 10_000] {
         if let Pool::Postgres(p) = store.pool() {
-            sqlx::query("TRUNCATE connections CASCADE").execute(p).await?;
+            sqlx::query("TRUNCATE connections CASCADE")
+                .execute(p)
+                .await?;
         }
         if let Pool::Sqlite(p) = store.pool() {
             sqlx::query("DELETE FROM connections").execute(p).await?;
@@ -91,7 +95,9 @@ async fn run(engine: &str, url: &str) -> anyhow::Result<()> {
             found = n;
             best = best.min(ms);
         }
-        println!("{engine:8} {TOTAL} connections, {due:>6} due: sweep read {found:>6} in {best:8.2} ms (fill {filled:.1} s)");
+        println!(
+            "{engine:8} {TOTAL} connections, {due:>6} due: sweep read {found:>6} in {best:8.2} ms (fill {filled:.1} s)"
+        );
     }
     if let Pool::Postgres(p) = store.pool() {
         let plan: Vec<(String,)> = sqlx::query_as(
@@ -100,25 +106,42 @@ async fn run(engine: &str, url: &str) -> anyhow::Result<()> {
         )
         .fetch_all(p)
         .await?;
-        println!("postgres plan:\n  {}", plan.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join("\n  "));
+        println!(
+            "postgres plan:\n  {}",
+            plan.iter()
+                .map(|r| r.0.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
     }
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let admin = std::env::var("HERALD_BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("HERALD_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("herald_bench_{}", std::process::id());
     let mut conn = PgConnection::connect(&admin).await?;
-    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
     let mut url = url::Url::parse(&admin)?;
     url.set_path(&name);
     let pg = run("postgres", url.as_str()).await;
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
     pg?;
     let dir = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let sqlite = run("sqlite", &format!("sqlite:{}", dir.join("bench.db").display())).await;
+    let sqlite = run(
+        "sqlite",
+        &format!("sqlite:{}", dir.join("bench.db").display()),
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
     sqlite
 }

@@ -54,7 +54,10 @@ pub fn platforms(settings: &Settings) -> Platforms {
     };
     let mut p = Platforms::default()
         .with(Arc::new(Mastodon::new(client.clone())))
-        .with(Arc::new(herald_jobs::platform::bluesky::Bluesky::new(client.clone(), settings.ssrf.clone())));
+        .with(Arc::new(herald_jobs::platform::bluesky::Bluesky::new(
+            client.clone(),
+            settings.ssrf.clone(),
+        )));
     if let Some(app) = &apps.x {
         p = p.with(Arc::new(x::X::new(
             client.clone(),

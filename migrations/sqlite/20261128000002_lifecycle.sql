@@ -6,6 +6,9 @@ DROP INDEX connections_by_expiry;
 CREATE INDEX connections_by_expiry ON connections (token_expires_at, id)
     WHERE revoked_at IS NULL AND NOT needs_reauth AND refresh_token_enc IS NOT NULL;
 
+-- A platform's rate limit on an account: its shares wait until then without calling.
+ALTER TABLE connections ADD COLUMN rate_limited_until TEXT;
+
 -- Single-flight refresh: a lease on the connection, taken by compare-and-set.
 ALTER TABLE connections ADD COLUMN refresh_lock_until TEXT;
 ALTER TABLE connections ADD COLUMN refresh_lock_owner TEXT;

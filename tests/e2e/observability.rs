@@ -3,11 +3,7 @@
 //! returns data and the alert rules load. The exposition passes `promtool check metrics`, and the
 //! binary's JSON logs carry one line per job outcome and never a token.
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,25 +15,46 @@ fn repo() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn need(bin: &str, package: &str) {
-    let found = std::process::Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    assert!(found, "{bin} not found: install the Debian package `{package}` (apt-get install -y {package}); scripts/test does");
+    let found = std::process::Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "{bin} not found: install the Debian package `{package}` (apt-get install -y {package}); scripts/test does"
+    );
 }
 
 /// Every panel query of both dashboards, with Grafana's variables filled in.
 fn panel_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for file in ["herald-overview.json", "herald-platform.json"] {
-        let d: Value = serde_json::from_str(&std::fs::read_to_string(repo().join("dashboards").join(file)).unwrap()).unwrap();
+        let d: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo().join("dashboards").join(file)).unwrap(),
+        )
+        .unwrap();
         fn walk(panels: &Value, file: &str, out: &mut Vec<(String, String)>) {
             for p in panels.as_array().into_iter().flatten() {
                 for t in p["targets"].as_array().into_iter().flatten() {
                     if let Some(expr) = t["expr"].as_str() {
-                        let expr = expr.replace("$__rate_interval", "30s").replace("$__range", "1h").replace("$platform", ".+");
-                        out.push((format!("{file}: {}", p["title"].as_str().unwrap_or("?")), expr));
+                        let expr = expr
+                            .replace("$__rate_interval", "30s")
+                            .replace("$__range", "1h")
+                            .replace("$platform", ".+");
+                        out.push((
+                            format!("{file}: {}", p["title"].as_str().unwrap_or("?")),
+                            expr,
+                        ));
                     }
                 }
                 walk(&p["panels"], file, out);
@@ -67,17 +84,27 @@ async fn workload(app: &TestApp, x: &FakeX) {
     let parked = app.share(&conn, "parked").await;
     assert_eq!(app.settled(&parked).await["state"], "parked");
     // A follower sync on a healthy connection.
-    let other = app.mastodon_connection_with(&app.key, "110", &app.mastodon.token.clone()).await;
+    let other = app
+        .mastodon_connection_with(&app.key, "110", &app.mastodon.token.clone())
+        .await;
     app.mastodon.set_graph(&["a", "b"], &["c"], 80);
-    app.push(herald_jobs::payloads::QueueName::FollowerSync, json!({ "v": "1", "connection_id": other }), "obs-sync").await;
+    app.push(
+        herald_jobs::payloads::QueueName::FollowerSync,
+        json!({ "v": "1", "connection_id": other }),
+        "obs-sync",
+    )
+    .await;
 
     // X: a token about to expire is refreshed just in time, then the post goes out.
     let expires = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
     let (status, c) = app
-        .post("/v1/connections", json!({
-            "platform": "x", "platform_account_id": "2244994945", "handle": "alice",
-            "access_token": "access-0", "refresh_token": "refresh-0", "expires_at": expires,
-        }))
+        .post(
+            "/v1/connections",
+            json!({
+                "platform": "x", "platform_account_id": "2244994945", "handle": "alice",
+                "access_token": "access-0", "refresh_token": "refresh-0", "expires_at": expires,
+            }),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{c}");
     let xs = app.share(c["id"].as_str().unwrap(), "on x").await;
@@ -112,8 +139,14 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_hera
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
     let port = free_port();
     let _prometheus = tokio::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -126,13 +159,20 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_hera
         let http = http.clone();
         let prom = prom.clone();
         async move {
-            let res = http.get(format!("{prom}/api/v1/query")).query(&[("query", q.as_str())]).send().await.ok()?;
+            let res = http
+                .get(format!("{prom}/api/v1/query"))
+                .query(&[("query", q.as_str())])
+                .send()
+                .await
+                .ok()?;
             let body: Value = res.json().await.ok()?;
             (body["status"] == "success").then_some(body["data"]["result"].clone())
         }
     };
     eventually(Duration::from_secs(30), || async {
-        query("up{job=\"herald\"} == 1".into()).await.filter(|r| !r.as_array().unwrap().is_empty())
+        query("up{job=\"herald\"} == 1".into())
+            .await
+            .filter(|r| !r.as_array().unwrap().is_empty())
     })
     .await
     .expect("Prometheus never scraped Herald");
@@ -142,22 +182,43 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_hera
     let mut empty = Vec::new();
     for (i, (panel, expr)) in panel_queries().into_iter().enumerate() {
         // The first query waits for rates to have two samples; the rest have had that time.
-        let wait = if i == 0 { Duration::from_secs(30) } else { Duration::from_secs(8) };
+        let wait = if i == 0 {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(8)
+        };
         let found = eventually(wait, || async {
-            query(expr.clone()).await.filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+            query(expr.clone())
+                .await
+                .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
         })
         .await;
         if found.is_none() {
             empty.push(format!("{panel}: {expr}"));
         }
     }
-    assert!(empty.is_empty(), "panels with no data:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "panels with no data:\n{}",
+        empty.join("\n")
+    );
 
-    let rules: Value = http.get(format!("{prom}/api/v1/rules")).send().await.unwrap().json().await.unwrap();
+    let rules: Value = http
+        .get(format!("{prom}/api/v1/rules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let groups = rules["data"]["groups"].as_array().unwrap();
     assert!(!groups.is_empty(), "no rule group loaded");
     for rule in groups.iter().flat_map(|g| g["rules"].as_array().unwrap()) {
-        assert_eq!(rule["health"], "ok", "rule {} is unhealthy: {}", rule["name"], rule["lastError"]);
+        assert_eq!(
+            rule["health"], "ok",
+            "rule {} is unhealthy: {}",
+            rule["name"], rule["lastError"]
+        );
     }
 }
 
@@ -168,7 +229,15 @@ async fn the_metrics_exposition_passes_promtool_check_metrics() {
     let conn = app.mastodon_connection().await;
     let id = app.share(&conn, "hello").await;
     app.settled(&id).await;
-    let body = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let body = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.contains("herald_jobs_total{"), "{body}");
     let mut child = tokio::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -178,11 +247,27 @@ async fn the_metrics_exposition_passes_promtool_check_metrics() {
         .spawn()
         .unwrap();
     use tokio::io::AsyncWriteExt;
-    child.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .await
+        .unwrap();
     let out = child.wait_with_output().await.unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool check metrics failed:\n{text}");
-    assert!(text.trim().is_empty(), "promtool check metrics found problems:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{text}"
+    );
+    assert!(
+        text.trim().is_empty(),
+        "promtool check metrics found problems:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,8 +277,16 @@ async fn herald_serve_logs_one_json_line_per_job_outcome_and_never_a_token() {
     let db = format!("sqlite:{}", dir.path().join("herald.db").display());
     let port = free_port();
     let bin = env!("CARGO_BIN_EXE_herald");
-    let key_out = std::process::Command::new(bin).args(["keys", "create", "--tenant", "acme"]).env("DATABASE_URL", &db).output().unwrap();
-    assert!(key_out.status.success(), "{}", String::from_utf8_lossy(&key_out.stderr));
+    let key_out = std::process::Command::new(bin)
+        .args(["keys", "create", "--tenant", "acme"])
+        .env("DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        key_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key_out.stderr)
+    );
     let key = String::from_utf8(key_out.stdout).unwrap().trim().to_owned();
     let mut serve = tokio::process::Command::new(bin)
         .arg("serve")
@@ -209,9 +302,15 @@ async fn herald_serve_logs_one_json_line_per_job_outcome_and_never_a_token() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(20), || async { http.get(format!("{base}/readyz")).send().await.ok().filter(|r| r.status().is_success()) })
-        .await
-        .expect("herald serve never became ready");
+    eventually(Duration::from_secs(20), || async {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+    })
+    .await
+    .expect("herald serve never became ready");
     let conn: Value = http
         .post(format!("{base}/v1/connections"))
         .bearer_auth(&key)
@@ -234,7 +333,15 @@ async fn herald_serve_logs_one_json_line_per_job_outcome_and_never_a_token() {
         .unwrap();
     let id = share["shares"][0]["id"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(20), || async {
-        let s: Value = http.get(format!("{base}/v1/shares/{id}")).bearer_auth(&key).send().await.ok()?.json().await.ok()?;
+        let s: Value = http
+            .get(format!("{base}/v1/shares/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (s["state"] == "succeeded").then_some(())
     })
     .await
@@ -243,7 +350,11 @@ async fn herald_serve_logs_one_json_line_per_job_outcome_and_never_a_token() {
     let out = serve.wait_with_output().await.unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(!logs.contains(&mastodon.token), "a token reached the logs");
-    let lines: Vec<Value> = logs.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let outcome = lines
         .iter()
         .find(|l| l["message"] == "share attempt finished")

@@ -16,6 +16,7 @@ on_every_backend!(
     dead_credentials_park_the_share_and_later_shares_without_calling_the_platform,
     a_rejected_share_fails_with_the_platforms_reason,
     a_rate_limit_waits_as_long_as_the_platform_says,
+    a_rate_limited_account_holds_its_other_shares_without_calling,
     an_outage_is_retried_with_the_same_idempotency_key,
     a_lost_answer_is_retried_under_the_same_key_and_posts_once,
     retries_are_bounded,
@@ -265,4 +266,33 @@ async fn a_worker_killed_mid_share_leaves_it_to_another_that_posts_it_once(engin
         .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_owned())
         .collect();
     assert_eq!(keys, vec![id.clone(), id]);
+}
+
+async fn a_rate_limited_account_holds_its_other_shares_without_calling(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let conn = app.mastodon_connection().await;
+    app.mastodon
+        .script([Reply::RateLimited(vec![("retry-after", "2".into())])]);
+    let first = app.share(&conn, "first").await;
+    app.share_until(&first, Duration::from_secs(10), |s| {
+        s["attempt_history"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let second = app.share(&conn, "second").await;
+    for id in [&first, &second] {
+        app.share_until(id, Duration::from_secs(20), |s| s["state"] == "succeeded")
+            .await;
+    }
+    // One 429, then one post each: the second share waited out the limit without a call.
+    assert_eq!(
+        app.mastodon.received().len(),
+        3,
+        "{:?}",
+        app.mastodon.received().len()
+    );
+    let (_, s) = app.get(&format!("/v1/shares/{second}")).await;
+    assert_eq!(s["attempts"], 1);
+    assert_eq!(attempts(&s), vec![("succeeded".to_owned(), None)]);
 }

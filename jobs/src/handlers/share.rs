@@ -68,13 +68,14 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
         ShareUpdate::Failed { .. } => "failed",
         ShareUpdate::Parked { .. } => "parked",
         ShareUpdate::OutcomeUnknown { .. } => "outcome_unknown",
+        ShareUpdate::Deferred { .. } => "deferred",
     };
     let queue = QueueName::Share.as_str();
     metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome).increment(1);
     metrics::histogram!(m::JOB_DURATION_SECONDS, "queue" => queue, "platform" => platform.to_owned()).record(clock.elapsed().as_secs_f64());
     match outcome {
         "retried" => metrics::counter!(m::JOB_RETRIES_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
-        "rate_limited" => metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        "rate_limited" | "deferred" => metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         "parked" => metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         "failed" | "outcome_unknown" => metrics::counter!(m::JOBS_DEAD_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         _ => {}
@@ -86,7 +87,7 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
         ShareUpdate::OutcomeUnknown { message } => {
             (Some("outcome_unknown"), Some(message.as_str()))
         }
-        ShareUpdate::Succeeded { .. } => (None, None),
+        ShareUpdate::Succeeded { .. } | ShareUpdate::Deferred { .. } => (None, None),
     };
     info!(
         job.id = job_id,
@@ -100,7 +101,10 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
         post.id = row.post_id.as_deref(),
         "share attempt finished"
     );
-    if matches!(update, ShareUpdate::Retry { .. }) {
+    if matches!(
+        update,
+        ShareUpdate::Retry { .. } | ShareUpdate::Deferred { .. }
+    ) {
         push(ctx, &row, &row.delivery_key()).await?;
     }
     Ok(())
@@ -119,6 +123,10 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
     }
     if conn.needs_reauth {
         return Ok(parked(&conn));
+    }
+    // The platform said this account must wait: every share of it waits, without a call.
+    if let Some(until) = conn.rate_limited_until.filter(|t| *t > Utc::now()) {
+        return Ok(ShareUpdate::Deferred { run_at: until });
     }
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(failed(
@@ -282,6 +290,7 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         },
         PlatformError::RateLimited { retry_after } => {
             let wait = ctx.settings.retry.rate_limit_wait(retry_after);
+            ctx.store.set_rate_limited(&conn.id, now + wait).await?;
             retry_or_fail(
                 ctx,
                 share,

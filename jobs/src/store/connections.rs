@@ -12,7 +12,7 @@ use crate::{
 
 const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
     access_token_enc, refresh_token_enc, dpop_key_enc, token_expires_at, token_generation, \
-    needs_reauth, last_error, created_at, updated_at, revoked_at";
+    needs_reauth, last_error, created_at, updated_at, revoked_at, rate_limited_until";
 
 /// A connection as stored; token columns hold vault envelopes, never clear text.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -34,6 +34,8 @@ pub struct ConnectionRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The platform rate-limited this account until then.
+    pub rate_limited_until: Option<DateTime<Utc>>,
 }
 
 impl ConnectionRow {
@@ -320,5 +322,18 @@ impl Store {
                 return Ok(changed);
             }
         }
+    }
+
+    /// Records that the platform rate-limited this account until `until` (never shortening a
+    /// longer wait already recorded).
+    pub async fn set_rate_limited(&self, id: &str, until: DateTime<Utc>) -> Result<()> {
+        with_pool!(
+            &self.pool,
+            "UPDATE connections SET rate_limited_until = $2 WHERE id = $1 AND (rate_limited_until IS NULL OR rate_limited_until < $2)",
+            |p, sql| {
+                sqlx::query(sql).bind(id).bind(until).execute(p).await?;
+            }
+        );
+        Ok(())
     }
 }

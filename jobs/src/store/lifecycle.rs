@@ -271,12 +271,23 @@ impl Store {
         after: Option<&(DateTime<Utc>, String)>,
         limit: i64,
     ) -> Result<Vec<(String, String, DateTime<Utc>)>> {
-        let (after_at, after_id) = after.map_or((None, None), |(a, i)| (Some(*a), Some(i.as_str())));
-        Ok(with_pool!(&self.pool, "SELECT id, platform, token_expires_at FROM connections WHERE token_expires_at < $1 \
+        let (after_at, after_id) =
+            after.map_or((None, None), |(a, i)| (Some(*a), Some(i.as_str())));
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT id, platform, token_expires_at FROM connections WHERE token_expires_at < $1 \
             AND revoked_at IS NULL AND NOT needs_reauth AND refresh_token_enc IS NOT NULL \
-            AND ($2 IS NULL OR (token_expires_at, id) > ($2, $3)) ORDER BY token_expires_at, id LIMIT $4", |p, sql| {
-            sqlx::query_as(sql).bind(before).bind(after_at).bind(after_id).bind(limit).fetch_all(p).await?
-        }))
+            AND ($2 IS NULL OR (token_expires_at, id) > ($2, $3)) ORDER BY token_expires_at, id LIMIT $4",
+            |p, sql| {
+                sqlx::query_as(sql)
+                    .bind(before)
+                    .bind(after_at)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        ))
     }
 
     /// Live, unflagged connections of one platform, paged by id (the follower-sync sweep).

@@ -198,13 +198,18 @@ pub enum ShareUpdate {
     OutcomeUnknown {
         message: String,
     },
+    /// Not tried: the account is rate-limited until `run_at`. The attempt is given back and no
+    /// attempt is recorded.
+    Deferred {
+        run_at: DateTime<Utc>,
+    },
 }
 
 impl ShareUpdate {
     fn state(&self) -> ShareState {
         match self {
             Self::Succeeded { .. } => ShareState::Succeeded,
-            Self::Retry { .. } => ShareState::Queued,
+            Self::Retry { .. } | Self::Deferred { .. } => ShareState::Queued,
             Self::Failed { .. } => ShareState::Failed,
             Self::Parked { .. } => ShareState::Parked,
             Self::OutcomeUnknown { .. } => ShareState::OutcomeUnknown,
@@ -215,6 +220,7 @@ impl ShareUpdate {
         match self {
             Self::Succeeded { .. } => "succeeded",
             Self::Retry { .. } => "retried",
+            Self::Deferred { .. } => "deferred",
             Self::Failed { .. } => "failed",
             Self::Parked { .. } => "parked",
             Self::OutcomeUnknown { .. } => "outcome_unknown",
@@ -487,6 +493,11 @@ impl Store {
             ShareUpdate::OutcomeUnknown { message } => {
                 (Some("outcome_unknown"), Some(message.as_str()), None)
             }
+            ShareUpdate::Deferred { .. } => (
+                Some("rate_limited"),
+                Some("the account is rate limited; waiting without calling"),
+                None,
+            ),
         };
         let (post_id, post_url) = match update {
             ShareUpdate::Succeeded { post_id, post_url } => {
@@ -495,18 +506,20 @@ impl Store {
             _ => (None, None),
         };
         let run_at = match update {
-            ShareUpdate::Retry { run_at, .. } => Some(*run_at),
+            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at } => Some(*run_at),
             _ => None,
         };
         let finished = !matches!(
             update,
-            ShareUpdate::Retry { .. } | ShareUpdate::Parked { .. }
+            ShareUpdate::Retry { .. } | ShareUpdate::Parked { .. } | ShareUpdate::Deferred { .. }
         );
+        // A deferral made no call: it gives its attempt back and records none.
+        let deferred = matches!(update, ShareUpdate::Deferred { .. });
         let q = format!(
             "UPDATE shares SET state = $3, last_error_class = $4, last_error = $5, last_status = $6, \
              post_id = COALESCE($7, post_id), post_url = COALESCE($8, post_url), \
              run_at = COALESCE($9, run_at), lease_until = NULL, updated_at = $10, \
-             finished_at = CASE WHEN $11 THEN $10 ELSE NULL END \
+             finished_at = CASE WHEN $11 THEN $10 ELSE NULL END, attempts = attempts - $12 \
              WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
         );
         let attempt_id = ids::new(ids::ATTEMPT);
@@ -524,9 +537,10 @@ impl Store {
                 .bind(run_at)
                 .bind(now)
                 .bind(finished)
+                .bind(i32::from(deferred))
                 .fetch_optional(&mut *tx)
                 .await?;
-            if row.is_some() {
+            if row.is_some() && !deferred {
                 sqlx::query(with_engine(p, "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, outcome, error_class, error_message, platform_status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
                     .bind(&attempt_id)
                     .bind(id)

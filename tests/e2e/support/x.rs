@@ -30,7 +30,11 @@ pub struct FakeX {
 
 impl FakeX {
     pub async fn start(access: &str, refresh: &str) -> Self {
-        let inner = Arc::new(Mutex::new(Inner { access: access.into(), refresh: refresh.into(), ..Default::default() }));
+        let inner = Arc::new(Mutex::new(Inner {
+            access: access.into(),
+            refresh: refresh.into(),
+            ..Default::default()
+        }));
         let app = Router::new()
             .route("/2/tweets", post(tweet))
             .route("/2/users/me", get(me))
@@ -60,16 +64,25 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
 }
 
 fn authed(inner: &Inner, headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", inner.access))
+    headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {}", inner.access))
 }
 
-async fn tweet(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn tweet(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     let mut g = inner.lock().unwrap();
     if !authed(&g, &headers) {
         return problem(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     if std::mem::take(&mut g.refuse_next) {
-        return problem(StatusCode::FORBIDDEN, "Forbidden", "You are not allowed to create a Tweet with duplicate content.");
+        return problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "You are not allowed to create a Tweet with duplicate content.",
+        );
     }
     let id = (1_800_000_000_000_000_000u64 + g.tweets.len() as u64).to_string();
     let t = json!({ "id": id, "text": body["text"] });
@@ -86,9 +99,12 @@ async fn me(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Respo
 }
 
 async fn token(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::Bytes) -> Response {
-    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
     let mut g = inner.lock().unwrap();
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") || form.get("refresh_token") != Some(&g.refresh) {
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token")
+        || form.get("refresh_token") != Some(&g.refresh)
+    {
         return (StatusCode::BAD_REQUEST, Json(json!({ "error": "invalid_request", "error_description": "Value passed for the token was invalid." }))).into_response();
     }
     g.refreshes += 1;
