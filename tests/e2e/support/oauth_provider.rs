@@ -241,7 +241,7 @@ async fn authorize(
             .append_pair("error", "access_denied")
             .append_pair("state", state);
     } else {
-        if q.get("code_challenge").is_some()
+        if q.contains_key("code_challenge")
             && q.get("code_challenge_method").map(String::as_str) != Some("S256")
         {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
