@@ -192,6 +192,7 @@ pub fn prometheus() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             m::describe();
+            m::zero_known_series();
             metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })

@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// The URL browsers reach the API at. OAuth redirect URIs are
+    /// `{HERALD_PUBLIC_URL}/v1/connect/{platform}/callback`; register them with each platform app.
+    #[arg(long, env = "HERALD_PUBLIC_URL", default_value = herald_jobs::settings::DEFAULT_PUBLIC_URL)]
+    pub public_url: String,
+
     /// Where a worker process serves /metrics, /healthz and /readyz.
     #[arg(long, env = "HERALD_WORKER_LISTEN", default_value = "127.0.0.1:9090")]
     pub worker_listen: SocketAddr,
@@ -133,6 +138,22 @@ impl Config {
             (1..=256).contains(&self.concurrency),
             "HERALD_CONCURRENCY must be between 1 and 256"
         );
+        let public = url::Url::parse(&self.public_url).map_err(|e| {
+            anyhow::anyhow!("HERALD_PUBLIC_URL `{}` is not a URL: {e}", self.public_url)
+        })?;
+        anyhow::ensure!(
+            matches!(public.scheme(), "http" | "https") && public.query().is_none(),
+            "HERALD_PUBLIC_URL must be an http(s) URL without a query"
+        );
+        if public.scheme() == "http"
+            && public
+                .host_str()
+                .is_some_and(|h| h != "127.0.0.1" && h != "localhost")
+        {
+            tracing::warn!(
+                "HERALD_PUBLIC_URL is plain http: OAuth codes would cross the network unencrypted"
+            );
+        }
         if self.ssrf_allow_private {
             tracing::warn!(
                 "HERALD_SSRF_ALLOW_PRIVATE is on: user-supplied URLs may reach private addresses"
@@ -156,6 +177,8 @@ impl Config {
             refresh_sweep_cron: self.refresh_sweep_cron.clone(),
             follower_sync_cron: self.follower_sync_cron.clone(),
             apps: herald_jobs::settings::PlatformApps::from_env(),
+            public_url: self.public_url.trim_end_matches('/').to_owned(),
+            oauth_state_ttl: Duration::from_secs(600),
             ssrf: if self.ssrf_allow_private {
                 SsrfGuard::allowing_private()
             } else {

@@ -31,7 +31,7 @@ pub struct ApiState {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    use routes::{connections, health, jobs, metrics, platforms, shares};
+    use routes::{connect, connections, health, jobs, metrics, platforms, shares};
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
         .route("/v1/shares/{id}", get(shares::get).delete(shares::cancel))
@@ -39,7 +39,15 @@ pub fn router(state: ApiState) -> Router {
             "/v1/connections",
             get(connections::list).post(connections::create),
         )
-        .route("/v1/connections/{id}", get(connections::get))
+        .route(
+            "/v1/connections/{id}",
+            get(connections::get).delete(connections::remove),
+        )
+        .route(
+            "/v1/connect/{platform}",
+            axum::routing::post(connect::start),
+        )
+        .route("/v1/connect/{platform}/callback", get(connect::callback))
         .route("/v1/platforms", get(platforms::list))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/replay", axum::routing::post(jobs::replay_bulk))

@@ -6,14 +6,15 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::routes::{connections, health, jobs, platforms, shares};
+use crate::routes::{connect, connections, health, jobs, platforms, shares};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Herald", description = "Durable jobs that publish on behalf of people to social networks."),
     paths(
         shares::create, shares::get, shares::list, shares::cancel,
-        connections::create, connections::get, connections::list,
+        connections::create, connections::get, connections::list, connections::remove,
+        connect::start, connect::callback,
         jobs::list, jobs::get, jobs::replay_one, jobs::replay_bulk,
         platforms::list,
         health::healthz, health::readyz,

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod connect;
 pub mod context;
 pub mod handlers;
 pub mod ids;

@@ -102,6 +102,51 @@ pub fn describe() {
     }
 }
 
+/// Results of a token refresh, as `herald_token_refreshes_total{result}` labels them.
+pub const REFRESH_RESULTS: &[&str] = &[
+    "succeeded",
+    "invalid_grant",
+    "transient",
+    "skipped",
+    "stale",
+];
+/// Results of an OAuth callback, as `herald_oauth_callbacks_total{result}` labels them.
+pub const CALLBACK_RESULTS: &[&str] = &[
+    "succeeded",
+    "denied",
+    "invalid_state",
+    "exchange_failed",
+    "verify_failed",
+];
+
+/// Creates the counters whose label values are known in advance at zero, so Prometheus sees them
+/// before their first increment and `rate()` counts that increment (a series that first appears
+/// at 1 shows no increase). A few dozen series: platforms times results.
+pub fn zero_known_series() {
+    use crate::{payloads::QueueName, platform::PlatformKind};
+    for platform in PlatformKind::ALL.map(PlatformKind::as_str) {
+        metrics::counter!(OAUTH_STARTS_TOTAL, "platform" => platform).increment(0);
+        for result in CALLBACK_RESULTS {
+            metrics::counter!(OAUTH_CALLBACKS_TOTAL, "platform" => platform, "result" => *result)
+                .increment(0);
+        }
+        for result in REFRESH_RESULTS {
+            metrics::counter!(TOKEN_REFRESHES_TOTAL, "platform" => platform, "result" => *result)
+                .increment(0);
+        }
+        for queue in QueueName::ALL.map(QueueName::as_str) {
+            for counter in [
+                JOBS_PARKED_TOTAL,
+                JOBS_DEAD_TOTAL,
+                JOB_RETRIES_TOTAL,
+                RATE_LIMIT_DEFERRALS_TOTAL,
+            ] {
+                metrics::counter!(counter, "queue" => queue, "platform" => platform).increment(0);
+            }
+        }
+    }
+}
+
 /// Histogram buckets for job and request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

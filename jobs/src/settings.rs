@@ -67,6 +67,9 @@ impl PlatformApps {
     }
 }
 
+/// `HERALD_PUBLIC_URL` when unset: the default listen address.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub retry: RetryPolicy,
@@ -92,6 +95,22 @@ pub struct Settings {
     pub refresh_sweep_cron: String,
     pub follower_sync_cron: String,
     pub apps: PlatformApps,
+    /// Where browsers reach this deployment's API (`HERALD_PUBLIC_URL`): OAuth redirect URIs are
+    /// `{public_url}/v1/connect/{platform}/callback`, and must be registered with each platform app.
+    pub public_url: String,
+    /// How long a started connect flow may take before its state is refused.
+    pub oauth_state_ttl: Duration,
+}
+
+impl Settings {
+    /// The OAuth redirect URI of one platform's connect flow.
+    pub fn redirect_uri(&self, platform: PlatformKind) -> String {
+        format!(
+            "{}/v1/connect/{}/callback",
+            self.public_url.trim_end_matches('/'),
+            platform.as_str()
+        )
+    }
 }
 
 impl Default for Settings {
@@ -110,6 +129,8 @@ impl Default for Settings {
             refresh_sweep_cron: "0 */30 * * * *".into(),
             follower_sync_cron: "0 15 3 * * *".into(),
             apps: PlatformApps::default(),
+            public_url: DEFAULT_PUBLIC_URL.into(),
+            oauth_state_ttl: Duration::from_secs(600),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod connect;
 mod dashboards;
 mod lifecycle;
 mod observability;

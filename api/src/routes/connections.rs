@@ -59,6 +59,8 @@ pub struct ConnectionView {
     /// The credentials are dead: the user must reconnect; work for it is parked meanwhile.
     pub needs_reauth: bool,
     pub last_error: Option<String>,
+    /// The app's id of the user who connected the account through `/v1/connect`.
+    pub user_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -76,6 +78,7 @@ impl From<ConnectionRow> for ConnectionView {
             token_expires_at: r.token_expires_at,
             needs_reauth: r.needs_reauth,
             last_error: r.last_error,
+            user_id: r.user_id,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -264,4 +267,44 @@ pub async fn list(
         connections: rows.into_iter().map(Into::into).collect(),
         next_after,
     }))
+}
+
+/// Remove a connection: its grant is revoked at the platform where the platform has an endpoint
+/// for it (Mastodon, X), then the connection is soft-deleted and its tokens erased. A failed
+/// revocation is logged and does not keep the connection. Queued shares of it then fail with
+/// `connection_removed`.
+#[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn remove(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let row = state
+        .ctx
+        .store
+        .tenant_connection(&tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection"))?;
+    // Revoke first: the tokens are needed for it, and are gone after the delete.
+    let revoked = herald_jobs::connect::revoke(&state.ctx, &row).await;
+    match &revoked {
+        herald_jobs::connect::Revoked::Failed(reason) => {
+            tracing::warn!(connection.id = %row.id, platform = %row.platform, error.message = %reason, "revoking at the platform failed; removing the connection anyway");
+        }
+        other => {
+            tracing::info!(connection.id = %row.id, platform = %row.platform, revoke = ?other, "connection removed");
+        }
+    }
+    if !state
+        .ctx
+        .store
+        .remove_connection(&tenant.id, &row.id, Utc::now())
+        .await?
+    {
+        // Removed by a concurrent request meanwhile.
+        return Err(ApiError::not_found("connection"));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

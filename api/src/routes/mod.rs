@@ -1,3 +1,4 @@
+pub mod connect;
 pub mod connections;
 pub mod health;
 pub mod jobs;

@@ -12,7 +12,7 @@ use crate::{
 
 const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
     access_token_enc, refresh_token_enc, dpop_key_enc, token_expires_at, token_generation, \
-    needs_reauth, last_error, created_at, updated_at, revoked_at, rate_limited_until";
+    needs_reauth, last_error, created_at, updated_at, revoked_at, rate_limited_until, user_id";
 
 /// A connection as stored; token columns hold vault envelopes, never clear text.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -36,6 +36,8 @@ pub struct ConnectionRow {
     pub revoked_at: Option<DateTime<Utc>>,
     /// The platform rate-limited this account until then.
     pub rate_limited_until: Option<DateTime<Utc>>,
+    /// The app's id of the user who connected the account (connect flow only).
+    pub user_id: Option<String>,
 }
 
 impl ConnectionRow {

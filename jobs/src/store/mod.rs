@@ -5,6 +5,7 @@
 //! same number). Times are always bound from Rust, never taken from the database clock, so both
 //! engines compare them the same way.
 
+mod connect;
 mod connections;
 mod followers;
 mod keys;
@@ -12,6 +13,7 @@ mod lifecycle;
 mod replay;
 mod shares;
 
+pub use connect::{MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub use connections::{ConnectionRow, NewConnection, StoredTokens};
 pub use followers::SyncRun;
 pub use keys::{ApiKeyRole, AuthedKey};

@@ -63,6 +63,12 @@ struct Inner {
     received: Vec<Received>,
     statuses: Vec<Value>,
     by_key: HashMap<String, Value>,
+    /// Apps registered through `POST /api/v1/apps`: client id → (secret, redirect URI).
+    apps: HashMap<String, (String, String)>,
+    /// Authorization codes: code → (client id, redirect URI, PKCE challenge).
+    codes: HashMap<String, (String, String, Option<String>)>,
+    /// Tokens presented to `POST /oauth/revoke`.
+    revoked: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -82,6 +88,10 @@ impl FakeMastodon {
             .route("/api/v1/accounts/verify_credentials", get(verify))
             .route("/api/v1/accounts/{id}/followers", get(followers))
             .route("/api/v1/accounts/{id}/following", get(following))
+            .route("/api/v1/apps", post(register_app))
+            .route("/oauth/authorize", get(oauth_authorize))
+            .route("/oauth/token", post(oauth_token))
+            .route("/oauth/revoke", post(oauth_revoke))
             .with_state(app_state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -113,6 +123,16 @@ impl FakeMastodon {
     /// Follower-list requests so far: (relation, max_id).
     pub fn list_requests(&self) -> Vec<(String, Option<String>)> {
         self.inner.lock().unwrap().list_requests.clone()
+    }
+
+    /// How many apps were registered on this instance.
+    pub fn apps_registered(&self) -> usize {
+        self.inner.lock().unwrap().apps.len()
+    }
+
+    /// Tokens revoked through `POST /oauth/revoke`.
+    pub fn revoked(&self) -> Vec<String> {
+        self.inner.lock().unwrap().revoked.clone()
     }
 
     /// Statuses actually created (a repeat under a known key creates none).
@@ -286,4 +306,110 @@ fn list(
         res.headers_mut().insert("link", link.parse().unwrap());
     }
     res
+}
+
+/// `POST /api/v1/apps` (form or JSON fields; Herald sends a form): a new confidential app.
+async fn register_app(State((inner, _)): State<AppState>, body: String) -> Response {
+    let form = super::oauth_provider::parse_form(&body);
+    let Some(redirect) = form.get("redirect_uris").cloned() else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation failed: Redirect URI can't be blank",
+        );
+    };
+    let id = format!("app-{}", uuid::Uuid::new_v4().simple());
+    let secret = format!("appsecret-{}", uuid::Uuid::new_v4().simple());
+    inner
+        .lock()
+        .unwrap()
+        .apps
+        .insert(id.clone(), (secret.clone(), redirect.clone()));
+    Json(json!({
+        "id": "1", "name": form.get("client_name"), "website": null, "scopes": form.get("scopes"),
+        "redirect_uri": redirect, "redirect_uris": [redirect],
+        "client_id": id, "client_secret": secret, "client_secret_expires_at": 0,
+    }))
+    .into_response()
+}
+
+/// `GET /oauth/authorize`: the user approves at once; back to the redirect URI with a code.
+async fn oauth_authorize(
+    State((inner, _)): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let mut g = inner.lock().unwrap();
+    let (Some(client), Some(redirect), Some(state)) =
+        (q.get("client_id"), q.get("redirect_uri"), q.get("state"))
+    else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request");
+    };
+    if g.apps.get(client).map(|(_, r)| r) != Some(redirect) {
+        return error(StatusCode::BAD_REQUEST, "invalid_client");
+    }
+    let code = format!("mcode-{}", uuid::Uuid::new_v4().simple());
+    g.codes.insert(
+        code.clone(),
+        (
+            client.clone(),
+            redirect.clone(),
+            q.get("code_challenge").cloned(),
+        ),
+    );
+    let mut url = url::Url::parse(redirect).unwrap();
+    url.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", state);
+    (
+        StatusCode::FOUND,
+        [(axum::http::header::LOCATION, url.to_string())],
+    )
+        .into_response()
+}
+
+/// `POST /oauth/token`: the code grant for a registered app, PKCE checked (4.3+); the token never
+/// expires and comes without a refresh token.
+async fn oauth_token(State((inner, token)): State<AppState>, body: String) -> Response {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let form = super::oauth_provider::parse_form(&body);
+    let mut g = inner.lock().unwrap();
+    let client = form.get("client_id").cloned().unwrap_or_default();
+    if g.apps.get(&client).map(|(s, _)| s) != form.get("client_secret") {
+        return error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    let Some((code_client, redirect, challenge)) = g
+        .codes
+        .remove(form.get("code").map(String::as_str).unwrap_or_default())
+    else {
+        return error(StatusCode::BAD_REQUEST, "invalid_grant");
+    };
+    if code_client != client || Some(&redirect) != form.get("redirect_uri") {
+        return error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    if let Some(challenge) = challenge {
+        let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+        let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()));
+        if computed != challenge {
+            return error(StatusCode::BAD_REQUEST, "invalid_grant");
+        }
+    }
+    Json(json!({
+        "access_token": token, "token_type": "Bearer",
+        "scope": "write:statuses read:accounts", "created_at": 1_700_000_000,
+    }))
+    .into_response()
+}
+
+/// `POST /oauth/revoke`: needs the app's credentials; always `200 {}`.
+async fn oauth_revoke(State((inner, _)): State<AppState>, body: String) -> Response {
+    let form = super::oauth_provider::parse_form(&body);
+    let mut g = inner.lock().unwrap();
+    let client = form.get("client_id").cloned().unwrap_or_default();
+    if g.apps.get(&client).map(|(s, _)| s) != form.get("client_secret") {
+        return error(StatusCode::FORBIDDEN, "invalid_client");
+    }
+    g.revoked
+        .push(form.get("token").cloned().unwrap_or_default());
+    Json(json!({})).into_response()
 }

@@ -3,7 +3,7 @@
 
 pub mod db;
 pub mod mastodon;
-pub mod x;
+pub mod oauth_provider;
 
 use std::{future::Future, time::Duration};
 
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 pub use db::{Engine, TestDb, redis_prefix, redis_url};
 pub use mastodon::{FakeMastodon, ListReply, Reply};
+pub use oauth_provider::OAuthProvider;
 
 /// Generates one `#[tokio::test]` per store engine from `async fn name(engine: Engine)`.
 #[macro_export]
@@ -56,6 +57,8 @@ pub fn fast_settings() -> Settings {
         refresh_sweep_cron: "0 0 0 1 1 *".into(),
         follower_sync_cron: "0 0 0 1 1 *".into(),
         apps: Default::default(),
+        public_url: herald_jobs::settings::DEFAULT_PUBLIC_URL.into(),
+        oauth_state_ttl: Duration::from_secs(600),
     }
 }
 
@@ -96,13 +99,18 @@ impl TestApp {
             backends.redis_url = Some(redis_url());
             backends.redis_prefix = redis_prefix().await;
         }
+        // Bound first: OAuth redirect URIs are built from the public URL, which is this address.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut settings = settings;
+        if settings.public_url == herald_jobs::settings::DEFAULT_PUBLIC_URL {
+            settings.public_url = base.clone();
+        }
         let parts = app::connect(&backends, settings, ring).await.unwrap();
         app::migrate(&parts.ctx.store).await.unwrap();
         let key = herald::keys::create(&parts.ctx.store, Some("acme"), false)
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = watch::channel(false);
         let wait = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
