@@ -128,4 +128,5 @@ log "network up in $((SECONDS - started)) s: $(python3 -c 'import json,sys; prin
 
 # --- 4. the tests -------------------------------------------------------------------------------
 cd "$root"
-cargo test -p herald-jobs --test bluesky_devnet -- --test-threads=1 "$@"
+# --workspace: the same feature set as the rest of the suite, so nothing is compiled again.
+cargo test --workspace --test bluesky_devnet -- --test-threads=1 "$@"

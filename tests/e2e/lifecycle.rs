@@ -134,6 +134,27 @@ async fn follower_sync_pages_through_both_lists_and_records_gains_and_losses(eng
         .set_graph(&["a", "b", "c", "d", "e"], &["x", "y"], 2);
     sync(&app, &conn, "sync-1").await;
     let runs = finished_runs(&app, &conn, 2).await;
+    // Operators see the runs as follower_sync jobs, and can replay one.
+    let op = app.operator_key().await;
+    let (status, list) = app
+        .call(
+            Method::GET,
+            "/v1/jobs?queue=follower_sync&state=finished",
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(list["jobs"][0]["queue"], "follower_sync");
+    let run_id = list["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let (status, one) = app
+        .call(Method::GET, &format!("/v1/jobs/{run_id}"), Some(&op), None)
+        .await;
+    assert_eq!(
+        (status, one["connection_id"].as_str()),
+        (StatusCode::OK, Some(conn.as_str()))
+    );
     let followers = runs.iter().find(|r| r.relation == "followers").unwrap();
     assert_eq!(
         (
@@ -466,5 +487,42 @@ async fn a_sweep_runs_once_per_tick_however_many_workers_run(engine: Engine) {
     assert!(
         refreshes >= (ticks - 1) * ids.len() as i64,
         "{refreshes} refreshes for {ticks} ticks"
+    );
+    // Each refresh is a job operators can list and replay.
+    let op = app.operator_key().await;
+    let (status, list) = app
+        .call(
+            Method::GET,
+            "/v1/jobs?queue=refresh&state=skipped&platform=mastodon",
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let jobs = list["jobs"].as_array().unwrap();
+    assert!(!jobs.is_empty());
+    assert!(
+        jobs.iter()
+            .all(|j| j["queue"] == "refresh" && j["state"] == "skipped")
+    );
+    let id = jobs[0]["id"].as_str().unwrap();
+    let (status, replayed) = app
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{id}/replay"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, replayed["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("replayed"))
+    );
+    let (status, err) = app
+        .call(Method::GET, "/v1/jobs?queue=nope", Some(&op), None)
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("queue"))
     );
 }

@@ -2,14 +2,16 @@
 //! `share` queue (its id is the share id); attempts carry each error class, message and the
 //! platform's status.
 
+use axum::response::IntoResponse;
 use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
 };
 use chrono::{DateTime, Utc};
 use herald_jobs::{
+    payloads::{FollowerSyncV1, QueueName, RefreshV1},
     replay::{self, ReplayResult},
-    store::{JobFilter, ReplayRow, ShareState},
+    store::{JobFilter, ReplayRow, RunRow, ShareState},
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -86,15 +88,17 @@ fn filter(
     since: Option<&str>,
 ) -> ApiResult<JobFilter> {
     if let Some(q) = queue
-        && q != "share"
+        && herald_jobs::payloads::QueueName::parse(q).is_none()
     {
         return Err(ApiError::invalid(
             "queue",
-            "unsupported_queue",
-            "only the `share` queue's jobs are listed and replayed here",
+            "unknown_queue",
+            format!("unknown queue `{q}` (share, refresh, follower_sync)"),
         ));
     }
+    let share_queue = queue.is_none_or(|q| q == "share");
     if let Some(s) = state
+        && share_queue
         && ShareState::parse(s).is_none()
     {
         return Err(ApiError::invalid(
@@ -157,7 +161,7 @@ pub async fn list(
     State(state): State<ApiState>,
     _op: Operator,
     Query(q): Query<JobQuery>,
-) -> ApiResult<ApiJson<JobList>> {
+) -> ApiResult<axum::response::Response> {
     let f = filter(
         q.queue.as_deref(),
         q.state.as_deref(),
@@ -165,6 +169,33 @@ pub async fn list(
         q.since.as_deref(),
     )?;
     let limit = page_limit(q.limit)?;
+    // Refresh and follower-sync jobs are their recorded runs, paged by run id.
+    if let Some(queue @ ("refresh" | "follower_sync")) = q.queue.as_deref() {
+        let runs = if queue == "refresh" {
+            state
+                .ctx
+                .store
+                .list_refresh_runs(&f, q.before.as_deref(), limit)
+                .await?
+        } else {
+            state
+                .ctx
+                .store
+                .list_sync_runs(&f, q.before.as_deref(), limit)
+                .await?
+        };
+        let next_before = (runs.len() as i64 == limit)
+            .then(|| runs.last().map(|r| r.id.clone()))
+            .flatten();
+        let jobs = runs
+            .into_iter()
+            .map(|r| RunView {
+                queue: queue.to_owned(),
+                run: r,
+            })
+            .collect();
+        return Ok(ApiJson(RunList { jobs, next_before }).into_response());
+    }
     let before = match q.before.as_deref() {
         None => None,
         Some(b) => {
@@ -193,7 +224,7 @@ pub async fn list(
         })
         .flatten();
     let jobs = rows.into_iter().map(view).collect::<ApiResult<Vec<_>>>()?;
-    Ok(ApiJson(JobList { jobs, next_before }))
+    Ok(ApiJson(JobList { jobs, next_before }).into_response())
 }
 
 /// One job with its attempts and replays.
@@ -204,7 +235,25 @@ pub async fn get(
     State(state): State<ApiState>,
     _op: Operator,
     Path(id): Path<String>,
-) -> ApiResult<ApiJson<JobView>> {
+) -> ApiResult<axum::response::Response> {
+    if id.starts_with("rfr_") || id.starts_with("fsr_") {
+        let run = state
+            .ctx
+            .store
+            .run(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("job"))?;
+        let queue = if id.starts_with("rfr_") {
+            "refresh"
+        } else {
+            "follower_sync"
+        };
+        return Ok(ApiJson(RunView {
+            queue: queue.into(),
+            run,
+        })
+        .into_response());
+    }
     let row = state
         .ctx
         .store
@@ -216,7 +265,7 @@ pub async fn get(
     let mut job = view(row)?;
     job.share.attempt_history = Some(attempts.into_iter().map(AttemptView::from).collect());
     job.replays = Some(replays.into_iter().map(Into::into).collect());
-    Ok(ApiJson(job))
+    Ok(ApiJson(job).into_response())
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -267,6 +316,9 @@ pub async fn replay_one(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
     };
+    if id.starts_with("rfr_") || id.starts_with("fsr_") {
+        return replay_run(&state, &id).await;
+    }
     let force = force_reason(req.force, req.reason.as_deref())?;
     let out = replay::replay_one(&state.ctx, &id, &op.key_id, force.as_deref())
         .await
@@ -329,6 +381,13 @@ pub async fn replay_bulk(
         req.platform.as_deref(),
         req.since.as_deref(),
     )?;
+    if req.queue.as_deref().is_some_and(|q| q != "share") {
+        return Err(ApiError::invalid(
+            "queue",
+            "unsupported_queue",
+            "bulk replay is for the share queue; replay a refresh or sync run by its id",
+        ));
+    }
     if f.state.is_none() {
         return Err(ApiError::invalid(
             "state",
@@ -362,4 +421,68 @@ pub async fn replay_bulk(
         dry_run: req.dry_run,
         jobs,
     }))
+}
+
+/// A refresh or follower-sync run, as operators see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    pub queue: String,
+    #[serde(flatten)]
+    pub run: RunRow,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunList {
+    pub jobs: Vec<RunView>,
+    pub next_before: Option<String>,
+}
+
+/// Replaying a refresh or follower-sync run enqueues a fresh one for its connection.
+async fn replay_run(state: &ApiState, id: &str) -> ApiResult<(StatusCode, ApiJson<ReplayResult>)> {
+    let run = state
+        .ctx
+        .store
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    let now = Utc::now();
+    let (queue, payload) = if id.starts_with("rfr_") {
+        (
+            QueueName::Refresh,
+            serde_json::to_value(RefreshV1 {
+                connection_id: run.connection_id.clone(),
+                retry: 0,
+            }),
+        )
+    } else {
+        (
+            QueueName::FollowerSync,
+            serde_json::to_value(FollowerSyncV1 {
+                connection_id: run.connection_id.clone(),
+                resume: false,
+                retry: 0,
+            }),
+        )
+    };
+    let payload = payload.map_err(ApiError::internal)?;
+    let key = format!(
+        "{}:{}:replay:{}",
+        queue.as_str(),
+        run.connection_id,
+        now.timestamp_millis()
+    );
+    state
+        .ctx
+        .queue
+        .push(queue, payload, now, &key)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(ReplayResult {
+            id: id.to_owned(),
+            result: "replayed".into(),
+            state: Some(run.state),
+        }),
+    ))
 }

@@ -18,7 +18,7 @@ pub use connections::{ConnectionRow, NewConnection, StoredTokens};
 pub use followers::SyncRun;
 pub use keys::{ApiKeyRole, AuthedKey};
 pub use lifecycle::TokenWrite;
-pub use replay::{JobFilter, Replay, ReplayRow};
+pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, NewShare, ShareDepth, ShareRow,
     ShareState, ShareUpdate,

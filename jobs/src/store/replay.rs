@@ -133,3 +133,103 @@ impl Store {
         })
     }
 }
+
+/// One refresh or follower-sync run, as operators see it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct RunRow {
+    pub id: String,
+    pub connection_id: String,
+    pub platform: String,
+    /// Refresh: `succeeded`, `invalid_grant`, `transient`, `skipped`. Follower sync: `running`
+    /// (in progress or paused) or `finished`.
+    pub state: String,
+    pub message: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Refresh runs matching the filter, newest first.
+    pub async fn list_refresh_runs(
+        &self,
+        f: &JobFilter,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT id, connection_id, platform, result AS state, message, at AS started_at, at AS finished_at \
+            FROM token_refreshes WHERE ($1 IS NULL OR result = $1) AND ($2 IS NULL OR platform = $2) AND ($3 IS NULL OR at >= $3) \
+            AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
+            |p, sql| {
+                sqlx::query_as(sql)
+                    .bind(&f.state)
+                    .bind(&f.platform)
+                    .bind(f.since)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        ))
+    }
+
+    /// Follower-sync runs matching the filter, newest first.
+    pub async fn list_sync_runs(
+        &self,
+        f: &JobFilter,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT r.id, r.connection_id, c.platform, r.state, \
+            r.relation || ': ' || r.seen || ' seen, ' || r.gained || ' gained, ' || r.lost || ' lost' || COALESCE('; ' || r.last_error, '') AS message, \
+            r.started_at, r.finished_at FROM follower_sync_runs r JOIN connections c ON c.id = r.connection_id \
+            WHERE ($1 IS NULL OR r.state = $1) AND ($2 IS NULL OR c.platform = $2) AND ($3 IS NULL OR r.updated_at >= $3) \
+            AND ($4 IS NULL OR r.id < $4) ORDER BY r.id DESC LIMIT $5",
+            |p, sql| {
+                sqlx::query_as(sql)
+                    .bind(&f.state)
+                    .bind(&f.platform)
+                    .bind(f.since)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        ))
+    }
+
+    /// One refresh (`rfr_…`) or follower-sync (`fsr_…`) run.
+    pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
+        let rows = if id.starts_with("rfr_") {
+            with_pool!(
+                &self.pool,
+                "SELECT id, connection_id, platform, result AS state, message, at AS started_at, at AS finished_at FROM token_refreshes WHERE id = $1",
+                |p, sql| {
+                    sqlx::query_as::<_, RunRow>(sql)
+                        .bind(id)
+                        .fetch_all(p)
+                        .await?
+                }
+            )
+        } else if id.starts_with("fsr_") {
+            with_pool!(
+                &self.pool,
+                "SELECT r.id, r.connection_id, c.platform, r.state, \
+                r.relation || ': ' || r.seen || ' seen, ' || r.gained || ' gained, ' || r.lost || ' lost' || COALESCE('; ' || r.last_error, '') AS message, \
+                r.started_at, r.finished_at FROM follower_sync_runs r JOIN connections c ON c.id = r.connection_id WHERE r.id = $1",
+                |p, sql| {
+                    sqlx::query_as::<_, RunRow>(sql)
+                        .bind(id)
+                        .fetch_all(p)
+                        .await?
+                }
+            )
+        } else {
+            Vec::new()
+        };
+        Ok(rows.into_iter().next())
+    }
+}
