@@ -130,12 +130,26 @@ impl JobQueue for SqliteQueue {
         run_at: DateTime<Utc>,
         key: &str,
     ) -> Result<(), QueueError> {
-        let task = TaskBuilder::new(payload)
-            .run_after(delay_until(run_at))
-            .idempotency_key(key)
-            .build();
-        let mut storage = self.storage::<Value>(queue);
-        storage.push_task(task).await.map_err(QueueError::from)?;
+        use backon::{ExponentialBuilder, Retryable};
+        let push = || async {
+            let task = TaskBuilder::new(payload.clone())
+                .run_after(delay_until(run_at))
+                .idempotency_key(key)
+                .build();
+            let mut storage = self.storage::<Value>(queue);
+            storage.push_task(task).await.map_err(QueueError::from)
+        };
+        // apalis-sqlite's push can meet SQLITE_BUSY while the workers' fetches hold the write
+        // lock in a way the busy timeout does not cover; it is safe to repeat (idempotency key).
+        push.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(10))
+                .with_max_delay(Duration::from_millis(500))
+                .with_max_times(8)
+                .with_jitter(),
+        )
+        .when(|e: &QueueError| e.0.contains("database is locked"))
+        .await?;
         self.wakeups.wake(queue);
         Ok(())
     }
