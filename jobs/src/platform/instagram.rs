@@ -219,6 +219,45 @@ struct Permalink {
     permalink: Option<String>,
 }
 
+/// Waits for a created container, publishes it, and reads the post's permalink. Creating a
+/// container posts nothing; the publish call is the create, so a lost answer to it is an unknown
+/// outcome (settled by read-back). Instagram and Threads share this flow.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_container(
+    kind: PlatformKind,
+    http_client: &Client,
+    url: &(dyn Fn(&str) -> String + Sync),
+    container_id: &str,
+    status_fields: &str,
+    publish_path: &str,
+    access_token: &str,
+    wait: ContainerWait,
+) -> Result<Published, PlatformError> {
+    wait_for_container(
+        kind,
+        http_client,
+        &url(container_id),
+        status_fields,
+        access_token,
+        wait,
+    )
+    .await?;
+    let form = [
+        ("creation_id", container_id),
+        ("access_token", access_token),
+    ];
+    let req = http_client.post(url(publish_path)).form(&form);
+    let media: Created = graph_call(kind, "share", true, req).await?;
+    let post_url = match checked_id(&media.id) {
+        Ok(m) => permalink(kind, http_client, &url(m), access_token).await,
+        Err(_) => None,
+    };
+    Ok(Published {
+        post_id: media.id,
+        post_url,
+    })
+}
+
 /// The public URL of a just-published post. Best effort: the post exists whatever this answers.
 pub async fn permalink(
     kind: PlatformKind,
@@ -369,30 +408,17 @@ impl Platform for Instagram {
         let container: Created = graph_call(self.kind(), "create_container", false, req).await?;
         let container_id = checked_id(&container.id)?;
 
-        wait_for_container(
+        publish_container(
             self.kind(),
             &self.http,
-            &self.url(container_id),
+            &|path: &str| self.url(path),
+            container_id,
             "status_code,status",
+            &format!("{id}/media_publish"),
             token,
             self.wait,
         )
-        .await?;
-
-        let form = [("creation_id", container_id), ("access_token", token)];
-        let req = self
-            .http
-            .post(self.url(&format!("{id}/media_publish")))
-            .form(&form);
-        let media: Created = graph_call(self.kind(), "share", true, req).await?;
-        let post_url = match checked_id(&media.id) {
-            Ok(m) => permalink(self.kind(), &self.http, &self.url(m), token).await,
-            Err(_) => None,
-        };
-        Ok(Published {
-            post_id: media.id,
-            post_url,
-        })
+        .await
     }
 
     /// Reads the account's latest media and matches the share's URL and words in the caption,

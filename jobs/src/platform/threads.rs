@@ -14,7 +14,7 @@ use super::{
         token_answer,
     },
     http,
-    instagram::{ContainerWait, check_quota, permalink, wait_for_container},
+    instagram::{ContainerWait, check_quota, publish_container},
     x::{lead, post_matches},
 };
 
@@ -215,30 +215,17 @@ impl Platform for Threads {
         let container: Created = graph_call(self.kind(), "create_container", false, req).await?;
         let container_id = checked_id(&container.id)?;
 
-        wait_for_container(
+        publish_container(
             self.kind(),
             &self.http,
-            &self.url(container_id),
+            &|path: &str| self.url(path),
+            container_id,
             "status,error_message",
+            &format!("{user}/threads_publish"),
             token,
             self.wait,
         )
-        .await?;
-
-        let form = [("creation_id", container_id), ("access_token", token)];
-        let req = self
-            .http
-            .post(self.url(&format!("{user}/threads_publish")))
-            .form(&form);
-        let media: Created = graph_call(self.kind(), "share", true, req).await?;
-        let post_url = match checked_id(&media.id) {
-            Ok(m) => permalink(self.kind(), &self.http, &self.url(m), token).await,
-            Err(_) => None,
-        };
-        Ok(Published {
-            post_id: media.id,
-            post_url,
-        })
+        .await
     }
 
     /// Reads the user's threads since [`READ_BACK_WINDOW`] and matches the share's URL (in the
