@@ -8,7 +8,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use apalis_shim::{PostgresStorage, SqliteStorage};
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
 use herald_api::ApiState;
 use herald_jobs::{
     Ctx, Settings, metrics as m,
@@ -19,12 +20,6 @@ use herald_jobs::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-
-/// The queue crates, re-exported for migrations only.
-mod apalis_shim {
-    pub use apalis_postgres::PostgresStorage;
-    pub use apalis_sqlite::SqliteStorage;
-}
 
 /// A connected process: the shared context and the queue its workers consume.
 #[derive(Debug, Clone)]

@@ -51,15 +51,7 @@ impl Store {
         relation: &str,
         now: DateTime<Utc>,
     ) -> Result<SyncRun> {
-        let q = format!(
-            "SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state = 'running' ORDER BY started_at DESC LIMIT 1"
-        );
-        let open: Option<SyncRun> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
-            .bind(connection_id)
-            .bind(relation)
-            .fetch_optional(p)
-            .await?);
-        if let Some(run) = open {
+        if let Some(run) = self.find_open_sync_run(connection_id, relation).await? {
             return Ok(run);
         }
         let id = ids::new("fsr");

@@ -158,28 +158,6 @@ impl Store {
         ))
     }
 
-    /// The connections of one tenant in that condition (for the operators' list).
-    pub async fn refresh_failing_connections(
-        &self,
-        since: DateTime<Utc>,
-        threshold: i64,
-        limit: i64,
-    ) -> Result<Vec<String>> {
-        Ok(with_pool!(
-            &self.pool,
-            "SELECT connection_id FROM token_refreshes WHERE at >= $1 AND result NOT IN ('succeeded', 'skipped') \
-            GROUP BY connection_id HAVING COUNT(*) >= $2 ORDER BY connection_id LIMIT $3",
-            |p, sql| {
-                sqlx::query_scalar(sql)
-                    .bind(since)
-                    .bind(threshold)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?
-            }
-        ))
-    }
-
     /// Clears `needs_reauth` after a successful verify, if the tokens are still the ones verified.
     pub async fn clear_needs_reauth(
         &self,
