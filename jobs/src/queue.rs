@@ -167,8 +167,8 @@ impl JobQueue for SqliteQueue {
     }
 }
 
-/// apalis's Postgres backend, in the same database as the store; LISTEN/NOTIFY wakes workers in
-/// other processes.
+/// apalis's Postgres backend, in the same database as the store. A push wakes this process's
+/// workers at once; workers in other processes find it at their next one-second poll.
 #[derive(Clone)]
 pub struct PostgresQueue {
     pool: sqlx::PgPool,
