@@ -49,10 +49,10 @@ pub fn platforms(settings: &Settings) -> Platforms {
     };
     let mut p = Platforms::default()
         .with(Arc::new(Mastodon::new(client.clone())))
-        .with(Arc::new(herald_jobs::platform::bluesky::Bluesky::new(
-            client.clone(),
-            settings.ssrf.clone(),
-        )));
+        .with(Arc::new(
+            herald_jobs::platform::bluesky::Bluesky::new(client.clone(), settings.ssrf.clone())
+                .with_oauth(settings.bluesky_client()),
+        ));
     if let Some(app) = &apps.x {
         p = p.with(Arc::new(x::X::new(
             client.clone(),

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
-use herald_jobs::{Settings, retry::RetryPolicy, ssrf::SsrfGuard};
+use herald_jobs::{Settings, platform::bluesky::jwt::EsKey, retry::RetryPolicy, ssrf::SsrfGuard};
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -111,9 +111,64 @@ pub struct Config {
     /// How often the reconciler runs, in seconds.
     #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 30)]
     pub reconcile_secs: u64,
+
+    /// Bluesky's OAuth client keys: ES256 (P-256) private keys as base64 PKCS#8, comma-separated
+    /// (`herald keys generate-bluesky` prints one). The first signs new sessions; all are
+    /// published at /oauth/bluesky/jwks.json, so an old key stays listed until its sessions are
+    /// gone. Unset: the loopback development client (HERALD_PUBLIC_URL on 127.0.0.1).
+    #[arg(long, env = "HERALD_BLUESKY_CLIENT_KEYS", hide_env_values = true)]
+    pub bluesky_client_keys: Option<String>,
+
+    /// Where `did:plc` documents are read.
+    #[arg(long, env = "HERALD_BLUESKY_PLC_URL", default_value = herald_jobs::settings::DEFAULT_PLC_URL)]
+    pub bluesky_plc_url: String,
+
+    /// A service answering `com.atproto.identity.resolveHandle`, asked for handles that
+    /// `https://<handle>/.well-known/atproto-did` does not resolve.
+    #[arg(long, env = "HERALD_BLUESKY_HANDLE_RESOLVER", default_value = herald_jobs::settings::DEFAULT_HANDLE_RESOLVER)]
+    pub bluesky_handle_resolver: String,
 }
 
 impl Config {
+    fn bluesky(&self) -> anyhow::Result<herald_jobs::settings::BlueskySettings> {
+        let client_keys = self
+            .bluesky_client_keys
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .enumerate()
+            .map(|(i, k)| {
+                EsKey::from_pkcs8(k).map_err(|e| {
+                    anyhow::anyhow!("HERALD_BLUESKY_CLIENT_KEYS: key {} is unusable: {e}", i + 1)
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (name, value) in [
+            ("HERALD_BLUESKY_PLC_URL", &self.bluesky_plc_url),
+            (
+                "HERALD_BLUESKY_HANDLE_RESOLVER",
+                &self.bluesky_handle_resolver,
+            ),
+        ] {
+            let u = url::Url::parse(value)
+                .map_err(|e| anyhow::anyhow!("{name} `{value}` is not a URL: {e}"))?;
+            anyhow::ensure!(
+                matches!(u.scheme(), "http" | "https"),
+                "{name} must be an http(s) URL"
+            );
+        }
+        Ok(herald_jobs::settings::BlueskySettings {
+            client_keys,
+            plc_url: self.bluesky_plc_url.trim_end_matches('/').to_owned(),
+            handle_resolver: self
+                .bluesky_handle_resolver
+                .trim_end_matches('/')
+                .to_owned(),
+        })
+    }
+
     pub fn backends(&self) -> crate::app::Backends {
         crate::app::Backends {
             database_url: self.database_url.clone(),
@@ -159,7 +214,14 @@ impl Config {
                 "HERALD_SSRF_ALLOW_PRIVATE is on: user-supplied URLs may reach private addresses"
             );
         }
+        let bluesky = self.bluesky()?;
+        if !bluesky.client_keys.is_empty() && public.scheme() != "https" {
+            tracing::warn!(
+                "HERALD_BLUESKY_CLIENT_KEYS is set but HERALD_PUBLIC_URL is not https: Bluesky's authorization servers only fetch https client metadata"
+            );
+        }
         Ok(Settings {
+            bluesky,
             retry: RetryPolicy {
                 max_attempts: self.max_attempts,
                 base_delay: Duration::from_millis(self.retry_base_ms),

@@ -80,6 +80,8 @@ enum KeysCommand {
     },
     /// Prints a fresh encryption key for HERALD_ENCRYPTION_KEYS.
     Generate,
+    /// Prints a fresh ES256 key for HERALD_BLUESKY_CLIENT_KEYS (and its key id).
+    GenerateBluesky,
     /// Re-encrypts every stored token under the first key of HERALD_ENCRYPTION_KEYS.
     Rotate(Config),
 }
@@ -213,6 +215,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Keys { command } => match command {
             KeysCommand::Generate => println!("{}", KeyRing::generate_spec()),
+            KeysCommand::GenerateBluesky => {
+                let key = herald_jobs::platform::bluesky::jwt::EsKey::generate();
+                // The key id goes to stderr, so `$(herald keys generate-bluesky)` is the key alone.
+                eprintln!("key id (kid): {}", key.kid());
+                println!("{}", secrecy::ExposeSecret::expose_secret(key.pkcs8()));
+            }
             KeysCommand::Create {
                 tenant,
                 operator,

@@ -31,7 +31,7 @@ pub struct ApiState {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    use routes::{connect, connections, health, jobs, metrics, platforms, shares};
+    use routes::{connect, connections, health, jobs, metrics, oauth_client, platforms, shares};
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
         .route("/v1/shares/{id}", get(shares::get).delete(shares::cancel))
@@ -49,6 +49,14 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/connect/{platform}/callback", get(connect::callback))
         .route("/v1/platforms", get(platforms::list))
+        .route(
+            herald_jobs::platform::bluesky::oauth::CLIENT_METADATA_PATH,
+            get(oauth_client::client_metadata),
+        )
+        .route(
+            herald_jobs::platform::bluesky::oauth::JWKS_PATH,
+            get(oauth_client::jwks),
+        )
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/replay", axum::routing::post(jobs::replay_bulk))
         .route("/v1/jobs/{id}", get(jobs::get))

@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::routes::{connect, connections, health, jobs, platforms, shares};
+use crate::routes::{connect, connections, health, jobs, oauth_client, platforms, shares};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,7 @@ use crate::routes::{connect, connections, health, jobs, platforms, shares};
         shares::create, shares::get, shares::list, shares::cancel,
         connections::create, connections::get, connections::list, connections::remove,
         connect::start, connect::callback,
+        oauth_client::client_metadata, oauth_client::jwks,
         jobs::list, jobs::get, jobs::replay_one, jobs::replay_bulk,
         platforms::list,
         health::healthz, health::readyz,

@@ -5,7 +5,14 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::{platform::PlatformKind, retry::RetryPolicy, ssrf::SsrfGuard};
+use crate::{
+    platform::{
+        PlatformKind,
+        bluesky::{jwt::EsKey, oauth::ClientConfig},
+    },
+    retry::RetryPolicy,
+    ssrf::SsrfGuard,
+};
 
 /// A platform app's credentials (X, LinkedIn and Meta need one; Mastodon registers an app per
 /// instance and Bluesky's client is Herald itself). The URLs default to the platform's own.
@@ -67,6 +74,32 @@ impl PlatformApps {
     }
 }
 
+/// Bluesky's OAuth client and where identities are looked up.
+#[derive(Debug, Clone)]
+pub struct BlueskySettings {
+    /// `HERALD_BLUESKY_CLIENT_KEYS`: ES256 keys for `private_key_jwt` (the first signs new
+    /// sessions, all are published). Empty: the loopback development client.
+    pub client_keys: Vec<EsKey>,
+    /// `HERALD_BLUESKY_PLC_URL`: where `did:plc` documents are read.
+    pub plc_url: String,
+    /// `HERALD_BLUESKY_HANDLE_RESOLVER`: a service answering `com.atproto.identity.resolveHandle`
+    /// for handles that `https://<handle>/.well-known/atproto-did` does not resolve.
+    pub handle_resolver: String,
+}
+
+pub const DEFAULT_PLC_URL: &str = "https://plc.directory";
+pub const DEFAULT_HANDLE_RESOLVER: &str = "https://public.api.bsky.app";
+
+impl Default for BlueskySettings {
+    fn default() -> Self {
+        Self {
+            client_keys: Vec::new(),
+            plc_url: DEFAULT_PLC_URL.into(),
+            handle_resolver: DEFAULT_HANDLE_RESOLVER.into(),
+        }
+    }
+}
+
 /// `HERALD_PUBLIC_URL` when unset: the default listen address.
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
@@ -100,6 +133,7 @@ pub struct Settings {
     pub public_url: String,
     /// How long a started connect flow may take before its state is refused.
     pub oauth_state_ttl: Duration,
+    pub bluesky: BlueskySettings,
 }
 
 impl Settings {
@@ -110,6 +144,14 @@ impl Settings {
             self.public_url.trim_end_matches('/'),
             platform.as_str()
         )
+    }
+
+    /// Herald's AT Protocol OAuth client as configured.
+    pub fn bluesky_client(&self) -> ClientConfig {
+        ClientConfig {
+            public_url: self.public_url.trim_end_matches('/').to_owned(),
+            keys: self.bluesky.client_keys.clone(),
+        }
     }
 }
 
@@ -131,6 +173,7 @@ impl Default for Settings {
             apps: PlatformApps::default(),
             public_url: DEFAULT_PUBLIC_URL.into(),
             oauth_state_ttl: Duration::from_secs(600),
+            bluesky: BlueskySettings::default(),
         }
     }
 }

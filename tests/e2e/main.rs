@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod bluesky_oauth;
 mod connect;
 mod dashboards;
 mod lifecycle;

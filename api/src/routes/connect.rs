@@ -27,10 +27,17 @@ pub struct StartConnectRequest {
     /// The app's own id of the user connecting an account; stored with the connection.
     pub user_id: String,
     /// Where the browser is sent back, with `connection_id=…` (comma-separated for Facebook Pages:
-    /// one connection per page) or `error=denied|invalid_state|exchange_failed|verify_failed`.
+    /// one connection per page) or `error=denied|invalid_state|exchange_failed|verify_failed`
+    /// (Bluesky also `issuer_mismatch|account_mismatch`).
     pub return_url: String,
     /// Mastodon only: the user's instance, e.g. `https://mastodon.social`.
     pub instance_url: Option<String>,
+    /// Bluesky only: the user's handle (`alice.bsky.social`) or DID; sent to the sign-in page as
+    /// a hint. Herald resolves it to the account's PDS and authorization server.
+    pub handle: Option<String>,
+    /// Bluesky only, instead of `handle`: a PDS or entryway URL (`https://bsky.social`), for a
+    /// user who names the account on the sign-in page.
+    pub server_url: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -57,7 +64,7 @@ fn platform(raw: &str) -> ApiResult<PlatformKind> {
     responses(
         (status = 200, body = StartConnectResponse),
         (status = 422, description = "`platform_unavailable`, or a field is invalid; `field` names it", body = crate::error::ErrorBody),
-        (status = 502, description = "The Mastodon instance did not register Herald's app", body = crate::error::ErrorBody),
+        (status = 502, description = "The Mastodon instance did not register Herald's app, or Bluesky's authorization server refused the pushed request", body = crate::error::ErrorBody),
     ), security(("api_key" = [])))]
 pub async fn start(
     State(state): State<ApiState>,
@@ -74,6 +81,8 @@ pub async fn start(
             platform,
             return_url: &req.return_url,
             instance_url: req.instance_url.as_deref(),
+            handle: req.handle.as_deref(),
+            server_url: req.server_url.as_deref(),
         },
     )
     .await
@@ -96,6 +105,19 @@ pub async fn start(
                 field: Some("instance_url".into()),
             }
         }
+        StartError::Upstream {
+            field,
+            code,
+            message,
+        } => {
+            tracing::warn!(platform = %platform, error.message = %message, "an authorization server failed the start");
+            ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                code,
+                message,
+                field: Some(field.into()),
+            }
+        }
         StartError::Internal(e) => ApiError::internal(e),
     })?;
     Ok(ApiJson(StartConnectResponse {
@@ -108,7 +130,7 @@ pub async fn start(
 /// `303` to the flow's return URL, or `400 invalid_state` when the state is unknown (there is no
 /// return URL to trust then).
 #[utoipa::path(get, path = "/v1/connect/{platform}/callback", tag = "connections",
-    params(("platform" = String, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query)),
+    params(("platform" = String, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
     responses(
         (status = 303, description = "Back to the return URL with `connection_id` or `error`"),
         (status = 400, description = "Unknown state", body = crate::error::ErrorBody),

@@ -3,6 +3,7 @@ pub mod connections;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
+pub mod oauth_client;
 pub mod platforms;
 pub mod shares;
 

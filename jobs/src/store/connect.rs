@@ -11,7 +11,8 @@ use crate::{
 };
 
 const STATE_COLUMNS: &str = "state_hash, tenant_id, user_id, platform, return_url, instance_url, \
-    pkce_verifier_enc, created_at, expires_at, consumed_at";
+    pkce_verifier_enc, created_at, expires_at, consumed_at, dpop_key_enc, account_did, \
+    account_handle, pds_url, auth_server";
 
 /// A started flow, as stored. The verifier stays encrypted until [`OAuthState::verifier`].
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -26,24 +27,55 @@ pub struct OAuthState {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub consumed_at: Option<DateTime<Utc>>,
+    /// Bluesky: the session's DPoP private key, encrypted.
+    pub dpop_key_enc: Option<String>,
+    /// Bluesky: the account as resolved at the start (no DID when it started from a server URL).
+    pub account_did: Option<String>,
+    pub account_handle: Option<String>,
+    pub pds_url: Option<String>,
+    /// Bluesky: the authorization server's issuer.
+    pub auth_server: Option<String>,
 }
 
 impl OAuthState {
     pub fn verifier(&self, vault: &KeyRing) -> Result<Option<SecretString>> {
-        self.pkce_verifier_enc
+        self.open(vault, "pkce_verifier", &self.pkce_verifier_enc)
+    }
+
+    pub fn dpop_key(&self, vault: &KeyRing) -> Result<Option<SecretString>> {
+        self.open(vault, "dpop_key", &self.dpop_key_enc)
+    }
+
+    fn open(
+        &self,
+        vault: &KeyRing,
+        column: &str,
+        sealed: &Option<String>,
+    ) -> Result<Option<SecretString>> {
+        sealed
             .as_deref()
-            .map(|e| vault.decrypt(state_slot(&self.state_hash), e))
+            .map(|e| vault.decrypt(state_slot(&self.state_hash, column), e))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("oauth state: {e}")))
     }
 }
 
-fn state_slot(hash: &str) -> Slot<'_> {
+fn state_slot<'a>(hash: &'a str, column: &'a str) -> Slot<'a> {
     Slot {
         table: "oauth_states",
         row: hash,
-        column: "pkce_verifier",
+        column,
     }
+}
+
+/// What an AT Protocol flow remembers besides the verifier.
+#[derive(Debug, Clone, Default)]
+pub struct AtprotoFlow<'a> {
+    pub dpop_key: Option<&'a SecretString>,
+    pub account_did: Option<&'a str>,
+    pub account_handle: Option<&'a str>,
+    pub pds_url: Option<&'a str>,
+    pub auth_server: Option<&'a str>,
 }
 
 /// What to store when a flow starts.
@@ -57,6 +89,8 @@ pub struct NewOAuthState<'a> {
     pub instance_url: Option<&'a str>,
     pub pkce_verifier: Option<&'a SecretString>,
     pub expires_at: DateTime<Utc>,
+    /// Bluesky only.
+    pub atproto: AtprotoFlow<'a>,
 }
 
 /// How taking a state went.
@@ -107,11 +141,14 @@ impl Store {
         vault: &KeyRing,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let verifier = new
-            .pkce_verifier
-            .map(|v| vault.encrypt(state_slot(new.state_hash), v))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let seal = |column: &str, v: Option<&SecretString>| {
+            v.map(|v| vault.encrypt(state_slot(new.state_hash, column), v))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        let verifier = seal("pkce_verifier", new.pkce_verifier)?;
+        let dpop_key = seal("dpop_key", new.atproto.dpop_key)?;
+        let a = &new.atproto;
         with_pool!(
             &self.pool,
             "DELETE FROM oauth_states WHERE expires_at < $1",
@@ -124,8 +161,9 @@ impl Store {
         );
         with_pool!(
             &self.pool,
-            "INSERT INTO oauth_states (state_hash, tenant_id, user_id, platform, return_url, instance_url, pkce_verifier_enc, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO oauth_states (state_hash, tenant_id, user_id, platform, return_url, instance_url, pkce_verifier_enc, created_at, expires_at, \
+             dpop_key_enc, account_did, account_handle, pds_url, auth_server) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             |p, sql| {
                 sqlx::query(sql)
                     .bind(new.state_hash)
@@ -137,6 +175,11 @@ impl Store {
                     .bind(&verifier)
                     .bind(now)
                     .bind(new.expires_at)
+                    .bind(&dpop_key)
+                    .bind(a.account_did)
+                    .bind(a.account_handle)
+                    .bind(a.pds_url)
+                    .bind(a.auth_server)
                     .execute(p)
                     .await?;
             }

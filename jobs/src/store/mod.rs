@@ -13,7 +13,7 @@ mod lifecycle;
 mod replay;
 mod shares;
 
-pub use connect::{MastodonApp, NewOAuthState, OAuthState, TakenState};
+pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub use connections::{ConnectionRow, NewConnection, StoredTokens};
 pub use followers::SyncRun;
 pub use keys::{ApiKeyRole, AuthedKey};

@@ -1,6 +1,7 @@
 //! The end-to-end harness: Herald's API and workers spawned in-process on port 0 against a fresh
 //! store, and local servers that answer as each platform documents.
 
+pub mod atproto;
 pub mod db;
 pub mod mastodon;
 pub mod oauth_provider;
@@ -59,6 +60,7 @@ pub fn fast_settings() -> Settings {
         apps: Default::default(),
         public_url: herald_jobs::settings::DEFAULT_PUBLIC_URL.into(),
         oauth_state_ttl: Duration::from_secs(600),
+        bluesky: Default::default(),
     }
 }
 

@@ -8,6 +8,8 @@
 //! connection, and says where to send the browser. The `oauth2` crate builds the URLs, the PKCE
 //! pair, the code exchange and the revocation request, over the SSRF-guarded reqwest client.
 
+mod bluesky;
+
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -54,6 +56,13 @@ pub enum StartError {
     /// The Mastodon instance refused or failed the app registration.
     #[error("the instance did not register Herald's app: {0}")]
     Registration(PlatformError),
+    /// A server the flow depends on (Bluesky's authorization server) failed or refused.
+    #[error("{message}")]
+    Upstream {
+        field: &'static str,
+        code: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -81,6 +90,10 @@ pub struct StartRequest<'a> {
     pub return_url: &'a str,
     /// Mastodon only: the user's instance.
     pub instance_url: Option<&'a str>,
+    /// Bluesky only: the user's handle or DID.
+    pub handle: Option<&'a str>,
+    /// Bluesky only: a PDS or entryway URL, for a user who signs in without naming an account.
+    pub server_url: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -432,6 +445,19 @@ pub async fn start(ctx: &Ctx, req: &StartRequest<'_>) -> Result<Started, StartEr
             "`instance_url` is for Mastodon only",
         ));
     }
+    if req.platform != PlatformKind::Bluesky {
+        for (field, given) in [("handle", req.handle), ("server_url", req.server_url)] {
+            if given.is_some() {
+                return Err(invalid(
+                    field,
+                    "unknown_field",
+                    format!("`{field}` is for Bluesky only"),
+                ));
+            }
+        }
+    } else {
+        return bluesky::start(ctx, req, user_id, &return_url).await;
+    }
     let (provider, instance) = if req.platform == PlatformKind::Mastodon {
         if ctx.platforms.get(PlatformKind::Mastodon).is_none() {
             return Err(StartError::PlatformUnavailable(req.platform));
@@ -482,6 +508,7 @@ pub async fn start(ctx: &Ctx, req: &StartRequest<'_>) -> Result<Started, StartEr
                 instance_url: instance.as_deref(),
                 pkce_verifier: verifier.as_ref(),
                 expires_at,
+                atproto: Default::default(),
             },
             &ctx.vault,
             now,
@@ -500,6 +527,8 @@ pub struct CallbackParams {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
+    /// The authorization server's issuer (RFC 9207); Bluesky's must match the flow's.
+    pub iss: Option<String>,
 }
 
 /// Where the callback sends the browser.
@@ -518,6 +547,10 @@ enum Outcome {
     InvalidState,
     ExchangeFailed,
     VerifyFailed,
+    /// The callback's `iss` is not the authorization server the flow started with.
+    IssuerMismatch,
+    /// The tokens are for another account than the one the flow started for.
+    AccountMismatch,
 }
 
 impl Outcome {
@@ -527,6 +560,18 @@ impl Outcome {
             Self::InvalidState => "invalid_state",
             Self::ExchangeFailed => "exchange_failed",
             Self::VerifyFailed => "verify_failed",
+            Self::IssuerMismatch => "issuer_mismatch",
+            Self::AccountMismatch => "account_mismatch",
+        }
+    }
+
+    /// The `herald_oauth_callbacks_total{result}` label: the two AT Protocol checks count with
+    /// the step they belong to, so dashboards and alert rules keep their five results.
+    fn result(self) -> &'static str {
+        match self {
+            Self::IssuerMismatch => Self::ExchangeFailed.code(),
+            Self::AccountMismatch => Self::VerifyFailed.code(),
+            other => other.code(),
         }
     }
 }
@@ -592,6 +637,9 @@ pub async fn finish(
             Err(Outcome::Denied)
         }
         (None, None) => Err(Outcome::ExchangeFailed),
+        (None, Some(code)) if platform == PlatformKind::Bluesky => {
+            bluesky::finish(ctx, &row, code, params.iss.as_deref()).await?
+        }
         (None, Some(code)) => connect(ctx, platform, &row, code).await?,
     };
     Ok(match result {
@@ -600,7 +648,7 @@ pub async fn finish(
             back_to(&row.return_url, &[("connection_id", &ids.join(","))])
         }
         Err(outcome) => {
-            count(platform, outcome.code());
+            count(platform, outcome.result());
             back_to(&row.return_url, &[("error", outcome.code())])
         }
     })

@@ -18,8 +18,14 @@
 //!     `InvalidToken` / 401, then replays the call once. Sessions are never stored: they live at
 //!     most as long as the process, so a restart costs one `createSession` per account (the PDS
 //!     allows 30 per 5 minutes).
-//!   - `"oauth"`: DPoP-bound OAuth tokens (`dpop_key` present). Not implemented yet: every call
-//!     answers [`PlatformError::Unsupported`]`("oauth")`.
+//!   - `"oauth"`: DPoP-bound OAuth tokens from the connect flow (`connect/bluesky.rs`):
+//!     `Credentials::dpop_key` is the session's private key (base64url PKCS#8), and the extras
+//!     carry `auth_server` (the issuer), `token_endpoint`, `client_id` (the client the session was
+//!     granted to) and `client_kid` (the key that signed for it). Every call carries
+//!     `Authorization: DPoP <token>` and a proof ([`dpop`]); an expired token is
+//!     [`PlatformError::TokenExpired`], so the share job refreshes it through the single-flight
+//!     refresh and tries again; the refresh spends the rotating refresh token at the token
+//!     endpoint ([`oauth::refresh`]).
 //!   - absent: OAuth if the credentials carry a DPoP key or a refresh token (OAuth tokens are
 //!     preferred whenever present), else the app password.
 //!
@@ -34,6 +40,11 @@
 //! `InternalServerError` (checked against `@atproto/dev-env`; the cause, "There is already a value at
 //! key", stays in the server's log), so any failed create is settled by `getRecord` before it is
 //! reported.
+
+pub mod dpop;
+pub mod identity;
+pub mod jwt;
+pub mod oauth;
 
 use std::{
     collections::HashMap,
@@ -88,6 +99,8 @@ pub struct Bluesky {
     http: Client,
     guard: SsrfGuard,
     sessions: Arc<SessionCache>,
+    /// Herald's OAuth client: refreshes need it (a confidential client signs an assertion).
+    oauth: Option<oauth::ClientConfig>,
 }
 
 impl Bluesky {
@@ -99,7 +112,14 @@ impl Bluesky {
             http,
             guard,
             sessions: Arc::new(SessionCache::new(SESSION_CACHE_CAPACITY)),
+            oauth: None,
         }
+    }
+
+    /// With Herald's OAuth client, so OAuth sessions can be refreshed.
+    pub fn with_oauth(mut self, client: oauth::ClientConfig) -> Self {
+        self.oauth = Some(client);
+        self
     }
 
     fn pds(&self, account: &Account) -> Result<String, PlatformError> {
@@ -563,6 +583,23 @@ fn auth_mode<'a>(account: &Account, creds: &'a Credentials) -> Result<Auth<'a>, 
     }
 }
 
+/// The DPoP key and access token of an OAuth connection.
+fn oauth_session(creds: &Credentials) -> Result<(jwt::EsKey, &SecretString), PlatformError> {
+    let dead = |reason: &str| PlatformError::Unauthorized {
+        reason: reason.to_owned(),
+    };
+    let key = creds
+        .dpop_key
+        .as_ref()
+        .ok_or_else(|| dead("the OAuth session has no DPoP key; connect it again"))?;
+    let key = jwt::read_key(key).map_err(|_| dead("the stored DPoP key is unreadable"))?;
+    let token = creds
+        .access_token
+        .as_ref()
+        .ok_or_else(|| dead("no access token stored"))?;
+    Ok((key, token))
+}
+
 // ---------------------------------------------------------------------------------------------
 // XRPC answers and their classification
 // ---------------------------------------------------------------------------------------------
@@ -850,7 +887,7 @@ impl Bluesky {
     ) -> Result<Answer, PlatformError> {
         let password = match auth_mode(account, creds)? {
             Auth::AppPassword(p) => p,
-            Auth::OAuth => return Err(PlatformError::Unsupported("oauth")),
+            Auth::OAuth => return self.call_oauth(creds, operation, creates, build).await,
         };
         let key = Self::cache_key(pds, account);
         let session = match self.sessions.get(&key, &fingerprint(password)) {
@@ -878,6 +915,82 @@ impl Bluesky {
             self.sessions.remove(&key);
         }
         Ok(second)
+    }
+
+    /// An XRPC call with the OAuth session: `Authorization: DPoP`, a proof, the PDS's nonce.
+    /// An expired or revoked token is `TokenExpired` when a refresh token may revive it.
+    async fn call_oauth(
+        &self,
+        creds: &Credentials,
+        operation: &'static str,
+        creates: bool,
+        build: impl Fn(&Client) -> RequestBuilder + Send + Sync,
+    ) -> Result<Answer, PlatformError> {
+        let (key, token) = oauth_session(creds)?;
+        let a = dpop::send(&self.http, &key, Some(token), operation, creates, build).await?;
+        if a.session_expired() {
+            return Err(if creds.refresh_token.is_some() {
+                PlatformError::TokenExpired
+            } else {
+                a.classify()
+            });
+        }
+        Ok(a)
+    }
+
+    /// The refresh-token grant at the session's token endpoint, with the session's DPoP key and
+    /// the client it was granted to. The answer must still name the connection's DID.
+    async fn refresh_oauth(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+    ) -> Result<TokenSet, PlatformError> {
+        let (key, _) = oauth_session(creds)?;
+        let refresh_token =
+            creds
+                .refresh_token
+                .as_ref()
+                .ok_or_else(|| PlatformError::InvalidGrant {
+                    reason: "no refresh token stored".into(),
+                })?;
+        let missing = |what: &str| PlatformError::InvalidGrant {
+            reason: format!("the connection has no {what}; connect it again"),
+        };
+        let client = self
+            .oauth
+            .as_ref()
+            .ok_or_else(|| missing("OAuth client configured"))?;
+        let issuer = account
+            .extra_str("auth_server")
+            .ok_or_else(|| missing("authorization server"))?;
+        let token_endpoint = account
+            .extra_str("token_endpoint")
+            .ok_or_else(|| missing("token endpoint"))?;
+        self.guard
+            .check_url(token_endpoint)
+            .map_err(|e| PlatformError::Rejected {
+                status: 0,
+                reason: format!("token endpoint refused: {e}"),
+            })?;
+        let client_id = account
+            .extra_str("client_id")
+            .map_or_else(|| client.client_id(), str::to_owned);
+        let grant = oauth::Grant {
+            token_endpoint,
+            issuer,
+            client_id: &client_id,
+            kid: account.extra_str("client_kid"),
+        };
+        let tokens = oauth::refresh(&self.http, client, &key, &grant, refresh_token).await?;
+        if tokens.sub != account.platform_account_id {
+            return Err(PlatformError::InvalidGrant {
+                reason: format!(
+                    "the refreshed session belongs to {}, not {}",
+                    tokens.sub, account.platform_account_id
+                ),
+            });
+        }
+        Ok(tokens.into_token_set())
     }
 
     async fn get_record(
@@ -1176,9 +1289,6 @@ impl Platform for Bluesky {
         post: &PostRequest,
     ) -> Result<Published, PlatformError> {
         let pds = self.pds(account)?;
-        if let Auth::OAuth = auth_mode(account, creds)? {
-            return Err(PlatformError::Unsupported("oauth"));
-        }
         let text = Self::compose(post);
         if let Some(message) = text_problem(&text) {
             return Err(PlatformError::Rejected {
@@ -1265,9 +1375,9 @@ impl Platform for Bluesky {
         }
     }
 
-    /// For an app password: logs in afresh (replacing the cached session) and hands the app
-    /// password back unchanged, since it, not the session, is what the store keeps. A refused
-    /// password is `InvalidGrant`.
+    /// For OAuth: the refresh-token grant (see [`Bluesky::refresh_oauth`]). For an app password:
+    /// logs in afresh (replacing the cached session) and hands the app password back unchanged,
+    /// since it, not the session, is what the store keeps. A refused password is `InvalidGrant`.
     async fn refresh(
         &self,
         account: &Account,
@@ -1276,7 +1386,7 @@ impl Platform for Bluesky {
         let pds = self.pds(account)?;
         let password = match auth_mode(account, creds)? {
             Auth::AppPassword(p) => p,
-            Auth::OAuth => return Err(PlatformError::Unsupported("oauth")),
+            Auth::OAuth => return self.refresh_oauth(account, creds).await,
         };
         match self.create_session(&pds, account, password).await {
             Ok(_) => Ok(TokenSet {

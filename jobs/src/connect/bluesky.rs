@@ -1,0 +1,411 @@
+//! Bluesky's connect flow: the AT Protocol OAuth profile (PAR + PKCE S256 + DPoP, `iss` and `sub`
+//! checks), which the `oauth2` crate does not cover. The identity steps live in
+//! `platform::bluesky::identity`, the client and its token requests in `platform::bluesky::oauth`.
+
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{info, warn};
+use url::Url;
+
+use super::{
+    Candidate, MAX_URL, Outcome, StartError, StartRequest, Started, hash_state, http_client,
+    invalid, store,
+};
+use crate::{
+    Ctx, metrics as m,
+    platform::{
+        Account, Credentials, PlatformError, PlatformKind,
+        bluesky::{
+            identity::{Directory, ResolveError, is_valid_did},
+            jwt::{self, EsKey},
+            oauth,
+        },
+    },
+    store::{AtprotoFlow, NewOAuthState, OAuthState, StoredTokens},
+};
+
+fn directory(ctx: &Ctx) -> Directory {
+    Directory {
+        http: http_client(ctx),
+        guard: ctx.settings.ssrf.clone(),
+        plc_url: ctx.settings.bluesky.plc_url.clone(),
+        handle_resolver: ctx.settings.bluesky.handle_resolver.clone(),
+    }
+}
+
+fn unresolved(field: &'static str, e: ResolveError) -> StartError {
+    invalid(field, e.code, e.message)
+}
+
+/// Who the flow is for, as far as it is known before the user signs in.
+struct Target {
+    did: Option<String>,
+    handle: Option<String>,
+    pds: Option<String>,
+    issuer: String,
+    /// What the user typed, handed to the authorization server as `login_hint`.
+    hint: Option<String>,
+}
+
+/// A handle or DID: resolved to the PDS and its authorization server. The DID document must list
+/// a typed handle (`alsoKnownAs`), so a resolver answering with another DID is caught.
+async fn from_account(dir: &Directory, raw: &str) -> Result<Target, StartError> {
+    let typed = raw.trim().trim_start_matches('@').to_ascii_lowercase();
+    if typed.is_empty() || typed.len() > 253 {
+        return Err(invalid(
+            "handle",
+            "invalid_handle",
+            "`handle` must be a Bluesky handle or a DID",
+        ));
+    }
+    let (did, handle) = if typed.starts_with("did:") {
+        if !is_valid_did(&typed) {
+            return Err(invalid(
+                "handle",
+                "invalid_did",
+                format!("`{typed}` is not a valid DID"),
+            ));
+        }
+        (typed.clone(), None)
+    } else {
+        let did = dir
+            .resolve_handle(&typed)
+            .await
+            .map_err(|e| unresolved("handle", e))?;
+        (did, Some(typed.clone()))
+    };
+    let doc = dir
+        .did_document(&did)
+        .await
+        .map_err(|e| unresolved("handle", e))?;
+    if let Some(h) = &handle
+        && !doc.lists_handle(h)
+    {
+        return Err(invalid(
+            "handle",
+            "handle_mismatch",
+            format!("`{h}` resolved to {did}, whose DID document does not list that handle"),
+        ));
+    }
+    let pds = doc.pds().ok_or_else(|| {
+        invalid(
+            "handle",
+            "no_pds",
+            format!("the DID document of {did} names no PDS"),
+        )
+    })?;
+    let issuer = dir
+        .auth_server_of(&pds)
+        .await
+        .map_err(|e| unresolved("handle", e))?;
+    Ok(Target {
+        handle: handle.or_else(|| doc.handle()),
+        did: Some(did),
+        pds: Some(pds),
+        issuer,
+        hint: Some(typed),
+    })
+}
+
+/// A PDS or entryway URL: its authorization server (a PDS names one; an entryway is one).
+async fn from_server(ctx: &Ctx, dir: &Directory, raw: &str) -> Result<Target, StartError> {
+    if raw.len() > MAX_URL {
+        return Err(invalid(
+            "server_url",
+            "field_too_long",
+            "`server_url` is too long",
+        ));
+    }
+    let url = ctx
+        .settings
+        .ssrf
+        .check_url(raw.trim())
+        .map_err(|e| invalid("server_url", "invalid_url", format!("`server_url`: {e}")))?;
+    let origin = url.origin().ascii_serialization();
+    let issuer = match dir.auth_server_of(&origin).await {
+        Ok(issuer) => issuer,
+        Err(_) => origin,
+    };
+    Ok(Target {
+        did: None,
+        handle: None,
+        pds: None,
+        issuer,
+        hint: None,
+    })
+}
+
+fn upstream(e: PlatformError) -> StartError {
+    StartError::Upstream {
+        field: "handle",
+        code: "authorization_server_failed",
+        message: format!("the Bluesky authorization server did not take the request: {e}"),
+    }
+}
+
+/// Resolves the account, pushes the authorization request, stores the flow.
+pub(super) async fn start(
+    ctx: &Ctx,
+    req: &StartRequest<'_>,
+    user_id: &str,
+    return_url: &Url,
+) -> Result<Started, StartError> {
+    let client = ctx.settings.bluesky_client();
+    if ctx.platforms.get(PlatformKind::Bluesky).is_none() || client.usable().is_err() {
+        return Err(StartError::PlatformUnavailable(PlatformKind::Bluesky));
+    }
+    let dir = directory(ctx);
+    let target = match (
+        req.handle.filter(|h| !h.trim().is_empty()),
+        req.server_url.filter(|u| !u.trim().is_empty()),
+    ) {
+        (Some(handle), None) => from_account(&dir, handle).await?,
+        (None, Some(server)) => from_server(ctx, &dir, server).await?,
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "server_url",
+                "conflicting_fields",
+                "give `handle` or `server_url`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "handle",
+                "missing_field",
+                "Bluesky needs `handle` (a handle or DID), or `server_url`",
+            ));
+        }
+    };
+    let meta = dir
+        .server_metadata(&target.issuer, client.confidential())
+        .await
+        .map_err(|e| {
+            unresolved(
+                if target.did.is_some() {
+                    "handle"
+                } else {
+                    "server_url"
+                },
+                e,
+            )
+        })?;
+
+    let state = jwt::random_token(32);
+    let verifier = SecretString::from(jwt::random_token(32));
+    let dpop_key = EsKey::generate();
+    let request_uri = oauth::push(
+        &http_client(ctx),
+        &client,
+        &dpop_key,
+        &oauth::Push {
+            par_endpoint: &meta.pushed_authorization_request_endpoint,
+            issuer: &meta.issuer,
+            state: &state,
+            code_challenge: &jwt::sha256_b64(verifier.expose_secret()),
+            login_hint: target.hint.as_deref(),
+        },
+    )
+    .await
+    .map_err(upstream)?;
+
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(ctx.settings.oauth_state_ttl)
+        .map_err(|e| StartError::Internal(e.into()))?;
+    let expires_at = now + ttl;
+    ctx.store
+        .insert_oauth_state(
+            &NewOAuthState {
+                state_hash: &hash_state(&state),
+                tenant_id: req.tenant_id,
+                user_id,
+                platform: PlatformKind::Bluesky.as_str(),
+                return_url: return_url.as_str(),
+                instance_url: None,
+                pkce_verifier: Some(&verifier),
+                expires_at,
+                atproto: AtprotoFlow {
+                    dpop_key: Some(dpop_key.pkcs8()),
+                    account_did: target.did.as_deref(),
+                    account_handle: target.handle.as_deref(),
+                    pds_url: target.pds.as_deref(),
+                    auth_server: Some(&target.issuer),
+                },
+            },
+            &ctx.vault,
+            now,
+        )
+        .await?;
+    let mut url = Url::parse(&meta.authorization_endpoint)
+        .map_err(|e| StartError::Internal(anyhow::anyhow!("authorization endpoint: {e}")))?;
+    url.query_pairs_mut()
+        .append_pair("client_id", &client.client_id())
+        .append_pair("request_uri", &request_uri);
+    metrics::counter!(m::OAUTH_STARTS_TOTAL, "platform" => PlatformKind::Bluesky.as_str())
+        .increment(1);
+    Ok(Started {
+        authorization_url: url.to_string(),
+        state_expires_at: expires_at,
+    })
+}
+
+/// Finishes a flow whose state was taken: checks `iss`, exchanges the code, checks `sub`,
+/// verifies the tokens with a real call, and stores the connection.
+pub(super) async fn finish(
+    ctx: &Ctx,
+    row: &OAuthState,
+    code: &str,
+    iss: Option<&str>,
+) -> anyhow::Result<Result<Vec<String>, Outcome>> {
+    let platform = PlatformKind::Bluesky;
+    let (Some(issuer), Some(sealed_key), Some(verifier), Some(client_platform)) = (
+        row.auth_server.as_deref(),
+        row.dpop_key(&ctx.vault)?,
+        row.verifier(&ctx.vault)?,
+        ctx.platforms.get(platform),
+    ) else {
+        warn!(platform = %platform, outcome = "exchange_failed", "the flow's state is incomplete or Bluesky is not configured");
+        return Ok(Err(Outcome::ExchangeFailed));
+    };
+    // RFC 9207: a code from another server (a mix-up attack) is never exchanged.
+    if iss.map(|i| i.trim_end_matches('/')) != Some(issuer) {
+        warn!(platform = %platform, outcome = "issuer_mismatch", "the callback's iss is not the flow's authorization server");
+        return Ok(Err(Outcome::IssuerMismatch));
+    }
+    let client = ctx.settings.bluesky_client();
+    let dir = directory(ctx);
+    let exchanged = async {
+        let key = jwt::read_key(&sealed_key).map_err(|e| PlatformError::Rejected {
+            status: 0,
+            reason: e.to_string(),
+        })?;
+        let meta = dir
+            .server_metadata(issuer, client.confidential())
+            .await
+            .map_err(|e| PlatformError::Rejected {
+                status: 0,
+                reason: e.message,
+            })?;
+        let client_id = client.client_id();
+        let grant = oauth::Grant {
+            token_endpoint: &meta.token_endpoint,
+            issuer,
+            client_id: &client_id,
+            kid: None,
+        };
+        let tokens =
+            oauth::exchange_code(&http_client(ctx), &client, &key, &grant, code, &verifier).await?;
+        Ok::<_, PlatformError>((key, meta, tokens))
+    }
+    .await;
+    let (key, meta, tokens) = match exchanged {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(platform = %platform, outcome = "exchange_failed", error.message = %e, "code exchange refused");
+            return Ok(Err(Outcome::ExchangeFailed));
+        }
+    };
+    // The tokens must be for the account the flow was started for; a flow started from a
+    // server URL must at least come back with an account that server authorizes.
+    let (did, handle, pds) = match check_account(&dir, row, issuer, &tokens.sub).await {
+        Ok(who) => who,
+        Err(why) => {
+            warn!(platform = %platform, outcome = "account_mismatch", reason = %why, "the tokens are for another account");
+            return Ok(Err(Outcome::AccountMismatch));
+        }
+    };
+    let scopes = tokens.scopes();
+    let mut extras = serde_json::Map::new();
+    extras.insert("auth".into(), "oauth".into());
+    extras.insert("pds_url".into(), pds.clone().into());
+    extras.insert("auth_server".into(), issuer.into());
+    extras.insert("token_endpoint".into(), meta.token_endpoint.clone().into());
+    extras.insert("client_id".into(), client.client_id().into());
+    if let Some(kid) = client
+        .confidential()
+        .then(|| client.current_kid())
+        .flatten()
+    {
+        extras.insert("client_kid".into(), kid.into());
+    }
+    let account = Account {
+        platform_account_id: did.clone(),
+        handle: handle.clone().unwrap_or_default(),
+        extras,
+    };
+    let set = tokens.into_token_set();
+    let stored = StoredTokens {
+        access_token: Some(set.access_token),
+        refresh_token: set.refresh_token,
+        dpop_key: Some(SecretString::from(key.pkcs8().expose_secret().to_owned())),
+        expires_at: set.expires_at,
+    };
+    let creds = Credentials {
+        access_token: stored.access_token.clone(),
+        refresh_token: stored.refresh_token.clone(),
+        dpop_key: stored.dpop_key.clone(),
+        expires_at: stored.expires_at,
+    };
+    let profile = match tokio::time::timeout(
+        ctx.settings.platform_timeout,
+        client_platform.verify(&account, &creds),
+    )
+    .await
+    {
+        Ok(Ok(p)) if p.platform_account_id == did => p,
+        Ok(Ok(p)) => {
+            warn!(platform = %platform, outcome = "account_mismatch", "the PDS reports {} for tokens issued to {did}", p.platform_account_id);
+            return Ok(Err(Outcome::AccountMismatch));
+        }
+        Ok(Err(e)) => {
+            warn!(platform = %platform, outcome = "verify_failed", error.class = e.class(), error.message = %e, "new tokens did not verify");
+            return Ok(Err(Outcome::VerifyFailed));
+        }
+        Err(_) => {
+            warn!(platform = %platform, outcome = "verify_failed", "verify timed out");
+            return Ok(Err(Outcome::VerifyFailed));
+        }
+    };
+    let conn = store(
+        ctx,
+        platform,
+        row,
+        Candidate {
+            account,
+            tokens: stored,
+        },
+        profile,
+        &scopes,
+    )
+    .await?;
+    info!(connection.id = %conn.id, platform = %platform, "Bluesky account connected with OAuth");
+    Ok(Ok(vec![conn.id]))
+}
+
+/// The account the tokens are for, checked against the flow: `(did, handle, pds)`.
+async fn check_account(
+    dir: &Directory,
+    row: &OAuthState,
+    issuer: &str,
+    sub: &str,
+) -> Result<(String, Option<String>, String), String> {
+    if let Some(expected) = row.account_did.as_deref() {
+        if sub != expected {
+            return Err(format!("sub {sub} is not the resolved {expected}"));
+        }
+        let pds = row
+            .pds_url
+            .clone()
+            .ok_or_else(|| "the flow has no PDS".to_owned())?;
+        return Ok((sub.to_owned(), row.account_handle.clone(), pds));
+    }
+    // Started from a server: resolve the account now and require that its PDS names this issuer.
+    let doc = dir.did_document(sub).await.map_err(|e| e.message)?;
+    let pds = doc.pds().ok_or_else(|| format!("{sub} names no PDS"))?;
+    let their_issuer = dir.auth_server_of(&pds).await.map_err(|e| e.message)?;
+    if their_issuer != issuer {
+        return Err(format!(
+            "{sub}'s PDS is authorized by {their_issuer}, not {issuer}"
+        ));
+    }
+    Ok((sub.to_owned(), doc.handle(), pds))
+}
