@@ -1,7 +1,9 @@
 //! The Bluesky client against the real Bluesky development network (`@atproto/dev-env`: PLC, PDS
 //! and AppView, the Bluesky team's own servers). Started by `tests/bluesky-devnet/run.sh`, which
 //! passes the network's accounts in `HERALD_BLUESKY_DEVNET`; without it every test fails, on
-//! purpose, rather than skipping.
+//! purpose, rather than skipping. The OAuth tests run Herald's connect flow against the PDS's
+//! authorization server and sign in on its real page through `HERALD_BLUESKY_CONSENT`
+//! (`tests/bluesky-devnet/consent.mjs`, headless Chromium).
 
 use std::{
     net::SocketAddr,
@@ -29,8 +31,16 @@ use serde_json::{Value, json};
 #[derive(Debug, Deserialize)]
 struct Devnet {
     pds_url: String,
+    /// The PDS is its own OAuth authorization server: `http://localhost:PORT`.
+    pds_issuer: String,
+    plc_url: String,
+    /// `https://loopback-{port}.devnet.internal`: the network fetches it from
+    /// `http://localhost:{port}` (start.mjs), so a confidential client on 127.0.0.1 can be one.
+    loopback_public_url: String,
     alice_did: String,
     alice_handle: String,
+    /// The account password: the OAuth sign-in page refuses app passwords.
+    alice_password: String,
     alice_app_password: String,
     bob_did: String,
     bob_handle: String,
@@ -371,4 +381,342 @@ async fn follower_sync_sees_a_new_follower_once_the_appview_indexes_it() {
             .any(|a| a.platform_account_id == net.alice_did),
         "{follows:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AT Protocol OAuth through the PDS's authorization page
+// ---------------------------------------------------------------------------------------------
+
+mod oauth {
+    use std::sync::Arc;
+
+    use axum::{Router, routing::get};
+    use herald_jobs::{
+        Ctx, Settings,
+        connect::{self, Callback, CallbackParams, StartRequest},
+        handlers::refresh::{self, Refresh},
+        platform::{
+            PlatformKind, Platforms, PostRequest,
+            bluesky::{
+                Bluesky,
+                jwt::EsKey,
+                oauth::{CLIENT_METADATA_PATH, JWKS_PATH},
+            },
+            http,
+        },
+        queue::{SqliteQueue, Wakeups},
+        settings::BlueskySettings,
+        ssrf::SsrfGuard,
+        store::{Pool, Store, StoredTokens},
+        vault::KeyRing,
+    };
+    use secrecy::ExposeSecret;
+    use std::time::Duration;
+
+    use super::{devnet, xrpc_get};
+
+    const RETURN_URL: &str = "https://app.example/after";
+
+    /// A Herald process's context on a fresh SQLite store, pointed at the dev network: its PLC,
+    /// the PDS as handle resolver, and `public_url` as this Herald's public origin.
+    async fn herald(public_url: String, keys: Vec<EsKey>) -> (Ctx, String) {
+        let net = devnet();
+        let path = std::env::temp_dir().join(format!(
+            "herald-devnet-oauth-{}.db",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let store = Store::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let Pool::Sqlite(pool) = store.pool() else {
+            unreachable!("a sqlite: URL")
+        };
+        let pool = pool.clone();
+        let tenant = store
+            .ensure_tenant("devnet", chrono::Utc::now())
+            .await
+            .unwrap();
+        let guard = SsrfGuard::allowing_private();
+        let settings = Settings {
+            ssrf: guard.clone(),
+            platform_timeout: Duration::from_secs(20),
+            public_url,
+            bluesky: BlueskySettings {
+                client_keys: keys,
+                plc_url: net.plc_url.clone(),
+                handle_resolver: net.pds_url.clone(),
+            },
+            ..Settings::default()
+        };
+        let bsky = Bluesky::new(http::client(&guard, settings.platform_timeout), guard)
+            .with_oauth(settings.bluesky_client());
+        let ctx = Ctx {
+            store,
+            // The flows below push nothing; the queue is there because every context has one.
+            queue: Arc::new(SqliteQueue::new(pool, Wakeups::new())),
+            vault: Arc::new(KeyRing::parse(&KeyRing::generate_spec()).unwrap()),
+            platforms: Platforms::default().with(Arc::new(bsky)),
+            settings: Arc::new(settings),
+        };
+        (ctx, tenant)
+    }
+
+    /// A confidential Herald: its client metadata and JWKS served on 127.0.0.1:PORT, which the
+    /// network reaches as `https://loopback-PORT.devnet.internal`.
+    async fn confidential_herald() -> (Ctx, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let public = devnet()
+            .loopback_public_url
+            .replace("{port}", &port.to_string());
+        let (ctx, tenant) = herald(public, vec![EsKey::generate()]).await;
+        let client = ctx.settings.bluesky_client();
+        let (meta, jwks) = (client.metadata().unwrap(), client.jwks());
+        let app = Router::new()
+            .route(
+                CLIENT_METADATA_PATH,
+                get(move || async move { axum::Json(meta) }),
+            )
+            .route(JWKS_PATH, get(move || async move { axum::Json(jwks) }));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (ctx, tenant)
+    }
+
+    /// `POST /v1/connect/bluesky`'s work: answers the authorization URL.
+    async fn start(ctx: &Ctx, tenant: &str) -> String {
+        let started = connect::start(
+            ctx,
+            &StartRequest {
+                tenant_id: tenant,
+                user_id: "devnet-user",
+                platform: PlatformKind::Bluesky,
+                return_url: RETURN_URL,
+                instance_url: None,
+                handle: Some(&devnet().alice_handle),
+                server_url: None,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the flow did not start: {e}"));
+        assert!(
+            started
+                .authorization_url
+                .starts_with(&format!("{}/oauth/authorize?", devnet().pds_issuer)),
+            "{}",
+            started.authorization_url
+        );
+        started.authorization_url
+    }
+
+    /// Alice signs in on the PDS's page and consents (or denies): answers the URL the page sends
+    /// the browser back to. Awaited, not blocking: the page makes the PDS fetch this test's
+    /// client metadata meanwhile.
+    async fn consent(authorization_url: &str, deny: bool) -> url::Url {
+        let driver = std::env::var("HERALD_BLUESKY_CONSENT").unwrap_or_else(|_| {
+            panic!(
+                "HERALD_BLUESKY_CONSENT is not set: run tests/bluesky-devnet/run.sh, which points \
+                 it at consent.mjs"
+            )
+        });
+        let net = devnet();
+        let mut cmd = tokio::process::Command::new(driver);
+        if deny {
+            cmd.arg("--deny");
+        }
+        let out = cmd
+            .args([authorization_url, &net.alice_handle, &net.alice_password])
+            .output()
+            .await
+            .expect("consent.mjs runs");
+        assert!(
+            out.status.success(),
+            "consent.mjs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        url::Url::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    }
+
+    /// The browser arrives at Herald's callback: answers the query put on the return URL.
+    async fn finish(ctx: &Ctx, back: &url::Url) -> std::collections::HashMap<String, String> {
+        let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+        assert!(
+            back.as_str()
+                .starts_with(&ctx.settings.redirect_uri(PlatformKind::Bluesky)),
+            "{back}"
+        );
+        let params = CallbackParams {
+            code: q.get("code").cloned(),
+            state: q.get("state").cloned(),
+            error: q.get("error").cloned(),
+            iss: q.get("iss").cloned(),
+        };
+        match connect::finish(ctx, PlatformKind::Bluesky, &params)
+            .await
+            .unwrap()
+        {
+            Callback::Redirect(to) => {
+                assert!(to.as_str().starts_with(RETURN_URL), "{to}");
+                to.query_pairs().into_owned().collect()
+            }
+            Callback::UnknownState => panic!("the state was not recognised"),
+        }
+    }
+
+    fn post(text: &str) -> PostRequest {
+        let id = format!("shr_{}", uuid::Uuid::now_v7().simple());
+        PostRequest {
+            share_id: id.clone(),
+            // Not fetched: a loopback port nothing listens on, so no card, no DNS.
+            url: "http://127.0.0.1:9/devnet-oauth".into(),
+            title: None,
+            text: Some(text.into()),
+            image_url: None,
+            idempotency_key: id,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_confidential_client_connects_through_the_page_posts_refreshes_and_a_replay_needs_reauth()
+     {
+        let net = devnet();
+        let (ctx, tenant) = confidential_herald().await;
+        let auth = start(&ctx, &tenant).await;
+        let q = finish(&ctx, &consent(&auth, false).await).await;
+        let id = q
+            .get("connection_id")
+            .unwrap_or_else(|| panic!("no connection: {q:?}"))
+            .clone();
+
+        let row = ctx.store.connection(&id).await.unwrap().unwrap();
+        assert_eq!(row.platform_account_id, net.alice_did);
+        assert_eq!(row.handle, net.alice_handle);
+        assert!(row.scopes.contains("atproto"), "{}", row.scopes);
+        let account = row.account();
+        assert_eq!(account.extra_str("auth"), Some("oauth"));
+        assert_eq!(
+            account.extra_str("auth_server"),
+            Some(net.pds_issuer.as_str())
+        );
+
+        // A post with the OAuth session, read back from the PDS.
+        let bsky = ctx.platforms.get(PlatformKind::Bluesky).unwrap();
+        let creds = row.credentials(&ctx.vault).unwrap();
+        let published = bsky
+            .share(
+                &account,
+                &creds,
+                &post("Posted by Herald over AT Protocol OAuth"),
+            )
+            .await
+            .unwrap();
+        let rkey = published.post_id.rsplit('/').next().unwrap().to_owned();
+        let (status, got) = xrpc_get(
+            "com.atproto.repo.getRecord",
+            &[
+                ("repo", &net.alice_did),
+                ("collection", "app.bsky.feed.post"),
+                ("rkey", &rkey),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(
+            got["value"]["text"]
+                .as_str()
+                .map(|t| t.starts_with("Posted by Herald over AT Protocol OAuth")),
+            Some(true),
+            "{got}"
+        );
+
+        // The single-flight refresh spends the refresh token and stores the rotated pair.
+        let spent = creds.refresh_token.clone().unwrap();
+        assert!(matches!(
+            refresh::refresh_connection(&ctx, &id).await.unwrap(),
+            Refresh::Refreshed(_)
+        ));
+        let row = ctx.store.connection(&id).await.unwrap().unwrap();
+        let fresh = row.credentials(&ctx.vault).unwrap();
+        assert_ne!(
+            fresh.refresh_token.as_ref().unwrap().expose_secret(),
+            spent.expose_secret()
+        );
+        let verified = bsky.verify(&row.account(), &fresh).await.unwrap();
+        assert_eq!(verified.platform_account_id, net.alice_did);
+
+        // The spent refresh token comes back (a stale copy written over the new one): spending
+        // it is a replay, the PDS ends the session, and the connection needs reauth.
+        ctx.store
+            .store_refreshed_tokens(
+                &id,
+                row.token_generation,
+                &StoredTokens {
+                    refresh_token: Some(spent),
+                    expires_at: row.token_expires_at,
+                    ..Default::default()
+                },
+                &ctx.vault,
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            refresh::refresh_connection(&ctx, &id).await.unwrap(),
+            Refresh::Dead(_)
+        ));
+        let row = ctx.store.connection(&id).await.unwrap().unwrap();
+        assert!(row.needs_reauth);
+        assert!(
+            row.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("invalid_grant"),
+            "{:?}",
+            row.last_error
+        );
+        // The session is gone at the PDS: the newest tokens are refused too.
+        let err = bsky.refresh(&row.account(), &fresh).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                herald_jobs::platform::PlatformError::InvalidGrant { .. }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_loopback_development_client_connects_and_a_denial_comes_back_as_denied() {
+        let net = devnet();
+        // No keys: the public loopback client; the redirect URI is on 127.0.0.1 (nothing needs
+        // to listen there: the test calls the callback itself).
+        let (ctx, tenant) = herald("http://127.0.0.1:8080".into(), vec![]).await;
+        let auth = start(&ctx, &tenant).await;
+        assert!(
+            auth.contains("client_id=http%3A%2F%2Flocalhost%3F"),
+            "{auth}"
+        );
+        let q = finish(&ctx, &consent(&auth, false).await).await;
+        let id = q
+            .get("connection_id")
+            .unwrap_or_else(|| panic!("no connection: {q:?}"))
+            .clone();
+        let row = ctx.store.connection(&id).await.unwrap().unwrap();
+        assert_eq!(row.platform_account_id, net.alice_did);
+        assert!(matches!(
+            refresh::refresh_connection(&ctx, &id).await.unwrap(),
+            Refresh::Refreshed(_)
+        ));
+        let row = ctx.store.connection(&id).await.unwrap().unwrap();
+        let bsky = ctx.platforms.get(PlatformKind::Bluesky).unwrap();
+        let creds = row.credentials(&ctx.vault).unwrap();
+        assert_eq!(
+            bsky.verify(&row.account(), &creds).await.unwrap().handle,
+            net.alice_handle
+        );
+
+        let auth = start(&ctx, &tenant).await;
+        let q = finish(&ctx, &consent(&auth, true).await).await;
+        assert_eq!(q.get("error").map(String::as_str), Some("denied"), "{q:?}");
+    }
 }
