@@ -42,15 +42,17 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
         if reader.is_none() {
             match connect(&shared).await {
                 Ok(mut r) => {
-                    if reconnecting {
-                        if let Err(e) = redeliver_lost_reads(&shared, &mut r.conn, &tx, &acks).await
-                        {
-                            tracing::warn!(error = %e, queue = %shared.config.queue, "cannot reread this worker's pending jobs");
-                            if pause(delays.next(), &mut stop).await {
-                                return;
-                            }
-                            continue;
+                    let reread = if reconnecting {
+                        redeliver_lost_reads(&shared, &mut r.conn, &tx, &acks).await
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = reread {
+                        tracing::warn!(error = %e, queue = %shared.config.queue, "cannot reread this worker's pending jobs");
+                        if pause(delays.next(), &mut stop).await {
+                            return;
                         }
+                        continue;
                     }
                     shared.mark_healthy(true);
                     delays = reconnect_backoff();
