@@ -42,7 +42,7 @@
 #   and DPoP, consent, token, a PDS call, refresh, a replayed refresh token, --deny; 25-30 s).
 #
 # Measured on the project's 2-core machine (Debian 12):
-#   - first install: `npm ci --ignore-scripts` (666 packages) 50 s - 1 min 10 s with a warm npm
+#   - first install: `npm ci --ignore-scripts` (665 packages) 50 s - 1 min 10 s with a warm npm
 #     cache, 1 min 45 s cold; `npm rebuild` (better-sqlite3 from source) 2 min - 2 min 15 s; so 3
 #     to 4 min in all, plus chromium's minute. Disk: 680 MB in node_modules plus ~220 MB of npm
 #     cache, 350 MB of chromium. Later runs skip the install (a file-date check).
