@@ -19,6 +19,25 @@ net.Server.prototype.listen = function (...args) {
   return listen.apply(this, args)
 }
 
+// A confidential OAuth client's `client_id` must be an https URL on a DNS name (never an IP, never
+// http, whatever the PDS's dev mode: @atproto/oauth-types), and its redirect URIs https on a
+// non-local name. A test's client (Herald's API) listens on http://127.0.0.1:PORT. So every fetch
+// this process makes to https://loopback-PORT.devnet.internal/... goes to http://localhost:PORT/...
+// instead: the PDS fetches the client metadata and JWKS through here (its SSRF-safe fetch calls
+// globalThis.fetch at call time), and all of its checks of the client_id and the metadata still
+// run on the https URL. `localhost`, not 127.0.0.1: the PDS refuses IP hosts even in dev mode.
+const LOOPBACK_HOST = /^loopback-(\d{1,5})\.devnet\.internal$/
+const realFetch = globalThis.fetch
+globalThis.fetch = function (input, init) {
+  const url = new URL(input instanceof Request ? input.url : String(input))
+  const port = url.protocol === 'https:' && LOOPBACK_HOST.exec(url.hostname)?.[1]
+  if (port) {
+    const target = `http://localhost:${port}${url.pathname}${url.search}`
+    input = input instanceof Request ? new Request(target, input) : target
+  }
+  return realFetch.call(this, input, init)
+}
+
 // Keep stdout for the JSON line: the network's own chatter goes to stderr.
 const print = console.log.bind(console)
 console.log = console.error
@@ -74,10 +93,18 @@ await network.processAll()
 print(
   JSON.stringify({
     pds_url: pdsUrl,
+    // The PDS is its own OAuth authorization server; its issuer is its public URL, which
+    // dev-env makes http://localhost:PORT (also the PDS endpoint in every DID document here).
+    pds_issuer: network.pds.ctx.cfg.oauth.issuer,
     appview_url: `http://127.0.0.1:${network.bsky.port}`,
     plc_url: `http://127.0.0.1:${network.plc.port}`,
+    // What a confidential OAuth client on 127.0.0.1:{port} uses as its public https origin
+    // (client_id, jwks_uri, redirect_uris); see LOOPBACK_HOST above.
+    loopback_public_url: 'https://loopback-{port}.devnet.internal',
     alice_did: alice.did,
     alice_handle: alice.handle,
+    // The account password: the PDS's OAuth sign-in page refuses app passwords.
+    alice_password: alice.password,
     alice_app_password: appPassword.password,
     bob_did: bob.did,
     bob_handle: bob.handle,
