@@ -58,6 +58,15 @@ impl ConnectionRow {
         self.refresh_token_enc.is_some()
     }
 
+    /// Whether Herald holds what renewing the access token takes: a refresh token, or on
+    /// Instagram and Threads the long-lived access token itself.
+    pub fn can_refresh(&self) -> bool {
+        self.has_refresh_token()
+            || self
+                .platform_kind()
+                .is_some_and(PlatformKind::refreshes_access_token)
+    }
+
     /// Decrypts the tokens for one call.
     pub fn credentials(&self, vault: &KeyRing) -> Result<Credentials, VaultError> {
         let open = |column: &str, env: &Option<String>| {
