@@ -102,7 +102,8 @@ async fn run(engine: &str, url: &str) -> anyhow::Result<()> {
     if let Pool::Postgres(p) = store.pool() {
         let plan: Vec<(String,)> = sqlx::query_as(
             "EXPLAIN SELECT id, platform, token_expires_at FROM connections WHERE token_expires_at < now() + interval '2 hours' \
-             AND revoked_at IS NULL AND NOT needs_reauth AND refresh_token_enc IS NOT NULL ORDER BY token_expires_at, id LIMIT 500",
+             AND revoked_at IS NULL AND NOT needs_reauth \
+             AND (refresh_token_enc IS NOT NULL OR platform IN ('instagram', 'threads')) ORDER BY token_expires_at, id LIMIT 500",
         )
         .fetch_all(p)
         .await?;

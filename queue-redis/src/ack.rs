@@ -149,6 +149,7 @@ pub(crate) async fn run_acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiv
         }
         if !batch.is_empty() {
             settle(&shared, &batch).await;
+            shared.settled(batch.iter().map(|s| &*s.delivery.entry_id));
             batch.clear();
         }
         for done in flushes.drain(..) {

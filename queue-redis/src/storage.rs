@@ -126,6 +126,7 @@ impl<T: DeserializeOwned + Send + 'static> RedisStorage<T> {
                 config: self.config.clone(),
                 consumer: format!("{}~{}", worker.name(), ulid::Ulid::generate()),
                 healthy: self.healthy.clone(),
+                held: Default::default(),
             });
             self.runtime = Some(Runtime::start(shared, tx, rx));
         }

@@ -3,8 +3,9 @@
 
 use serde::de::DeserializeOwned;
 use std::{
+    collections::HashSet,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -36,9 +37,28 @@ pub(crate) struct Shared {
     /// restarted process that reuses a name never inherits the deliveries of the old one.
     pub consumer: String,
     pub healthy: Arc<AtomicBool>,
+    /// Entry ids delivered to this process and not yet settled. After a reconnect, the
+    /// consumer's other pending entries are reads whose reply was lost with the connection:
+    /// the lease is renewed for the whole consumer, so only this tells them apart.
+    pub held: Mutex<HashSet<Arc<str>>>,
 }
 
 impl Shared {
+    pub fn hold(&self, entry_id: &Arc<str>) {
+        self.held.lock().expect("held set").insert(entry_id.clone());
+    }
+
+    pub fn holds(&self, entry_id: &str) -> bool {
+        self.held.lock().expect("held set").contains(entry_id)
+    }
+
+    pub fn settled<'a>(&self, entry_ids: impl IntoIterator<Item = &'a str>) {
+        let mut held = self.held.lock().expect("held set");
+        for id in entry_ids {
+            held.remove(id);
+        }
+    }
+
     pub fn mark_healthy(&self, up: bool) {
         if self.healthy.swap(up, Ordering::Relaxed) != up {
             if up {

@@ -483,6 +483,101 @@ async fn a_100k_backlog_drains() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_lost_with_its_connection_is_delivered_again() {
+    // A read that Redis executed but whose reply died with the connection (what a Redis
+    // restart with AOF leaves behind): the entries are pending for a worker that is alive
+    // and keeps its lease, so only the worker itself can give them back.
+    let q = queue("lostread").await;
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(
+        &q,
+        config(&q).lease(Duration::from_secs(60)),
+        "lostread",
+        4,
+        ctx,
+    );
+    wait_workers(&q, QUEUE, 1).await;
+    let base = format!("{}:{{{QUEUE}}}", q.prefix());
+    let mut conn = q.conn().shared();
+    let consumer: String = conn
+        .zrange::<_, Vec<String>>(format!("{base}:workers"), 0, 0)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the worker registered");
+    let reader_name = format!("herald-reader:{consumer}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reader = loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let found = list
+            .lines()
+            .find(|l| l.contains(&format!(" name={reader_name} ")) && l.contains("cmd=xreadgroup"))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned);
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's blocked read never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(reader)
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    // before the worker reconnects (its first retry waits at least 50 ms): jobs pushed and
+    // read in its name, the reply going nowhere
+    for n in 0..5 {
+        push_ok(&q, n).await;
+    }
+    let read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg(&consumer)
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(format!("{base}:stream"))
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !matches!(read, redis::Value::Nil),
+        "the jobs were read in the worker's name"
+    );
+    let mut seen = HashSet::new();
+    while seen.len() < 5 {
+        let s = tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .unwrap_or_else(|_| panic!("lost reads never ran; ran {seen:?}"))
+            .unwrap();
+        assert!(seen.insert(s.n), "job {} ran twice", s.n);
+    }
+    wait_for(
+        "the lost reads to settle",
+        Duration::from_secs(10),
+        || async {
+            let s = q.stats(QUEUE).await.unwrap();
+            s.ready == 0 && s.running == 0
+        },
+    )
+    .await;
+    assert!(started.try_recv().is_err(), "a job ran twice");
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_no_acknowledged_job() {
     let mut redis = TempRedis::start();
     let q = queue_at(&redis.url(), "restart").await;

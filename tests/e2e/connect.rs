@@ -36,16 +36,16 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
-fn location(res: &reqwest::Response) -> url::Url {
+pub(crate) fn location(res: &reqwest::Response) -> url::Url {
     url::Url::parse(res.headers()[header::LOCATION].to_str().unwrap()).unwrap()
 }
 
-fn query(url: &url::Url) -> HashMap<String, String> {
+pub(crate) fn query(url: &url::Url) -> HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
 
 /// Starts a flow as `key`'s tenant and answers the authorization URL.
-async fn start(app: &TestApp, key: &str, platform: &str, body: Value) -> String {
+pub(crate) async fn start(app: &TestApp, key: &str, platform: &str, body: Value) -> String {
     let (status, res) = app
         .call(
             reqwest::Method::POST,
@@ -60,14 +60,14 @@ async fn start(app: &TestApp, key: &str, platform: &str, body: Value) -> String 
 }
 
 /// The user approves at the provider: answers the callback URL the provider sends the browser to.
-async fn authorize(authorization_url: &str) -> url::Url {
+pub(crate) async fn authorize(authorization_url: &str) -> url::Url {
     let res = no_redirects().get(authorization_url).send().await.unwrap();
     assert!(res.status().is_redirection(), "{}", res.status());
     location(&res)
 }
 
 /// The browser arrives at Herald's callback: answers where Herald sends it.
-async fn callback(callback_url: &str) -> reqwest::Response {
+pub(crate) async fn callback(callback_url: &str) -> reqwest::Response {
     no_redirects().get(callback_url).send().await.unwrap()
 }
 

@@ -10,4 +10,5 @@ mod connect;
 mod dashboards;
 mod lifecycle;
 mod observability;
+mod platforms;
 mod sharing;

@@ -6,7 +6,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use herald_jobs::{
-    platform::PlatformKind,
+    platform::{PlatformKind, Platforms},
     store::{ConnectionRow, NewConnection, StoredTokens},
 };
 use secrecy::SecretString;
@@ -56,6 +56,10 @@ pub struct ConnectionView {
     pub scopes: Vec<String>,
     pub token_expires_at: Option<DateTime<Utc>>,
     pub has_refresh_token: bool,
+    /// The user must connect again before this time: the token expires then and Herald cannot
+    /// renew it (LinkedIn without partner refresh tokens, an X grant without `offline.access`).
+    /// Absent when the token does not expire or Herald refreshes it before it does.
+    pub reconnect_by: Option<DateTime<Utc>>,
     /// The credentials are dead: the user must reconnect; work for it is parked meanwhile.
     pub needs_reauth: bool,
     pub last_error: Option<String>,
@@ -65,12 +69,18 @@ pub struct ConnectionView {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<ConnectionRow> for ConnectionView {
-    fn from(r: ConnectionRow) -> Self {
+impl ConnectionView {
+    /// `platforms`: this process's clients, which say whether the platform refreshes at all.
+    pub fn new(r: ConnectionRow, platforms: &Platforms) -> Self {
+        let refreshes = r
+            .platform_kind()
+            .and_then(|k| platforms.get(k))
+            .is_some_and(|p| p.capabilities().refresh);
         Self {
             extras: serde_json::from_str(&r.extras).unwrap_or_default(),
             scopes: r.scopes.split_whitespace().map(str::to_owned).collect(),
             has_refresh_token: r.has_refresh_token(),
+            reconnect_by: r.reconnect_by(refreshes),
             id: r.id,
             platform: r.platform,
             platform_account_id: r.platform_account_id,
@@ -205,7 +215,10 @@ pub async fn create(
             .await
             .map_err(ApiError::internal)?;
     }
-    Ok((StatusCode::CREATED, ApiJson(row.into())))
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(ConnectionView::new(row, &state.ctx.platforms)),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path)),
@@ -222,7 +235,7 @@ pub async fn get(
         .tenant_connection(&tenant.id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("connection"))?;
-    Ok(ApiJson(row.into()))
+    Ok(ApiJson(ConnectionView::new(row, &state.ctx.platforms)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -264,7 +277,10 @@ pub async fn list(
         .then(|| rows.last().map(|r| r.id.clone()))
         .flatten();
     Ok(ApiJson(ConnectionList {
-        connections: rows.into_iter().map(Into::into).collect(),
+        connections: rows
+            .into_iter()
+            .map(|r| ConnectionView::new(r, &state.ctx.platforms))
+            .collect(),
         next_after,
     }))
 }

@@ -72,7 +72,7 @@ async fn refresh_locked(
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(Refresh::Skipped);
     };
-    if conn.revoked_at.is_some() || conn.needs_reauth || !conn.has_refresh_token() {
+    if conn.revoked_at.is_some() || conn.needs_reauth || !conn.can_refresh() {
         count(&platform_name, "skipped");
         return Ok(Refresh::Skipped);
     }

@@ -142,7 +142,7 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
     };
     // Just in time: a token about to expire is refreshed (single-flight) before the call.
     if platform.capabilities().refresh
-        && conn.has_refresh_token()
+        && conn.can_refresh()
         && refresh::expires_soon(ctx, creds.expires_at)
     {
         let now = Utc::now();

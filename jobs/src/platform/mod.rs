@@ -66,6 +66,13 @@ impl PlatformKind {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
+
+    /// Instagram and Threads issue no refresh token: the long-lived access token is itself what
+    /// is exchanged for a new one (`ig_refresh_token`, `th_refresh_token`). The refresh sweep's
+    /// query and partial index name these two platforms as well.
+    pub fn refreshes_access_token(self) -> bool {
+        matches!(self, Self::Instagram | Self::Threads)
+    }
 }
 
 impl fmt::Display for PlatformKind {

@@ -58,6 +58,23 @@ impl ConnectionRow {
         self.refresh_token_enc.is_some()
     }
 
+    /// Whether Herald holds what renewing the access token takes: a refresh token, or on
+    /// Instagram and Threads the long-lived access token itself.
+    pub fn can_refresh(&self) -> bool {
+        self.has_refresh_token()
+            || self
+                .platform_kind()
+                .is_some_and(PlatformKind::refreshes_access_token)
+    }
+
+    /// When the user must connect again: the access token's expiry, if it expires and Herald
+    /// cannot renew it (`platform_refreshes`: the platform's client has a refresh at all).
+    /// LinkedIn without partner refresh tokens is the common case: 60 days, then nothing.
+    pub fn reconnect_by(&self, platform_refreshes: bool) -> Option<DateTime<Utc>> {
+        self.token_expires_at
+            .filter(|_| !(platform_refreshes && self.can_refresh()))
+    }
+
     /// Decrypts the tokens for one call.
     pub fn credentials(&self, vault: &KeyRing) -> Result<Credentials, VaultError> {
         let open = |column: &str, env: &Option<String>| {

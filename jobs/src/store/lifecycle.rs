@@ -240,8 +240,9 @@ impl Store {
         Ok((rows, expired))
     }
 
-    /// Connections whose access token expires before `before`, that can be refreshed and are
-    /// not flagged, in expiry order, after the `(expiry, id)` of the previous page: each page is a
+    /// Connections whose access token expires before `before`, that can be refreshed (a refresh
+    /// token, or Instagram and Threads: `PlatformKind::refreshes_access_token`) and are not
+    /// flagged, in expiry order, after the `(expiry, id)` of the previous page: each page is a
     /// range scan of the partial index on `(token_expires_at, id)`, so the cost is the due set.
     pub async fn connections_due_for_refresh(
         &self,
@@ -254,7 +255,8 @@ impl Store {
         Ok(with_pool!(
             &self.pool,
             "SELECT id, platform, token_expires_at FROM connections WHERE token_expires_at < $1 \
-            AND revoked_at IS NULL AND NOT needs_reauth AND refresh_token_enc IS NOT NULL \
+            AND revoked_at IS NULL AND NOT needs_reauth \
+            AND (refresh_token_enc IS NOT NULL OR platform IN ('instagram', 'threads')) \
             AND ($2 IS NULL OR (token_expires_at, id) > ($2, $3)) ORDER BY token_expires_at, id LIMIT $4",
             |p, sql| {
                 sqlx::query_as(sql)

@@ -34,15 +34,29 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
     let mut delays = reconnect_backoff();
     let mut reader: Option<Reader> = None;
     let mut next_promote = Instant::now();
+    let mut reconnecting = false;
     loop {
         if *stop.borrow() {
             return;
         }
         if reader.is_none() {
             match connect(&shared).await {
-                Ok(r) => {
+                Ok(mut r) => {
+                    let reread = if reconnecting {
+                        redeliver_lost_reads(&shared, &mut r.conn, &tx, &acks).await
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = reread {
+                        tracing::warn!(error = %e, queue = %shared.config.queue, "cannot reread this worker's pending jobs");
+                        if pause(delays.next(), &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
                     shared.mark_healthy(true);
                     delays = reconnect_backoff();
+                    reconnecting = true;
                     reader = Some(r);
                 }
                 Err(e) => {
@@ -150,6 +164,68 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
     }
 }
 
+/// Delivers again the entries Redis counts as read by this consumer but this process never
+/// received: an `XREADGROUP` that ran on the server while its connection dropped (a Redis
+/// restart with AOF keeps them). This worker's heartbeat keeps their lease alive, so no
+/// other worker would ever take them back.
+async fn redeliver_lost_reads<T: DeserializeOwned>(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    tx: &mpsc::Sender<Task<T>>,
+    acks: &mpsc::UnboundedSender<AckMsg>,
+) -> Result<(), redis::RedisError> {
+    let mut after = "0".to_owned();
+    let mut lost = 0usize;
+    loop {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&shared.consumer)
+            .arg("COUNT")
+            .arg(256)
+            .arg("STREAMS")
+            .arg(&shared.keys.stream)
+            .arg(&after)
+            .query_async(conn)
+            .await?;
+        let mut page = Vec::new();
+        for_each_entry(reply, |id, fields| {
+            page.push((String::from_utf8_lossy(id).into_owned(), fields))
+        });
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = last.clone();
+        for (id, fields) in page {
+            if shared.holds(&id) {
+                continue;
+            }
+            if fields.is_empty() {
+                // deleted while pending: nothing to run, only the pending entry to clear
+                let entry_id: Arc<str> = id.into();
+                let _ = acks.send(AckMsg::Settle(Settlement {
+                    delivery: Delivery {
+                        job_id: entry_id.clone(),
+                        entry_id,
+                    },
+                    outcome: Outcome::Done,
+                }));
+                continue;
+            }
+            if let Some(task) = decode::<T>(shared, acks, id.as_bytes(), fields) {
+                lost += 1;
+                if tx.send(task).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if lost > 0 {
+        tracing::info!(queue = %shared.config.queue, lost, "redelivered jobs whose read was lost with the connection");
+    }
+    Ok(())
+}
+
 /// Sleeps for `delay`; true if the worker is stopping.
 async fn pause(delay: Option<Duration>, stop: &mut watch::Receiver<bool>) -> bool {
     let delay = delay.unwrap_or(Duration::from_secs(5));
@@ -161,6 +237,16 @@ async fn pause(delay: Option<Duration>, stop: &mut watch::Receiver<bool>) -> boo
 
 async fn connect(shared: &Shared) -> Result<Reader, crate::Error> {
     let mut conn = shared.conn.dedicated().await?;
+    // named so `CLIENT LIST` tells which worker a blocked reader belongs to
+    let name: String = format!("herald-reader:{}", shared.consumer)
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(&name)
+        .exec_async(&mut conn)
+        .await?;
     let client_id: i64 = redis::cmd("CLIENT")
         .arg("ID")
         .query_async(&mut conn)
@@ -239,14 +325,15 @@ fn decode<T: DeserializeOwned>(
     let job_id: Arc<str> = job_id.unwrap_or_else(|| entry_id.to_string()).into();
     let delivery = Delivery { entry_id, job_id };
     match serde_json::from_slice::<T>(payload.as_deref().unwrap_or_default()) {
-        Ok(args) => Some(
+        Ok(args) => Some({
+            shared.hold(&delivery.entry_id);
             TaskBuilder::new(args)
                 .task_id(TaskId::from_string(&*delivery.job_id))
                 .attempt(attempts)
                 .max_attempts(shared.config.max_attempts)
                 .data(delivery)
-                .build(),
-        ),
+                .build()
+        }),
         Err(e) => {
             tracing::error!(job = %delivery.job_id, error = %e, "undecodable job payload; moving it to dead");
             let _ = acks.send(AckMsg::Settle(Settlement {
@@ -288,8 +375,11 @@ fn for_each_entry(reply: Value, mut f: impl FnMut(&[u8], Vec<Value>)) {
             }
             let fields = parts.pop();
             let id = parts.pop();
-            if let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (id, fields) {
-                f(&id, fields);
+            match (id, fields) {
+                (Some(Value::BulkString(id)), Some(Value::Array(fields))) => f(&id, fields),
+                // an entry deleted while still pending (only an explicit-id read shows one)
+                (Some(Value::BulkString(id)), Some(Value::Nil)) => f(&id, Vec::new()),
+                _ => {}
             }
         }
     }

@@ -3,8 +3,11 @@
 
 pub mod atproto;
 pub mod db;
+pub mod linkedin;
 pub mod mastodon;
+pub mod meta;
 pub mod oauth_provider;
+pub mod seen;
 
 use std::{future::Future, time::Duration};
 
@@ -16,7 +19,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 pub use db::{Engine, TestDb, redis_prefix, redis_url};
+pub use linkedin::FakeLinkedin;
 pub use mastodon::{FakeMastodon, ListReply, Reply};
+pub use meta::{FakeMeta, MetaApi};
 pub use oauth_provider::OAuthProvider;
 
 /// Generates one `#[tokio::test]` per store engine from `async fn name(engine: Engine)`.

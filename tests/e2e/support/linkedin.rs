@@ -1,0 +1,392 @@
+//! A local LinkedIn (platforms.md §4): the 3-legged authorization code flow with the client
+//! secret in the form (`/oauth/v2/authorization`, `/oauth/v2/accessToken`), 60-day access tokens,
+//! refresh tokens only for an app LinkedIn approved for them (365 days, the same token returned on
+//! every refresh, its lifetime not reset), `GET /v2/userinfo`, and the versioned Posts API
+//! (`POST /rest/posts`, which requires `LinkedIn-Version` and `X-Restli-Protocol-Version: 2.0.0`
+//! and answers 201 with the post's URN in `x-restli-id`). Dead credentials answer 401 with
+//! LinkedIn's error body: `serviceErrorCode` 65601 `REVOKED_ACCESS_TOKEN` once the member revoked
+//! the app, 65600 `INVALID_ACCESS_TOKEN` for a token it never issued.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use super::seen::Seen;
+
+/// The member who signs in.
+pub const MEMBER: &str = "Dk968RHxiO";
+/// 60 days, as LinkedIn issues access tokens.
+const ACCESS_TTL: i64 = 5_184_000;
+const REFRESH_TTL: i64 = 31_536_000;
+const SCOPE: &str = "email,openid,profile,w_member_social";
+
+struct Grant {
+    access: Vec<String>,
+    refresh: Option<String>,
+    refresh_expires_at: chrono::DateTime<chrono::Utc>,
+    revoked: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// code → redirect URI it was issued for; taken on exchange.
+    codes: HashMap<String, String>,
+    grants: Vec<Grant>,
+    /// Whether this app is one LinkedIn issues refresh tokens to (approved partners).
+    partner: bool,
+    refreshes: usize,
+    seen: Vec<Seen>,
+    /// Created posts: the request body with the URN assigned.
+    posts: Vec<Value>,
+    counter: u64,
+}
+
+impl Inner {
+    fn mint(&mut self, kind: &str) -> String {
+        self.counter += 1;
+        format!(
+            "li-{kind}-{}-{}",
+            self.counter,
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct FakeLinkedin {
+    pub base: String,
+    pub client_id: String,
+    client_secret: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+type AppState = (Arc<Mutex<Inner>>, String, String);
+
+impl FakeLinkedin {
+    /// `partner`: whether the app gets refresh tokens.
+    pub async fn start(partner: bool) -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            partner,
+            ..Inner::default()
+        }));
+        let client_id = format!("li-client-{}", uuid::Uuid::new_v4().simple());
+        let client_secret = format!("li-secret-{}", uuid::Uuid::new_v4().simple());
+        let app = Router::new().fallback(handle).with_state((
+            inner.clone(),
+            client_id.clone(),
+            client_secret.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            base,
+            client_id,
+            client_secret,
+            inner,
+        }
+    }
+
+    /// Herald's LinkedIn app pointed at this server.
+    pub fn app(&self) -> herald_jobs::settings::PlatformApp {
+        herald_jobs::settings::PlatformApp {
+            client_id: self.client_id.clone(),
+            client_secret: Some(self.client_secret.clone().into()),
+            api_base: Some(self.base.clone()),
+            token_url: Some(format!("{}/oauth/v2/accessToken", self.base)),
+            authorize_url: Some(format!("{}/oauth/v2/authorization", self.base)),
+        }
+    }
+
+    /// The member revokes the app in their LinkedIn settings: every token of theirs dies.
+    pub fn revoke_member(&self) {
+        for g in self.inner.lock().unwrap().grants.iter_mut() {
+            g.revoked = true;
+        }
+    }
+
+    /// Every request received, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.lock().unwrap().seen.clone()
+    }
+
+    pub fn posts(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().posts.clone()
+    }
+
+    /// Refresh grants answered with a new access token.
+    pub fn refreshes(&self) -> usize {
+        self.inner.lock().unwrap().refreshes
+    }
+
+    /// The newest access token of the newest live grant.
+    pub fn current_access_token(&self) -> Option<String> {
+        let g = self.inner.lock().unwrap();
+        g.grants
+            .iter()
+            .rev()
+            .find(|g| !g.revoked)
+            .and_then(|g| g.access.last().cloned())
+    }
+}
+
+/// `{"status","serviceErrorCode","code","message"}`, LinkedIn's REST error body.
+fn li_error(status: StatusCode, service: i64, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "status": status.as_u16(), "serviceErrorCode": service, "code": code, "message": message })),
+    )
+        .into_response()
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response()
+}
+
+/// LinkedIn's 401 for a bearer token that is not live; `None` when it is.
+fn refusal(g: &Inner, seen: &Seen) -> Option<Response> {
+    let token = seen.bearer().unwrap_or_default();
+    match g
+        .grants
+        .iter()
+        .find(|gr| gr.access.iter().any(|a| a == token))
+    {
+        Some(gr) if !gr.revoked => None,
+        Some(_) => Some(li_error(
+            StatusCode::UNAUTHORIZED,
+            65_601,
+            "REVOKED_ACCESS_TOKEN",
+            "The token used in the request has been revoked by the user",
+        )),
+        None => Some(li_error(
+            StatusCode::UNAUTHORIZED,
+            65_600,
+            "INVALID_ACCESS_TOKEN",
+            "Invalid access token",
+        )),
+    }
+}
+
+async fn handle(
+    State((inner, client_id, secret)): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let seen = Seen::new(method, &uri, headers, &body);
+    let mut g = inner.lock().unwrap();
+    g.seen.push(seen.clone());
+    match (seen.method.as_str(), seen.path.as_str()) {
+        ("GET", "/oauth/v2/authorization") => authorization(&mut g, &seen, &client_id),
+        ("POST", "/oauth/v2/accessToken") => access_token(&mut g, &seen, &client_id, &secret),
+        ("GET", "/v2/userinfo") => match refusal(&g, &seen) {
+            None => Json(json!({
+                "sub": MEMBER,
+                "email_verified": true,
+                "name": "Ada Lovelace",
+                "locale": { "country": "GB", "language": "en" },
+                "given_name": "Ada",
+                "family_name": "Lovelace",
+            }))
+            .into_response(),
+            Some(res) => res,
+        },
+        ("POST", "/rest/posts") => create_post(&mut g, &seen),
+        _ => li_error(
+            StatusCode::NOT_FOUND,
+            0,
+            "NOT_FOUND",
+            "No virtual resource found",
+        ),
+    }
+}
+
+fn authorization(g: &mut Inner, seen: &Seen, client_id: &str) -> Response {
+    let (Some(redirect), Some(state)) = (seen.param("redirect_uri"), seen.param("state")) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "redirect_uri and state are required",
+        );
+    };
+    let scopes: Vec<&str> = seen.param("scope").unwrap_or_default().split(' ').collect();
+    if seen.param("client_id") != Some(client_id)
+        || seen.param("response_type") != Some("code")
+        || !scopes.contains(&"w_member_social")
+        || !scopes.contains(&"openid")
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unknown client, response type or scope",
+        );
+    }
+    let code = g.mint("code");
+    g.codes.insert(code.clone(), redirect.to_owned());
+    let mut to = url::Url::parse(redirect).unwrap();
+    to.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", state);
+    (StatusCode::FOUND, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+fn access_token(g: &mut Inner, seen: &Seen, client_id: &str, secret: &str) -> Response {
+    // LinkedIn takes the client credentials in the form only.
+    if seen.form.get("client_id").map(String::as_str) != Some(client_id)
+        || seen.form.get("client_secret").map(String::as_str) != Some(secret)
+    {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed",
+        );
+    }
+    let now = chrono::Utc::now();
+    match seen.form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let code = seen.form.get("code").cloned().unwrap_or_default();
+            let redirect = g.codes.remove(&code);
+            if redirect.is_none() || redirect.as_ref() != seen.form.get("redirect_uri") {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "Unable to retrieve access token: appid/redirect uri/code verifier does not match authorization code. Or authorization code expired.",
+                );
+            }
+            let access = g.mint("at");
+            let refresh = g.partner.then(|| g.mint("rt"));
+            g.grants.push(Grant {
+                access: vec![access.clone()],
+                refresh: refresh.clone(),
+                refresh_expires_at: now + chrono::Duration::seconds(REFRESH_TTL),
+                revoked: false,
+            });
+            // An OpenID grant also carries an `id_token`; Herald reads the member from userinfo.
+            let mut body = json!({
+                "access_token": access,
+                "expires_in": ACCESS_TTL,
+                "scope": SCOPE,
+                "token_type": "Bearer",
+            });
+            if let Some(r) = refresh {
+                body["refresh_token"] = r.into();
+                body["refresh_token_expires_in"] = REFRESH_TTL.into();
+            }
+            Json(body).into_response()
+        }
+        Some("refresh_token") => {
+            let presented = seen.form.get("refresh_token").cloned().unwrap_or_default();
+            let access = g.mint("at");
+            let Some(grant) = g
+                .grants
+                .iter_mut()
+                .find(|gr| gr.refresh.as_deref() == Some(presented.as_str()))
+                .filter(|gr| !gr.revoked && gr.refresh_expires_at > now)
+            else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "The provided authorization grant or refresh token is invalid, expired or revoked.",
+                );
+            };
+            grant.access.push(access.clone());
+            let left = (grant.refresh_expires_at - now).num_seconds();
+            g.refreshes += 1;
+            Json(json!({
+                "access_token": access,
+                "expires_in": ACCESS_TTL,
+                "refresh_token": presented,
+                "refresh_token_expires_in": left,
+                "scope": SCOPE,
+            }))
+            .into_response()
+        }
+        _ => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type is not supported",
+        ),
+    }
+}
+
+fn create_post(g: &mut Inner, seen: &Seen) -> Response {
+    if let Some(res) = refusal(g, seen) {
+        return res;
+    }
+    let version = seen.header("linkedin-version").unwrap_or_default();
+    if version.is_empty() {
+        return li_error(
+            StatusCode::BAD_REQUEST,
+            0,
+            "VERSION_MISSING",
+            "A version must be present. Please specify a version by adding the LinkedIn-Version header.",
+        );
+    }
+    if version.len() != 6 || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return li_error(
+            StatusCode::UPGRADE_REQUIRED,
+            0,
+            "NONEXISTENT_VERSION",
+            &format!("Requested version {version} is not active"),
+        );
+    }
+    if seen.header("x-restli-protocol-version") != Some("2.0.0") {
+        return li_error(
+            StatusCode::BAD_REQUEST,
+            0,
+            "INVALID_PROTOCOL_VERSION",
+            "The Rest.li protocol version 2.0.0 is required",
+        );
+    }
+    let Some(body) = seen.json.clone() else {
+        return li_error(
+            StatusCode::BAD_REQUEST,
+            0,
+            "ILLEGAL_ARGUMENT",
+            "The request body is not JSON",
+        );
+    };
+    if body["author"] != format!("urn:li:person:{MEMBER}") {
+        return li_error(
+            StatusCode::FORBIDDEN,
+            100,
+            "ACCESS_DENIED",
+            "Not enough permissions to access: partnerApiPostsExternal.CREATE.20260101",
+        );
+    }
+    let required_ok = body["commentary"].is_string()
+        && body["visibility"] == "PUBLIC"
+        && body["lifecycleState"] == "PUBLISHED"
+        && body["distribution"]["feedDistribution"] == "MAIN_FEED"
+        && body["content"]["article"]["source"].is_string()
+        && body["content"]["article"]["title"].is_string();
+    if !required_ok {
+        return li_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            0,
+            "UNPROCESSABLE_ENTITY",
+            "ERROR :: /content/article :: is missing required fields",
+        );
+    }
+    let urn = format!("urn:li:share:{}", 7_150_000_000_000_000_000u64 + g.counter);
+    g.counter += 1;
+    let mut post = body;
+    post["id"] = urn.clone().into();
+    g.posts.push(post);
+    (StatusCode::CREATED, [("x-restli-id", urn)]).into_response()
+}
