@@ -686,7 +686,8 @@ mod oauth {
     }
 
     #[tokio::test]
-    async fn the_loopback_development_client_connects_and_a_denial_comes_back_as_denied() {
+    async fn the_loopback_development_client_connects_refreshes_is_revoked_and_a_denial_comes_back_as_denied()
+     {
         let net = devnet();
         // No keys: the public loopback client; the redirect URI is on 127.0.0.1 (nothing needs
         // to listen there: the test calls the callback itself).
@@ -713,6 +714,16 @@ mod oauth {
         assert_eq!(
             bsky.verify(&row.account(), &creds).await.unwrap().handle,
             net.alice_handle
+        );
+        // Removing the connection revokes the session at the PDS: its refresh token is dead.
+        assert_eq!(connect::revoke(&ctx, &row).await, connect::Revoked::Revoked);
+        let err = bsky.refresh(&row.account(), &creds).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                herald_jobs::platform::PlatformError::InvalidGrant { .. }
+            ),
+            "{err:?}"
         );
 
         let auth = start(&ctx, &tenant).await;

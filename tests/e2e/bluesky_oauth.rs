@@ -2,7 +2,8 @@
 //! `POST /v1/connect/bluesky` with a handle (resolution, PAR with a client assertion and DPoP),
 //! the authorization server's redirect to the callback (`iss` and `sub` checked, the code
 //! exchanged), shares posted with DPoP, a just-in-time refresh, and a replayed refresh token that
-//! leaves the connection `needs_reauth`. Also the client metadata and JWKS the API serves.
+//! leaves the connection `needs_reauth`. Also the client metadata and JWKS the API serves, and
+//! the session's revocation when the connection is removed.
 
 use herald_jobs::{
     handlers::refresh::{self, Refresh},
@@ -280,6 +281,18 @@ async fn the_loopback_client_connects_from_a_server_url_without_keys(engine: Eng
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Removing the connection ends the session at the authorization server first.
+    let (status, _) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/connections/{id}"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(net.world().revocations, 1);
 }
 
 on_every_backend!(

@@ -8,20 +8,21 @@ use tracing::{info, warn};
 use url::Url;
 
 use super::{
-    Candidate, MAX_URL, Outcome, StartError, StartRequest, Started, hash_state, http_client,
-    invalid, store,
+    Candidate, MAX_URL, Outcome, Revoked, StartError, StartRequest, Started, hash_state,
+    http_client, invalid, store,
 };
 use crate::{
     Ctx, metrics as m,
     platform::{
         Account, Credentials, PlatformError, PlatformKind,
         bluesky::{
+            Bluesky,
             identity::{Directory, ResolveError, is_valid_did},
             jwt::{self, EsKey},
             oauth,
         },
     },
-    store::{AtprotoFlow, NewOAuthState, OAuthState, StoredTokens},
+    store::{AtprotoFlow, ConnectionRow, NewOAuthState, OAuthState, StoredTokens},
 };
 
 fn directory(ctx: &Ctx) -> Directory {
@@ -319,6 +320,9 @@ pub(super) async fn finish(
     extras.insert("pds_url".into(), pds.clone().into());
     extras.insert("auth_server".into(), issuer.into());
     extras.insert("token_endpoint".into(), meta.token_endpoint.clone().into());
+    if let Some(endpoint) = &meta.revocation_endpoint {
+        extras.insert("revocation_endpoint".into(), endpoint.clone().into());
+    }
     extras.insert("client_id".into(), client.client_id().into());
     if let Some(kid) = client
         .confidential()
@@ -408,4 +412,19 @@ async fn check_account(
         ));
     }
     Ok((sub.to_owned(), doc.handle(), pds))
+}
+
+/// Ends the connection's OAuth session at its authorization server, before its tokens are erased.
+pub(super) async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
+    let creds = match conn.credentials(&ctx.vault) {
+        Ok(c) => c,
+        Err(e) => return Revoked::Failed(e.to_string()),
+    };
+    let client = Bluesky::new(http_client(ctx), ctx.settings.ssrf.clone())
+        .with_oauth(ctx.settings.bluesky_client());
+    match client.revoke_oauth(&conn.account(), &creds).await {
+        Ok(true) => Revoked::Revoked,
+        Ok(false) => Revoked::NoEndpoint,
+        Err(e) => Revoked::Failed(e.to_string()),
+    }
 }

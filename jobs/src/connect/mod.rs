@@ -959,13 +959,17 @@ pub enum Revoked {
 }
 
 /// Revokes a connection's grant at the platform, before its tokens are erased: Mastodon
-/// (`POST /oauth/revoke` with the cached app) and X (`POST /2/oauth2/revoke`). LinkedIn, Instagram
+/// (`POST /oauth/revoke` with the cached app), X (`POST /2/oauth2/revoke`) and Bluesky OAuth
+/// sessions (the authorization server's `revocation_endpoint`, with DPoP). LinkedIn, Instagram
 /// and Threads document no revocation endpoint; Facebook's `DELETE /{user-id}/permissions` would
 /// end the user's grant for all of their pages, not just the one connection removed.
 pub async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
     let Some(platform) = conn.platform_kind() else {
         return Revoked::NoEndpoint;
     };
+    if platform == PlatformKind::Bluesky {
+        return bluesky::revoke(ctx, conn).await;
+    }
     let provider = match platform {
         PlatformKind::Mastodon => {
             let Some(instance) = conn.account().extra_str("instance_url").map(str::to_owned) else {

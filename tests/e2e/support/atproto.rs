@@ -78,6 +78,7 @@ pub struct World {
     pub last_par: HashMap<String, String>,
     pub refreshes: usize,
     pub replays: usize,
+    pub revocations: usize,
     /// Issue tokens for this DID instead of the one that signed in.
     pub sub_override: Option<String>,
     /// Put this `iss` on the redirect instead of the real one.
@@ -568,6 +569,42 @@ async fn token(State(w): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     with_nonce(&nonce, axum::Json(answer).into_response())
 }
 
+/// RFC 7009 with DPoP and client authentication: revoking a refresh token ends its session.
+async fn revoke(State(w): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = form(&body);
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let meta = match client_metadata(&client_id).await {
+        Ok(m) => m,
+        Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_client", &e),
+    };
+    let mut w = w.lock().unwrap();
+    let htu = format!("{}/oauth/revoke", w.issuer);
+    let nonce = w.as_nonce.clone();
+    match w.check_dpop(&headers, &Method::POST, &htu, &nonce, None) {
+        Ok(_) => {}
+        Err(DpopFail::Nonce) => {
+            w.as_nonce_challenges += 1;
+            return with_nonce(
+                &nonce,
+                oauth_error(StatusCode::BAD_REQUEST, "use_dpop_nonce", "nonce required"),
+            );
+        }
+        Err(DpopFail::Invalid(e)) => {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof", &e);
+        }
+    }
+    if let Err(why) = authenticate(&mut w, &meta, &form) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &why);
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    if let Some((session, _)) = w.refresh.get(&token).copied() {
+        w.sessions[session].alive = false;
+        w.revocations += 1;
+    }
+    // RFC 7009 §2.2: 200 whether or not the token was known.
+    with_nonce(&nonce, StatusCode::OK.into_response())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The PDS (with the PLC directory and handle resolution)
 // ---------------------------------------------------------------------------------------------
@@ -780,6 +817,7 @@ impl FakeAtproto {
             .route("/oauth/par", post(par))
             .route("/oauth/authorize", get(authorize))
             .route("/oauth/token", post(token))
+            .route("/oauth/revoke", post(revoke))
             .with_state(world.clone());
         tokio::spawn(async move { axum::serve(pds_listener, pds_app).await.unwrap() });
         tokio::spawn(async move { axum::serve(as_listener, as_app).await.unwrap() });

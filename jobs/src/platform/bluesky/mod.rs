@@ -993,6 +993,41 @@ impl Bluesky {
         Ok(tokens.into_token_set())
     }
 
+    /// Ends an OAuth session at its authorization server (the connection is being removed).
+    /// `Ok(false)`: nothing to revoke there (an app password, or no revocation endpoint).
+    pub async fn revoke_oauth(
+        &self,
+        account: &Account,
+        creds: &Credentials,
+    ) -> Result<bool, PlatformError> {
+        let (Auth::OAuth, Some(endpoint), Some(refresh_token), Some(client)) = (
+            auth_mode(account, creds)?,
+            account.extra_str("revocation_endpoint"),
+            creds.refresh_token.as_ref(),
+            self.oauth.as_ref(),
+        ) else {
+            return Ok(false);
+        };
+        self.guard
+            .check_url(endpoint)
+            .map_err(|e| PlatformError::Rejected {
+                status: 0,
+                reason: format!("revocation endpoint refused: {e}"),
+            })?;
+        let (key, _) = oauth_session(creds)?;
+        let client_id = account
+            .extra_str("client_id")
+            .map_or_else(|| client.client_id(), str::to_owned);
+        let grant = oauth::Grant {
+            token_endpoint: account.extra_str("token_endpoint").unwrap_or(endpoint),
+            issuer: account.extra_str("auth_server").unwrap_or_default(),
+            client_id: &client_id,
+            kid: account.extra_str("client_kid"),
+        };
+        oauth::revoke(&self.http, client, &key, endpoint, &grant, refresh_token).await?;
+        Ok(true)
+    }
+
     async fn get_record(
         &self,
         pds: &str,

@@ -333,6 +333,27 @@ pub async fn refresh(
     .await
 }
 
+/// Revokes a session's refresh token (RFC 7009), which ends the session at the reference server.
+pub async fn revoke(
+    http: &Client,
+    client: &ClientConfig,
+    dpop_key: &EsKey,
+    revocation_endpoint: &str,
+    g: &Grant<'_>,
+    refresh_token: &SecretString,
+) -> Result<(), PlatformError> {
+    let a = dpop::send(http, dpop_key, None, "revoke", false, |c| {
+        let mut form = client.authentication(g.client_id, g.issuer, g.kid);
+        form.extend([
+            ("token", refresh_token.expose_secret().to_owned()),
+            ("token_type_hint", "refresh_token".to_owned()),
+        ]);
+        c.post(revocation_endpoint).form(&form)
+    })
+    .await?;
+    if a.ok() { Ok(()) } else { Err(token_error(&a)) }
+}
+
 async fn token_request(
     http: &Client,
     client: &ClientConfig,
