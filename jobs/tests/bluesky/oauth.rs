@@ -316,3 +316,23 @@ async fn resolution_refuses_unknown_handles_and_unusable_servers() {
         "url_refused"
     );
 }
+
+#[tokio::test]
+async fn a_pds_whose_resource_metadata_names_another_resource_is_refused() {
+    // RFC 9728 §3.3: the document must be about the server it was fetched from, or a PDS could
+    // lend out another server's authorization server (and the reference client refuses it too).
+    let net = FakeAtproto::start().await;
+    net.world().resource_override = Some("https://elsewhere.example".into());
+    let (http, guard) = guarded();
+    let dir = Directory {
+        http,
+        guard,
+        plc_url: net.pds.clone(),
+        handle_resolver: net.pds.clone(),
+    };
+    let err = dir.auth_server_of(&net.pds).await.unwrap_err();
+    assert_eq!(err.code, "no_authorization_server", "{err:?}");
+    // The same document with a trailing slash on the resource is the same server.
+    net.world().resource_override = Some(format!("{}/", net.pds));
+    assert_eq!(dir.auth_server_of(&net.pds).await.unwrap(), net.issuer);
+}

@@ -85,6 +85,12 @@ pub struct World {
     pub iss_override: Option<String>,
     /// The next resource call answers as an expired token would.
     pub expire_next_access: bool,
+    /// The PDS's protected-resource document names this `resource` instead of the PDS itself.
+    pub resource_override: Option<String>,
+    /// Grant this scope instead of the requested one (from the next token answer on).
+    pub granted_scope: Option<String>,
+    /// The `kid` of every client assertion checked, in order.
+    pub assertion_kids: Vec<String>,
     pub records: HashMap<String, Value>,
     pub create_bodies: Vec<Value>,
 }
@@ -363,6 +369,7 @@ fn authenticate(w: &mut World, meta: &Value, form: &HashMap<String, String>) -> 
         return refuse("assertion replayed");
     }
     w.assertions_checked += 1;
+    w.assertion_kids.push(kid.to_owned());
     Ok(())
 }
 
@@ -466,12 +473,16 @@ fn issue(w: &mut World, session: usize) -> Value {
     let refresh = w.next("rt");
     w.access.insert(access.clone(), session);
     w.refresh.insert(refresh.clone(), (session, false));
+    let scope = w
+        .granted_scope
+        .clone()
+        .unwrap_or_else(|| "atproto transition:generic".to_owned());
     json!({
         "access_token": access,
         "token_type": "DPoP",
         "expires_in": ACCESS_LIFETIME_SECS,
         "refresh_token": refresh,
-        "scope": "atproto transition:generic",
+        "scope": scope,
         "sub": w.sessions[session].sub,
     })
 }
@@ -611,7 +622,8 @@ async fn revoke(State(w): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
 
 async fn protected_resource(State(w): State<Shared>) -> Response {
     let w = w.lock().unwrap();
-    axum::Json(json!({ "resource": w.pds, "authorization_servers": [w.issuer] })).into_response()
+    let resource = w.resource_override.as_ref().unwrap_or(&w.pds);
+    axum::Json(json!({ "resource": resource, "authorization_servers": [w.issuer] })).into_response()
 }
 
 async fn plc(State(w): State<Shared>, Path(did): Path<String>) -> Response {

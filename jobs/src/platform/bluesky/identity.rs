@@ -248,10 +248,14 @@ impl Directory {
         Ok(doc)
     }
 
-    /// The authorization server a PDS names (`authorization_servers[0]`, an origin).
+    /// The authorization server a PDS names (`authorization_servers[0]`, an origin). The
+    /// document must be about the PDS it came from (RFC 9728 §3.3: `resource` is its origin), so
+    /// a server cannot hand out another server's metadata as its own.
     pub async fn auth_server_of(&self, pds: &str) -> Result<String, ResolveError> {
         #[derive(Deserialize)]
         struct Resource {
+            #[serde(default)]
+            resource: String,
             #[serde(default)]
             authorization_servers: Vec<String>,
         }
@@ -262,6 +266,15 @@ impl Directory {
                 "the PDS's OAuth metadata",
             )
             .await?;
+        if r.resource.trim_end_matches('/') != pds.trim_end_matches('/') {
+            return Err(fail(
+                "no_authorization_server",
+                format!(
+                    "the PDS's OAuth metadata is about another server ({:?}, not {pds})",
+                    r.resource
+                ),
+            ));
+        }
         let issuer = r.authorization_servers.into_iter().next().ok_or_else(|| {
             fail(
                 "no_authorization_server",
