@@ -200,6 +200,16 @@ async fn the_callback_refuses_another_issuer_and_another_account(engine: Engine)
         "{q:?}"
     );
 
+    // The server grants `atproto` without the posting scope Herald asked for.
+    net.world().sub_override = None;
+    net.world().granted_scope = Some("atproto".into());
+    let q = connect(&app, &app.key, "bluesky", start_body(HANDLE)).await;
+    assert_eq!(
+        q.get("error").map(String::as_str),
+        Some("insufficient_scope"),
+        "{q:?}"
+    );
+
     let (_, list) = app.get("/v1/connections").await;
     assert_eq!(
         list["connections"].as_array().map(Vec::len),
@@ -295,7 +305,30 @@ async fn the_loopback_client_connects_from_a_server_url_without_keys(engine: Eng
     assert_eq!(net.world().revocations, 1);
 }
 
+/// A refresh that comes back without `transition:generic` leaves the connection flagged, saying
+/// why, rather than holding tokens that can no longer post.
+async fn a_refresh_that_loses_the_posting_scope_needs_reauth_saying_so(engine: Engine) {
+    let (app, net) = with_network(engine, true).await;
+    let q = connect(&app, &app.key, "bluesky", start_body(HANDLE)).await;
+    let id = q
+        .get("connection_id")
+        .cloned()
+        .unwrap_or_else(|| panic!("{q:?}"));
+    net.world().granted_scope = Some("atproto".into());
+    let refreshed = refresh::refresh_connection(&app.parts.ctx, &id)
+        .await
+        .unwrap();
+    assert!(matches!(refreshed, Refresh::Dead(_)), "{refreshed:?}");
+    let (_, conn) = app.get(&format!("/v1/connections/{id}")).await;
+    assert_eq!(conn["needs_reauth"], true);
+    let why = conn["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("transition:generic"), "{conn}");
+    let parked = share(&app, &net, &id, "parked").await;
+    assert_eq!(app.settled(&parked).await["state"], "parked");
+}
+
 on_every_backend!(
+    a_refresh_that_loses_the_posting_scope_needs_reauth_saying_so,
     an_app_password_account_moves_to_oauth_posts_refreshes_and_a_replayed_token_needs_reauth,
     the_callback_refuses_another_issuer_and_another_account,
     the_loopback_client_connects_from_a_server_url_without_keys,

@@ -28,7 +28,7 @@ pub struct StartConnectRequest {
     pub user_id: String,
     /// Where the browser is sent back, with `connection_id=…` (comma-separated for Facebook Pages:
     /// one connection per page) or `error=denied|invalid_state|exchange_failed|verify_failed`
-    /// (Bluesky also `issuer_mismatch|account_mismatch`).
+    /// (Bluesky also `issuer_mismatch|account_mismatch|insufficient_scope`).
     pub return_url: String,
     /// Mastodon only: the user's instance, e.g. `https://mastodon.social`.
     pub instance_url: Option<String>,

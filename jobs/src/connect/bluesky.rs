@@ -305,6 +305,10 @@ pub(super) async fn finish(
             return Ok(Err(Outcome::ExchangeFailed));
         }
     };
+    if !tokens.grants(oauth::POSTING_SCOPE) {
+        warn!(platform = %platform, outcome = "insufficient_scope", scope = %tokens.scope, "the grant cannot post");
+        return Ok(Err(Outcome::InsufficientScope));
+    }
     // The tokens must be for the account the flow was started for; a flow started from a
     // server URL must at least come back with an account that server authorizes.
     let (did, handle, pds) = match check_account(&dir, row, issuer, &tokens.sub).await {

@@ -551,6 +551,8 @@ enum Outcome {
     IssuerMismatch,
     /// The tokens are for another account than the one the flow started for.
     AccountMismatch,
+    /// The grant lacks a scope Herald needs to post (Bluesky's `transition:generic`).
+    InsufficientScope,
 }
 
 impl Outcome {
@@ -562,6 +564,7 @@ impl Outcome {
             Self::VerifyFailed => "verify_failed",
             Self::IssuerMismatch => "issuer_mismatch",
             Self::AccountMismatch => "account_mismatch",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 
@@ -570,7 +573,7 @@ impl Outcome {
     fn result(self) -> &'static str {
         match self {
             Self::IssuerMismatch => Self::ExchangeFailed.code(),
-            Self::AccountMismatch => Self::VerifyFailed.code(),
+            Self::AccountMismatch | Self::InsufficientScope => Self::VerifyFailed.code(),
             other => other.code(),
         }
     }

@@ -3,7 +3,10 @@
 //! nonce challenge, refresh with rotation, and a replayed refresh token killing the session.
 //! (The whole connect flow through the API is in the end-to-end suite.)
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{Router, routing::get};
 use herald_jobs::{
@@ -28,20 +31,33 @@ use super::atproto::{DID, FakeAtproto, HANDLE, OTHER_DID};
 /// Serves the client's metadata and keys, as Herald's API does, so the authorization server
 /// can fetch them by `client_id`.
 async fn serve_client(keys: Vec<EsKey>) -> ClientConfig {
+    serve_rotating_client(keys).await.0
+}
+
+/// The same, with a way to change the configured keys later (a rotation): the documents are
+/// read from the configuration at each fetch, as the API serves them.
+async fn serve_rotating_client(keys: Vec<EsKey>) -> (ClientConfig, Arc<Mutex<ClientConfig>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = ClientConfig {
         public_url: format!("http://{}", listener.local_addr().unwrap()),
         keys,
     };
-    let (meta, jwks) = (client.metadata(), client.jwks());
-    let app = Router::new()
-        .route(
-            CLIENT_METADATA_PATH,
-            get(move || async move { axum::Json(meta.unwrap_or(Value::Null)) }),
-        )
-        .route(JWKS_PATH, get(move || async move { axum::Json(jwks) }));
+    let served = Arc::new(Mutex::new(client.clone()));
+    let (m, j) = (served.clone(), served.clone());
+    let app =
+        Router::new()
+            .route(
+                CLIENT_METADATA_PATH,
+                get(move || async move {
+                    axum::Json(m.lock().unwrap().metadata().unwrap_or(Value::Null))
+                }),
+            )
+            .route(
+                JWKS_PATH,
+                get(move || async move { axum::Json(j.lock().unwrap().jwks()) }),
+            );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    client
+    (client, served)
 }
 
 fn guarded() -> (reqwest::Client, SsrfGuard) {
@@ -58,6 +74,11 @@ struct Connected {
 
 /// Resolves the handle, pushes the request, approves at the fake, exchanges the code.
 async fn connect(net: &FakeAtproto, config: &ClientConfig) -> Connected {
+    try_connect(net, config).await.unwrap()
+}
+
+/// [`connect`], answering the code exchange's refusal.
+async fn try_connect(net: &FakeAtproto, config: &ClientConfig) -> Result<Connected, PlatformError> {
     let (http, guard) = guarded();
     let dir = Directory {
         http: http.clone(),
@@ -127,8 +148,7 @@ async fn connect(net: &FakeAtproto, config: &ClientConfig) -> Connected {
         &q["code"],
         &verifier,
     )
-    .await
-    .unwrap();
+    .await?;
     assert_eq!(tokens.sub, DID);
     assert!(tokens.scopes().contains(&"atproto".to_owned()));
     let expires_at = tokens.expires_at();
@@ -143,7 +163,7 @@ async fn connect(net: &FakeAtproto, config: &ClientConfig) -> Connected {
     if let Some(kid) = config.current_kid() {
         extras.insert("client_kid".into(), kid.into());
     }
-    Connected {
+    Ok(Connected {
         account: Account {
             platform_account_id: DID.into(),
             handle: HANDLE.into(),
@@ -156,7 +176,7 @@ async fn connect(net: &FakeAtproto, config: &ClientConfig) -> Connected {
             expires_at,
         },
         client: Bluesky::new(http, guard).with_oauth(config.clone()),
-    }
+    })
 }
 
 fn post(net: &FakeAtproto, text: &str) -> PostRequest {
@@ -335,4 +355,71 @@ async fn a_pds_whose_resource_metadata_names_another_resource_is_refused() {
     // The same document with a trailing slash on the resource is the same server.
     net.world().resource_override = Some(format!("{}/", net.pds));
     assert_eq!(dir.auth_server_of(&net.pds).await.unwrap(), net.issuer);
+}
+
+#[tokio::test]
+async fn a_refresh_that_loses_transition_generic_is_invalid_grant_saying_so() {
+    let net = FakeAtproto::start().await;
+    let config = serve_client(vec![EsKey::generate()]).await;
+    let c = connect(&net, &config).await;
+    // The server still grants `atproto`, but no longer what posting needs.
+    net.world().granted_scope = Some("atproto".into());
+    let err = c.client.refresh(&c.account, &c.creds).await.unwrap_err();
+    match err {
+        PlatformError::InvalidGrant { reason } => {
+            assert!(reason.contains("transition:generic"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without `atproto` the answer is no AT Protocol session at all.
+    net.world().granted_scope = Some("transition:generic".into());
+    let err = try_connect(&net, &config).await.err().unwrap();
+    assert!(matches!(err, PlatformError::Rejected { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_rotated_client_key_signs_new_sessions_while_old_sessions_keep_theirs() {
+    let net = FakeAtproto::start().await;
+    let (old, new) = (EsKey::generate(), EsKey::generate());
+    let (before, served) = serve_rotating_client(vec![old.clone()]).await;
+    let session = connect(&net, &before).await;
+    assert_eq!(session.account.extra_str("client_kid"), Some(old.kid()));
+
+    // Rotation: the new key goes first (it signs new sessions); the old one stays published
+    // for the sessions it started.
+    let after = ClientConfig {
+        public_url: before.public_url.clone(),
+        keys: vec![new.clone(), old.clone()],
+    };
+    *served.lock().unwrap() = after.clone();
+    let published: Vec<String> = after.jwks()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(published, [new.kid(), old.kid()]);
+    assert_eq!(after.client_id(), before.client_id(), "the same client");
+
+    // The old session, refreshed under the new configuration, still signs with its own key.
+    let running = Bluesky::new(guarded().0, guarded().1).with_oauth(after.clone());
+    net.world().assertion_kids.clear();
+    running
+        .refresh(&session.account, &session.creds)
+        .await
+        .unwrap();
+    assert_eq!(net.world().assertion_kids, [old.kid()]);
+
+    // A new session is signed (PAR, code exchange) and recorded with the newest key.
+    net.world().assertion_kids.clear();
+    let fresh = connect(&net, &after).await;
+    assert_eq!(fresh.account.extra_str("client_kid"), Some(new.kid()));
+    assert_eq!(net.world().assertion_kids, [new.kid(), new.kid()]);
+    net.world().assertion_kids.clear();
+    fresh
+        .client
+        .refresh(&fresh.account, &fresh.creds)
+        .await
+        .unwrap();
+    assert_eq!(net.world().assertion_kids, [new.kid()]);
 }

@@ -939,7 +939,8 @@ impl Bluesky {
     }
 
     /// The refresh-token grant at the session's token endpoint, with the session's DPoP key and
-    /// the client it was granted to. The answer must still name the connection's DID.
+    /// the client it was granted to. The answer must still name the connection's DID and grant
+    /// what posting needs.
     async fn refresh_oauth(
         &self,
         account: &Account,
@@ -987,6 +988,17 @@ impl Bluesky {
                 reason: format!(
                     "the refreshed session belongs to {}, not {}",
                     tokens.sub, account.platform_account_id
+                ),
+            });
+        }
+        // A narrowed grant would otherwise be stored and fail every share as a rejection.
+        if !tokens.grants(oauth::POSTING_SCOPE) {
+            return Err(PlatformError::InvalidGrant {
+                reason: format!(
+                    "the renewed session no longer grants `{}` (granted: `{}`), so nothing can be \
+                     posted",
+                    oauth::POSTING_SCOPE,
+                    tokens.scope
                 ),
             });
         }

@@ -30,6 +30,10 @@ use crate::platform::{PlatformError, TokenSet};
 /// Every scope Herald asks for: `atproto` (required) and the App-Password-level
 /// `transition:generic` (write records, upload blobs, proxy to the AppView).
 pub const SCOPE: &str = "atproto transition:generic";
+/// The part of [`SCOPE`] that posting needs (records, blobs, the AppView proxy). A grant
+/// without it is an AT Protocol session that cannot post: refused at connect, and a refresh
+/// that loses it ends the connection's use (`needs_reauth`) rather than failing every share.
+pub const POSTING_SCOPE: &str = "transition:generic";
 pub const CLIENT_METADATA_PATH: &str = "/oauth/bluesky/client-metadata.json";
 pub const JWKS_PATH: &str = "/oauth/bluesky/jwks.json";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -180,6 +184,10 @@ impl Tokens {
             .map(|s| Utc::now() + chrono::Duration::seconds(s))
     }
 
+    pub fn grants(&self, scope: &str) -> bool {
+        self.scope.split_whitespace().any(|s| s == scope)
+    }
+
     pub fn scopes(&self) -> Vec<String> {
         self.scope.split_whitespace().map(str::to_owned).collect()
     }
@@ -200,7 +208,7 @@ impl Tokens {
     fn check(self) -> Result<Self, PlatformError> {
         let problem = if !self.token_type.eq_ignore_ascii_case("DPoP") {
             Some("the token is not DPoP-bound")
-        } else if !self.scope.split_whitespace().any(|s| s == "atproto") {
+        } else if !self.grants("atproto") {
             Some("the `atproto` scope was not granted")
         } else if !self.sub.starts_with("did:") {
             Some("the answer names no account (`sub`)")
