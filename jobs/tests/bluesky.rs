@@ -54,6 +54,12 @@ struct Pds {
     fail_next_create: Option<(StatusCode, Value)>,
     rate_limit_next: bool,
     taken_down: bool,
+    /// Requests of this method wait for a permit (a slow login the test lets go of).
+    hold: Option<(&'static str, Arc<tokio::sync::Semaphore>)>,
+    /// Pages fetched from `/counted-missing` (each answered 404: no card).
+    page_hits: usize,
+    /// Calls refused for an expired access token.
+    expired_answers: usize,
 }
 
 type Shared = Arc<Mutex<Pds>>;
@@ -87,13 +93,19 @@ fn new_session(pds: &mut Pds) -> Value {
 }
 
 async fn xrpc(
-    State(pds): State<Shared>,
+    State(shared): State<Shared>,
     Path(nsid): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut pds = pds.lock().unwrap();
+    let held = shared.lock().unwrap().hold.clone();
+    if let Some((method, gate)) = held
+        && method == nsid
+    {
+        let _permit = gate.acquire().await;
+    }
+    let mut pds = shared.lock().unwrap();
     let token = bearer(&headers);
     let authed = token.as_ref().is_some_and(|t| pds.access.contains(t));
     let needs_auth = matches!(
@@ -107,6 +119,7 @@ async fn xrpc(
     );
     if needs_auth && !authed {
         // The reference PDS answers an expired access JWT with 400 ExpiredToken.
+        pds.expired_answers += 1;
         return xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired");
     }
     let json_body = || serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
@@ -300,6 +313,13 @@ async fn server() -> Server {
     let app = Router::new()
         .route("/xrpc/{nsid}", get(xrpc).post(xrpc))
         .route("/page", get(|| async { page("/img.png") }))
+        .route(
+            "/counted-missing",
+            get(|State(pds): State<Shared>| async move {
+                pds.lock().unwrap().page_hits += 1;
+                StatusCode::NOT_FOUND
+            }),
+        )
         .route("/big-image-page", get(|| async { page("/big.png") }))
         .route(
             "/moved",
@@ -556,6 +576,74 @@ async fn an_expired_session_is_refreshed_then_recreated_and_the_call_replayed() 
         .await
         .unwrap();
     assert_eq!(s.pds().counts(), (2, 2));
+}
+
+/// Polls `done` until it holds (a deadline keeps a broken test from hanging).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Starts `n` shares of the one connection at once, each reaching its first authenticated call
+/// after fetching `/counted-missing`.
+fn concurrent_shares(
+    s: &Server,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<herald_jobs::platform::Published, PlatformError>>> {
+    (0..n)
+        .map(|i| {
+            let (client, account) = (s.client.clone(), s.account());
+            let post = s.post(&share_id(), &format!("share {i}"), "/counted-missing");
+            tokio::spawn(async move { client.share(&account, &creds(APP_PASSWORD), &post).await })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_shares_of_a_connection_with_no_session_log_in_once() {
+    // Bluesky allows 30 createSession per 5 minutes (300 a day) per account: a burst of shares
+    // must not spend one each.
+    const SHARES: usize = 6;
+    let s = server().await;
+    let login = Arc::new(tokio::sync::Semaphore::new(0));
+    s.pds().hold = Some(("com.atproto.server.createSession", login.clone()));
+    let shares = concurrent_shares(&s, SHARES);
+    // Every share is past its card and on its way to log in; the first login is still held.
+    until("every share fetched its page", || {
+        s.pds().page_hits == SHARES
+    })
+    .await;
+    login.add_permits(SHARES);
+    for share in shares {
+        share.await.unwrap().unwrap();
+    }
+    assert_eq!(s.pds().counts(), (1, 0), "one login served every share");
+    assert_eq!(s.pds().records.len(), SHARES);
+}
+
+#[tokio::test]
+async fn concurrent_calls_on_an_expired_session_renew_it_once() {
+    const SHARES: usize = 6;
+    let s = server().await;
+    let (account, creds) = (s.account(), creds(APP_PASSWORD));
+    s.client.verify(&account, &creds).await.unwrap();
+    s.pds().access.clear();
+    let renew = Arc::new(tokio::sync::Semaphore::new(0));
+    s.pds().hold = Some(("com.atproto.server.refreshSession", renew.clone()));
+    let shares = concurrent_shares(&s, SHARES);
+    until("every share met the expired token", || {
+        s.pds().expired_answers == SHARES
+    })
+    .await;
+    renew.add_permits(SHARES);
+    for share in shares {
+        share.await.unwrap().unwrap();
+    }
+    assert_eq!(s.pds().counts(), (1, 1), "one renewal served every share");
+    assert_eq!(s.pds().records.len(), SHARES);
 }
 
 #[tokio::test]

@@ -17,7 +17,8 @@
 //!     and renews it with `refreshSession` (or a new login) when the PDS answers `ExpiredToken` /
 //!     `InvalidToken` / 401, then replays the call once. Sessions are never stored: they live at
 //!     most as long as the process, so a restart costs one `createSession` per account (the PDS
-//!     allows 30 per 5 minutes).
+//!     allows 30 per 5 minutes). Logging in and renewing are single-flight per account in the
+//!     process: concurrent calls wait for the one login or renewal under way and use its session.
 //!   - `"oauth"`: DPoP-bound OAuth tokens from the connect flow (`connect/bluesky.rs`):
 //!     `Credentials::dpop_key` is the session's private key (base64url PKCS#8), and the extras
 //!     carry `auth_server` (the issuer), `token_endpoint`, `client_id` (the client the session was
@@ -49,7 +50,7 @@ pub mod oauth;
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -491,6 +492,9 @@ struct Session {
 struct SessionCache {
     capacity: usize,
     entries: Mutex<HashMap<String, Session>>,
+    /// One login or renewal at a time per key. Weak, so a gate lives only while someone holds
+    /// or waits on it, and the map holds no more than the logins under way.
+    gates: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl fmt::Debug for SessionCache {
@@ -508,7 +512,20 @@ impl SessionCache {
         Self {
             capacity,
             entries: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The gate a login or renewal for `key` takes, shared by every caller while it is alive.
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = gates.get(key).and_then(Weak::upgrade) {
+            return gate;
+        }
+        gates.retain(|_, g| g.strong_count() > 0);
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        gates.insert(key.to_owned(), Arc::downgrade(&gate));
+        gate
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -833,7 +850,30 @@ impl Bluesky {
         Ok(session)
     }
 
+    /// The cached session, else a new login. Single-flight: concurrent calls for an account
+    /// with no session wait for one login and share it, rather than each spending one of
+    /// Bluesky's 30 logins per 5 minutes.
+    async fn session(
+        &self,
+        pds: &str,
+        account: &Account,
+        password: &SecretString,
+    ) -> Result<Session, PlatformError> {
+        let key = Self::cache_key(pds, account);
+        let fingerprint = fingerprint(password);
+        if let Some(s) = self.sessions.get(&key, &fingerprint) {
+            return Ok(s);
+        }
+        let gate = self.sessions.gate(&key);
+        let _turn = gate.lock().await;
+        if let Some(s) = self.sessions.get(&key, &fingerprint) {
+            return Ok(s);
+        }
+        self.create_session(pds, account, password).await
+    }
+
     /// A new access token from the refresh token; a refused refresh token falls back to a login.
+    /// Single-flight like [`Self::session`]: a call that waited finds the session renewed.
     async fn renew(
         &self,
         pds: &str,
@@ -841,6 +881,14 @@ impl Bluesky {
         password: &SecretString,
         old: &Session,
     ) -> Result<Session, PlatformError> {
+        let key = Self::cache_key(pds, account);
+        let gate = self.sessions.gate(&key);
+        let _turn = gate.lock().await;
+        if let Some(s) = self.sessions.get(&key, &old.password_fingerprint)
+            && s.created > old.created
+        {
+            return Ok(s);
+        }
         let req = self
             .http
             .post(Self::xrpc(pds, "com.atproto.server.refreshSession"))
@@ -890,10 +938,7 @@ impl Bluesky {
             Auth::OAuth => return self.call_oauth(creds, operation, creates, build).await,
         };
         let key = Self::cache_key(pds, account);
-        let session = match self.sessions.get(&key, &fingerprint(password)) {
-            Some(s) => s,
-            None => self.create_session(pds, account, password).await?,
-        };
+        let session = self.session(pds, account, password).await?;
         let req = build(&self.http).bearer_auth(session.access.expose_secret());
         let first = answer(
             http::send(self.kind(), operation, creates, req).await?,
