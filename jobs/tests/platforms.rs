@@ -1039,7 +1039,8 @@ mod instagram {
 
     use herald_jobs::platform::{
         Platform, PlatformError,
-        instagram::{API_VERSION, ContainerWait, Instagram},
+        instagram::{API_VERSION, Instagram},
+        meta::ContainerWait,
     };
     use secrecy::ExposeSecret;
     use serde_json::json;
@@ -1313,7 +1314,7 @@ mod threads {
 
     use herald_jobs::platform::{
         Platform, PlatformError,
-        instagram::ContainerWait,
+        meta::ContainerWait,
         threads::{API_VERSION, Threads},
     };
     use secrecy::ExposeSecret;

@@ -17,6 +17,7 @@ pub mod http;
 pub mod instagram;
 pub mod linkedin;
 pub mod mastodon;
+pub mod meta;
 pub mod threads;
 pub mod x;
 
