@@ -344,6 +344,7 @@ impl Server {
             text: Some(text.into()),
             image_url: None,
             idempotency_key: id.into(),
+            checkpoint: Default::default(),
         }
     }
 

@@ -16,7 +16,7 @@ mod support {
         response::{IntoResponse, Response},
     };
     use herald_jobs::{
-        platform::{Account, Credentials, PostRequest, http},
+        platform::{Account, Checkpoint, CheckpointSink, Credentials, PostRequest, http},
         ssrf::SsrfGuard,
     };
     use secrecy::SecretString;
@@ -178,11 +178,39 @@ mod support {
             text: Some("Worth reading".into()),
             image_url: Some("https://cdn.example.com/cover.jpg".into()),
             idempotency_key: "shr_1".into(),
+            checkpoint: Default::default(),
         }
     }
 
     pub fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
+    }
+
+    /// Where a client's checkpoints go in these tests (the share job writes them to the share row;
+    /// `tests/e2e` covers that part).
+    #[derive(Default)]
+    pub struct Checkpoints(pub Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl CheckpointSink for Checkpoints {
+        async fn save(&self, value: &str) -> Result<(), String> {
+            self.0.lock().unwrap().push(value.to_owned());
+            Ok(())
+        }
+    }
+
+    impl Checkpoints {
+        pub fn saved(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// The share's post, resuming from `saved` and storing new checkpoints in `sink`.
+    pub fn post_resuming(saved: Option<&str>, sink: Arc<Checkpoints>) -> PostRequest {
+        PostRequest {
+            checkpoint: Checkpoint::new(saved.map(str::to_owned), sink),
+            ..post()
+        }
     }
 }
 
@@ -1220,6 +1248,165 @@ mod instagram {
         );
     }
 
+    /// An Instagram whose one container is in `state`, and whose media list holds `listed`.
+    async fn instagram_with_container(
+        state: &'static str,
+        listed: serde_json::Value,
+        saves: Arc<Checkpoints>,
+    ) -> Server {
+        Server::start(
+            move |r| match (r.method.as_str(), r.path.rsplit('/').next().unwrap_or("")) {
+                ("GET", "content_publishing_limit") => {
+                    json(200, json!({"data": [{"quota_usage": 1}]}))
+                }
+                ("POST", "media") => json(200, json!({"id": "777"})),
+                ("GET", "555") => json(200, json!({"status_code": state})),
+                ("GET", "777") => json(200, json!({"status_code": "FINISHED"})),
+                // The container must be stored before it is published.
+                ("POST", "media_publish")
+                    if r.form()
+                        .get("creation_id")
+                        .is_some_and(|c| c == "555" || saves.saved().contains(c)) =>
+                {
+                    json(200, json!({"id": "9001"}))
+                }
+                ("POST", "media_publish") => json(
+                    500,
+                    json!({"unexpected": "a container published before it was saved"}),
+                ),
+                ("GET", "9001") => json(
+                    200,
+                    json!({"permalink": "https://www.instagram.com/p/Cnew/"}),
+                ),
+                ("GET", "media") => json(200, listed.clone()),
+                _ => not_found(r),
+            },
+        )
+        .await
+    }
+
+    /// A share on `server` that resumes from `saved` and stores new checkpoints in `saves`.
+    async fn share_resuming(
+        server: &Server,
+        saved: Option<&str>,
+        saves: &Arc<Checkpoints>,
+    ) -> Result<herald_jobs::platform::Published, PlatformError> {
+        ig(server)
+            .share(
+                &account("1784", json!({})),
+                &creds("igt", None),
+                &post_resuming(saved, saves.clone()),
+            )
+            .await
+    }
+
+    /// The containers `server` was asked to publish, in order.
+    fn publishes(server: &Server) -> Vec<String> {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("media_publish"))
+            .map(|r| r.form()["creation_id"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_container_is_saved_as_the_checkpoint_before_it_is_published() {
+        let saves = Arc::new(Checkpoints::default());
+        let server = instagram_with_container("FINISHED", json!({"data": []}), saves.clone()).await;
+        let published = share_resuming(&server, None, &saves).await.unwrap();
+        assert_eq!(published.post_id, "9001");
+        assert_eq!(saves.saved(), ["777"]);
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("1784/content_publishing_limit")),
+                format!("POST {}", v("1784/media")),
+                format!("GET {}", v("777")),
+                format!("POST {}", v("1784/media_publish")),
+                format!("GET {}", v("9001")),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_saved_container_not_yet_published_is_published_without_creating_another() {
+        for state in ["FINISHED", "IN_PROGRESS"] {
+            let saves = Arc::new(Checkpoints::default());
+            let server = instagram_with_container(state, json!({"data": []}), saves.clone()).await;
+            let result = share_resuming(&server, Some("555"), &saves).await;
+            let paths = server.paths();
+            assert!(
+                !paths.contains(&format!("POST {}", v("1784/media"))),
+                "{paths:?}"
+            );
+            assert!(saves.saved().is_empty());
+            match state {
+                "FINISHED" => {
+                    assert_eq!(result.unwrap().post_id, "9001");
+                    assert_eq!(publishes(&server), ["555"]);
+                }
+                // Still processing past the bound: try again later, with the same container.
+                _ => assert!(
+                    matches!(result, Err(PlatformError::Transient { .. })),
+                    "{result:?}"
+                ),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_saved_container_already_published_is_settled_by_read_back_and_never_published_again()
+    {
+        let recent = (chrono::Utc::now() - chrono::Duration::minutes(1))
+            .format("%Y-%m-%dT%H:%M:%S+0000")
+            .to_string();
+        let listed = json!({"data": [{"id": "9000", "caption": "Worth reading\n\nhttps://example.com/articles/1", "permalink": "https://www.instagram.com/p/Cold/", "timestamp": recent}]});
+        let saves = Arc::new(Checkpoints::default());
+        let server = instagram_with_container("PUBLISHED", listed, saves.clone()).await;
+        let found = share_resuming(&server, Some("555"), &saves).await.unwrap();
+        assert_eq!(
+            (found.post_id.as_str(), found.post_url.as_deref()),
+            ("9000", Some("https://www.instagram.com/p/Cold/"))
+        );
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("555")),
+                format!("GET {}", v("1784/media"))
+            ]
+        );
+
+        // Published, but the media list does not show it yet: still unknown, and still not posted again.
+        let server =
+            instagram_with_container("PUBLISHED", json!({"data": []}), saves.clone()).await;
+        let err = share_resuming(&server, Some("555"), &saves)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PlatformError::OutcomeUnknown { .. }),
+            "{err:?}"
+        );
+        assert!(publishes(&server).is_empty());
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("555")),
+                format!("GET {}", v("1784/media"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_saved_container_is_replaced_by_a_new_one_saved_before_publishing() {
+        let saves = Arc::new(Checkpoints::default());
+        let server = instagram_with_container("EXPIRED", json!({"data": []}), saves.clone()).await;
+        let published = share_resuming(&server, Some("555"), &saves).await.unwrap();
+        assert_eq!(published.post_id, "9001");
+        assert_eq!(saves.saved(), ["777"]);
+        assert_eq!(publishes(&server), ["777"]);
+    }
+
     #[tokio::test]
     async fn refresh_exchanges_the_long_lived_token_and_a_dead_one_is_an_invalid_grant() {
         let server = Server::start(|r| match (r.path.as_str(), r.q("access_token")) {
@@ -1395,6 +1582,35 @@ mod threads {
             .unwrap()
             .form();
         assert_eq!(publish.get("creation_id").map(String::as_str), Some("1800"));
+    }
+
+    #[tokio::test]
+    async fn a_saved_thread_container_is_resumed_by_its_status_field() {
+        let server = platform(|_| json!({"id": "1800", "status": "FINISHED"})).await;
+        let saves = Arc::new(Checkpoints::default());
+        let published = threads(&server)
+            .share(
+                &account("7001", json!({})),
+                &creds("tht", None),
+                &post_resuming(Some("1800"), saves.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(published.post_id, "1900");
+        assert!(saves.saved().is_empty());
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("1800")),
+                format!("GET {}", v("1800")),
+                format!("POST {}", v("7001/threads_publish")),
+                format!("GET {}", v("1900")),
+            ]
+        );
+        assert_eq!(
+            server.requests()[0].q("fields"),
+            Some("status,error_message")
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod checkpoints;
 mod connect;
 mod dashboards;
 mod lifecycle;

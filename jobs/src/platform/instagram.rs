@@ -182,32 +182,33 @@ impl Platform for Instagram {
                 status: 0,
                 reason: "Instagram posts need an image".into(),
             })?;
-        meta::check_quota(
-            &self.graph,
-            &format!("{id}/content_publishing_limit"),
-            token,
-        )
-        .await?;
-
-        // Creating a container publishes nothing, so a lost answer here is only transient.
-        let caption = meta::caption(post);
-        let form = [
-            ("image_url", image_url),
-            ("caption", caption.as_str()),
-            ("access_token", token),
-        ];
-        let container: Created = self
-            .graph
-            .post_form("create_container", false, &format!("{id}/media"), &form)
+        let create = async {
+            meta::check_quota(
+                &self.graph,
+                &format!("{id}/content_publishing_limit"),
+                token,
+            )
             .await?;
-        let container_id = checked_id(&container.id)?;
-
+            // Creating a container publishes nothing, so a lost answer here is only transient.
+            let caption = meta::caption(post);
+            let form = [
+                ("image_url", image_url),
+                ("caption", caption.as_str()),
+                ("access_token", token),
+            ];
+            let container: Created = self
+                .graph
+                .post_form("create_container", false, &format!("{id}/media"), &form)
+                .await?;
+            Ok::<_, PlatformError>(container.id)
+        };
         let flow = ContainerFlow {
             publish_edge: &format!("{id}/media_publish"),
             status_fields: "status_code,status",
             wait: self.wait,
         };
-        meta::publish_container(&self.graph, flow, container_id, token).await
+        let read_back = self.find_published(account, creds, post);
+        meta::share_through_container(&self.graph, flow, token, post, create, read_back).await
     }
 
     /// Reads the account's latest media and matches the share's URL and words in the caption,
@@ -259,6 +260,7 @@ mod tests {
             text: Some(text.into()),
             image_url: image.map(Into::into),
             idempotency_key: "k".into(),
+            checkpoint: Default::default(),
         }
     }
 

@@ -435,10 +435,30 @@ struct ContainerStatus {
     error_message: Option<String>,
 }
 
+impl ContainerStatus {
+    /// Instagram reports the state in `status_code`, Threads in `status`.
+    fn state(&self) -> &str {
+        self.status_code
+            .as_deref()
+            .or(self.status.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+async fn container_status(
+    graph: &Graph,
+    container_id: &str,
+    fields: &str,
+    access_token: &str,
+) -> Result<ContainerStatus, PlatformError> {
+    graph
+        .fields("container_status", container_id, fields, access_token)
+        .await
+}
+
 /// Polls a container (`GET /{container}?fields=…`) until it is `FINISHED`: at most `wait.checks`
 /// times, the first at once (images and text are usually ready immediately). `ERROR` is a refusal
 /// of the content; `EXPIRED`, an unknown state, or `IN_PROGRESS` past the bound are transient.
-/// Instagram reports the state in `status_code`, Threads in `status`.
 pub async fn wait_for_container(
     graph: &Graph,
     container_id: &str,
@@ -450,27 +470,20 @@ pub async fn wait_for_container(
         if check > 0 {
             tokio::time::sleep(wait.interval).await;
         }
-        let c: ContainerStatus = graph
-            .fields("container_status", container_id, fields, access_token)
-            .await?;
-        let state = c
-            .status_code
-            .clone()
-            .or_else(|| c.status.clone())
-            .unwrap_or_default();
-        let detail = || {
-            c.error_message
-                .clone()
-                .or_else(|| c.status.clone())
-                .unwrap_or_else(|| state.clone())
-        };
-        match state.as_str() {
+        let c = container_status(graph, container_id, fields, access_token).await?;
+        let state = c.state();
+        match state {
             "FINISHED" => return Ok(()),
             "IN_PROGRESS" | "" => {}
             "ERROR" => {
+                let detail = c
+                    .error_message
+                    .as_deref()
+                    .or(c.status.as_deref())
+                    .unwrap_or(state);
                 return Err(PlatformError::Rejected {
                     status: 0,
-                    reason: format!("the media container failed: {}", detail()),
+                    reason: format!("the media container failed: {detail}"),
                 });
             }
             other => {
@@ -571,9 +584,45 @@ pub struct ContainerFlow<'a> {
     pub wait: ContainerWait,
 }
 
+/// Publishes a share through a media container, resuming the one an earlier attempt saved.
+///
+/// A new container is saved as the share's checkpoint before it is published, so a retry after a
+/// lost publish answer finds it again instead of creating a second one. A saved container is read
+/// first: `PUBLISHED` means the lost answer did post, and read-back (`read_back`) finds the post;
+/// any other state means it was not published, and since Meta publishes a container only once,
+/// publishing it now cannot post twice. Only an `EXPIRED` container (24 hours unpublished) is
+/// replaced by a new one. `create` makes a container (the quota check comes first) and answers
+/// its id; it and `read_back` are awaited only when needed.
+pub async fn share_through_container(
+    graph: &Graph,
+    flow: ContainerFlow<'_>,
+    access_token: &str,
+    post: &PostRequest,
+    create: impl Future<Output = Result<String, PlatformError>>,
+    read_back: impl Future<Output = Result<Option<Published>, PlatformError>>,
+) -> Result<Published, PlatformError> {
+    if let Some(saved) = post.checkpoint.saved.as_deref() {
+        let container = checked_id(saved)?;
+        let status = container_status(graph, container, flow.status_fields, access_token).await?;
+        match status.state() {
+            "PUBLISHED" => {
+                return read_back.await?.ok_or_else(|| PlatformError::OutcomeUnknown {
+                    reason: "the saved media container was published, but read-back does not list the post yet".into(),
+                });
+            }
+            "EXPIRED" => {}
+            _ => return publish_container(graph, flow, container, access_token).await,
+        }
+    }
+    let created = create.await?;
+    let container = checked_id(&created)?;
+    post.checkpoint.save(container).await?;
+    publish_container(graph, flow, container, access_token).await
+}
+
 /// Waits for a created container, publishes it, and reads the post's permalink. Creating a
 /// container posts nothing; the publish call is the create, so a lost answer to it is an unknown
-/// outcome (settled by read-back).
+/// outcome.
 pub async fn publish_container(
     graph: &Graph,
     flow: ContainerFlow<'_>,

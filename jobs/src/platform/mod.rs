@@ -120,7 +120,7 @@ impl fmt::Debug for Credentials {
 }
 
 /// What to publish. Built by the share job from the share row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PostRequest {
     pub share_id: String,
     pub url: String,
@@ -130,6 +130,59 @@ pub struct PostRequest {
     /// Stable across every attempt of one share: platforms with duplicate protection use it
     /// (Mastodon's `Idempotency-Key`, a Bluesky record key).
     pub idempotency_key: String,
+    /// Where a publish in several steps resumes from on a later attempt of the same share.
+    pub checkpoint: Checkpoint,
+}
+
+/// Progress a publish in several steps keeps across the attempts of one share (Instagram and
+/// Threads: the media container, which can be published only once). `saved` is what an earlier
+/// attempt stored; [`Checkpoint::save`] stores a new value durably, and a client calls it before
+/// the step that has an effect, so a retry after a lost answer resumes instead of starting over.
+#[derive(Clone, Default)]
+pub struct Checkpoint {
+    pub saved: Option<String>,
+    sink: Option<Arc<dyn CheckpointSink>>,
+}
+
+/// Where checkpoints go: the share job writes them to the share row.
+#[async_trait]
+pub trait CheckpointSink: Send + Sync {
+    /// Stores `value` durably, or says why it could not.
+    async fn save(&self, value: &str) -> Result<(), String>;
+}
+
+impl Checkpoint {
+    pub fn new(saved: Option<String>, sink: Arc<dyn CheckpointSink>) -> Self {
+        Self {
+            saved,
+            sink: Some(sink),
+        }
+    }
+
+    /// Stores a checkpoint before the step it protects. Without a sink (a client called outside
+    /// a share job) there is nothing to resume later, and nothing is stored. A failed write is
+    /// transient: the step it protects has not run.
+    pub async fn save(&self, value: &str) -> Result<(), PlatformError> {
+        match &self.sink {
+            Some(sink) => sink
+                .save(value)
+                .await
+                .map_err(|reason| PlatformError::Transient {
+                    status: None,
+                    reason: format!("the checkpoint could not be stored: {reason}"),
+                }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("saved", &self.saved)
+            .field("stored", &self.sink.is_some())
+            .finish()
+    }
 }
 
 /// A post the platform accepted.

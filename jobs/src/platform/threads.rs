@@ -182,33 +182,34 @@ impl Platform for Threads {
     ) -> Result<Published, PlatformError> {
         let user = Self::user_id(account)?;
         let token = token(creds)?;
-        meta::check_quota(
-            &self.graph,
-            &format!("{user}/threads_publishing_limit"),
-            token,
-        )
-        .await?;
-
-        // Creating a container publishes nothing, so a lost answer here is only transient.
-        let text = meta::caption(post);
-        let form = [
-            ("media_type", "TEXT"),
-            ("text", text.as_str()),
-            ("link_attachment", post.url.as_str()),
-            ("access_token", token),
-        ];
-        let container: Created = self
-            .graph
-            .post_form("create_container", false, &format!("{user}/threads"), &form)
+        let create = async {
+            meta::check_quota(
+                &self.graph,
+                &format!("{user}/threads_publishing_limit"),
+                token,
+            )
             .await?;
-        let container_id = checked_id(&container.id)?;
-
+            // Creating a container publishes nothing, so a lost answer here is only transient.
+            let caption = meta::caption(post);
+            let form = [
+                ("media_type", "TEXT"),
+                ("text", caption.as_str()),
+                ("link_attachment", post.url.as_str()),
+                ("access_token", token),
+            ];
+            let container: Created = self
+                .graph
+                .post_form("create_container", false, &format!("{user}/threads"), &form)
+                .await?;
+            Ok::<_, PlatformError>(container.id)
+        };
         let flow = ContainerFlow {
             publish_edge: &format!("{user}/threads_publish"),
             status_fields: "status,error_message",
             wait: self.wait,
         };
-        meta::publish_container(&self.graph, flow, container_id, token).await
+        let read_back = self.find_published(account, creds, post);
+        meta::share_through_container(&self.graph, flow, token, post, create, read_back).await
     }
 
     /// Reads the user's threads since [`READ_BACK_WINDOW`] and matches the share's URL (in the

@@ -640,6 +640,7 @@ mod tests {
             text: Some(text.into()),
             image_url: None,
             idempotency_key: "k".into(),
+            checkpoint: Default::default(),
         }
     }
 

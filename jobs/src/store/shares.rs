@@ -11,7 +11,7 @@ use crate::ids;
 
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
-    last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from";
+    last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from, checkpoint";
 
 /// The states of a share. `succeeded` means a platform post id is stored.
 #[derive(
@@ -85,6 +85,8 @@ pub struct ShareRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Attempts before this number were spent before the last replay and do not count.
     pub budget_from: i32,
+    /// Where a publish in several steps resumes (see [`crate::platform::Checkpoint`]).
+    pub checkpoint: Option<String>,
 }
 
 impl ShareRow {
@@ -279,6 +281,7 @@ impl Store {
                 updated_at: now,
                 finished_at: None,
                 budget_from: 0,
+                checkpoint: None,
             })
             .collect();
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
@@ -558,6 +561,30 @@ impl Store {
             row
         });
         Ok(row)
+    }
+
+    /// Stores the checkpoint of attempt `attempt` if this worker still holds the share. `false`
+    /// means another worker took it over: the step the checkpoint protects must not run.
+    pub async fn save_checkpoint(
+        &self,
+        id: &str,
+        attempt: i32,
+        checkpoint: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let saved = with_pool!(
+            &self.pool,
+            "UPDATE shares SET checkpoint = $3, updated_at = $4 WHERE id = $1 AND state = 'running' AND attempts = $2",
+            |p, sql| sqlx::query(sql)
+                .bind(id)
+                .bind(attempt)
+                .bind(checkpoint)
+                .bind(now)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        Ok(saved == 1)
     }
 
     /// Cancels a share that has not run (queued or parked).

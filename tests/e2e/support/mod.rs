@@ -2,6 +2,7 @@
 //! store, and local servers that answer as each platform documents.
 
 pub mod db;
+pub mod instagram_containers;
 pub mod mastodon;
 pub mod oauth_provider;
 
