@@ -100,6 +100,10 @@ pub struct Settings {
     pub public_url: String,
     /// How long a started connect flow may take before its state is refused.
     pub oauth_state_ttl: Duration,
+    /// How long a tenant held back by fair sharing of a scarce app budget waits before it is
+    /// looked at again (at most until the app's window reopens), in case others leave budget
+    /// unused.
+    pub fair_share_recheck: Duration,
 }
 
 impl Settings {
@@ -131,6 +135,7 @@ impl Default for Settings {
             apps: PlatformApps::default(),
             public_url: DEFAULT_PUBLIC_URL.into(),
             oauth_state_ttl: Duration::from_secs(600),
+            fair_share_recheck: Duration::from_secs(600),
         }
     }
 }

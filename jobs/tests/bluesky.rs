@@ -19,7 +19,7 @@ use axum::{
 };
 use herald_jobs::{
     platform::{
-        Account, Credentials, Platform, PlatformError, PostRequest, Relation,
+        Account, Credentials, LimitScope, Platform, PlatformError, PostRequest, Relation,
         bluesky::{self, Bluesky},
         http,
     },
@@ -609,7 +609,7 @@ async fn rate_limits_carry_the_wait_and_errors_are_classified() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, PlatformError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(42)),
+        matches!(err, PlatformError::RateLimited { retry_after: Some(d), scope: LimitScope::Account } if d == Duration::from_secs(42)),
         "{err:?}"
     );
 

@@ -215,12 +215,18 @@ mod support {
 }
 
 mod x {
-    use std::time::Duration;
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Duration,
+    };
 
     use base64::Engine;
     use chrono::Utc;
     use herald_jobs::platform::{
-        Platform, PlatformError, Relation,
+        LimitScope, Platform, PlatformError, Relation,
         x::{OAuthClient, X},
     };
     use secrecy::ExposeSecret;
@@ -321,10 +327,95 @@ mod x {
         match err {
             PlatformError::RateLimited {
                 retry_after: Some(wait),
+                scope: LimitScope::Account,
             } => {
                 // Date has whole-second resolution.
                 assert!((119..=120).contains(&wait.as_secs()), "{wait:?}");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `x-app-limit-24hour-*` as X sends them on `POST /2/tweets`, `remaining` of `limit`.
+    fn app_limit_headers(remaining: u32, reset: i64) -> Vec<(&'static str, String)> {
+        vec![
+            ("x-app-limit-24hour-limit", "10000".into()),
+            ("x-app-limit-24hour-remaining", remaining.to_string()),
+            ("x-app-limit-24hour-reset", reset.to_string()),
+            ("x-user-limit-24hour-limit", "100".into()),
+            ("x-user-limit-24hour-remaining", "99".into()),
+            ("x-user-limit-24hour-reset", reset.to_string()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_post_reports_the_apps_daily_budget_and_a_spent_one_is_the_apps_limit() {
+        let reset = Utc::now().timestamp() + 3600;
+        let spent = Arc::new(AtomicBool::new(false));
+        let server = Server::start({
+            let spent = spent.clone();
+            move |_| {
+                let headers = app_limit_headers(if spent.load(Ordering::SeqCst) { 0 } else { 41 }, reset);
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if spent.load(Ordering::SeqCst) {
+                    json_with(429, &headers, json!({"title": "Too Many Requests", "detail": "Too Many Requests", "type": "about:blank", "status": 429}))
+                } else {
+                    json_with(201, &headers, json!({"data": {"id": "1850", "text": "t", "edit_history_tweet_ids": ["1850"]}}))
+                }
+            }
+        })
+        .await;
+        let published = x(&server)
+            .share(&account("42", json!({})), &creds("at", None), &post())
+            .await
+            .unwrap();
+        let budget = published.app_budget.expect("the app's budget is reported");
+        assert_eq!((budget.limit, budget.remaining), (10_000, 41));
+        let until_reset = (budget.resets_at - Utc::now()).num_seconds();
+        assert!((3590..=3601).contains(&until_reset), "{until_reset}");
+
+        spent.store(true, Ordering::SeqCst);
+        let err = x(&server)
+            .share(&account("42", json!({})), &creds("at", None), &post())
+            .await
+            .unwrap_err();
+        match err {
+            PlatformError::RateLimited {
+                retry_after: Some(wait),
+                scope: LimitScope::App,
+            } => assert!((3590..=3601).contains(&wait.as_secs()), "{wait:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spent_user_limit_is_the_accounts_alone() {
+        let reset = Utc::now().timestamp() + 600;
+        let server = Server::start(move |_| {
+            let (app_reset, user_reset) = ((reset + 3000).to_string(), reset.to_string());
+            json_with(
+                429,
+                &[
+                    ("x-app-limit-24hour-limit", "10000"),
+                    ("x-app-limit-24hour-remaining", "9000"),
+                    ("x-app-limit-24hour-reset", app_reset.as_str()),
+                    ("x-user-limit-24hour-limit", "100"),
+                    ("x-user-limit-24hour-remaining", "0"),
+                    ("x-user-limit-24hour-reset", user_reset.as_str()),
+                ],
+                json!({"title": "Too Many Requests", "detail": "Too Many Requests", "type": "about:blank", "status": 429}),
+            )
+        })
+        .await;
+        let err = x(&server)
+            .share(&account("42", json!({})), &creds("at", None), &post())
+            .await
+            .unwrap_err();
+        match err {
+            PlatformError::RateLimited {
+                retry_after: Some(wait),
+                scope: LimitScope::Account,
+            } => assert!((590..=601).contains(&wait.as_secs()), "{wait:?}"),
             other => panic!("{other:?}"),
         }
     }
@@ -341,7 +432,7 @@ mod x {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PlatformError::RateLimited { retry_after: Some(w) } if w == Duration::from_secs(86_400)),
+            matches!(err, PlatformError::RateLimited { retry_after: Some(w), scope: LimitScope::App } if w == Duration::from_secs(86_400)),
             "{err:?}"
         );
         let err = x(&server)
@@ -561,7 +652,7 @@ mod linkedin {
     use std::time::Duration;
 
     use herald_jobs::platform::{
-        Platform, PlatformError, Relation,
+        LimitScope, Platform, PlatformError, Relation,
         linkedin::{DEFAULT_VERSION, Linkedin},
         x::OAuthClient,
     };
@@ -691,6 +782,7 @@ mod linkedin {
         match err {
             PlatformError::RateLimited {
                 retry_after: Some(wait),
+                scope: LimitScope::Account,
             } => {
                 let expected =
                     herald_jobs::platform::linkedin::until_midnight_utc(chrono::Utc::now());
@@ -824,7 +916,7 @@ mod facebook {
     use std::time::Duration;
 
     use herald_jobs::platform::{
-        Platform, PlatformError, Relation,
+        LimitScope, Platform, PlatformError, Relation,
         facebook::{API_VERSION, Facebook},
         x::OAuthClient,
     };
@@ -972,9 +1064,47 @@ mod facebook {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PlatformError::RateLimited { retry_after: Some(w) } if w == Duration::from_secs(720)),
+            matches!(err, PlatformError::RateLimited { retry_after: Some(w), scope: LimitScope::Account } if w == Duration::from_secs(720)),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_apps_limit_is_told_from_a_users_by_code_and_app_usage() {
+        let server = Server::start(|r| match r.form().get("access_token").map(String::as_str) {
+            Some("app") => json_with(
+                400,
+                &[("x-app-usage", r#"{"call_count":100,"total_cputime":20,"total_time":31}"#)],
+                json!({"error": {"message": "(#4) Application request limit reached", "type": "OAuthException", "is_transient": true, "code": 4, "fbtrace_id": "x"}}),
+            ),
+            // A page-level code while the app's usage is spent: every page of the app waits.
+            Some("spent") => json_with(
+                400,
+                &[("x-app-usage", r#"{"call_count":12,"total_cputime":100,"total_time":40}"#)],
+                json!({"error": {"message": "(#32) Page request limit reached", "type": "OAuthException", "code": 32, "fbtrace_id": "x"}}),
+            ),
+            _ => json_with(
+                400,
+                &[("x-app-usage", r#"{"call_count":12,"total_cputime":4,"total_time":9}"#)],
+                json!({"error": {"message": "(#17) User request limit reached", "type": "OAuthException", "code": 17, "fbtrace_id": "x"}}),
+            ),
+        })
+        .await;
+        let scope = |token: &'static str| {
+            let server = &server;
+            async move {
+                match Facebook::new(client(), &server.base)
+                    .share(&page(), &creds(token, None), &post())
+                    .await
+                {
+                    Err(PlatformError::RateLimited { scope, .. }) => scope,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        assert_eq!(scope("app").await, LimitScope::App);
+        assert_eq!(scope("spent").await, LimitScope::App);
+        assert_eq!(scope("user").await, LimitScope::Account);
     }
 
     #[tokio::test]
@@ -1066,7 +1196,7 @@ mod instagram {
     };
 
     use herald_jobs::platform::{
-        Platform, PlatformError,
+        LimitScope, Platform, PlatformError,
         instagram::{API_VERSION, Instagram},
         meta::ContainerWait,
     };
@@ -1200,7 +1330,8 @@ mod instagram {
             matches!(
                 err,
                 PlatformError::RateLimited {
-                    retry_after: Some(_)
+                    retry_after: Some(_),
+                    scope: LimitScope::Account,
                 }
             ),
             "{err:?}"
@@ -1232,7 +1363,8 @@ mod instagram {
             matches!(
                 err,
                 PlatformError::RateLimited {
-                    retry_after: Some(_)
+                    retry_after: Some(_),
+                    scope: LimitScope::Account,
                 }
             ),
             "{err:?}"
@@ -1500,7 +1632,7 @@ mod threads {
     };
 
     use herald_jobs::platform::{
-        Platform, PlatformError,
+        LimitScope, Platform, PlatformError,
         meta::ContainerWait,
         threads::{API_VERSION, Threads},
     };
@@ -1648,7 +1780,7 @@ mod threads {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PlatformError::RateLimited { retry_after: Some(w) } if w == Duration::from_secs(180)),
+            matches!(err, PlatformError::RateLimited { retry_after: Some(w), scope: LimitScope::App } if w == Duration::from_secs(180)),
             "{err:?}"
         );
     }

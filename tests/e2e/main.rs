@@ -10,4 +10,5 @@ mod connect;
 mod dashboards;
 mod lifecycle;
 mod observability;
+mod rate_limits;
 mod sharing;

@@ -18,8 +18,8 @@ use super::refresh::{self, Refresh};
 use crate::{
     Ctx, metrics as m,
     payloads::{QueueName, ShareV1},
-    platform::{Checkpoint, CheckpointSink, Platform, PlatformError, PostRequest},
-    store::{Claim, ConnectionRow, ShareRow, ShareUpdate, Store},
+    platform::{Checkpoint, CheckpointSink, LimitScope, Platform, PlatformError, PostRequest},
+    store::{Admission, AppKey, Claim, ConnectionRow, Deferral, ShareRow, ShareUpdate, Store},
 };
 
 /// Runs one delivery of a share job. An `Err` is a store or queue failure: the share row keeps its
@@ -80,9 +80,11 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
     let queue = QueueName::Share.as_str();
     metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome).increment(1);
     metrics::histogram!(m::JOB_DURATION_SECONDS, "queue" => queue, "platform" => platform.to_owned()).record(clock.elapsed().as_secs_f64());
+    if let ShareUpdate::Deferred { reason, .. } = &update {
+        metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "scope" => reason.as_str()).increment(1);
+    }
     match outcome {
         "retried" => metrics::counter!(m::JOB_RETRIES_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
-        "rate_limited" | "deferred" => metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         "parked" => metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         "failed" | "outcome_unknown" => metrics::counter!(m::JOBS_DEAD_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         _ => {}
@@ -133,7 +135,10 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
     }
     // The platform said this account must wait: every share of it waits, without a call.
     if let Some(until) = conn.rate_limited_until.filter(|t| *t > Utc::now()) {
-        return Ok(ShareUpdate::Deferred { run_at: until });
+        return Ok(ShareUpdate::Deferred {
+            run_at: until,
+            reason: Deferral::Account,
+        });
     }
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(failed(
@@ -210,6 +215,33 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         idempotency_key: share.id.clone(),
         checkpoint: Checkpoint::new(share.checkpoint.clone(), checkpoints.clone()),
     };
+    // The platform app's budget is shared by every tenant: ask before calling.
+    let app = ctx.settings.apps.get(platform.kind()).map(|a| AppKey {
+        platform: platform.kind().as_str(),
+        app_id: a.client_id.as_str(),
+    });
+    if let Some(app) = app {
+        let recheck = chrono::Duration::from_std(ctx.settings.fair_share_recheck)?;
+        match ctx
+            .store
+            .admit_app_call(app, &share.tenant_id, Utc::now(), recheck)
+            .await?
+        {
+            Admission::Go => {}
+            Admission::Closed { until } => {
+                return Ok(ShareUpdate::Deferred {
+                    run_at: until,
+                    reason: Deferral::App,
+                });
+            }
+            Admission::OverShare { until } => {
+                return Ok(ShareUpdate::Deferred {
+                    run_at: until,
+                    reason: Deferral::FairShare,
+                });
+            }
+        }
+    }
     let now = Utc::now();
     if recovered
         && share.checkpoint.is_none()
@@ -246,6 +278,12 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
     };
     let error = match result {
         Ok(p) => {
+            if let (Some(app), Some(budget)) = (app, &p.app_budget) {
+                // Advisory: the post exists whatever happens to this write.
+                if let Err(e) = ctx.store.report_app_budget(app, budget, Utc::now()).await {
+                    warn!(share.id = %share.id, platform = app.platform, error.message = %e, "could not record the app's budget");
+                }
+            }
             return Ok(ShareUpdate::Succeeded {
                 post_id: p.post_id,
                 post_url: p.post_url,
@@ -306,9 +344,18 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
                 }
             }
         },
-        PlatformError::RateLimited { retry_after } => {
+        PlatformError::RateLimited { retry_after, scope } => {
             let wait = ctx.settings.retry.rate_limit_wait(retry_after);
-            ctx.store.set_rate_limited(&conn.id, now + wait).await?;
+            match (scope, app) {
+                // Every tenant's shares of this platform wait, without calling.
+                (LimitScope::App, Some(app)) => {
+                    ctx.store
+                        .close_app_window(app, now + wait, Utc::now())
+                        .await?;
+                }
+                _ => ctx.store.set_rate_limited(&conn.id, now + wait).await?,
+            }
+            metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => QueueName::Share.as_str(), "platform" => conn.platform.clone(), "scope" => scope.as_str()).increment(1);
             retry_or_fail(
                 ctx,
                 share,

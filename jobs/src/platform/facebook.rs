@@ -109,6 +109,7 @@ impl ListedPost for FeedPost {
         Published {
             post_url: Some(self.permalink_url.unwrap_or_else(|| post_url(&self.id))),
             post_id: self.id,
+            app_budget: None,
         }
     }
 }
@@ -189,6 +190,7 @@ impl Platform for Facebook {
         Ok(Published {
             post_id: c.id,
             post_url: Some(post_url),
+            app_budget: None,
         })
     }
 

@@ -85,6 +85,7 @@ impl ListedPost for Media {
         Published {
             post_id: self.id,
             post_url: self.permalink,
+            app_budget: None,
         }
     }
 }

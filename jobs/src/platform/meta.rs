@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
-    Credentials, PlatformError, PlatformKind, PostRequest, Published, TokenSet, http,
+    Credentials, LimitScope, PlatformError, PlatformKind, PostRequest, Published, TokenSet, http,
     x::{lead, post_matches},
 };
 
@@ -240,6 +240,27 @@ pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
     (minutes > 0).then(|| Duration::from_secs(minutes * 60))
 }
 
+/// Whether `X-App-Usage` (`{"call_count","total_cputime","total_time"}`, percentages of the app's
+/// hourly budget) says a share of the app's budget is used up.
+pub fn app_usage_spent(headers: &HeaderMap) -> bool {
+    #[derive(Deserialize)]
+    struct AppUsage {
+        call_count: Option<u64>,
+        total_cputime: Option<u64>,
+        total_time: Option<u64>,
+    }
+    headers
+        .get("x-app-usage")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|raw| serde_json::from_str::<AppUsage>(raw).ok())
+        .is_some_and(|u| {
+            [u.call_count, u.total_cputime, u.total_time]
+                .into_iter()
+                .flatten()
+                .any(|pct| pct >= 100)
+        })
+}
+
 /// The outcome class of a Graph error, from its code and subcode first (Graph answers throttling
 /// and dead tokens with 400 or 403 as often as with 429 or 401), then the HTTP status.
 /// Sources: Graph error-handling guide, Instagram error codes, Mixpost's `ManagesRateLimit`.
@@ -252,13 +273,14 @@ pub fn classify_graph_error(
     retry_after: Option<Duration>,
 ) -> PlatformError {
     let rejected = |reason| PlatformError::Rejected { status, reason };
+    let account_limit = |retry_after| PlatformError::RateLimited {
+        retry_after,
+        scope: LimitScope::Account,
+    };
     match subcode {
-        // Instagram's publishing quota (code 9): the window rolls, so a slot frees up within hours.
-        Some(2_207_042) => {
-            return PlatformError::RateLimited {
-                retry_after: retry_after.or(Some(Duration::from_secs(3600))),
-            };
-        }
+        // Instagram's publishing quota (code 9, per account): the window rolls, so a slot frees
+        // up within hours.
+        Some(2_207_042) => return account_limit(retry_after.or(Some(Duration::from_secs(3600)))),
         // Server error, media download timeout, create failed, container expired: a new attempt
         // creates a new container, so these are worth retrying.
         Some(2_207_001 | 2_207_003 | 2_207_032 | 2_207_020) => {
@@ -275,9 +297,14 @@ pub fn classify_graph_error(
     }
     match code {
         Some(190 | 102 | 10 | 200..=299) => PlatformError::Unauthorized { reason },
-        Some(4 | 17 | 32 | 341 | 613 | 80_000..=80_014) => {
-            PlatformError::RateLimited { retry_after }
-        }
+        // "Application request limit reached": the app's budget, shared by every account.
+        Some(4) => PlatformError::RateLimited {
+            retry_after,
+            scope: LimitScope::App,
+        },
+        // User, page, feed-action, custom and business-use-case limits: one account's (or one
+        // page's) budget.
+        Some(17 | 32 | 341 | 613 | 80_000..=80_014) => account_limit(retry_after),
         Some(1 | 2) => PlatformError::Transient {
             status: Some(status),
             reason,
@@ -290,7 +317,7 @@ pub fn classify_graph_error(
         },
         _ => match status {
             401 => PlatformError::Unauthorized { reason },
-            429 => PlatformError::RateLimited { retry_after },
+            429 => account_limit(retry_after),
             s if s >= 500 => PlatformError::Transient {
                 status: Some(s),
                 reason,
@@ -300,10 +327,12 @@ pub fn classify_graph_error(
     }
 }
 
-/// Reads a non-2xx Graph answer into its outcome class.
+/// Reads a non-2xx Graph answer into its outcome class. A throttle while `X-App-Usage` is spent
+/// is the app's, whatever the code.
 pub async fn classify_graph(res: Response) -> PlatformError {
     let status = res.status();
     let wait = rate_limit_wait(res.headers());
+    let app_spent = app_usage_spent(res.headers());
     let body: GraphErrorBody = res.json().await.unwrap_or_default();
     let e = body.error.unwrap_or_default();
     let mut reason = e
@@ -316,14 +345,20 @@ pub async fn classify_graph(res: Response) -> PlatformError {
             None => format!("{reason} (code {code})"),
         };
     }
-    classify_graph_error(
+    match classify_graph_error(
         status.as_u16(),
         e.code,
         e.error_subcode,
         e.is_transient,
         reason,
         wait,
-    )
+    ) {
+        PlatformError::RateLimited { retry_after, .. } if app_spent => PlatformError::RateLimited {
+            retry_after,
+            scope: LimitScope::App,
+        },
+        other => other,
+    }
 }
 
 /// On a token endpoint a dead token (190 and its kin) means the grant itself is dead. Other
@@ -553,6 +588,7 @@ pub async fn check_quota(
             if spent {
                 Err(PlatformError::RateLimited {
                     retry_after: Some(QUOTA_WAIT),
+                    scope: LimitScope::Account,
                 })
             } else {
                 Ok(())
@@ -651,6 +687,7 @@ pub async fn publish_container(
     Ok(Published {
         post_id: media.id,
         post_url,
+        app_budget: None,
     })
 }
 
@@ -696,6 +733,37 @@ mod tests {
             classify_graph_error(400, Some(99), None, true, "r".into(), None).class(),
             "transient"
         );
+    }
+
+    fn scope(code: i64) -> Option<LimitScope> {
+        match classify_graph_error(400, Some(code), None, false, "r".into(), None) {
+            PlatformError::RateLimited { scope, .. } => Some(scope),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn code_4_is_the_apps_limit_and_the_others_an_accounts() {
+        assert_eq!(scope(4), Some(LimitScope::App));
+        for code in [17, 32, 341, 613, 80_001, 80_002, 80_014] {
+            assert_eq!(scope(code), Some(LimitScope::Account), "code {code}");
+        }
+        let mut h = HeaderMap::new();
+        assert!(!app_usage_spent(&h));
+        h.insert(
+            "x-app-usage",
+            r#"{"call_count":42,"total_cputime":12,"total_time":30}"#
+                .parse()
+                .unwrap(),
+        );
+        assert!(!app_usage_spent(&h));
+        h.insert(
+            "x-app-usage",
+            r#"{"call_count":100,"total_cputime":12,"total_time":30}"#
+                .parse()
+                .unwrap(),
+        );
+        assert!(app_usage_spent(&h));
     }
 
     #[test]

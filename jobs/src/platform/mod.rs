@@ -190,6 +190,39 @@ impl fmt::Debug for Checkpoint {
 pub struct Published {
     pub post_id: String,
     pub post_url: Option<String>,
+    /// What the answer said of the app-wide budget, where the platform says it.
+    #[serde(skip)]
+    pub app_budget: Option<AppBudget>,
+}
+
+/// An app-wide rate limit's state as the platform reported it: the budget every tenant's calls
+/// share in the current window (X's `x-app-limit-24hour-*` on `POST /2/tweets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppBudget {
+    pub limit: u32,
+    pub remaining: u32,
+    /// When the window reopens, on Herald's clock.
+    pub resets_at: DateTime<Utc>,
+}
+
+/// Whose limit a platform said is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// The account's own limit: only its work waits. Also where the platform does not say whose
+    /// limit it is (LinkedIn's 429s, Mastodon, Bluesky).
+    Account,
+    /// The limit of Herald's app on the platform, which every tenant's calls share: all of the
+    /// platform's work waits (X's `x-app-limit-24hour-*` spent or its usage cap, Meta's code 4).
+    App,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::App => "app",
+        }
+    }
 }
 
 /// The identity a token belongs to, as the platform reports it.
@@ -274,9 +307,13 @@ pub enum PlatformError {
     /// The refresh grant itself is dead (`invalid_grant` or the platform's equivalent).
     #[error("refresh refused: {reason}")]
     InvalidGrant { reason: String },
-    /// Wait before trying again; `retry_after` is what the platform said, if anything.
-    #[error("rate limited")]
-    RateLimited { retry_after: Option<Duration> },
+    /// Wait before trying again; `retry_after` is what the platform said, if anything, and
+    /// `scope` whose limit it is.
+    #[error("rate limited ({})", scope.as_str())]
+    RateLimited {
+        retry_after: Option<Duration>,
+        scope: LimitScope,
+    },
     /// The platform refused the content or request for good.
     #[error("rejected ({status}): {reason}")]
     Rejected { status: u16, reason: String },

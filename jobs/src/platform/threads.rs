@@ -113,6 +113,7 @@ impl ListedPost for ThreadPost {
         Published {
             post_id: self.id,
             post_url: self.permalink,
+            app_budget: None,
         }
     }
 }

@@ -200,11 +200,46 @@ pub enum ShareUpdate {
     OutcomeUnknown {
         message: String,
     },
-    /// Not tried: the account is rate-limited until `run_at`. The attempt is given back and no
+    /// Not tried: a rate limit holds the share until `run_at`. The attempt is given back and no
     /// attempt is recorded.
     Deferred {
         run_at: DateTime<Utc>,
+        reason: Deferral,
     },
+}
+
+/// Whose rate limit holds a share back without a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// The account's own limit.
+    Account,
+    /// The platform app's limit, which every tenant shares.
+    App,
+    /// The app's budget is scarce and this tenant has used its fair share of it.
+    FairShare,
+}
+
+impl Deferral {
+    /// The `scope` label of `herald_rate_limit_deferrals_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::App => "app",
+            Self::FairShare => "fair_share",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Account => "the account is rate limited; waiting without calling",
+            Self::App => {
+                "the platform app's rate limit is reached for every account; waiting without calling"
+            }
+            Self::FairShare => {
+                "the platform app's budget is scarce and this tenant has used its fair share; waiting without calling"
+            }
+        }
+    }
 }
 
 impl ShareUpdate {
@@ -496,11 +531,9 @@ impl Store {
             ShareUpdate::OutcomeUnknown { message } => {
                 (Some("outcome_unknown"), Some(message.as_str()), None)
             }
-            ShareUpdate::Deferred { .. } => (
-                Some("rate_limited"),
-                Some("the account is rate limited; waiting without calling"),
-                None,
-            ),
+            ShareUpdate::Deferred { reason, .. } => {
+                (Some("rate_limited"), Some(reason.message()), None)
+            }
         };
         let (post_id, post_url) = match update {
             ShareUpdate::Succeeded { post_id, post_url } => {
@@ -509,7 +542,9 @@ impl Store {
             _ => (None, None),
         };
         let run_at = match update {
-            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at } => Some(*run_at),
+            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at, .. } => {
+                Some(*run_at)
+            }
             _ => None,
         };
         let finished = !matches!(

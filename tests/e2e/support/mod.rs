@@ -5,6 +5,7 @@ pub mod db;
 pub mod instagram_containers;
 pub mod mastodon;
 pub mod oauth_provider;
+pub mod x_limits;
 
 use std::{future::Future, time::Duration};
 
@@ -60,6 +61,7 @@ pub fn fast_settings() -> Settings {
         apps: Default::default(),
         public_url: herald_jobs::settings::DEFAULT_PUBLIC_URL.into(),
         oauth_state_ttl: Duration::from_secs(600),
+        fair_share_recheck: Duration::from_millis(500),
     }
 }
 
