@@ -127,6 +127,10 @@ pub struct Config {
     /// `https://<handle>/.well-known/atproto-did` does not resolve.
     #[arg(long, env = "HERALD_BLUESKY_HANDLE_RESOLVER", default_value = herald_jobs::settings::DEFAULT_HANDLE_RESOLVER)]
     pub bluesky_handle_resolver: String,
+    /// How long a tenant held back by fair sharing of a platform app's scarce budget waits, in
+    /// seconds, before it is looked at again (never past the app's window end).
+    #[arg(long, env = "HERALD_FAIR_SHARE_RECHECK_SECS", default_value_t = 600)]
+    pub fair_share_recheck_secs: u64,
 }
 
 impl Config {
@@ -241,6 +245,7 @@ impl Config {
             apps: herald_jobs::settings::PlatformApps::from_env(),
             public_url: self.public_url.trim_end_matches('/').to_owned(),
             oauth_state_ttl: Duration::from_secs(600),
+            fair_share_recheck: Duration::from_secs(self.fair_share_recheck_secs.max(1)),
             ssrf: if self.ssrf_allow_private {
                 SsrfGuard::allowing_private()
             } else {

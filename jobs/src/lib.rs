@@ -2,6 +2,7 @@
 
 pub mod connect;
 pub mod context;
+pub mod fair_share;
 pub mod handlers;
 pub mod ids;
 pub mod metrics;

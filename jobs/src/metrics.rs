@@ -31,7 +31,8 @@ macro_rules! declare {
 
 // Labels, by metric (a dashboard may only use these):
 // jobs_total{queue,platform,outcome}; job_duration_seconds{queue,platform};
-// job_retries_total, jobs_parked_total, jobs_dead_total, rate_limit_deferrals_total{queue,platform};
+// job_retries_total, jobs_parked_total, jobs_dead_total{queue,platform};
+// rate_limit_deferrals_total{queue,platform,scope};
 // queue_depth{queue,state}; queue_oldest_age_seconds{queue};
 // connections, connections_needing_reauth, connections_refresh_failing{platform};
 // token_refreshes_total{platform,result}; oauth_starts_total{platform};
@@ -71,7 +72,7 @@ declare! {
     PLATFORM_REQUEST_DURATION_SECONDS = "herald_platform_request_duration_seconds", Histogram,
         "Latency of HTTP requests to platforms, by platform and operation.";
     RATE_LIMIT_DEFERRALS_TOTAL = "herald_rate_limit_deferrals_total", Counter,
-        "Jobs deferred because a platform said to wait, by queue and platform.";
+        "Jobs deferred by a rate limit, by queue, platform and scope (account: the account's own limit; app: the platform app's limit, which every tenant shares; fair_share: the app's budget is scarce and the tenant has used its share).";
     API_REQUESTS_TOTAL = "herald_api_requests_total", Counter,
         "API requests by method, matched route and status code.";
     API_REQUEST_DURATION_SECONDS = "herald_api_request_duration_seconds", Histogram,
@@ -119,6 +120,9 @@ pub const CALLBACK_RESULTS: &[&str] = &[
     "verify_failed",
 ];
 
+/// Scopes of a rate-limit deferral, as `herald_rate_limit_deferrals_total{scope}` labels them.
+pub const DEFERRAL_SCOPES: &[&str] = &["account", "app", "fair_share"];
+
 /// Creates the counters whose label values are known in advance at zero, so Prometheus sees them
 /// before their first increment and `rate()` counts that increment (a series that first appears
 /// at 1 shows no increase). A few dozen series: platforms times results.
@@ -135,13 +139,12 @@ pub fn zero_known_series() {
                 .increment(0);
         }
         for queue in QueueName::ALL.map(QueueName::as_str) {
-            for counter in [
-                JOBS_PARKED_TOTAL,
-                JOBS_DEAD_TOTAL,
-                JOB_RETRIES_TOTAL,
-                RATE_LIMIT_DEFERRALS_TOTAL,
-            ] {
+            for counter in [JOBS_PARKED_TOTAL, JOBS_DEAD_TOTAL, JOB_RETRIES_TOTAL] {
                 metrics::counter!(counter, "queue" => queue, "platform" => platform).increment(0);
+            }
+            for scope in DEFERRAL_SCOPES {
+                metrics::counter!(RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform, "scope" => *scope)
+                    .increment(0);
             }
         }
     }

@@ -134,6 +134,10 @@ pub struct Settings {
     /// How long a started connect flow may take before its state is refused.
     pub oauth_state_ttl: Duration,
     pub bluesky: BlueskySettings,
+    /// How long a tenant held back by fair sharing of a scarce app budget waits before it is
+    /// looked at again (at most until the app's window reopens), in case others leave budget
+    /// unused.
+    pub fair_share_recheck: Duration,
 }
 
 impl Settings {
@@ -174,6 +178,7 @@ impl Default for Settings {
             public_url: DEFAULT_PUBLIC_URL.into(),
             oauth_state_ttl: Duration::from_secs(600),
             bluesky: BlueskySettings::default(),
+            fair_share_recheck: Duration::from_secs(600),
         }
     }
 }

@@ -26,7 +26,7 @@ use axum::{
 };
 use herald_jobs::{
     platform::{
-        Account, Credentials, Platform, PlatformError, PostRequest, Relation,
+        Account, Credentials, LimitScope, Platform, PlatformError, PostRequest, Relation,
         bluesky::{self, Bluesky},
         http,
     },
@@ -371,6 +371,7 @@ impl Server {
             text: Some(text.into()),
             image_url: None,
             idempotency_key: id.into(),
+            checkpoint: Default::default(),
         }
     }
 
@@ -703,7 +704,7 @@ async fn rate_limits_carry_the_wait_and_errors_are_classified() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, PlatformError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(42)),
+        matches!(err, PlatformError::RateLimited { retry_after: Some(d), scope: LimitScope::Account } if d == Duration::from_secs(42)),
         "{err:?}"
     );
 

@@ -186,6 +186,7 @@ async fn a_share_lands_on_the_pds_with_text_facets_and_card_and_a_retry_does_not
         )),
         image_url: None,
         idempotency_key: share_id.clone(),
+        checkpoint: Default::default(),
     };
     let bsky = client();
     assert!(bsky.validate(&account, &post).is_ok());
@@ -322,6 +323,7 @@ async fn the_pds_counts_graphemes_as_the_client_does() {
             text: None,
             image_url: None,
             idempotency_key: "shr_x".into(),
+            checkpoint: Default::default(),
         };
         assert_eq!(client().validate(&alice().0, &post).is_ok(), accepted);
     }

@@ -16,7 +16,7 @@ mod support {
         response::{IntoResponse, Response},
     };
     use herald_jobs::{
-        platform::{Account, Credentials, PostRequest, http},
+        platform::{Account, Checkpoint, CheckpointSink, Credentials, PostRequest, http},
         ssrf::SsrfGuard,
     };
     use secrecy::SecretString;
@@ -178,21 +178,55 @@ mod support {
             text: Some("Worth reading".into()),
             image_url: Some("https://cdn.example.com/cover.jpg".into()),
             idempotency_key: "shr_1".into(),
+            checkpoint: Default::default(),
         }
     }
 
     pub fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
     }
+
+    /// Where a client's checkpoints go in these tests (the share job writes them to the share row;
+    /// `tests/e2e` covers that part).
+    #[derive(Default)]
+    pub struct Checkpoints(pub Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl CheckpointSink for Checkpoints {
+        async fn save(&self, value: &str) -> Result<(), String> {
+            self.0.lock().unwrap().push(value.to_owned());
+            Ok(())
+        }
+    }
+
+    impl Checkpoints {
+        pub fn saved(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// The share's post, resuming from `saved` and storing new checkpoints in `sink`.
+    pub fn post_resuming(saved: Option<&str>, sink: Arc<Checkpoints>) -> PostRequest {
+        PostRequest {
+            checkpoint: Checkpoint::new(saved.map(str::to_owned), sink),
+            ..post()
+        }
+    }
 }
 
 mod x {
-    use std::time::Duration;
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Duration,
+    };
 
     use base64::Engine;
     use chrono::Utc;
     use herald_jobs::platform::{
-        Platform, PlatformError, Relation,
+        LimitScope, Platform, PlatformError, Relation,
         x::{OAuthClient, X},
     };
     use secrecy::ExposeSecret;
@@ -293,10 +327,95 @@ mod x {
         match err {
             PlatformError::RateLimited {
                 retry_after: Some(wait),
+                scope: LimitScope::Account,
             } => {
                 // Date has whole-second resolution.
                 assert!((119..=120).contains(&wait.as_secs()), "{wait:?}");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `x-app-limit-24hour-*` as X sends them on `POST /2/tweets`, `remaining` of `limit`.
+    fn app_limit_headers(remaining: u32, reset: i64) -> Vec<(&'static str, String)> {
+        vec![
+            ("x-app-limit-24hour-limit", "10000".into()),
+            ("x-app-limit-24hour-remaining", remaining.to_string()),
+            ("x-app-limit-24hour-reset", reset.to_string()),
+            ("x-user-limit-24hour-limit", "100".into()),
+            ("x-user-limit-24hour-remaining", "99".into()),
+            ("x-user-limit-24hour-reset", reset.to_string()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_post_reports_the_apps_daily_budget_and_a_spent_one_is_the_apps_limit() {
+        let reset = Utc::now().timestamp() + 3600;
+        let spent = Arc::new(AtomicBool::new(false));
+        let server = Server::start({
+            let spent = spent.clone();
+            move |_| {
+                let headers = app_limit_headers(if spent.load(Ordering::SeqCst) { 0 } else { 41 }, reset);
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if spent.load(Ordering::SeqCst) {
+                    json_with(429, &headers, json!({"title": "Too Many Requests", "detail": "Too Many Requests", "type": "about:blank", "status": 429}))
+                } else {
+                    json_with(201, &headers, json!({"data": {"id": "1850", "text": "t", "edit_history_tweet_ids": ["1850"]}}))
+                }
+            }
+        })
+        .await;
+        let published = x(&server)
+            .share(&account("42", json!({})), &creds("at", None), &post())
+            .await
+            .unwrap();
+        let budget = published.app_budget.expect("the app's budget is reported");
+        assert_eq!((budget.limit, budget.remaining), (10_000, 41));
+        let until_reset = (budget.resets_at - Utc::now()).num_seconds();
+        assert!((3590..=3601).contains(&until_reset), "{until_reset}");
+
+        spent.store(true, Ordering::SeqCst);
+        let err = x(&server)
+            .share(&account("42", json!({})), &creds("at", None), &post())
+            .await
+            .unwrap_err();
+        match err {
+            PlatformError::RateLimited {
+                retry_after: Some(wait),
+                scope: LimitScope::App,
+            } => assert!((3590..=3601).contains(&wait.as_secs()), "{wait:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spent_user_limit_is_the_accounts_alone() {
+        let reset = Utc::now().timestamp() + 600;
+        let server = Server::start(move |_| {
+            let (app_reset, user_reset) = ((reset + 3000).to_string(), reset.to_string());
+            json_with(
+                429,
+                &[
+                    ("x-app-limit-24hour-limit", "10000"),
+                    ("x-app-limit-24hour-remaining", "9000"),
+                    ("x-app-limit-24hour-reset", app_reset.as_str()),
+                    ("x-user-limit-24hour-limit", "100"),
+                    ("x-user-limit-24hour-remaining", "0"),
+                    ("x-user-limit-24hour-reset", user_reset.as_str()),
+                ],
+                json!({"title": "Too Many Requests", "detail": "Too Many Requests", "type": "about:blank", "status": 429}),
+            )
+        })
+        .await;
+        let err = x(&server)
+            .share(&account("42", json!({})), &creds("at", None), &post())
+            .await
+            .unwrap_err();
+        match err {
+            PlatformError::RateLimited {
+                retry_after: Some(wait),
+                scope: LimitScope::Account,
+            } => assert!((590..=601).contains(&wait.as_secs()), "{wait:?}"),
             other => panic!("{other:?}"),
         }
     }
@@ -313,7 +432,7 @@ mod x {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PlatformError::RateLimited { retry_after: Some(w) } if w == Duration::from_secs(86_400)),
+            matches!(err, PlatformError::RateLimited { retry_after: Some(w), scope: LimitScope::App } if w == Duration::from_secs(86_400)),
             "{err:?}"
         );
         let err = x(&server)
@@ -533,7 +652,7 @@ mod linkedin {
     use std::time::Duration;
 
     use herald_jobs::platform::{
-        Platform, PlatformError, Relation,
+        LimitScope, Platform, PlatformError, Relation,
         linkedin::{DEFAULT_VERSION, Linkedin},
         x::OAuthClient,
     };
@@ -663,6 +782,7 @@ mod linkedin {
         match err {
             PlatformError::RateLimited {
                 retry_after: Some(wait),
+                scope: LimitScope::Account,
             } => {
                 let expected =
                     herald_jobs::platform::linkedin::until_midnight_utc(chrono::Utc::now());
@@ -796,7 +916,7 @@ mod facebook {
     use std::time::Duration;
 
     use herald_jobs::platform::{
-        Platform, PlatformError, Relation,
+        LimitScope, Platform, PlatformError, Relation,
         facebook::{API_VERSION, Facebook},
         x::OAuthClient,
     };
@@ -944,9 +1064,47 @@ mod facebook {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PlatformError::RateLimited { retry_after: Some(w) } if w == Duration::from_secs(720)),
+            matches!(err, PlatformError::RateLimited { retry_after: Some(w), scope: LimitScope::Account } if w == Duration::from_secs(720)),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_apps_limit_is_told_from_a_users_by_code_and_app_usage() {
+        let server = Server::start(|r| match r.form().get("access_token").map(String::as_str) {
+            Some("app") => json_with(
+                400,
+                &[("x-app-usage", r#"{"call_count":100,"total_cputime":20,"total_time":31}"#)],
+                json!({"error": {"message": "(#4) Application request limit reached", "type": "OAuthException", "is_transient": true, "code": 4, "fbtrace_id": "x"}}),
+            ),
+            // A page-level code while the app's usage is spent: every page of the app waits.
+            Some("spent") => json_with(
+                400,
+                &[("x-app-usage", r#"{"call_count":12,"total_cputime":100,"total_time":40}"#)],
+                json!({"error": {"message": "(#32) Page request limit reached", "type": "OAuthException", "code": 32, "fbtrace_id": "x"}}),
+            ),
+            _ => json_with(
+                400,
+                &[("x-app-usage", r#"{"call_count":12,"total_cputime":4,"total_time":9}"#)],
+                json!({"error": {"message": "(#17) User request limit reached", "type": "OAuthException", "code": 17, "fbtrace_id": "x"}}),
+            ),
+        })
+        .await;
+        let scope = |token: &'static str| {
+            let server = &server;
+            async move {
+                match Facebook::new(client(), &server.base)
+                    .share(&page(), &creds(token, None), &post())
+                    .await
+                {
+                    Err(PlatformError::RateLimited { scope, .. }) => scope,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        assert_eq!(scope("app").await, LimitScope::App);
+        assert_eq!(scope("spent").await, LimitScope::App);
+        assert_eq!(scope("user").await, LimitScope::Account);
     }
 
     #[tokio::test]
@@ -1038,8 +1196,9 @@ mod instagram {
     };
 
     use herald_jobs::platform::{
-        Platform, PlatformError,
-        instagram::{API_VERSION, ContainerWait, Instagram},
+        LimitScope, Platform, PlatformError,
+        instagram::{API_VERSION, Instagram},
+        meta::ContainerWait,
     };
     use secrecy::ExposeSecret;
     use serde_json::json;
@@ -1171,7 +1330,8 @@ mod instagram {
             matches!(
                 err,
                 PlatformError::RateLimited {
-                    retry_after: Some(_)
+                    retry_after: Some(_),
+                    scope: LimitScope::Account,
                 }
             ),
             "{err:?}"
@@ -1203,7 +1363,8 @@ mod instagram {
             matches!(
                 err,
                 PlatformError::RateLimited {
-                    retry_after: Some(_)
+                    retry_after: Some(_),
+                    scope: LimitScope::Account,
                 }
             ),
             "{err:?}"
@@ -1217,6 +1378,165 @@ mod instagram {
             matches!(err, PlatformError::OutcomeUnknown { .. }),
             "{err:?}"
         );
+    }
+
+    /// An Instagram whose one container is in `state`, and whose media list holds `listed`.
+    async fn instagram_with_container(
+        state: &'static str,
+        listed: serde_json::Value,
+        saves: Arc<Checkpoints>,
+    ) -> Server {
+        Server::start(
+            move |r| match (r.method.as_str(), r.path.rsplit('/').next().unwrap_or("")) {
+                ("GET", "content_publishing_limit") => {
+                    json(200, json!({"data": [{"quota_usage": 1}]}))
+                }
+                ("POST", "media") => json(200, json!({"id": "777"})),
+                ("GET", "555") => json(200, json!({"status_code": state})),
+                ("GET", "777") => json(200, json!({"status_code": "FINISHED"})),
+                // The container must be stored before it is published.
+                ("POST", "media_publish")
+                    if r.form()
+                        .get("creation_id")
+                        .is_some_and(|c| c == "555" || saves.saved().contains(c)) =>
+                {
+                    json(200, json!({"id": "9001"}))
+                }
+                ("POST", "media_publish") => json(
+                    500,
+                    json!({"unexpected": "a container published before it was saved"}),
+                ),
+                ("GET", "9001") => json(
+                    200,
+                    json!({"permalink": "https://www.instagram.com/p/Cnew/"}),
+                ),
+                ("GET", "media") => json(200, listed.clone()),
+                _ => not_found(r),
+            },
+        )
+        .await
+    }
+
+    /// A share on `server` that resumes from `saved` and stores new checkpoints in `saves`.
+    async fn share_resuming(
+        server: &Server,
+        saved: Option<&str>,
+        saves: &Arc<Checkpoints>,
+    ) -> Result<herald_jobs::platform::Published, PlatformError> {
+        ig(server)
+            .share(
+                &account("1784", json!({})),
+                &creds("igt", None),
+                &post_resuming(saved, saves.clone()),
+            )
+            .await
+    }
+
+    /// The containers `server` was asked to publish, in order.
+    fn publishes(server: &Server) -> Vec<String> {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("media_publish"))
+            .map(|r| r.form()["creation_id"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_container_is_saved_as_the_checkpoint_before_it_is_published() {
+        let saves = Arc::new(Checkpoints::default());
+        let server = instagram_with_container("FINISHED", json!({"data": []}), saves.clone()).await;
+        let published = share_resuming(&server, None, &saves).await.unwrap();
+        assert_eq!(published.post_id, "9001");
+        assert_eq!(saves.saved(), ["777"]);
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("1784/content_publishing_limit")),
+                format!("POST {}", v("1784/media")),
+                format!("GET {}", v("777")),
+                format!("POST {}", v("1784/media_publish")),
+                format!("GET {}", v("9001")),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_saved_container_not_yet_published_is_published_without_creating_another() {
+        for state in ["FINISHED", "IN_PROGRESS"] {
+            let saves = Arc::new(Checkpoints::default());
+            let server = instagram_with_container(state, json!({"data": []}), saves.clone()).await;
+            let result = share_resuming(&server, Some("555"), &saves).await;
+            let paths = server.paths();
+            assert!(
+                !paths.contains(&format!("POST {}", v("1784/media"))),
+                "{paths:?}"
+            );
+            assert!(saves.saved().is_empty());
+            match state {
+                "FINISHED" => {
+                    assert_eq!(result.unwrap().post_id, "9001");
+                    assert_eq!(publishes(&server), ["555"]);
+                }
+                // Still processing past the bound: try again later, with the same container.
+                _ => assert!(
+                    matches!(result, Err(PlatformError::Transient { .. })),
+                    "{result:?}"
+                ),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_saved_container_already_published_is_settled_by_read_back_and_never_published_again()
+    {
+        let recent = (chrono::Utc::now() - chrono::Duration::minutes(1))
+            .format("%Y-%m-%dT%H:%M:%S+0000")
+            .to_string();
+        let listed = json!({"data": [{"id": "9000", "caption": "Worth reading\n\nhttps://example.com/articles/1", "permalink": "https://www.instagram.com/p/Cold/", "timestamp": recent}]});
+        let saves = Arc::new(Checkpoints::default());
+        let server = instagram_with_container("PUBLISHED", listed, saves.clone()).await;
+        let found = share_resuming(&server, Some("555"), &saves).await.unwrap();
+        assert_eq!(
+            (found.post_id.as_str(), found.post_url.as_deref()),
+            ("9000", Some("https://www.instagram.com/p/Cold/"))
+        );
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("555")),
+                format!("GET {}", v("1784/media"))
+            ]
+        );
+
+        // Published, but the media list does not show it yet: still unknown, and still not posted again.
+        let server =
+            instagram_with_container("PUBLISHED", json!({"data": []}), saves.clone()).await;
+        let err = share_resuming(&server, Some("555"), &saves)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PlatformError::OutcomeUnknown { .. }),
+            "{err:?}"
+        );
+        assert!(publishes(&server).is_empty());
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("555")),
+                format!("GET {}", v("1784/media"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_saved_container_is_replaced_by_a_new_one_saved_before_publishing() {
+        let saves = Arc::new(Checkpoints::default());
+        let server = instagram_with_container("EXPIRED", json!({"data": []}), saves.clone()).await;
+        let published = share_resuming(&server, Some("555"), &saves).await.unwrap();
+        assert_eq!(published.post_id, "9001");
+        assert_eq!(saves.saved(), ["777"]);
+        assert_eq!(publishes(&server), ["777"]);
     }
 
     #[tokio::test]
@@ -1312,8 +1632,8 @@ mod threads {
     };
 
     use herald_jobs::platform::{
-        Platform, PlatformError,
-        instagram::ContainerWait,
+        LimitScope, Platform, PlatformError,
+        meta::ContainerWait,
         threads::{API_VERSION, Threads},
     };
     use secrecy::ExposeSecret;
@@ -1397,6 +1717,35 @@ mod threads {
     }
 
     #[tokio::test]
+    async fn a_saved_thread_container_is_resumed_by_its_status_field() {
+        let server = platform(|_| json!({"id": "1800", "status": "FINISHED"})).await;
+        let saves = Arc::new(Checkpoints::default());
+        let published = threads(&server)
+            .share(
+                &account("7001", json!({})),
+                &creds("tht", None),
+                &post_resuming(Some("1800"), saves.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(published.post_id, "1900");
+        assert!(saves.saved().is_empty());
+        assert_eq!(
+            server.paths(),
+            [
+                format!("GET {}", v("1800")),
+                format!("GET {}", v("1800")),
+                format!("POST {}", v("7001/threads_publish")),
+                format!("GET {}", v("1900")),
+            ]
+        );
+        assert_eq!(
+            server.requests()[0].q("fields"),
+            Some("status,error_message")
+        );
+    }
+
+    #[tokio::test]
     async fn a_container_error_is_rejected_with_its_message() {
         let server = platform(|_| json!({"id": "1800", "status": "ERROR", "error_message": "FAILED_PROCESSING_VIDEO"})).await;
         let err = threads(&server)
@@ -1431,7 +1780,7 @@ mod threads {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PlatformError::RateLimited { retry_after: Some(w) } if w == Duration::from_secs(180)),
+            matches!(err, PlatformError::RateLimited { retry_after: Some(w), scope: LimitScope::App } if w == Duration::from_secs(180)),
             "{err:?}"
         );
     }

@@ -6,9 +6,11 @@ mod support;
 
 mod api;
 mod bluesky_oauth;
+mod checkpoints;
 mod connect;
 mod dashboards;
 mod lifecycle;
 mod observability;
 mod platforms;
+mod rate_limits;
 mod sharing;

@@ -308,6 +308,7 @@ pub async fn create(
             text: text.clone(),
             image_url: image_url.clone(),
             idempotency_key: String::new(),
+            checkpoint: Default::default(),
         };
         platform.validate(&conn.account(), &probe).map_err(|inv| {
             let field = if inv.field == "text" {

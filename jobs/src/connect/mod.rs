@@ -30,7 +30,7 @@ use crate::{
     Ctx, metrics as m,
     platform::{
         Account, Credentials, PlatformError, PlatformKind, Profile, facebook, http, instagram,
-        linkedin, threads, x,
+        linkedin, meta, threads, x,
     },
     settings::PlatformApp,
     store::{ConnectionRow, NewConnection, NewOAuthState, OAuthState, StoredTokens, TakenState},
@@ -893,7 +893,7 @@ async fn long_lived(
                     ("fields", "id,name,access_token"),
                     ("access_token", user.access_token.expose_secret()),
                 ]);
-            let pages: Pages = facebook::graph_call(platform, "pages", false, req).await?;
+            let pages: Pages = meta::graph_call(platform, "pages", false, req).await?;
             Ok(pages
                 .data
                 .into_iter()
@@ -915,25 +915,23 @@ async fn long_lived(
                 .collect())
         }
         PlatformKind::Instagram | PlatformKind::Threads => {
-            let (base, grant) = if platform == PlatformKind::Instagram {
+            let (base, version, grant) = if platform == PlatformKind::Instagram {
                 (
                     api_base(ctx, platform, instagram::DEFAULT_BASE),
+                    instagram::API_VERSION,
                     "ig_exchange_token",
                 )
             } else {
                 (
                     api_base(ctx, platform, threads::DEFAULT_BASE),
+                    threads::API_VERSION,
                     "th_exchange_token",
                 )
             };
             let secret = secret()?;
-            let req = http_client.get(format!("{base}/access_token")).query(&[
-                ("grant_type", grant),
-                ("client_secret", secret.as_str()),
-                ("access_token", short.expose_secret()),
-            ]);
-            let res = http::send(platform, "exchange_token", false, req).await?;
-            let long = facebook::token_answer(res).await?;
+            let long = meta::Graph::new(platform, http_client.clone(), base, version)
+                .exchange_short_lived(grant, &secret, &short)
+                .await?;
             // Instagram's client reads the account from the id; `me` stands in until verify
             // reports it.
             let id = token.user_id.clone().unwrap_or_else(|| "me".to_owned());

@@ -94,12 +94,14 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
                     warn!(connection.id = %conn.id, platform = %platform_name, outcome = "parked", "follower sync stopped: connection needs reauth");
                     return Ok(());
                 }
-                Err(PlatformError::RateLimited { retry_after }) => {
+                // The app's posting budget is the share job's to track (X counts its limits per
+                // endpoint): a sync only waits.
+                Err(PlatformError::RateLimited { retry_after, scope }) => {
                     let wait = ctx.settings.retry.rate_limit_wait(retry_after);
                     ctx.store
                         .pause_sync_run(&run, "rate limited", Utc::now())
                         .await?;
-                    metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => QUEUE, "platform" => platform_name.clone()).increment(1);
+                    metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => QUEUE, "platform" => platform_name.clone(), "scope" => scope.as_str()).increment(1);
                     return again(ctx, job, job.retry, wait).await;
                 }
                 Err(e) => {

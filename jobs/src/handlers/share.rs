@@ -1,8 +1,15 @@
 //! One attempt of a share: claim it, check the connection, post, classify, record.
 
-use std::time::Instant;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use anyhow::Context as _;
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
@@ -11,8 +18,8 @@ use super::refresh::{self, Refresh};
 use crate::{
     Ctx, metrics as m,
     payloads::{QueueName, ShareV1},
-    platform::{Platform, PlatformError, PostRequest},
-    store::{Claim, ConnectionRow, ShareRow, ShareUpdate},
+    platform::{Checkpoint, CheckpointSink, LimitScope, Platform, PlatformError, PostRequest},
+    store::{Admission, AppKey, Claim, ConnectionRow, Deferral, ShareRow, ShareUpdate, Store},
 };
 
 /// Runs one delivery of a share job. An `Err` is a store or queue failure: the share row keeps its
@@ -73,9 +80,11 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
     let queue = QueueName::Share.as_str();
     metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome).increment(1);
     metrics::histogram!(m::JOB_DURATION_SECONDS, "queue" => queue, "platform" => platform.to_owned()).record(clock.elapsed().as_secs_f64());
+    if let ShareUpdate::Deferred { reason, .. } = &update {
+        metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "scope" => reason.as_str()).increment(1);
+    }
     match outcome {
         "retried" => metrics::counter!(m::JOB_RETRIES_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
-        "rate_limited" | "deferred" => metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         "parked" => metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         "failed" | "outcome_unknown" => metrics::counter!(m::JOBS_DEAD_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         _ => {}
@@ -126,7 +135,10 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
     }
     // The platform said this account must wait: every share of it waits, without a call.
     if let Some(until) = conn.rate_limited_until.filter(|t| *t > Utc::now()) {
-        return Ok(ShareUpdate::Deferred { run_at: until });
+        return Ok(ShareUpdate::Deferred {
+            run_at: until,
+            reason: Deferral::Account,
+        });
     }
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(failed(
@@ -187,6 +199,12 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         }
     }
     let account = conn.account();
+    let checkpoints = Arc::new(ShareCheckpoints {
+        store: ctx.store.clone(),
+        share_id: share.id.clone(),
+        attempt: share.attempts,
+        saved: AtomicBool::new(false),
+    });
     let post = PostRequest {
         share_id: share.id.clone(),
         url: share.url.clone(),
@@ -195,11 +213,43 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         image_url: share.image_url.clone(),
         // Stable across every attempt of this share, so the platform's duplicate protection holds.
         idempotency_key: share.id.clone(),
+        checkpoint: Checkpoint::new(share.checkpoint.clone(), checkpoints.clone()),
     };
+    // The platform app's budget is shared by every tenant: ask before calling.
+    let app = ctx.settings.apps.get(platform.kind()).map(|a| AppKey {
+        platform: platform.kind().as_str(),
+        app_id: a.client_id.as_str(),
+    });
+    if let Some(app) = app {
+        let recheck = chrono::Duration::from_std(ctx.settings.fair_share_recheck)?;
+        match ctx
+            .store
+            .admit_app_call(app, &share.tenant_id, Utc::now(), recheck)
+            .await?
+        {
+            Admission::Go => {}
+            Admission::Closed { until } => {
+                return Ok(ShareUpdate::Deferred {
+                    run_at: until,
+                    reason: Deferral::App,
+                });
+            }
+            Admission::OverShare { until } => {
+                return Ok(ShareUpdate::Deferred {
+                    run_at: until,
+                    reason: Deferral::FairShare,
+                });
+            }
+        }
+    }
     let now = Utc::now();
-    if recovered && !within_idempotency_window(platform.as_ref(), share.first_sent_at, now) {
+    if recovered
+        && share.checkpoint.is_none()
+        && !within_idempotency_window(platform.as_ref(), share.first_sent_at, now)
+    {
         // The previous worker vanished mid-call and the platform cannot deduplicate a repeat:
-        // settle by reading back, never by posting blindly.
+        // settle by reading back, never by posting blindly. (A saved checkpoint is the
+        // platform's own way to settle it: the next call resumes from there.)
         match platform.find_published(&account, &creds, &post).await {
             Ok(Some(p)) => {
                 return Ok(ShareUpdate::Succeeded {
@@ -228,6 +278,12 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
     };
     let error = match result {
         Ok(p) => {
+            if let (Some(app), Some(budget)) = (app, &p.app_budget) {
+                // Advisory: the post exists whatever happens to this write.
+                if let Err(e) = ctx.store.report_app_budget(app, budget, Utc::now()).await {
+                    warn!(share.id = %share.id, platform = app.platform, error.message = %e, "could not record the app's budget");
+                }
+            }
             return Ok(ShareUpdate::Succeeded {
                 post_id: p.post_id,
                 post_url: p.post_url,
@@ -288,9 +344,18 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
                 }
             }
         },
-        PlatformError::RateLimited { retry_after } => {
+        PlatformError::RateLimited { retry_after, scope } => {
             let wait = ctx.settings.retry.rate_limit_wait(retry_after);
-            ctx.store.set_rate_limited(&conn.id, now + wait).await?;
+            match (scope, app) {
+                // Every tenant's shares of this platform wait, without calling.
+                (LimitScope::App, Some(app)) => {
+                    ctx.store
+                        .close_app_window(app, now + wait, Utc::now())
+                        .await?;
+                }
+                _ => ctx.store.set_rate_limited(&conn.id, now + wait).await?,
+            }
+            metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => QueueName::Share.as_str(), "platform" => conn.platform.clone(), "scope" => scope.as_str()).increment(1);
             retry_or_fail(
                 ctx,
                 share,
@@ -311,32 +376,70 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
                 None => exhausted(share, "transient", &reason, status),
             }
         }
-        // Only a platform that deduplicates repeats within a window gets a retry here (Mastodon
-        // keeps an Idempotency-Key for an hour): a repeat returns the post the lost answer made.
-        PlatformError::OutcomeUnknown { reason }
-            if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) =>
-        {
-            match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
-                Some(d) => retry_or_fail(
+        PlatformError::OutcomeUnknown { reason } => {
+            // A repeat is safe only where the platform deduplicates it within a window (Mastodon
+            // keeps an Idempotency-Key for an hour: a repeat returns the post the lost answer
+            // made), or where a checkpoint (Instagram's and Threads' container) lets the next
+            // attempt find out what the lost answer did before it does anything again.
+            let resume =
+                if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) {
+                    Some("retrying under the same idempotency key")
+                } else if share.checkpoint.is_some() || checkpoints.saved.load(Ordering::SeqCst) {
+                    Some("the next attempt resumes from the saved checkpoint")
+                } else {
+                    None
+                };
+            match (
+                resume,
+                ctx.settings.retry.delay_after(share.attempts_in_budget()),
+            ) {
+                (Some(how), Some(d)) => retry_or_fail(
                     ctx,
                     share,
                     now + d,
                     "transient",
-                    format!("{reason}; retrying under the same idempotency key"),
+                    format!("{reason}; {how}"),
                     None,
                 ),
-                None => ShareUpdate::OutcomeUnknown {
+                (Some(_), None) => ShareUpdate::OutcomeUnknown {
                     message: format!("{reason}; retries exhausted"),
+                },
+                (None, _) => ShareUpdate::OutcomeUnknown {
+                    message: format!("{reason} after the request was sent; the post may exist"),
                 },
             }
         }
-        PlatformError::OutcomeUnknown { reason } => ShareUpdate::OutcomeUnknown {
-            message: format!("{reason} after the request was sent; the post may exist"),
-        },
         PlatformError::Unsupported(what) => {
             failed("unsupported", &format!("{what} is not supported"))
         }
     })
+}
+
+/// Writes a platform's checkpoint to the share row under this attempt's lease, so it is durable
+/// before the step it protects, and a worker that lost the share cannot go on.
+struct ShareCheckpoints {
+    store: Store,
+    share_id: String,
+    attempt: i32,
+    saved: AtomicBool,
+}
+
+#[async_trait]
+impl CheckpointSink for ShareCheckpoints {
+    async fn save(&self, value: &str) -> Result<(), String> {
+        match self
+            .store
+            .save_checkpoint(&self.share_id, self.attempt, value, Utc::now())
+            .await
+        {
+            Ok(true) => {
+                self.saved.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(false) => Err("another worker took the share over".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 fn retry_or_fail(

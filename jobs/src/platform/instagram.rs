@@ -2,11 +2,8 @@
 //! required, so a link share is an image with the text and URL as its caption. Publishing is two
 //! steps: `POST /{ig-user-id}/media` creates a container, which is polled until `FINISHED`, then
 //! `POST /{ig-user-id}/media_publish` publishes it. Only the second step has an effect, so only it
-//! is treated as a create whose lost answer leaves the outcome unknown.
-//!
-//! The container wait and the publishing-quota check here are shared with Threads.
-
-use std::time::Duration;
+//! is treated as a create whose lost answer leaves the outcome unknown. The container flow and the
+//! publishing-quota check are shared with Threads in [`super::meta`].
 
 use async_trait::async_trait;
 use reqwest::Client;
@@ -15,9 +12,9 @@ use serde::Deserialize;
 use super::{
     Account, Capabilities, Credentials, Invalid, Platform, PlatformError, PlatformKind,
     PostRequest, Profile, Published, TokenSet,
-    facebook::{as_grant_error, checked_id, graph_call, parse_graph_time, token, token_answer},
-    http,
-    x::{lead, post_matches},
+    meta::{
+        self, ContainerFlow, ContainerWait, Created, Graph, ListedPost, Since, checked_id, token,
+    },
 };
 
 pub const DEFAULT_BASE: &str = "https://graph.instagram.com";
@@ -27,40 +24,17 @@ pub const API_VERSION: &str = "v24.0";
 const MAX_CAPTION_CHARS: usize = 2_200;
 const MAX_HASHTAGS: usize = 30;
 const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
-/// The quota window rolls over 24 hours and Meta does not say when a slot frees up: wait a while
-/// rather than a whole day.
-const QUOTA_WAIT: Duration = Duration::from_secs(3600);
-
-/// How long a share waits for a container to become publishable. The default (10 checks a second
-/// apart) stays well inside the share timeout; a container still `IN_PROGRESS` after that is a
-/// transient failure, and the retry creates a fresh container (an unpublished one just expires).
-#[derive(Debug, Clone, Copy)]
-pub struct ContainerWait {
-    pub checks: u32,
-    pub interval: Duration,
-}
-
-impl Default for ContainerWait {
-    fn default() -> Self {
-        Self {
-            checks: 10,
-            interval: Duration::from_secs(1),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Instagram {
-    http: Client,
-    base: String,
+    graph: Graph,
     wait: ContainerWait,
 }
 
 impl Instagram {
     pub fn new(http: Client, base_url: impl Into<String>) -> Self {
         Self {
-            http,
-            base: base_url.into().trim_end_matches('/').to_owned(),
+            graph: Graph::new(PlatformKind::Instagram, http, base_url, API_VERSION),
             wait: ContainerWait::default(),
         }
     }
@@ -77,201 +51,6 @@ impl Instagram {
                 .unwrap_or(&account.platform_account_id),
         )
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/{API_VERSION}/{path}", self.base)
-    }
-
-    /// The caption: the text (or else the title), a blank line, the URL. Instagram does not make
-    /// caption URLs clickable, but the URL is still what read-back matches on.
-    pub fn caption(post: &PostRequest) -> String {
-        match lead(post) {
-            Some(lead) => format!("{lead}\n\n{}", post.url),
-            None => post.url.clone(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct ContainerStatus {
-    status_code: Option<String>,
-    status: Option<String>,
-    error_message: Option<String>,
-}
-
-/// Polls a container (`GET /{container}?fields=…`) until it is `FINISHED`: at most `wait.checks`
-/// times, the first at once (images and text are usually ready immediately). `ERROR` is a refusal
-/// of the content; `EXPIRED`, an unknown state, or `IN_PROGRESS` past the bound are transient.
-/// Instagram reports the state in `status_code`, Threads in `status`.
-pub async fn wait_for_container(
-    kind: PlatformKind,
-    http_client: &Client,
-    url: &str,
-    fields: &str,
-    access_token: &str,
-    wait: ContainerWait,
-) -> Result<(), PlatformError> {
-    for check in 0..wait.checks {
-        if check > 0 {
-            tokio::time::sleep(wait.interval).await;
-        }
-        let req = http_client
-            .get(url)
-            .query(&[("fields", fields), ("access_token", access_token)]);
-        let c: ContainerStatus = graph_call(kind, "container_status", false, req).await?;
-        let state = c
-            .status_code
-            .clone()
-            .or_else(|| c.status.clone())
-            .unwrap_or_default();
-        let detail = || {
-            c.error_message
-                .clone()
-                .or_else(|| c.status.clone())
-                .unwrap_or_else(|| state.clone())
-        };
-        match state.as_str() {
-            "FINISHED" => return Ok(()),
-            "IN_PROGRESS" | "" => {}
-            "ERROR" => {
-                return Err(PlatformError::Rejected {
-                    status: 0,
-                    reason: format!("the media container failed: {}", detail()),
-                });
-            }
-            other => {
-                return Err(PlatformError::Transient {
-                    status: None,
-                    reason: format!("the media container is {other}; a new one will be created"),
-                });
-            }
-        }
-    }
-    Err(PlatformError::Transient {
-        status: None,
-        reason: format!(
-            "the media container was still in progress after {} checks",
-            wait.checks
-        ),
-    })
-}
-
-#[derive(Deserialize)]
-struct QuotaAnswer {
-    #[serde(default)]
-    data: Vec<Quota>,
-}
-
-#[derive(Deserialize)]
-struct Quota {
-    quota_usage: Option<u64>,
-    config: Option<QuotaConfig>,
-}
-
-#[derive(Deserialize)]
-struct QuotaConfig {
-    quota_total: Option<u64>,
-}
-
-/// Reads a publishing quota (`content_publishing_limit` on Instagram, `threads_publishing_limit`
-/// on Threads; `{"data":[{"quota_usage","config":{"quota_total","quota_duration"}}]}`) and answers
-/// `RateLimited` when it is spent. Meta's documents disagree on the Instagram total (25, 50, 100),
-/// so it is read rather than assumed. The check is advisory: if the read itself fails for any reason
-/// other than dead credentials or throttling, the share goes ahead and the publish call decides.
-pub async fn check_quota(
-    kind: PlatformKind,
-    http_client: &Client,
-    url: &str,
-    access_token: &str,
-) -> Result<(), PlatformError> {
-    let req = http_client.get(url).query(&[
-        ("fields", "quota_usage,config"),
-        ("access_token", access_token),
-    ]);
-    match graph_call::<QuotaAnswer>(kind, "publishing_limit", false, req).await {
-        Ok(a) => {
-            let spent = a.data.iter().any(|q| {
-                match (q.quota_usage, q.config.as_ref().and_then(|c| c.quota_total)) {
-                    (Some(used), Some(total)) => used >= total,
-                    _ => false,
-                }
-            });
-            if spent {
-                Err(PlatformError::RateLimited {
-                    retry_after: Some(QUOTA_WAIT),
-                })
-            } else {
-                Ok(())
-            }
-        }
-        Err(e @ (PlatformError::Unauthorized { .. } | PlatformError::RateLimited { .. })) => Err(e),
-        Err(_) => Ok(()),
-    }
-}
-
-#[derive(Deserialize)]
-struct Created {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct Permalink {
-    permalink: Option<String>,
-}
-
-/// Waits for a created container, publishes it, and reads the post's permalink. Creating a
-/// container posts nothing; the publish call is the create, so a lost answer to it is an unknown
-/// outcome (settled by read-back). Instagram and Threads share this flow.
-#[allow(clippy::too_many_arguments)]
-pub async fn publish_container(
-    kind: PlatformKind,
-    http_client: &Client,
-    url: &(dyn Fn(&str) -> String + Sync),
-    container_id: &str,
-    status_fields: &str,
-    publish_path: &str,
-    access_token: &str,
-    wait: ContainerWait,
-) -> Result<Published, PlatformError> {
-    wait_for_container(
-        kind,
-        http_client,
-        &url(container_id),
-        status_fields,
-        access_token,
-        wait,
-    )
-    .await?;
-    let form = [
-        ("creation_id", container_id),
-        ("access_token", access_token),
-    ];
-    let req = http_client.post(url(publish_path)).form(&form);
-    let media: Created = graph_call(kind, "share", true, req).await?;
-    let post_url = match checked_id(&media.id) {
-        Ok(m) => permalink(kind, http_client, &url(m), access_token).await,
-        Err(_) => None,
-    };
-    Ok(Published {
-        post_id: media.id,
-        post_url,
-    })
-}
-
-/// The public URL of a just-published post. Best effort: the post exists whatever this answers.
-pub async fn permalink(
-    kind: PlatformKind,
-    http_client: &Client,
-    url: &str,
-    access_token: &str,
-) -> Option<String> {
-    let req = http_client
-        .get(url)
-        .query(&[("fields", "permalink"), ("access_token", access_token)]);
-    graph_call::<Permalink>(kind, "permalink", false, req)
-        .await
-        .ok()
-        .and_then(|p| p.permalink)
 }
 
 #[derive(Deserialize)]
@@ -282,17 +61,33 @@ struct IgUser {
 }
 
 #[derive(Deserialize)]
-struct MediaList {
-    #[serde(default)]
-    data: Vec<Media>,
-}
-
-#[derive(Deserialize)]
 struct Media {
     id: String,
     caption: Option<String>,
     permalink: Option<String>,
     timestamp: Option<String>,
+}
+
+impl ListedPost for Media {
+    fn timestamp(&self) -> Option<&str> {
+        self.timestamp.as_deref()
+    }
+
+    fn text(&self) -> Option<&str> {
+        self.caption.as_deref()
+    }
+
+    fn links(&self) -> Vec<&str> {
+        Vec::new()
+    }
+
+    fn published(self) -> Published {
+        Published {
+            post_id: self.id,
+            post_url: self.permalink,
+            app_budget: None,
+        }
+    }
 }
 
 fn hashtags(text: &str) -> usize {
@@ -332,7 +127,7 @@ impl Platform for Instagram {
                 message: "Instagram posts need an image: give the share an image_url".into(),
             });
         }
-        let caption = Self::caption(post);
+        let caption = meta::caption(post);
         let chars = caption.chars().count();
         if chars > MAX_CAPTION_CHARS {
             return Err(Invalid {
@@ -362,11 +157,10 @@ impl Platform for Instagram {
         creds: &Credentials,
     ) -> Result<Profile, PlatformError> {
         let id = Self::user_id(account)?;
-        let req = self.http.get(self.url(id)).query(&[
-            ("fields", "id,username,followers_count"),
-            ("access_token", token(creds)?),
-        ]);
-        let u: IgUser = graph_call(self.kind(), "verify", false, req).await?;
+        let u: IgUser = self
+            .graph
+            .fields("verify", id, "id,username,followers_count", token(creds)?)
+            .await?;
         Ok(Profile {
             handle: u.username.unwrap_or_else(|| u.id.clone()),
             platform_account_id: u.id,
@@ -389,36 +183,33 @@ impl Platform for Instagram {
                 status: 0,
                 reason: "Instagram posts need an image".into(),
             })?;
-        check_quota(
-            self.kind(),
-            &self.http,
-            &self.url(&format!("{id}/content_publishing_limit")),
-            token,
-        )
-        .await?;
-
-        // Creating a container publishes nothing, so a lost answer here is only transient.
-        let caption = Self::caption(post);
-        let form = [
-            ("image_url", image_url),
-            ("caption", caption.as_str()),
-            ("access_token", token),
-        ];
-        let req = self.http.post(self.url(&format!("{id}/media"))).form(&form);
-        let container: Created = graph_call(self.kind(), "create_container", false, req).await?;
-        let container_id = checked_id(&container.id)?;
-
-        publish_container(
-            self.kind(),
-            &self.http,
-            &|path: &str| self.url(path),
-            container_id,
-            "status_code,status",
-            &format!("{id}/media_publish"),
-            token,
-            self.wait,
-        )
-        .await
+        let create = async {
+            meta::check_quota(
+                &self.graph,
+                &format!("{id}/content_publishing_limit"),
+                token,
+            )
+            .await?;
+            // Creating a container publishes nothing, so a lost answer here is only transient.
+            let caption = meta::caption(post);
+            let form = [
+                ("image_url", image_url),
+                ("caption", caption.as_str()),
+                ("access_token", token),
+            ];
+            let container: Created = self
+                .graph
+                .post_form("create_container", false, &format!("{id}/media"), &form)
+                .await?;
+            Ok::<_, PlatformError>(container.id)
+        };
+        let flow = ContainerFlow {
+            publish_edge: &format!("{id}/media_publish"),
+            status_fields: "status_code,status",
+            wait: self.wait,
+        };
+        let read_back = self.find_published(account, creds, post);
+        meta::share_through_container(&self.graph, flow, token, post, create, read_back).await
     }
 
     /// Reads the account's latest media and matches the share's URL and words in the caption,
@@ -430,29 +221,16 @@ impl Platform for Instagram {
         post: &PostRequest,
     ) -> Result<Option<Published>, PlatformError> {
         let id = Self::user_id(account)?;
-        let since = chrono::Utc::now() - READ_BACK_WINDOW;
-        let query = [
-            ("fields", "id,caption,permalink,timestamp"),
-            ("limit", "25"),
-            ("access_token", token(creds)?),
-        ];
-        let req = self
-            .http
-            .get(self.url(&format!("{id}/media")))
-            .query(&query);
-        let list: MediaList = graph_call(self.kind(), "find_published", false, req).await?;
-        let found = list.data.into_iter().find(|m| {
-            let recent = m
-                .timestamp
-                .as_deref()
-                .and_then(parse_graph_time)
-                .is_some_and(|t| t >= since);
-            recent && post_matches(post, lead(post), m.caption.as_deref().unwrap_or(""), &[])
-        });
-        Ok(found.map(|m| Published {
-            post_id: m.id,
-            post_url: m.permalink,
-        }))
+        self.graph
+            .read_back::<Media>(
+                &format!("{id}/media"),
+                "id,caption,permalink,timestamp",
+                READ_BACK_WINDOW,
+                Since::Checked,
+                token(creds)?,
+                post,
+            )
+            .await
     }
 
     /// `ig_refresh_token`: the long-lived access token (at least 24 hours old and unexpired) is
@@ -462,13 +240,9 @@ impl Platform for Instagram {
         _account: &Account,
         creds: &Credentials,
     ) -> Result<TokenSet, PlatformError> {
-        let token = token(creds).map_err(as_grant_error)?;
-        let req = self
-            .http
-            .get(format!("{}/refresh_access_token", self.base))
-            .query(&[("grant_type", "ig_refresh_token"), ("access_token", token)]);
-        let res = http::send(self.kind(), "refresh", false, req).await?;
-        token_answer(res).await
+        self.graph
+            .refresh_long_lived("ig_refresh_token", creds)
+            .await
     }
 
     // `followers_page` stays unsupported: the API offers only `followers_count` on the IG user,
@@ -487,6 +261,7 @@ mod tests {
             text: Some(text.into()),
             image_url: image.map(Into::into),
             idempotency_key: "k".into(),
+            checkpoint: Default::default(),
         }
     }
 

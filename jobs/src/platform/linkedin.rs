@@ -10,7 +10,7 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    Account, Capabilities, Credentials, Invalid, Platform, PlatformError, PlatformKind,
+    Account, Capabilities, Credentials, Invalid, LimitScope, Platform, PlatformError, PlatformKind,
     PostRequest, Profile, Published, TokenSet, http,
     x::{ClientAuth, OAuthClient, bearer, post_matches, refresh_grant},
 };
@@ -171,8 +171,12 @@ async fn classify(res: Response, has_refresh: bool) -> PlatformError {
         StatusCode::UNAUTHORIZED if has_refresh && !revoked => PlatformError::TokenExpired,
         // A missing permission or page role is fixed only by authorizing again (or by the page admin).
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PlatformError::Unauthorized { reason },
+        // LinkedIn has an application and a member daily limit, and its 429 does not say which
+        // was reached (no headers, no code): taken as the member's, so one account's burst cannot
+        // stop every tenant.
         StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
             retry_after: retry_after.or_else(|| Some(until_midnight_utc(Utc::now()))),
+            scope: LimitScope::Account,
         },
         s if s.is_server_error() => PlatformError::Transient {
             status: Some(s.as_u16()),
@@ -333,6 +337,7 @@ impl Platform for Linkedin {
             Some(urn) if !urn.is_empty() => Ok(Published {
                 post_url: Some(feed_url(&urn)),
                 post_id: urn,
+                app_budget: None,
             }),
             // Created, but without its id Herald cannot point at it; posting again would duplicate it.
             _ => Err(PlatformError::OutcomeUnknown {
@@ -388,6 +393,7 @@ impl Platform for Linkedin {
         Ok(found.map(|p| Published {
             post_url: Some(feed_url(&p.id)),
             post_id: p.id,
+            app_budget: None,
         }))
     }
 

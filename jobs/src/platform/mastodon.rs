@@ -11,8 +11,8 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{
-    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, Platform,
-    PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, http,
+    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, LimitScope,
+    Platform, PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, http,
 };
 
 /// Mastodon counts every URL as this many characters, whatever its length.
@@ -132,6 +132,8 @@ async fn classify(res: Response) -> PlatformError {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PlatformError::Unauthorized { reason },
         StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
             retry_after: rate_limit_wait(&headers, Utc::now()),
+            // Per account (or per IP): neither has an app shared by every tenant.
+            scope: LimitScope::Account,
         },
         s if s.is_server_error() => PlatformError::Transient {
             status: Some(s.as_u16()),
@@ -231,6 +233,7 @@ impl Platform for Mastodon {
         Ok(Published {
             post_id: s.id,
             post_url: s.url,
+            app_budget: None,
         })
     }
 
@@ -321,6 +324,7 @@ mod tests {
             text: Some(text.into()),
             image_url: None,
             idempotency_key: "k".into(),
+            checkpoint: Default::default(),
         }
     }
 

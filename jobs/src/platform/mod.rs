@@ -17,6 +17,7 @@ pub mod http;
 pub mod instagram;
 pub mod linkedin;
 pub mod mastodon;
+pub mod meta;
 pub mod threads;
 pub mod x;
 
@@ -126,7 +127,7 @@ impl fmt::Debug for Credentials {
 }
 
 /// What to publish. Built by the share job from the share row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PostRequest {
     pub share_id: String,
     pub url: String,
@@ -136,6 +137,59 @@ pub struct PostRequest {
     /// Stable across every attempt of one share: platforms with duplicate protection use it
     /// (Mastodon's `Idempotency-Key`, a Bluesky record key).
     pub idempotency_key: String,
+    /// Where a publish in several steps resumes from on a later attempt of the same share.
+    pub checkpoint: Checkpoint,
+}
+
+/// Progress a publish in several steps keeps across the attempts of one share (Instagram and
+/// Threads: the media container, which can be published only once). `saved` is what an earlier
+/// attempt stored; [`Checkpoint::save`] stores a new value durably, and a client calls it before
+/// the step that has an effect, so a retry after a lost answer resumes instead of starting over.
+#[derive(Clone, Default)]
+pub struct Checkpoint {
+    pub saved: Option<String>,
+    sink: Option<Arc<dyn CheckpointSink>>,
+}
+
+/// Where checkpoints go: the share job writes them to the share row.
+#[async_trait]
+pub trait CheckpointSink: Send + Sync {
+    /// Stores `value` durably, or says why it could not.
+    async fn save(&self, value: &str) -> Result<(), String>;
+}
+
+impl Checkpoint {
+    pub fn new(saved: Option<String>, sink: Arc<dyn CheckpointSink>) -> Self {
+        Self {
+            saved,
+            sink: Some(sink),
+        }
+    }
+
+    /// Stores a checkpoint before the step it protects. Without a sink (a client called outside
+    /// a share job) there is nothing to resume later, and nothing is stored. A failed write is
+    /// transient: the step it protects has not run.
+    pub async fn save(&self, value: &str) -> Result<(), PlatformError> {
+        match &self.sink {
+            Some(sink) => sink
+                .save(value)
+                .await
+                .map_err(|reason| PlatformError::Transient {
+                    status: None,
+                    reason: format!("the checkpoint could not be stored: {reason}"),
+                }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("saved", &self.saved)
+            .field("stored", &self.sink.is_some())
+            .finish()
+    }
 }
 
 /// A post the platform accepted.
@@ -143,6 +197,39 @@ pub struct PostRequest {
 pub struct Published {
     pub post_id: String,
     pub post_url: Option<String>,
+    /// What the answer said of the app-wide budget, where the platform says it.
+    #[serde(skip)]
+    pub app_budget: Option<AppBudget>,
+}
+
+/// An app-wide rate limit's state as the platform reported it: the budget every tenant's calls
+/// share in the current window (X's `x-app-limit-24hour-*` on `POST /2/tweets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppBudget {
+    pub limit: u32,
+    pub remaining: u32,
+    /// When the window reopens, on Herald's clock.
+    pub resets_at: DateTime<Utc>,
+}
+
+/// Whose limit a platform said is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// The account's own limit: only its work waits. Also where the platform does not say whose
+    /// limit it is (LinkedIn's 429s, Mastodon, Bluesky).
+    Account,
+    /// The limit of Herald's app on the platform, which every tenant's calls share: all of the
+    /// platform's work waits (X's `x-app-limit-24hour-*` spent or its usage cap, Meta's code 4).
+    App,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::App => "app",
+        }
+    }
 }
 
 /// The identity a token belongs to, as the platform reports it.
@@ -227,9 +314,13 @@ pub enum PlatformError {
     /// The refresh grant itself is dead (`invalid_grant` or the platform's equivalent).
     #[error("refresh refused: {reason}")]
     InvalidGrant { reason: String },
-    /// Wait before trying again; `retry_after` is what the platform said, if anything.
-    #[error("rate limited")]
-    RateLimited { retry_after: Option<Duration> },
+    /// Wait before trying again; `retry_after` is what the platform said, if anything, and
+    /// `scope` whose limit it is.
+    #[error("rate limited ({})", scope.as_str())]
+    RateLimited {
+        retry_after: Option<Duration>,
+        scope: LimitScope,
+    },
     /// The platform refused the content or request for good.
     #[error("rejected ({status}): {reason}")]
     Rejected { status: u16, reason: String },

@@ -9,13 +9,9 @@ use serde::Deserialize;
 use super::{
     Account, Capabilities, Credentials, Invalid, Platform, PlatformError, PlatformKind,
     PostRequest, Profile, Published, TokenSet,
-    facebook::{
-        as_grant_error, checked_id, graph_call, parse_graph_time, read_back_since, token,
-        token_answer,
+    meta::{
+        self, ContainerFlow, ContainerWait, Created, Graph, ListedPost, Since, checked_id, token,
     },
-    http,
-    instagram::{ContainerWait, check_quota, publish_container},
-    x::{lead, post_matches},
 };
 
 pub const DEFAULT_BASE: &str = "https://graph.threads.net";
@@ -29,16 +25,14 @@ const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
 
 #[derive(Debug, Clone)]
 pub struct Threads {
-    http: Client,
-    base: String,
+    graph: Graph,
     wait: ContainerWait,
 }
 
 impl Threads {
     pub fn new(http: Client, base_url: impl Into<String>) -> Self {
         Self {
-            http,
-            base: base_url.into().trim_end_matches('/').to_owned(),
+            graph: Graph::new(PlatformKind::Threads, http, base_url, API_VERSION),
             wait: ContainerWait::default(),
         }
     }
@@ -50,19 +44,6 @@ impl Threads {
 
     fn user_id(account: &Account) -> Result<&str, PlatformError> {
         checked_id(&account.platform_account_id)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/{API_VERSION}/{path}", self.base)
-    }
-
-    /// The post text: the text (or else the title), a blank line, the URL. The URL is also sent
-    /// as `link_attachment`; Meta counts a URL that is in both places once.
-    pub fn compose(post: &PostRequest) -> String {
-        match lead(post) {
-            Some(lead) => format!("{lead}\n\n{}", post.url),
-            None => post.url.clone(),
-        }
     }
 }
 
@@ -101,20 +82,9 @@ fn link_count(text: &str, attachment: &str) -> usize {
 }
 
 #[derive(Deserialize)]
-struct Created {
-    id: String,
-}
-
-#[derive(Deserialize)]
 struct Me {
     id: String,
     username: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ThreadList {
-    #[serde(default)]
-    data: Vec<ThreadPost>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +94,28 @@ struct ThreadPost {
     permalink: Option<String>,
     timestamp: Option<String>,
     link_attachment_url: Option<String>,
+}
+
+impl ListedPost for ThreadPost {
+    fn timestamp(&self) -> Option<&str> {
+        self.timestamp.as_deref()
+    }
+
+    fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    fn links(&self) -> Vec<&str> {
+        self.link_attachment_url.as_deref().into_iter().collect()
+    }
+
+    fn published(self) -> Published {
+        Published {
+            post_id: self.id,
+            post_url: self.permalink,
+            app_budget: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -142,7 +134,7 @@ impl Platform for Threads {
     }
 
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {
-        let text = Self::compose(post);
+        let text = meta::caption(post);
         let length = threads_length(&text);
         if length > MAX_TEXT {
             return Err(Invalid {
@@ -171,11 +163,10 @@ impl Platform for Threads {
         _account: &Account,
         creds: &Credentials,
     ) -> Result<Profile, PlatformError> {
-        let req = self
-            .http
-            .get(self.url("me"))
-            .query(&[("fields", "id,username"), ("access_token", token(creds)?)]);
-        let me: Me = graph_call(self.kind(), "verify", false, req).await?;
+        let me: Me = self
+            .graph
+            .fields("verify", "me", "id,username", token(creds)?)
+            .await?;
         // The follower count is an insight (`threads_manage_insights`), not a profile field.
         Ok(Profile {
             handle: me.username.unwrap_or_else(|| me.id.clone()),
@@ -192,40 +183,34 @@ impl Platform for Threads {
     ) -> Result<Published, PlatformError> {
         let user = Self::user_id(account)?;
         let token = token(creds)?;
-        check_quota(
-            self.kind(),
-            &self.http,
-            &self.url(&format!("{user}/threads_publishing_limit")),
-            token,
-        )
-        .await?;
-
-        // Creating a container publishes nothing, so a lost answer here is only transient.
-        let text = Self::compose(post);
-        let form = [
-            ("media_type", "TEXT"),
-            ("text", text.as_str()),
-            ("link_attachment", post.url.as_str()),
-            ("access_token", token),
-        ];
-        let req = self
-            .http
-            .post(self.url(&format!("{user}/threads")))
-            .form(&form);
-        let container: Created = graph_call(self.kind(), "create_container", false, req).await?;
-        let container_id = checked_id(&container.id)?;
-
-        publish_container(
-            self.kind(),
-            &self.http,
-            &|path: &str| self.url(path),
-            container_id,
-            "status,error_message",
-            &format!("{user}/threads_publish"),
-            token,
-            self.wait,
-        )
-        .await
+        let create = async {
+            meta::check_quota(
+                &self.graph,
+                &format!("{user}/threads_publishing_limit"),
+                token,
+            )
+            .await?;
+            // Creating a container publishes nothing, so a lost answer here is only transient.
+            let caption = meta::caption(post);
+            let form = [
+                ("media_type", "TEXT"),
+                ("text", caption.as_str()),
+                ("link_attachment", post.url.as_str()),
+                ("access_token", token),
+            ];
+            let container: Created = self
+                .graph
+                .post_form("create_container", false, &format!("{user}/threads"), &form)
+                .await?;
+            Ok::<_, PlatformError>(container.id)
+        };
+        let flow = ContainerFlow {
+            publish_edge: &format!("{user}/threads_publish"),
+            status_fields: "status,error_message",
+            wait: self.wait,
+        };
+        let read_back = self.find_published(account, creds, post);
+        meta::share_through_container(&self.graph, flow, token, post, create, read_back).await
     }
 
     /// Reads the user's threads since [`READ_BACK_WINDOW`] and matches the share's URL (in the
@@ -237,31 +222,16 @@ impl Platform for Threads {
         post: &PostRequest,
     ) -> Result<Option<Published>, PlatformError> {
         let user = Self::user_id(account)?;
-        let (since, since_param) = read_back_since(READ_BACK_WINDOW);
-        let query = [
-            ("fields", "id,text,permalink,timestamp,link_attachment_url"),
-            ("since", since_param.as_str()),
-            ("limit", "25"),
-            ("access_token", token(creds)?),
-        ];
-        let req = self
-            .http
-            .get(self.url(&format!("{user}/threads")))
-            .query(&query);
-        let list: ThreadList = graph_call(self.kind(), "find_published", false, req).await?;
-        let found = list.data.into_iter().find(|t| {
-            let recent = t
-                .timestamp
-                .as_deref()
-                .and_then(parse_graph_time)
-                .is_none_or(|ts| ts >= since);
-            let links: Vec<&str> = t.link_attachment_url.as_deref().into_iter().collect();
-            recent && post_matches(post, lead(post), t.text.as_deref().unwrap_or(""), &links)
-        });
-        Ok(found.map(|t| Published {
-            post_id: t.id,
-            post_url: t.permalink,
-        }))
+        self.graph
+            .read_back::<ThreadPost>(
+                &format!("{user}/threads"),
+                "id,text,permalink,timestamp,link_attachment_url",
+                READ_BACK_WINDOW,
+                Since::Asked,
+                token(creds)?,
+                post,
+            )
+            .await
     }
 
     /// `th_refresh_token`: the long-lived access token (at least 24 hours old, unexpired, with
@@ -271,13 +241,9 @@ impl Platform for Threads {
         _account: &Account,
         creds: &Credentials,
     ) -> Result<TokenSet, PlatformError> {
-        let token = token(creds).map_err(as_grant_error)?;
-        let req = self
-            .http
-            .get(format!("{}/refresh_access_token", self.base))
-            .query(&[("grant_type", "th_refresh_token"), ("access_token", token)]);
-        let res = http::send(self.kind(), "refresh", false, req).await?;
-        token_answer(res).await
+        self.graph
+            .refresh_long_lived("th_refresh_token", creds)
+            .await
     }
 
     // `followers_page` stays unsupported: Threads exposes only a `followers_count` insight

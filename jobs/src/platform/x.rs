@@ -14,8 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{
-    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, Platform,
-    PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, TokenSet, http,
+    Account, AppBudget, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid,
+    LimitScope, Platform, PlatformError, PlatformKind, PostRequest, Profile, Published, Relation,
+    TokenSet, http,
 };
 
 pub const DEFAULT_BASE: &str = "https://api.x.com";
@@ -197,29 +198,62 @@ fn char_weights(s: &str) -> usize {
     total
 }
 
-/// The wait a 429 asks for. A 24-hour limit that is spent (`x-user-limit-24hour-*`,
-/// `x-app-limit-24hour-*`, sent on `POST /2/tweets`) wins over the 15-minute window
+/// The wait a 429 asks for. A 24-hour limit that is spent (`x-app-limit-24hour-*`, then
+/// `x-user-limit-24hour-*`, sent on `POST /2/tweets`) wins over the 15-minute window
 /// (`x-rate-limit-reset`); resets are epoch seconds, corrected for clock skew with `Date`.
 pub fn rate_limit_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let spent = |prefix: &str| get(&format!("{prefix}-remaining")) == Some("0");
-    let reset_name = ["x-user-limit-24hour", "x-app-limit-24hour"]
+    let reset_name = ["x-app-limit-24hour", "x-user-limit-24hour"]
         .into_iter()
-        .find(|p| spent(p))
+        .find(|p| spent(headers, p))
         .map_or_else(|| "x-rate-limit-reset".to_owned(), |p| format!("{p}-reset"));
-    let reset_at = get(&reset_name)?
+    let reset_at = header(headers, &reset_name)?
         .parse::<i64>()
         .ok()
         .and_then(|s| DateTime::from_timestamp(s, 0))?;
-    let server_now = get("date")
+    Some(
+        (reset_at - server_now(headers, now))
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Whose limit a 429 is: the app's when its 24-hour budget is spent (every user of the app
+/// waits), else the user's (the per-user 24-hour and 15-minute windows).
+pub fn limit_scope(headers: &HeaderMap) -> LimitScope {
+    if spent(headers, "x-app-limit-24hour") {
+        LimitScope::App
+    } else {
+        LimitScope::Account
+    }
+}
+
+/// The app's 24-hour budget as `POST /2/tweets` reports it, the reset moved onto Herald's clock.
+pub fn app_budget(headers: &HeaderMap, now: DateTime<Utc>) -> Option<AppBudget> {
+    let number = |suffix: &str| header(headers, &format!("x-app-limit-24hour-{suffix}"));
+    let reset_at = DateTime::from_timestamp(number("reset")?.parse().ok()?, 0)?;
+    Some(AppBudget {
+        limit: number("limit")?.parse().ok()?,
+        remaining: number("remaining")?.parse().ok()?,
+        resets_at: now + (reset_at - server_now(headers, now)),
+    })
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn spent(headers: &HeaderMap, prefix: &str) -> bool {
+    header(headers, &format!("{prefix}-remaining")) == Some("0")
+}
+
+/// The server's clock from `Date`, else ours.
+fn server_now(headers: &HeaderMap, now: DateTime<Utc>) -> DateTime<Utc> {
+    header(headers, "date")
         .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
-        .map_or(now, |d| d.with_timezone(&Utc));
-    Some((reset_at - server_now).to_std().unwrap_or(Duration::ZERO))
+        .map_or(now, |d| d.with_timezone(&Utc))
 }
 
 /// X's problem JSON (`{title, detail, type, status}`); some auth-layer answers use `errors[]`.
@@ -262,16 +296,19 @@ async fn classify(res: Response, has_refresh: bool) -> PlatformError {
             status: 403,
             reason: format!("the X app is not allowed this call: {reason}"),
         },
+        // The project's monthly cap or credits: every user of the app is stopped.
         StatusCode::TOO_MANY_REQUESTS if kind.ends_with("/usage-capped") => {
             let wait = rate_limit_wait(&headers, Utc::now())
                 .filter(|w| !w.is_zero())
                 .unwrap_or(USAGE_CAP_WAIT);
             PlatformError::RateLimited {
                 retry_after: Some(wait),
+                scope: LimitScope::App,
             }
         }
         StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
             retry_after: rate_limit_wait(&headers, Utc::now()),
+            scope: limit_scope(&headers),
         },
         s if s.is_server_error() => PlatformError::Transient {
             status: Some(s.as_u16()),
@@ -370,6 +407,7 @@ async fn classify_token_error(res: Response) -> PlatformError {
     match status {
         StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
             retry_after: rate_limit_wait(&headers, Utc::now()),
+            scope: limit_scope(&headers),
         },
         s if s.is_server_error() => PlatformError::Transient {
             status: Some(s.as_u16()),
@@ -520,6 +558,7 @@ impl Platform for X {
         if !res.status().is_success() {
             return Err(classify(res, creds.refresh_token.is_some()).await);
         }
+        let app_budget = app_budget(res.headers(), Utc::now());
         // The post exists now; an unreadable body is not a reason to post again.
         let created: Data<Created> =
             res.json()
@@ -531,6 +570,7 @@ impl Platform for X {
         Ok(Published {
             post_id: created.data.id,
             post_url,
+            app_budget,
         })
     }
 
@@ -573,6 +613,7 @@ impl Platform for X {
         Ok(found.map(|t| Published {
             post_url: Some(status_url(&t.id)),
             post_id: t.id,
+            app_budget: None,
         }))
     }
 
@@ -640,6 +681,7 @@ mod tests {
             text: Some(text.into()),
             image_url: None,
             idempotency_key: "k".into(),
+            checkpoint: Default::default(),
         }
     }
 
@@ -704,6 +746,44 @@ mod tests {
         h.insert("date", server_now.parse().unwrap());
         assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(3000)));
         assert_eq!(rate_limit_wait(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_spent_app_budget_is_the_apps_limit_and_its_reset_moves_onto_our_clock() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-app-limit-24hour-limit", "10000".parse().unwrap());
+        h.insert("x-app-limit-24hour-remaining", "42".parse().unwrap());
+        h.insert(
+            "x-app-limit-24hour-reset",
+            (now.timestamp() + 7200).to_string().parse().unwrap(),
+        );
+        h.insert(
+            "date",
+            (now + chrono::Duration::seconds(60))
+                .to_rfc2822()
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            app_budget(&h, now),
+            Some(AppBudget {
+                limit: 10_000,
+                remaining: 42,
+                resets_at: now + chrono::Duration::seconds(7140),
+            })
+        );
+        h.insert("x-user-limit-24hour-remaining", "0".parse().unwrap());
+        assert_eq!(limit_scope(&h), LimitScope::Account);
+        h.insert("x-app-limit-24hour-remaining", "0".parse().unwrap());
+        assert_eq!(limit_scope(&h), LimitScope::App);
+        // Both spent: the app's reset is the one every share waits for.
+        h.insert(
+            "x-user-limit-24hour-reset",
+            (now.timestamp() + 60).to_string().parse().unwrap(),
+        );
+        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(7140)));
+        assert_eq!(app_budget(&HeaderMap::new(), now), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! same number). Times are always bound from Rust, never taken from the database clock, so both
 //! engines compare them the same way.
 
+mod app_limits;
 mod connect;
 mod connections;
 mod followers;
@@ -13,6 +14,7 @@ mod lifecycle;
 mod replay;
 mod shares;
 
+pub use app_limits::{Admission, AppKey, AppLimitRow};
 pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub use connections::{ConnectionRow, NewConnection, StoredTokens};
 pub use followers::SyncRun;
@@ -20,8 +22,8 @@ pub use keys::{ApiKeyRole, AuthedKey};
 pub use lifecycle::TokenWrite;
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
 pub use shares::{
-    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, NewShare, ShareDepth, ShareRow,
-    ShareState, ShareUpdate,
+    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, NewShare, ShareDepth,
+    ShareRow, ShareState, ShareUpdate,
 };
 
 use std::{str::FromStr, time::Duration};

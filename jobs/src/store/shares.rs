@@ -11,7 +11,7 @@ use crate::ids;
 
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
-    last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from";
+    last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from, checkpoint";
 
 /// The states of a share. `succeeded` means a platform post id is stored.
 #[derive(
@@ -85,6 +85,8 @@ pub struct ShareRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Attempts before this number were spent before the last replay and do not count.
     pub budget_from: i32,
+    /// Where a publish in several steps resumes (see [`crate::platform::Checkpoint`]).
+    pub checkpoint: Option<String>,
 }
 
 impl ShareRow {
@@ -198,11 +200,46 @@ pub enum ShareUpdate {
     OutcomeUnknown {
         message: String,
     },
-    /// Not tried: the account is rate-limited until `run_at`. The attempt is given back and no
+    /// Not tried: a rate limit holds the share until `run_at`. The attempt is given back and no
     /// attempt is recorded.
     Deferred {
         run_at: DateTime<Utc>,
+        reason: Deferral,
     },
+}
+
+/// Whose rate limit holds a share back without a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// The account's own limit.
+    Account,
+    /// The platform app's limit, which every tenant shares.
+    App,
+    /// The app's budget is scarce and this tenant has used its fair share of it.
+    FairShare,
+}
+
+impl Deferral {
+    /// The `scope` label of `herald_rate_limit_deferrals_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::App => "app",
+            Self::FairShare => "fair_share",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Account => "the account is rate limited; waiting without calling",
+            Self::App => {
+                "the platform app's rate limit is reached for every account; waiting without calling"
+            }
+            Self::FairShare => {
+                "the platform app's budget is scarce and this tenant has used its fair share; waiting without calling"
+            }
+        }
+    }
 }
 
 impl ShareUpdate {
@@ -279,6 +316,7 @@ impl Store {
                 updated_at: now,
                 finished_at: None,
                 budget_from: 0,
+                checkpoint: None,
             })
             .collect();
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
@@ -493,11 +531,9 @@ impl Store {
             ShareUpdate::OutcomeUnknown { message } => {
                 (Some("outcome_unknown"), Some(message.as_str()), None)
             }
-            ShareUpdate::Deferred { .. } => (
-                Some("rate_limited"),
-                Some("the account is rate limited; waiting without calling"),
-                None,
-            ),
+            ShareUpdate::Deferred { reason, .. } => {
+                (Some("rate_limited"), Some(reason.message()), None)
+            }
         };
         let (post_id, post_url) = match update {
             ShareUpdate::Succeeded { post_id, post_url } => {
@@ -506,7 +542,9 @@ impl Store {
             _ => (None, None),
         };
         let run_at = match update {
-            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at } => Some(*run_at),
+            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at, .. } => {
+                Some(*run_at)
+            }
             _ => None,
         };
         let finished = !matches!(
@@ -558,6 +596,30 @@ impl Store {
             row
         });
         Ok(row)
+    }
+
+    /// Stores the checkpoint of attempt `attempt` if this worker still holds the share. `false`
+    /// means another worker took it over: the step the checkpoint protects must not run.
+    pub async fn save_checkpoint(
+        &self,
+        id: &str,
+        attempt: i32,
+        checkpoint: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let saved = with_pool!(
+            &self.pool,
+            "UPDATE shares SET checkpoint = $3, updated_at = $4 WHERE id = $1 AND state = 'running' AND attempts = $2",
+            |p, sql| sqlx::query(sql)
+                .bind(id)
+                .bind(attempt)
+                .bind(checkpoint)
+                .bind(now)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        Ok(saved == 1)
     }
 
     /// Cancels a share that has not run (queued or parked).

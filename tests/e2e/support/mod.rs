@@ -3,11 +3,13 @@
 
 pub mod atproto;
 pub mod db;
+pub mod instagram_containers;
 pub mod linkedin;
 pub mod mastodon;
 pub mod meta;
 pub mod oauth_provider;
 pub mod seen;
+pub mod x_limits;
 
 use std::{future::Future, time::Duration};
 
@@ -66,6 +68,7 @@ pub fn fast_settings() -> Settings {
         public_url: herald_jobs::settings::DEFAULT_PUBLIC_URL.into(),
         oauth_state_ttl: Duration::from_secs(600),
         bluesky: Default::default(),
+        fair_share_recheck: Duration::from_millis(500),
     }
 }
 

@@ -69,8 +69,9 @@ use url::Url;
 use uuid::Uuid;
 
 use super::{
-    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, Platform,
-    PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, TokenSet, http,
+    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, LimitScope,
+    Platform, PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, TokenSet,
+    http,
 };
 use crate::ssrf::SsrfGuard;
 
@@ -685,6 +686,8 @@ impl Answer {
         match (self.status, name) {
             (StatusCode::TOO_MANY_REQUESTS, _) => PlatformError::RateLimited {
                 retry_after: rate_limit_wait(&self.headers, Utc::now()),
+                // Per account (or per IP): neither has an app shared by every tenant.
+                scope: LimitScope::Account,
             },
             (_, "AccountTakedown" | "AccountDeactivated" | "AccountSuspended") => {
                 PlatformError::Unauthorized { reason }
@@ -1128,6 +1131,7 @@ impl Bluesky {
                 Ok(Some(Published {
                     post_id: r.uri,
                     post_url: Some(Self::post_url(account, rkey)),
+                    app_budget: None,
                 }))
             }
             Some(r) => Err(PlatformError::Rejected {
@@ -1427,6 +1431,7 @@ impl Platform for Bluesky {
                 return Ok(Published {
                     post_id: c.uri,
                     post_url: Some(Self::post_url(account, &rkey)),
+                    app_budget: None,
                 });
             }
             Ok(a) => a.classify(),
