@@ -25,7 +25,7 @@ use super::{
     Answer, dpop,
     jwt::{EsKey, random_token},
 };
-use crate::platform::{PlatformError, TokenSet};
+use crate::platform::{LimitScope, PlatformError, TokenSet};
 
 /// Every scope Herald asks for: `atproto` (required) and the App-Password-level
 /// `transition:generic` (write records, upload blobs, proxy to the AppView).
@@ -238,7 +238,10 @@ fn token_error(a: &Answer) -> PlatformError {
         "invalid_grant" | "invalid_client" | "unauthorized_client" => {
             PlatformError::InvalidGrant { reason }
         }
-        _ if a.status.as_u16() == 429 => PlatformError::RateLimited { retry_after: None },
+        _ if a.status.as_u16() == 429 => PlatformError::RateLimited {
+            retry_after: None,
+            scope: LimitScope::Account,
+        },
         _ if a.status.is_server_error() => PlatformError::Transient {
             status: Some(a.status.as_u16()),
             reason,
