@@ -575,6 +575,7 @@ mod oauth {
             text: Some(text.into()),
             image_url: None,
             idempotency_key: id,
+            checkpoint: Default::default(),
         }
     }
 

@@ -189,6 +189,7 @@ fn post(net: &FakeAtproto, text: &str) -> PostRequest {
         text: Some(text.into()),
         image_url: None,
         idempotency_key: id,
+        checkpoint: Default::default(),
     }
 }
 
