@@ -101,7 +101,9 @@ impl Store {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
+                // A writer waits for the write lock rather than fail: on a starved 2-core machine
+                // running the whole test suite, 10 s was once not enough for a plain INSERT.
+                .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
             Pool::Sqlite(
                 SqlitePoolOptions::new()
