@@ -9,7 +9,9 @@ use apalis_core::task::{
 use redis::{
     AsyncCommands,
     aio::ConnectionManager,
-    streams::{StreamId, StreamPendingCountReply, StreamRangeReply},
+    streams::{
+        StreamId, StreamInfoGroup, StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply,
+    },
 };
 
 use crate::{Config, Error, keys::GROUP, keys::Keys, scripts};
@@ -75,18 +77,27 @@ pub(crate) async fn waiting(
 
 /// How many jobs are ready, and the stream position after which they start.
 async fn ready_cursor(conn: &mut ConnectionManager, keys: &Keys) -> Result<(usize, String), Error> {
-    if !conn.exists::<_, bool>(&keys.stream).await? {
-        return Ok((0, "-".into()));
-    }
+    // XLEN of a missing key is 0
     let len: usize = conn.xlen(&keys.stream).await?;
-    let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&keys.stream).await?;
-    Ok(match groups.groups.into_iter().find(|g| g.name == GROUP) {
+    Ok(match group(conn, keys).await? {
         Some(g) => (
             len.saturating_sub(g.pending),
             format!("({}", g.last_delivered_id),
         ),
         None => (len, "-".into()),
     })
+}
+
+/// The workers' consumer group, once a worker has created it.
+async fn group(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> Result<Option<StreamInfoGroup>, Error> {
+    if !conn.exists::<_, bool>(&keys.stream).await? {
+        return Ok(None);
+    }
+    let groups: StreamInfoGroupsReply = conn.xinfo_groups(&keys.stream).await?;
+    Ok(groups.groups.into_iter().find(|g| g.name == GROUP))
 }
 
 /// Ready jobs from `after`, skipping `offset` of them a chunk at a time (a deep page costs
@@ -172,38 +183,26 @@ pub(crate) async fn running(
     offset: usize,
     limit: usize,
 ) -> Result<Vec<Listed>, Error> {
-    let groups: redis::streams::StreamInfoGroupsReply =
-        if conn.exists::<_, bool>(&keys.stream).await? {
-            conn.xinfo_groups(&keys.stream).await?
-        } else {
-            return Ok(Vec::new());
-        };
-    if !groups.groups.iter().any(|g| g.name == GROUP) {
+    if group(conn, keys).await?.is_none() {
         return Ok(Vec::new());
     }
     let pending: StreamPendingCountReply = conn
         .xpending_count(&keys.stream, GROUP, "-", "+", offset + limit)
         .await?;
-    let leased: Vec<_> = pending.ids.into_iter().skip(offset).collect();
-    if leased.is_empty() {
+    let page: Vec<_> = pending.ids.into_iter().skip(offset).collect();
+    if page.is_empty() {
         return Ok(Vec::new());
     }
     let mut pipe = redis::pipe();
-    for p in &leased {
+    for p in &page {
         pipe.xrange(&keys.stream, &p.id, &p.id);
     }
     let entries: Vec<StreamRangeReply> = pipe.query_async(conn).await?;
-    Ok(leased
+    Ok(page
         .into_iter()
         .zip(entries)
         // an entry settled since XPENDING is gone
-        .filter_map(|(p, e)| {
-            let mut job = entry(e.ids.first()?, Status::Running);
-            job.lock_by = Some(p.consumer);
-            // the current run counts
-            job.attempts += 1;
-            Some(job)
-        })
+        .filter_map(|(p, e)| Some(leased(e.ids.first()?, p.consumer)))
         .collect())
 }
 
@@ -326,14 +325,17 @@ async fn leased_or_ready(
         return Ok(None);
     };
     Ok(Some(match lease.and_then(|l| l.ids.into_iter().next()) {
-        Some(p) => {
-            let mut job = entry(e, Status::Running);
-            job.lock_by = Some(p.consumer);
-            job.attempts += 1;
-            job
-        }
+        Some(p) => leased(e, p.consumer),
         None => entry(e, Status::Pending),
     }))
+}
+
+/// A stream entry that `consumer` holds; its current run counts as an attempt.
+fn leased(e: &StreamId, consumer: String) -> Listed {
+    let mut job = entry(e, Status::Running);
+    job.lock_by = Some(consumer);
+    job.attempts += 1;
+    job
 }
 
 /// A stream entry: fields `id`, `d` (payload) and `a` (attempts made); its id starts with
