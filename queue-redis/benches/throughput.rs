@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     io::{BufRead, BufReader, Write},
     net::TcpListener,
     process::{Child, Command, Stdio},
@@ -49,6 +50,49 @@ fn share(i: u64) -> Share {
     s
 }
 
+/// Time a process's threads spent on a core and waiting for one (ns), from
+/// `/proc/<pid>/task/*/schedstat`: a cost per job that other load on the machine barely
+/// changes, unlike the wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sched {
+    cpu_ns: u64,
+    wait_ns: u64,
+}
+
+impl Sched {
+    fn of(pid: u32) -> Self {
+        let mut total = Self::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return total;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let mut fields = text
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            total.cpu_ns += fields.next().unwrap_or(0);
+            total.wait_ns += fields.next().unwrap_or(0);
+        }
+        total
+    }
+
+    fn since(self, earlier: &Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns),
+        }
+    }
+
+    fn us_per(self, n: u64) -> (f64, f64) {
+        (
+            self.cpu_ns as f64 / 1e3 / n as f64,
+            self.wait_ns as f64 / 1e3 / n as f64,
+        )
+    }
+}
+
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -61,7 +105,9 @@ fn now_ns() -> u128 {
 struct Progress {
     n: u64,
     done: AtomicU64,
-    first: OnceLock<u128>,
+    first: OnceLock<(u128, Sched)>,
+    /// When each tenth of the jobs had finished (ns), to see whether the rate drifts.
+    tenths: [AtomicU64; 10],
 }
 
 async fn handler(job: Share, p: Data<Arc<Progress>>) -> Result<(), BoxDynError> {
@@ -72,10 +118,30 @@ async fn handler(job: Share, p: Data<Arc<Progress>>) -> Result<(), BoxDynError> 
         out.flush()?;
         return Ok(());
     }
-    p.first.get_or_init(now_ns);
-    if p.done.fetch_add(1, Ordering::SeqCst) + 1 == p.n {
+    p.first
+        .get_or_init(|| (now_ns(), Sched::of(std::process::id())));
+    let done = p.done.fetch_add(1, Ordering::SeqCst) + 1;
+    if done.is_multiple_of(p.n.div_ceil(10)) || done == p.n {
+        let tenth = ((done * 10).div_ceil(p.n) - 1).min(9) as usize;
+        p.tenths[tenth].store(now_ns() as u64, Ordering::SeqCst);
+    }
+    if done == p.n {
+        let (first, sched) = p.first.get().unwrap();
+        let used = Sched::of(std::process::id()).since(sched);
+        let tenths: Vec<String> = p
+            .tenths
+            .iter()
+            .map(|t| t.load(Ordering::SeqCst).to_string())
+            .collect();
         let mut out = std::io::stdout().lock();
-        writeln!(out, "DRAINED {} {}", p.first.get().unwrap(), now_ns())?;
+        writeln!(
+            out,
+            "DRAINED {first} {} {} {} {}",
+            now_ns(),
+            used.cpu_ns,
+            used.wait_ns,
+            tenths.join(" ")
+        )?;
         out.flush()?;
     }
     Ok(())
@@ -95,6 +161,7 @@ fn worker_main() {
             n,
             done: AtomicU64::new(0),
             first: OnceLock::new(),
+            tenths: Default::default(),
         });
         let name = format!("bench-{}", std::process::id());
         if system == "herald" {
@@ -138,14 +205,19 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
+        // e.g. `valgrind --tool=callgrind`: counts Redis' instructions per phase, whatever
+        // else runs on the machine (each phase is dumped, see `Redis::dump`)
+        let wrap = std::env::var("HERALD_BENCH_REDIS_WRAP").unwrap_or_default();
+        let mut argv = wrap.split_whitespace().chain(["redis-server"]);
+        let child = Command::new(argv.next().unwrap())
+            .args(argv)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed");
         let r = Self { port, child };
-        for _ in 0..500 {
+        for _ in 0..3000 {
             if let Ok(c) = redis::Client::open(r.url())
                 && let Ok(mut conn) = c.get_connection()
                 && redis::cmd("PING").query::<String>(&mut conn).is_ok()
@@ -160,6 +232,22 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    fn dump(&self, phase: &str) {
+        callgrind_dump("HERALD_BENCH_REDIS_WRAP", self.child.id(), phase);
+    }
+}
+
+/// Under callgrind (named in `wrap_var`), writes `pid`'s counts since its last dump,
+/// labelled `phase`.
+fn callgrind_dump(wrap_var: &str, pid: u32, phase: &str) {
+    if std::env::var(wrap_var).is_ok_and(|w| w.contains("callgrind")) {
+        let _ = Command::new("callgrind_control")
+            .arg(format!("--dump={phase}"))
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .status();
+    }
 }
 
 impl Drop for Redis {
@@ -169,8 +257,10 @@ impl Drop for Redis {
     }
 }
 
-/// Per-command call counts (commands run inside scripts included).
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
+/// Per-command calls and microseconds spent in them (commands run inside scripts included).
+async fn command_stats(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> HashMap<String, (u64, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -180,13 +270,10 @@ async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<
         .filter_map(|l| l.strip_prefix("cmdstat_"))
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
+            let mut fields = rest.split(',').filter_map(|f| f.split_once('='));
+            let calls = fields.next()?.1.parse().ok()?;
+            let usec = fields.next()?.1.parse().ok()?;
+            Some((name.to_owned(), (calls, usec)))
         })
         .collect()
 }
@@ -198,7 +285,15 @@ struct WorkerProc {
 
 impl WorkerProc {
     fn spawn(system: &str, url: &str, n: u64) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        // like HERALD_BENCH_REDIS_WRAP, for the worker (dumped once drained)
+        let wrap = std::env::var("HERALD_BENCH_WORKER_WRAP").unwrap_or_default();
+        let exe = std::env::current_exe().unwrap();
+        let mut argv = wrap
+            .split_whitespace()
+            .map(OsStr::new)
+            .chain([exe.as_os_str()]);
+        let mut child = Command::new(argv.next().unwrap())
+            .args(argv)
             .env(ROLE, "worker")
             .env("BENCH_SYSTEM", system)
             .env("BENCH_URL", url)
@@ -242,7 +337,7 @@ impl Drop for WorkerProc {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 struct Run {
     enqueue: Option<f64>,
     process: f64,
@@ -251,6 +346,14 @@ struct Run {
     pickup_p50: Option<f64>,
     pickup_p99: Option<f64>,
     rss_mb: Option<f64>,
+    /// Processing phase, µs per job: Redis on a core, Redis waiting for one, and the same
+    /// for the worker process.
+    redis_cpu: (f64, f64),
+    worker_cpu: (f64, f64),
+    /// Processing phase: µs per job spent inside each command, heaviest first.
+    command_us: Vec<(String, f64)>,
+    /// Process rate over each tenth of the jobs.
+    tenths: Vec<f64>,
 }
 
 /// Pushes for one system; `sequential` awaits each push like an API handler does.
@@ -328,29 +431,64 @@ async fn run(system: &str, n: u64, full: bool) -> Run {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut admin = client.get_multiplexed_async_connection().await.unwrap();
     let mut r = Run::default();
-    let before = command_calls(&mut admin).await;
+    let before = command_stats(&mut admin).await;
     let rate = enqueue(system, &url, n, full).await;
     if full {
         r.enqueue = Some(rate);
     }
+    let enqueued = command_stats(&mut admin).await;
+    redis.dump(&format!("enqueued-{n}"));
+    let redis_before = Sched::of(redis.child.id());
     let worker = WorkerProc::spawn(system, &url, n);
     // the producer is idle meanwhile, so blocking its one-thread runtime is harmless
     let drained = worker.next_line(Duration::from_secs(900));
+    callgrind_dump(
+        "HERALD_BENCH_WORKER_WRAP",
+        worker.child.id(),
+        &format!("worker-{n}"),
+    );
     let mut parts = drained
         .split_whitespace()
         .skip(1)
         .map(|v| v.parse::<u128>().unwrap());
     let (first, last) = (parts.next().unwrap(), parts.next().unwrap());
+    let worker_used = Sched {
+        cpu_ns: parts.next().unwrap() as u64,
+        wait_ns: parts.next().unwrap() as u64,
+    };
     r.process = n as f64 / ((last - first) as f64 / 1e9);
-    let after = command_calls(&mut admin).await;
-    let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
-    // minus our INFO and, for the stock backend, the backlog move (ZRANGE, RPUSHes, DEL)
+    let mut from = first;
+    r.tenths = parts
+        .map(|at| {
+            let rate = (n as f64 / 10.0) / ((at.saturating_sub(from)).max(1) as f64 / 1e9);
+            from = at;
+            rate
+        })
+        .collect();
+    r.redis_cpu = Sched::of(redis.child.id()).since(&redis_before).us_per(n);
+    redis.dump(&format!("processed-{n}"));
+    r.worker_cpu = worker_used.us_per(n);
+    let after = command_stats(&mut admin).await;
+    let mut command_us: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, (_, usec))| {
+            let was = enqueued.get(name).map_or(0, |c| c.1);
+            (name.clone(), (usec - was) as f64 / n as f64)
+        })
+        .filter(|(_, us)| *us >= 0.01)
+        .collect();
+    command_us.sort_by(|a, b| b.1.total_cmp(&a.1));
+    r.command_us = command_us;
+    let calls =
+        |stats: &HashMap<String, (u64, u64)>, name: &str| stats.get(name).map_or(0, |c| c.0);
+    let delta = |name: &str| calls(&after, name) - calls(&before, name);
+    // minus our two INFOs and, for the stock backend, the backlog move (ZRANGE, RPUSHes, DEL)
     let moved = if system == "apalis" {
         2 + n.div_ceil(1000)
     } else {
         0
     };
-    let all: u64 = after.keys().map(|k| delta(k)).sum::<u64>() - 1 - moved;
+    let all: u64 = after.keys().map(|k| delta(k)).sum::<u64>() - 2 - moved;
     // commands clients send; everything else ran inside a script
     let sent: u64 = [
         "evalsha",
@@ -415,10 +553,26 @@ fn main() {
     if std::env::var("HERALD_BENCH_ONLY").as_deref() == Ok("backlog") {
         // back to back, alternating, to separate backlog cost from machine noise
         return rt.block_on(async {
-            for n in [20_000u64, 200_000, 20_000, 200_000] {
+            let backlogs = std::env::var("HERALD_BENCH_BACKLOGS")
+                .unwrap_or_else(|_| "20000,200000,20000,200000".into());
+            for n in backlogs.split(',').map(|n| n.trim().parse::<u64>().unwrap()) {
+                let r = run("herald", n, false).await;
+                let cmds = r
+                    .command_us
+                    .iter()
+                    .take(6)
+                    .map(|(c, us)| format!("{c} {us:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let tenths = r
+                    .tenths
+                    .iter()
+                    .map(|t| format!("{:.0}", t / 1000.0))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 println!(
-                    "backlog {n}: {:.0} jobs/s",
-                    run("herald", n, false).await.process
+                    "backlog {n}: {:.0} jobs/s (k/s by tenth: {tenths}); µs/job on a core (waiting for one): redis {:.2} ({:.2}), worker {:.2} ({:.2}); in commands: {cmds}",
+                    r.process, r.redis_cpu.0, r.redis_cpu.1, r.worker_cpu.0, r.worker_cpu.1
                 );
             }
         });
@@ -449,19 +603,25 @@ fn main() {
             herald.enqueue.unwrap() / ceiling * 100.0,
             apalis.enqueue.unwrap() / ceiling * 100.0
         );
-        println!("\nprocess jobs/s by backlog (jobs enqueued before the worker starts):");
-        println!("| backlog | herald-queue-redis | apalis-redis 1.0 |");
-        println!("|---|---|---|");
+        println!("\nprocess jobs/s by backlog (jobs enqueued before the worker starts), and CPU per job on a core (waiting for one) while processing:");
+        println!("| backlog | herald-queue-redis | its Redis µs/job | its worker µs/job | apalis-redis 1.0 |");
+        println!("|---|---|---|---|---|");
+        let mut rates = Vec::new();
         for n in [1_000u64, 20_000, 200_000] {
-            let h = if n == 20_000 { herald.process } else { run("herald", n, false).await.process };
+            let h = if n == 20_000 { herald.clone() } else { run("herald", n, false).await };
             // the stock backend's cost per job grows with the backlog (LREM); 200k would take many minutes
             let a = match n {
                 20_000 => Some(apalis.process),
                 1_000 => Some(run("apalis", n, false).await.process),
                 _ => None,
             };
-            println!("| {n} | {h:.0} | {} |", fmt(a, 0));
+            println!(
+                "| {n} | {:.0} | {:.2} ({:.2}) | {:.2} ({:.2}) | {} |",
+                h.process, h.redis_cpu.0, h.redis_cpu.1, h.worker_cpu.0, h.worker_cpu.1, fmt(a, 0)
+            );
+            rates.push(h.process);
         }
+        println!("\n200k / 20k: {:.0}%", rates[2] / rates[1] * 100.0);
     });
 }
 

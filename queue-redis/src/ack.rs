@@ -163,19 +163,33 @@ pub(crate) async fn run_acker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiv
 async fn settle(shared: &Shared, batch: &[Settlement]) {
     let keys = &shared.keys;
     let cfg = &shared.config;
+    // the script decides on the same number whether successes carry their job id
+    let done_ttl = cfg.done_retention.as_secs();
     let mut call = scripts::ACK.prepare_invoke();
     call.key(&keys.stream)
         .key(&keys.scheduled)
         .key(&keys.scheduled_jobs)
         .key(&keys.dead)
+        .key(&keys.wake)
         .arg(GROUP)
         .arg(&keys.base)
-        .arg(cfg.done_retention.as_secs())
+        .arg(done_ttl)
         .arg(cfg.dead_retention.as_secs())
         .arg(cfg.retry_delay.as_millis() as u64);
+    let successes = batch
+        .iter()
+        .filter(|s| matches!(s.outcome, Outcome::Done))
+        .count();
+    call.arg(successes);
+    for s in batch.iter().filter(|s| matches!(s.outcome, Outcome::Done)) {
+        call.arg(&*s.delivery.entry_id);
+        if done_ttl > 0 {
+            call.arg(&*s.delivery.job_id);
+        }
+    }
     for s in batch {
         let (code, attempts, error) = match &s.outcome {
-            Outcome::Done => ("o", 0, ""),
+            Outcome::Done => continue,
             Outcome::Retry { attempts, error } => ("r", *attempts, error.as_str()),
             Outcome::Dead { attempts, error } => ("d", *attempts, error.as_str()),
         };

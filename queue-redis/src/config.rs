@@ -31,7 +31,9 @@ impl Config {
             max_attempts: 25,
             retry_delay: Duration::from_secs(5),
             idempotency_ttl: Duration::from_secs(24 * 3600),
-            done_retention: Duration::from_secs(3600),
+            // off: a record per finished job costs Redis about as much as the rest of
+            // the job's commands together (README, "Bounded memory")
+            done_retention: Duration::ZERO,
             dead_retention: Duration::from_secs(7 * 24 * 3600),
             prefetch: 32,
             scheduler_tick: Duration::from_secs(1),
@@ -82,7 +84,8 @@ impl Config {
         self
     }
 
-    /// How long the completion record of a finished job is kept (zero: not kept).
+    /// How long the completion record of a finished job is kept, for
+    /// [`RedisQueue::finished_at`](crate::RedisQueue::finished_at) (default zero: not kept).
     #[must_use]
     pub fn done_retention(mut self, retention: Duration) -> Self {
         self.done_retention = retention;

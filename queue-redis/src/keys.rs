@@ -13,6 +13,9 @@ pub(crate) struct Keys {
     pub scheduled_jobs: String,
     pub workers: String,
     pub dead: String,
+    /// A short stream whose entries wake a blocked reader when a delayed job becomes due
+    /// before every other one (see `push.lua`).
+    pub wake: String,
 }
 
 impl Keys {
@@ -24,6 +27,7 @@ impl Keys {
             scheduled_jobs: format!("{base}:scheduled:jobs"),
             workers: format!("{base}:workers"),
             dead: format!("{base}:dead"),
+            wake: format!("{base}:wake"),
             base,
         }
     }

@@ -5,10 +5,12 @@ mod config;
 mod connection;
 mod error;
 mod keys;
+mod listing;
 mod push;
 mod queue;
 mod scripts;
 mod storage;
+mod tools;
 mod types;
 mod worker;
 

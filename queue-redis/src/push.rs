@@ -40,7 +40,8 @@ pub(crate) async fn push<C: ConnectionLike>(
     let mut call = scripts::PUSH.prepare_invoke();
     call.key(&keys.stream)
         .key(&keys.scheduled)
-        .key(&keys.scheduled_jobs);
+        .key(&keys.scheduled_jobs)
+        .key(&keys.wake);
     if let Some(key) = &job.idempotency_key {
         call.key(keys.idempotency(key));
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::{
     Config, DeadJob, Error, JobId, Pushed, QueueStats, RedisConn, RedisStorage,
     keys::{GROUP, Keys, validate_queue_name},
+    listing,
     push::{NewJob, push},
     scripts,
 };
@@ -141,26 +142,10 @@ impl RedisQueue {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<DeadJob>, Error> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let keys = self.keys(queue)?;
-        let mut conn = self.conn.shared();
-        let ids: Vec<String> = conn
-            .zrevrange(&keys.dead, offset as isize, (offset + limit - 1) as isize)
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(keys.dead_job(id));
-        }
-        let rows: Vec<HashMap<String, Vec<u8>>> = pipe.query_async(&mut conn).await?;
-        Ok(ids
+        let rows = listing::dead_rows(&mut self.conn.shared(), &keys, offset, limit).await?;
+        Ok(rows
             .into_iter()
-            .zip(rows)
-            .filter(|(_, row)| !row.is_empty())
             .map(|(id, row)| dead_job(id, row))
             .collect())
     }

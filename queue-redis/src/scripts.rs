@@ -15,3 +15,4 @@ script!(ACK, "ack.lua");
 script!(RECLAIM, "reclaim.lua");
 script!(STATS, "stats.lua");
 script!(REPLAY, "replay.lua");
+script!(FIND, "find.lua");

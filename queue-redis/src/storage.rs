@@ -9,6 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use apalis_codec::json::JsonCodec;
 use apalis_core::{
     backend::{Backend, BackendConfig, finalize::Ephemeral},
     task::Task,
@@ -33,9 +34,10 @@ use crate::{
 /// Jobs are stored as the JSON of `T`. Cloning gives an independent backend on the same
 /// connection (a worker's background tasks are not shared).
 pub struct RedisStorage<T> {
-    conn: RedisConn,
-    config: Config,
-    keys: Keys,
+    pub(crate) conn: RedisConn,
+    pub(crate) config: Config,
+    pub(crate) keys: Keys,
+    pub(crate) codec: JsonCodec<serde_json::Value>,
     healthy: Arc<AtomicBool>,
     ack_channel: Option<(
         mpsc::UnboundedSender<AckMsg>,
@@ -80,6 +82,7 @@ impl<T> RedisStorage<T> {
             conn,
             config,
             keys,
+            codec: JsonCodec::default(),
             healthy,
             ack_channel: None,
             runtime: None,

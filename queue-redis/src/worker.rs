@@ -193,6 +193,7 @@ pub(crate) async fn reclaim_call(
         .key(&keys.stream)
         .key(&keys.workers)
         .key(&keys.dead)
+        .key(&keys.wake)
         .arg(GROUP)
         .arg(&keys.base)
         .arg(&shared.consumer)

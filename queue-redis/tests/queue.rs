@@ -9,7 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use apalis::prelude::*;
+use apalis_core::{
+    backend::{FetchById, Filter, ListTasks},
+    task::{status::Status, task_id::TaskId},
+};
 use futures::StreamExt;
 use herald_queue_redis::Config;
 use redis::AsyncCommands;
@@ -127,6 +133,84 @@ async fn delayed_jobs_become_due() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_due_before_all_others_wakes_a_blocked_reader() {
+    let q = queue("wake-delay").await;
+    // a reader blocks up to one tick; a long one shows whether a push cuts it short
+    let tick = Duration::from_secs(10);
+    let cfg = config(&q)
+        .scheduler_tick(tick)
+        .retry_delay(Duration::from_millis(300))
+        .max_attempts(2);
+    let (ctx, mut started) = Ctx::new();
+    let w = start_worker(&q, cfg, "wake-delay", 4, ctx);
+    // once a job has run, the reader has made its first promotion and sleeps a whole tick
+    push_ok(&q, 0).await;
+    assert_eq!(started.recv().await.unwrap().n, 0);
+
+    // one job due much later, then one due before it
+    q.push(QUEUE, &Job::ok(1), Some(Duration::from_secs(30)), None)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    q.push(QUEUE, &Job::ok(2), Some(Duration::from_millis(300)), None)
+        .await
+        .unwrap();
+    let s = tokio::time::timeout(tick, started.recv())
+        .await
+        .expect("the earlier job waited for the reader's tick")
+        .unwrap();
+    let waited = s.at - t0;
+    assert_eq!(s.n, 2);
+    assert!(waited >= Duration::from_millis(290), "ran after {waited:?}");
+    assert!(waited < tick / 4, "ran after {waited:?}");
+
+    // a retry due before the job that is still scheduled wakes the reader the same way
+    let failing = Job {
+        n: 3,
+        mode: Mode::Fail,
+    };
+    q.push(QUEUE, &failing, None, None).await.unwrap();
+    let first = started.recv().await.unwrap();
+    let again = tokio::time::timeout(tick, started.recv())
+        .await
+        .expect("the retry waited for the reader's tick")
+        .unwrap();
+    assert_eq!((first.n, again.n, again.attempt), (3, 3, 2));
+    let waited = again.at - first.at;
+    assert!(
+        waited >= Duration::from_millis(290),
+        "retried after {waited:?}"
+    );
+    assert!(waited < tick / 4, "retried after {waited:?}");
+    assert_eq!(
+        q.stats(QUEUE).await.unwrap().scheduled,
+        1,
+        "job 1 still waits"
+    );
+
+    // the wake-ups leave nothing behind: acknowledged by the reader, its consumer gone on close
+    let wake = format!("{}:{{{QUEUE}}}:wake", q.prefix());
+    let mut conn = q.conn().shared();
+    let (pending, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&wake)
+        .arg("workers")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "wake-ups left unacknowledged");
+    w.stop().await;
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&wake)
+        .arg("workers")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(consumers.is_empty(), "a stopped worker left {consumers:?}");
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_makes_a_second_push_a_no_op() {
     let q = queue("idem")
         .await
@@ -182,7 +266,8 @@ async fn failed_and_aborted_jobs_go_dead_and_replay() {
     let cfg = config(&q)
         .max_attempts(3)
         .retry_delay(Duration::from_millis(50))
-        .scheduler_tick(Duration::from_millis(50));
+        .scheduler_tick(Duration::from_millis(50))
+        .done_retention(Duration::from_secs(60));
     let fail = q
         .push(
             QUEUE,
@@ -267,6 +352,175 @@ async fn failed_and_aborted_jobs_go_dead_and_replay() {
     cleanup(&q).await;
 }
 
+fn filter(status: Option<Status>, page: u32, page_size: u32) -> Filter {
+    Filter {
+        status,
+        page,
+        page_size: Some(page_size),
+    }
+}
+
+fn ns(tasks: &[Task<serde_json::Value>]) -> Vec<u64> {
+    tasks
+        .iter()
+        .map(|t| t.args["n"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apalis_tools_list_and_fetch_jobs_in_every_state() {
+    let q = queue("tools").await;
+    let stream = format!("{}:{{{QUEUE}}}:stream", q.prefix());
+    let mut conn = q.conn().shared();
+
+    // dead: aborted by a worker, which then stops
+    let abort = Job {
+        n: 20,
+        mode: Mode::Abort,
+    };
+    let dead = q.push(QUEUE, &abort, None, None).await.unwrap();
+    let (ctx, _started) = Ctx::new();
+    let w = start_worker(&q, config(&q), "tools", 1, ctx);
+    wait_for("the job to die", Duration::from_secs(10), || async {
+        q.stats(QUEUE).await.unwrap().dead == 1
+    })
+    .await;
+    w.stop().await;
+
+    // running: leased by a consumer that reads like a worker
+    let running = q.push(QUEUE, &Job::ok(30), None, None).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("tester~1")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // waiting: three ready, then two delayed (one a retry with two attempts made)
+    let mut ready = Vec::new();
+    for n in 1..=3 {
+        ready.push(q.push(QUEUE, &Job::ok(n), None, None).await.unwrap());
+    }
+    q.push(QUEUE, &Job::ok(10), Some(Duration::from_secs(60)), None)
+        .await
+        .unwrap();
+    let mut storage = q.storage::<Job>(config(&q));
+    storage
+        .push_task(
+            TaskBuilder::new(Job::ok(11))
+                .task_id(TaskId::from_string("retry-11"))
+                .attempt(2)
+                .run_after(Duration::from_secs(120))
+                .build(),
+        )
+        .await
+        .unwrap();
+
+    let waiting = storage.list_tasks(&filter(None, 1, 10)).await.unwrap();
+    assert_eq!(
+        ns(&waiting),
+        [1, 2, 3, 10, 11],
+        "ready in order, then by due time"
+    );
+    assert!(waiting.iter().all(|t| t.ctx().status() == Status::Pending));
+    assert_eq!(
+        waiting[0].ctx().task_id().unwrap().to_string(),
+        ready[0].as_str()
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let due = waiting[3].ctx().run_at().unwrap();
+    assert!((now + 55..=now + 65).contains(&due), "due {due}, now {now}");
+    assert_eq!(waiting[4].ctx().attempt(), 2);
+    let pending = Some(Status::Pending);
+    assert_eq!(
+        ns(&storage
+            .list_tasks(&filter(pending.clone(), 2, 2))
+            .await
+            .unwrap()),
+        [3, 10],
+        "a page across ready and delayed jobs"
+    );
+    assert_eq!(
+        ns(&storage
+            .list_tasks(&filter(pending.clone(), 3, 2))
+            .await
+            .unwrap()),
+        [11]
+    );
+    assert!(
+        storage
+            .list_tasks(&filter(pending, 4, 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let leased = storage
+        .list_tasks(&filter(Some(Status::Running), 1, 10))
+        .await
+        .unwrap();
+    assert_eq!(ns(&leased), [30]);
+    assert_eq!(leased[0].ctx().status(), Status::Running);
+    assert_eq!(leased[0].ctx().lock_by(), Some("tester~1"));
+
+    let buried = storage
+        .list_tasks(&filter(Some(Status::Killed), 1, 10))
+        .await
+        .unwrap();
+    assert_eq!(ns(&buried), [20]);
+    assert_eq!(
+        buried[0].ctx().task_id().unwrap().to_string(),
+        dead.as_str()
+    );
+    let error = buried[0].ctx().metadata().get("last_error").unwrap();
+    assert!(error.contains("needs reauth"), "{error}");
+
+    for status in [Status::Queued, Status::Done, Status::Failed] {
+        let none = storage
+            .list_tasks(&filter(Some(status.clone()), 1, 10))
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{status} lists {:?}", ns(&none));
+    }
+
+    // by id, wherever the job is
+    let fetch = |id: String| {
+        let mut storage = storage.clone();
+        async move { storage.fetch_by_id(&TaskId::from_string(id)).await.unwrap() }
+    };
+    let t = fetch(ready[1].to_string()).await.unwrap();
+    assert_eq!((t.args.n, t.ctx().status()), (2, Status::Pending));
+    let t = fetch("retry-11".into()).await.unwrap();
+    assert_eq!((t.args.n, t.ctx().attempt()), (11, 2));
+    let t = fetch(running.to_string()).await.unwrap();
+    assert_eq!((t.args.n, t.ctx().status()), (30, Status::Running));
+    let t = fetch(dead.to_string()).await.unwrap();
+    assert_eq!((t.args.n, t.ctx().status()), (20, Status::Killed));
+    assert!(fetch("no-such-job".into()).await.is_none());
+
+    // a job behind more than one chunk of the stream
+    let pushes = (100..1600).map(|n| {
+        let q = q.clone();
+        async move { q.push(QUEUE, &Job::ok(n), None, None).await.unwrap() }
+    });
+    futures::stream::iter(pushes)
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let last = q.push(QUEUE, &Job::ok(1600), None, None).await.unwrap();
+    assert_eq!(fetch(last.to_string()).await.unwrap().args.n, 1600);
+    cleanup(&q).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_expire_after_retention() {
     let q = queue("retention").await;
@@ -305,18 +559,22 @@ async fn finished_jobs_expire_after_retention() {
     )
     .await;
     assert!(q.list_dead(QUEUE, 0, 10).await.unwrap().is_empty());
-    // what remains is the (empty) stream and the live worker's lease
+    // what remains is the (empty) job and wake-up streams and the live worker's lease
     let keys = keys_of(&q).await;
     let base = format!("{}:{{{QUEUE}}}", q.prefix());
     assert_eq!(
         keys,
-        vec![format!("{base}:stream"), format!("{base}:workers")]
+        vec![
+            format!("{base}:stream"),
+            format!("{base}:wake"),
+            format!("{base}:workers")
+        ]
     );
     w.stop().await;
     let keys = keys_of(&q).await;
     assert_eq!(
         keys,
-        vec![format!("{base}:stream")],
+        vec![format!("{base}:stream"), format!("{base}:wake")],
         "a stopped worker leaves no lease"
     );
     cleanup(&q).await;
@@ -325,7 +583,9 @@ async fn finished_jobs_expire_after_retention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_long_job_with_its_worker() {
     let q = queue("lease").await;
-    let cfg = config(&q).lease(Duration::from_millis(600));
+    let cfg = config(&q)
+        .lease(Duration::from_millis(600))
+        .done_retention(Duration::from_secs(60));
     let (ctx, mut started) = Ctx::new();
     let a = start_worker(&q, cfg.clone(), "lease-a", 2, ctx.clone());
     let b = start_worker(&q, cfg, "lease-b", 2, ctx);
@@ -457,13 +717,7 @@ async fn a_100k_backlog_drains() {
         .await;
     assert_eq!(q.stats(QUEUE).await.unwrap().ready, N);
     let (ctx, mut started) = Ctx::new();
-    let w = start_worker(
-        &q,
-        config(&q).done_retention(Duration::ZERO),
-        "backlog",
-        16,
-        ctx,
-    );
+    let w = start_worker(&q, config(&q), "backlog", 16, ctx);
     let mut seen = vec![false; N as usize];
     for _ in 0..N {
         let s = tokio::time::timeout(Duration::from_secs(30), started.recv())
@@ -478,6 +732,12 @@ async fn a_100k_backlog_drains() {
         s.ready == 0 && s.running == 0
     })
     .await;
+    // by default a finished job leaves no key behind
+    let base = format!("{}:{{{QUEUE}}}", q.prefix());
+    assert_eq!(
+        keys_of(&q).await,
+        ["stream", "wake", "workers"].map(|k| format!("{base}:{k}"))
+    );
     w.stop().await;
     cleanup(&q).await;
 }

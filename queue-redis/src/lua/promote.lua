@@ -1,9 +1,14 @@
 -- Move due delayed jobs to the stream, at most ARGV[1] of them per call,
 -- so the cost is bounded whatever the size of the scheduled set.
--- KEYS[1] stream, KEYS[2] scheduled zset, KEYS[3] scheduled payload hash
+-- KEYS[1] stream, KEYS[2] scheduled zset, KEYS[3] scheduled payload hash, KEYS[4] wake stream
+-- ARGV[1] batch, ARGV[2] group, ARGV[3..] wake entries this reader received (acknowledged here)
 -- Returns {promoted, ms until the next job is due or -1 if none}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if #ARGV > 2 then
+  -- bounded by the reader's batch
+  redis.call('XACK', KEYS[4], ARGV[2], unpack(ARGV, 3))
+end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(ids) do
   local enc = redis.call('HGET', KEYS[3], id)

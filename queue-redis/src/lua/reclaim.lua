@@ -1,13 +1,13 @@
 -- Heartbeat, orphan recovery and graceful release, which all move a consumer's
 -- unfinished deliveries back to the stream.
--- KEYS[1] stream, KEYS[2] workers zset, KEYS[3] dead zset
+-- KEYS[1] stream, KEYS[2] workers zset, KEYS[3] dead zset, KEYS[4] wake stream
 -- ARGV[1] group, ARGV[2] key base, ARGV[3] this consumer, ARGV[4] lease ms,
 -- ARGV[5] max attempts, ARGV[6] dead retention s, ARGV[7] batch,
 -- ARGV[8] mode: 'beat' (renew own lease, recover lapsed consumers) or 'release' (give back own deliveries)
 -- Returns {jobs moved back, jobs buried, 1 if more work remains}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local stream, workers, dead = KEYS[1], KEYS[2], KEYS[3]
+local stream, workers, dead, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, base, me = ARGV[1], ARGV[2], ARGV[3]
 local lease = tonumber(ARGV[4])
 local max_attempts = tonumber(ARGV[5])
@@ -60,6 +60,8 @@ local function reclaim(consumer, count_attempt, reason)
   end
   if #pending < batch then
     redis.pcall('XGROUP', 'DELCONSUMER', stream, group, consumer)
+    -- its unacknowledged wake-ups go too: they only woke a reader that is gone
+    redis.pcall('XGROUP', 'DELCONSUMER', wake, group, consumer)
     redis.call('ZREM', workers, consumer)
   else
     more = 1
@@ -97,7 +99,23 @@ if type(consumers) == 'table' and not consumers.err then
         reclaim(name, true, 'lease expired: worker ' .. name .. ' vanished')
       else
         redis.pcall('XGROUP', 'DELCONSUMER', stream, group, name)
+        redis.pcall('XGROUP', 'DELCONSUMER', wake, group, name)
       end
+    end
+  end
+end
+
+-- Consumers that only ever got wake-ups, with no heartbeat entry: nothing to give back.
+consumers = redis.pcall('XINFO', 'CONSUMERS', wake, group)
+if type(consumers) == 'table' and not consumers.err then
+  for _, c in ipairs(consumers) do
+    local name, idle
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1]
+      elseif c[i] == 'idle' then idle = c[i + 1] end
+    end
+    if name ~= me and idle and idle > lease and not redis.call('ZSCORE', workers, name) then
+      redis.pcall('XGROUP', 'DELCONSUMER', wake, group, name)
     end
   end
 end

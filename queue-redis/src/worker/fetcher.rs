@@ -35,6 +35,8 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
     let mut reader: Option<Reader> = None;
     let mut next_promote = Instant::now();
     let mut reconnecting = false;
+    // wake entries read but not yet acknowledged (the next promotion does it)
+    let mut wakes: Vec<String> = Vec::new();
     loop {
         if *stop.borrow() {
             return;
@@ -79,7 +81,11 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
 
         let now = Instant::now();
         if now >= next_promote {
-            next_promote = match promote(&shared).await {
+            let promoted = promote(&shared, &wakes).await;
+            if promoted.is_ok() {
+                wakes.clear();
+            }
+            next_promote = match promoted {
                 Ok((moved, _)) if moved as usize >= shared.config.promote_batch => now,
                 Ok((_, wait)) if wait >= 0 => now + tick.min(Duration::from_millis(wait as u64)),
                 Ok(_) => now + tick,
@@ -103,6 +109,8 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
             .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&shared.keys.stream)
+            .arg(&shared.keys.wake)
+            .arg(">")
             .arg(">");
         let client_id = r.client_id;
         let reply = {
@@ -126,7 +134,12 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
         match reply {
             Ok(value) => {
                 let mut permit = Some(permit);
-                for_each_entry(value, |entry_id, fields| {
+                let woken = wakes.len();
+                for_each_entry(value, |stream, entry_id, fields| {
+                    if stream == shared.keys.wake.as_bytes() {
+                        wakes.push(String::from_utf8_lossy(entry_id).into_owned());
+                        return;
+                    }
                     let Some(task) = decode::<T>(&shared, &acks, entry_id, fields) else {
                         return;
                     };
@@ -142,6 +155,10 @@ pub(super) async fn run<T: DeserializeOwned + Send + 'static>(
                         }
                     }
                 });
+                if wakes.len() > woken {
+                    // a delayed job became due before the time this reader slept to
+                    next_promote = Instant::now();
+                }
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 // the stream or group vanished, e.g. a Redis restart without persistence
@@ -189,7 +206,7 @@ async fn redeliver_lost_reads<T: DeserializeOwned>(
             .query_async(conn)
             .await?;
         let mut page = Vec::new();
-        for_each_entry(reply, |id, fields| {
+        for_each_entry(reply, |_, id, fields| {
             page.push((String::from_utf8_lossy(id).into_owned(), fields))
         });
         let Some((last, _)) = page.last() else {
@@ -259,19 +276,23 @@ async fn ensure_group(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
 ) -> Result<(), redis::RedisError> {
-    // from id 0, so jobs pushed before the first worker started are delivered too
-    let created = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&shared.keys.stream)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .exec_async(conn)
-        .await;
-    match created {
-        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
-        _ => Ok(()),
+    // jobs from id 0, so those pushed before the first worker started are delivered too;
+    // wake-ups from now, as every worker promotes when it starts
+    for (stream, from) in [(&shared.keys.stream, "0"), (&shared.keys.wake, "$")] {
+        let created = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(from)
+            .arg("MKSTREAM")
+            .exec_async(&mut *conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 async fn unblock(shared: &Shared, client_id: i64) {
@@ -282,15 +303,17 @@ async fn unblock(shared: &Shared, client_id: i64) {
         .await;
 }
 
-async fn promote(shared: &Shared) -> Result<(i64, i64), redis::RedisError> {
+async fn promote(shared: &Shared, wakes: &[String]) -> Result<(i64, i64), redis::RedisError> {
     let keys = &shared.keys;
-    scripts::PROMOTE
-        .key(&keys.stream)
+    let mut call = scripts::PROMOTE.prepare_invoke();
+    call.key(&keys.stream)
         .key(&keys.scheduled)
         .key(&keys.scheduled_jobs)
+        .key(&keys.wake)
         .arg(shared.config.promote_batch)
-        .invoke_async(&mut shared.conn.shared())
-        .await
+        .arg(GROUP)
+        .arg(wakes);
+    call.invoke_async(&mut shared.conn.shared()).await
 }
 
 /// Turns one stream entry into a task; an entry that cannot be decoded goes dead at once
@@ -349,21 +372,24 @@ fn decode<T: DeserializeOwned>(
 }
 
 /// Walks an `XREADGROUP` reply (RESP2 arrays or RESP3 maps) without building a `HashMap`
-/// per entry.
-fn for_each_entry(reply: Value, mut f: impl FnMut(&[u8], Vec<Value>)) {
+/// per entry; `f` gets the stream's key, the entry id and the fields.
+fn for_each_entry(reply: Value, mut f: impl FnMut(&[u8], &[u8], Vec<Value>)) {
     let streams = match reply {
         Value::Array(streams) => streams
             .into_iter()
             .filter_map(|s| match s {
-                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                Value::Array(kv) if kv.len() == 2 => {
+                    let mut kv = kv.into_iter();
+                    Some((kv.next()?, kv.next()?))
+                }
                 _ => None,
             })
             .collect::<Vec<_>>(),
-        Value::Map(kv) => kv.into_iter().map(|(_, v)| v).collect(),
+        Value::Map(kv) => kv,
         _ => return,
     };
-    for entries in streams {
-        let Value::Array(entries) = entries else {
+    for (stream, entries) in streams {
+        let (Value::BulkString(stream), Value::Array(entries)) = (stream, entries) else {
             continue;
         };
         for entry in entries {
@@ -376,9 +402,11 @@ fn for_each_entry(reply: Value, mut f: impl FnMut(&[u8], Vec<Value>)) {
             let fields = parts.pop();
             let id = parts.pop();
             match (id, fields) {
-                (Some(Value::BulkString(id)), Some(Value::Array(fields))) => f(&id, fields),
+                (Some(Value::BulkString(id)), Some(Value::Array(fields))) => {
+                    f(&stream, &id, fields)
+                }
                 // an entry deleted while still pending (only an explicit-id read shows one)
-                (Some(Value::BulkString(id)), Some(Value::Nil)) => f(&id, Vec::new()),
+                (Some(Value::BulkString(id)), Some(Value::Nil)) => f(&stream, &id, Vec::new()),
                 _ => {}
             }
         }
