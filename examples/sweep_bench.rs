@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use chrono::{Duration, Utc};
-use herald_jobs::store::{Pool, Store};
+use herald_jobs::store::{DueFor, Pool, Store};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 const TOTAL: i64 = 1_000_000;
@@ -60,7 +60,7 @@ async fn sweep_read(store: &Store) -> anyhow::Result<(usize, f64)> {
     let mut n = 0;
     loop {
         let page = store
-            .connections_due_for_refresh(before, after.as_ref(), 500)
+            .connections_due_for_refresh(DueFor::Refreshable, before, after.as_ref(), 500)
             .await?;
         n += page.len();
         match page.last() {

@@ -92,6 +92,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_REFRESH_WINDOW_SECS", default_value_t = 7200)]
     pub refresh_window_secs: u64,
 
+    /// The refresh sweep renews Instagram's and Threads' 60-day tokens (renewed with themselves,
+    /// dead for good once expired) this many seconds before they expire (default 7 days).
+    #[arg(
+        long,
+        env = "HERALD_LONG_LIVED_REFRESH_WINDOW_SECS",
+        default_value_t = 604_800
+    )]
+    pub long_lived_refresh_window_secs: u64,
+
     /// When the refresh sweep runs (cron with seconds; default every 30 minutes).
     #[arg(
         long,
@@ -240,6 +249,7 @@ impl Config {
             concurrency: self.concurrency,
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
             refresh_window: Duration::from_secs(self.refresh_window_secs),
+            long_lived_refresh_window: Duration::from_secs(self.long_lived_refresh_window_secs),
             refresh_sweep_cron: self.refresh_sweep_cron.clone(),
             follower_sync_cron: self.follower_sync_cron.clone(),
             apps: herald_jobs::settings::PlatformApps::from_env(),

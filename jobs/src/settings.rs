@@ -124,6 +124,9 @@ pub struct Settings {
     pub refresh_skew: Duration,
     /// The refresh sweep enqueues connections whose tokens expire within this window.
     pub refresh_window: Duration,
+    /// How far ahead the refresh sweep renews Instagram's and Threads' 60-day tokens, which are
+    /// renewed with themselves and die for good once expired.
+    pub long_lived_refresh_window: Duration,
     /// Cron expressions (with seconds) of the sweeps.
     pub refresh_sweep_cron: String,
     pub follower_sync_cron: String,
@@ -172,6 +175,7 @@ impl Default for Settings {
             ssrf: SsrfGuard::strict(),
             refresh_skew: Duration::from_secs(300),
             refresh_window: Duration::from_secs(2 * 3600),
+            long_lived_refresh_window: Duration::from_secs(7 * 86_400),
             refresh_sweep_cron: "0 */30 * * * *".into(),
             follower_sync_cron: "0 15 3 * * *".into(),
             apps: PlatformApps::default(),

@@ -603,10 +603,57 @@ async fn threads_connect_share_refresh_revoke_and_reconnect_post_the_parked_shar
     .await;
 }
 
+/// Meta's 60-day tokens are renewed with themselves and are dead once expired, so the sweep
+/// renews them a week ahead (`long_lived_refresh_window`), not in the two-hour refresh window.
+async fn a_long_lived_meta_token_is_renewed_days_before_it_expires(engine: Engine) {
+    let meta = FakeMeta::start(MetaApi::Threads).await;
+    let mut settings = fast_settings();
+    assert!(settings.refresh_window < Duration::from_secs(86_400));
+    settings.long_lived_refresh_window = Duration::from_secs(7 * 86_400);
+    settings.apps.threads = Some(meta.app());
+    let app = TestApp::spawn_with(engine, true, settings).await;
+    let (_, id) = first_connect(&app, "threads").await;
+    let token = stored_access_token(&app, &id).await;
+    // Sixty days out: no pass of the sweep takes it.
+    assert_eq!(sweep(&app, "long-lived-1").await, 0);
+    // Three days out: past the refresh window, inside the long-lived one.
+    let soon = Utc::now() + chrono::Duration::days(3);
+    let store = app.parts.ctx.store.clone();
+    match store.pool() {
+        herald_jobs::store::Pool::Sqlite(p) => {
+            sqlx::query("UPDATE connections SET token_expires_at = ?1 WHERE id = ?2")
+                .bind(soon)
+                .bind(&id)
+                .execute(p)
+                .await
+                .unwrap();
+        }
+        herald_jobs::store::Pool::Postgres(p) => {
+            sqlx::query("UPDATE connections SET token_expires_at = $1 WHERE id = $2")
+                .bind(soon)
+                .bind(&id)
+                .execute(p)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(sweep(&app, "long-lived-2").await, 1);
+    let new = refreshed_token(&app, &id, &token).await;
+    assert_eq!(meta.refreshes(), 1);
+    assert_eq!(meta.token(&new).unwrap().0, TokenKind::LongUser);
+    about(
+        &connection(&app, &id).await["token_expires_at"],
+        LONG_LIVED_SECS,
+    );
+    // Renewed: sixty days out again, so the next tick leaves it alone.
+    assert_eq!(sweep(&app, "long-lived-3").await, 0);
+}
+
 on_every_backend!(
     linkedin_connect_share_refresh_revoke_and_reconnect_post_the_parked_shares_once,
     linkedin_without_refresh_tokens_says_when_the_member_must_reconnect,
     facebook_pages_connect_share_revoke_and_reconnect_post_the_parked_shares_once,
     instagram_connect_share_refresh_revoke_and_reconnect_post_the_parked_shares_once,
     threads_connect_share_refresh_revoke_and_reconnect_post_the_parked_shares_once,
+    a_long_lived_meta_token_is_renewed_days_before_it_expires,
 );

@@ -8,6 +8,7 @@ use crate::{
     Ctx, metrics as m,
     payloads::{FollowerSyncV1, QueueName, RefreshV1},
     platform::PlatformKind,
+    store::DueFor,
 };
 
 const PAGE: i64 = 500;
@@ -36,36 +37,46 @@ pub async fn refresh_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option<usize
             if !ctx.store.claim_sweep_tick("refresh", tick, now).await? {
                 return Ok(None);
             }
-            let before = now + chrono::Duration::from_std(ctx.settings.refresh_window)?;
-            let mut after = None;
+            let windows = [
+                (DueFor::Refreshable, ctx.settings.refresh_window),
+                // Meta's 60-day tokens are renewed days ahead, so an outage at Meta or here has
+                // days to pass, not the two hours of the refresh window.
+                (DueFor::LongLived, ctx.settings.long_lived_refresh_window),
+            ];
             let mut pushed = 0;
-            loop {
-                let due = ctx
-                    .store
-                    .connections_due_for_refresh(before, after.as_ref(), PAGE)
-                    .await?;
-                let Some((last, _, last_at)) = due.last().cloned() else {
-                    break;
-                };
-                for (id, _platform, _) in &due {
-                    let payload = serde_json::to_value(RefreshV1 {
-                        connection_id: id.clone(),
-                        retry: 0,
-                    })?;
-                    ctx.queue
-                        .push(
-                            QueueName::Refresh,
-                            payload,
-                            now,
-                            &format!("refresh:{id}:sweep:{tick}"),
-                        )
+            for (due_for, window) in windows {
+                let before = now + chrono::Duration::from_std(window)?;
+                let mut after = None;
+                loop {
+                    let due = ctx
+                        .store
+                        .connections_due_for_refresh(due_for, before, after.as_ref(), PAGE)
                         .await?;
-                    pushed += 1;
+                    let Some((last, _, last_at)) = due.last().cloned() else {
+                        break;
+                    };
+                    for (id, _platform, _) in &due {
+                        let payload = serde_json::to_value(RefreshV1 {
+                            connection_id: id.clone(),
+                            retry: 0,
+                        })?;
+                        // One key per connection and tick: a connection due in both passes is
+                        // queued once.
+                        ctx.queue
+                            .push(
+                                QueueName::Refresh,
+                                payload,
+                                now,
+                                &format!("refresh:{id}:sweep:{tick}"),
+                            )
+                            .await?;
+                        pushed += 1;
+                    }
+                    if (due.len() as i64) < PAGE {
+                        break;
+                    }
+                    after = Some((last_at, last));
                 }
-                if (due.len() as i64) < PAGE {
-                    break;
-                }
-                after = Some((last_at, last));
             }
             tracing::info!(sweep = "refresh", tick, pushed, "sweep ran");
             Ok(Some(pushed))

@@ -244,30 +244,38 @@ impl Store {
     /// token, or Instagram and Threads: `PlatformKind::refreshes_access_token`) and are not
     /// flagged, in expiry order, after the `(expiry, id)` of the previous page: each page is a
     /// range scan of the partial index on `(token_expires_at, id)`, so the cost is the due set.
+    /// `DueFor::LongLived` takes only Instagram's and Threads' self-renewing tokens, through their
+    /// own partial index, so the sweep can renew them days ahead without reading every X token.
     pub async fn connections_due_for_refresh(
         &self,
+        due: DueFor,
         before: DateTime<Utc>,
         after: Option<&(DateTime<Utc>, String)>,
         limit: i64,
     ) -> Result<Vec<(String, String, DateTime<Utc>)>> {
         let (after_at, after_id) =
             after.map_or((None, None), |(a, i)| (Some(*a), Some(i.as_str())));
-        Ok(with_pool!(
-            &self.pool,
-            "SELECT id, platform, token_expires_at FROM connections WHERE token_expires_at < $1 \
-            AND revoked_at IS NULL AND NOT needs_reauth \
-            AND (refresh_token_enc IS NOT NULL OR platform IN ('instagram', 'threads')) \
-            AND ($2 IS NULL OR (token_expires_at, id) > ($2, $3)) ORDER BY token_expires_at, id LIMIT $4",
-            |p, sql| {
-                sqlx::query_as(sql)
-                    .bind(before)
-                    .bind(after_at)
-                    .bind(after_id)
-                    .bind(limit)
-                    .fetch_all(p)
-                    .await?
+        // Each predicate is written as its partial index's, so both engines use the index.
+        let which = match due {
+            DueFor::Refreshable => {
+                "(refresh_token_enc IS NOT NULL OR platform IN ('instagram', 'threads'))"
             }
-        ))
+            DueFor::LongLived => "platform IN ('instagram', 'threads')",
+        };
+        let text = format!(
+            "SELECT id, platform, token_expires_at FROM connections WHERE token_expires_at < $1 \
+            AND revoked_at IS NULL AND NOT needs_reauth AND {which} \
+            AND ($2 IS NULL OR (token_expires_at, id) > ($2, $3)) ORDER BY token_expires_at, id LIMIT $4"
+        );
+        Ok(with_pool!(&self.pool, text.as_str(), |p, sql| {
+            sqlx::query_as(sql)
+                .bind(before)
+                .bind(after_at)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }))
     }
 
     /// Live, unflagged connections of one platform, paged by id (the follower-sync sweep).
@@ -314,4 +322,14 @@ impl Store {
             }
         ))
     }
+}
+
+/// Which connections a refresh sweep pass looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DueFor {
+    /// Every connection Herald can renew, within the refresh window.
+    Refreshable,
+    /// Instagram's and Threads' 60-day tokens, renewed with themselves, within the long-lived
+    /// window.
+    LongLived,
 }

@@ -19,7 +19,7 @@ pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenStat
 pub use connections::{ConnectionRow, NewConnection, StoredTokens};
 pub use followers::SyncRun;
 pub use keys::{ApiKeyRole, AuthedKey};
-pub use lifecycle::TokenWrite;
+pub use lifecycle::{DueFor, TokenWrite};
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, NewShare, ShareDepth,

@@ -61,6 +61,7 @@ pub fn fast_settings() -> Settings {
         ssrf: SsrfGuard::allowing_private(),
         refresh_skew: Duration::from_secs(300),
         refresh_window: Duration::from_secs(2 * 3600),
+        long_lived_refresh_window: Duration::from_secs(7 * 86_400),
         // Sweeps stay out of the way unless a test sets a schedule.
         refresh_sweep_cron: "0 0 0 1 1 *".into(),
         follower_sync_cron: "0 0 0 1 1 *".into(),
