@@ -191,6 +191,9 @@ async fn the_callback_refuses_another_issuer_and_another_account(engine: Engine)
         "{q:?}"
     );
 
+    // A code from the wrong server is never exchanged, so there is nothing to give back.
+    assert_eq!(net.world().revocations, 0);
+
     net.world().iss_override = None;
     net.world().sub_override = Some(OTHER_DID.into());
     let q = connect(&app, &app.key, "bluesky", start_body(HANDLE)).await;
@@ -199,6 +202,8 @@ async fn the_callback_refuses_another_issuer_and_another_account(engine: Engine)
         Some("account_mismatch"),
         "{q:?}"
     );
+    // Refused tokens are revoked, not left live at the server.
+    assert_eq!(net.world().revocations, 1);
 
     // The server grants `atproto` without the posting scope Herald asked for.
     net.world().sub_override = None;
@@ -209,6 +214,7 @@ async fn the_callback_refuses_another_issuer_and_another_account(engine: Engine)
         Some("insufficient_scope"),
         "{q:?}"
     );
+    assert_eq!(net.world().revocations, 2);
 
     let (_, list) = app.get("/v1/connections").await;
     assert_eq!(

@@ -17,7 +17,7 @@ use crate::{
         Account, Credentials, PlatformError, PlatformKind,
         bluesky::{
             Bluesky,
-            identity::{Directory, ResolveError, is_valid_did},
+            identity::{Directory, ResolveError, ServerMetadata, is_valid_did},
             jwt::{self, EsKey},
             oauth,
         },
@@ -307,6 +307,7 @@ pub(super) async fn finish(
     };
     if !tokens.grants(oauth::POSTING_SCOPE) {
         warn!(platform = %platform, outcome = "insufficient_scope", scope = %tokens.scope, "the grant cannot post");
+        revoke_refused(ctx, issuer, &key, &meta, &tokens).await;
         return Ok(Err(Outcome::InsufficientScope));
     }
     // The tokens must be for the account the flow was started for; a flow started from a
@@ -315,6 +316,7 @@ pub(super) async fn finish(
         Ok(who) => who,
         Err(why) => {
             warn!(platform = %platform, outcome = "account_mismatch", reason = %why, "the tokens are for another account");
+            revoke_refused(ctx, issuer, &key, &meta, &tokens).await;
             return Ok(Err(Outcome::AccountMismatch));
         }
     };
@@ -416,6 +418,51 @@ async fn check_account(
         ));
     }
     Ok((sub.to_owned(), doc.handle(), pds))
+}
+
+/// Gives back the tokens of a grant the callback refuses (one that cannot post, or another
+/// account's), as the reference client does, so the session does not stay live at the server with
+/// nobody holding it. Best effort: the refusal stands whatever the server answers.
+async fn revoke_refused(
+    ctx: &Ctx,
+    issuer: &str,
+    key: &EsKey,
+    meta: &ServerMetadata,
+    tokens: &oauth::Tokens,
+) {
+    let (Some(endpoint), Some(refresh_token)) = (
+        meta.revocation_endpoint.as_deref(),
+        tokens.refresh_token.as_deref(),
+    ) else {
+        return;
+    };
+    if ctx.settings.ssrf.check_url(endpoint).is_err() {
+        return;
+    }
+    let client = ctx.settings.bluesky_client();
+    let client_id = client.client_id();
+    let grant = oauth::Grant {
+        token_endpoint: &meta.token_endpoint,
+        issuer,
+        client_id: &client_id,
+        kid: None,
+    };
+    let refresh_token = SecretString::from(refresh_token.to_owned());
+    let revoked = tokio::time::timeout(
+        ctx.settings.platform_timeout,
+        oauth::revoke(
+            &http_client(ctx),
+            &client,
+            key,
+            endpoint,
+            &grant,
+            &refresh_token,
+        ),
+    )
+    .await;
+    if !matches!(revoked, Ok(Ok(()))) {
+        warn!(platform = %PlatformKind::Bluesky, "could not revoke a refused grant; it lapses at the server");
+    }
 }
 
 /// Ends the connection's OAuth session at its authorization server, before its tokens are erased.
