@@ -171,7 +171,11 @@ async fn one_tenants_burst_leaves_the_others_their_fair_share_of_the_apps_budget
     assert_eq!(posted("a", 0) + posted("a", 1), 16, "{posts:?}");
     assert_eq!(x.app_refusals(), 0, "{posts:?}");
     assert_eq!(x.requests().len(), 19);
-    assert!(deferrals(&app, "fair_share").await >= 1.0);
+    // Shares held back were counted: as over their tenant's share when acme's burst was decided
+    // first, or as waiting for the spent window when beta's three happened to go first (the
+    // order the workers take the due shares in is not fixed).
+    let held = deferrals(&app, "fair_share").await + deferrals(&app, "app").await;
+    assert!(held >= 1.0, "no deferral counted");
 }
 
 async fn an_app_wide_limit_holds_every_tenants_shares_without_calling(engine: Engine) {
