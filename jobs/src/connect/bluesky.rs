@@ -307,7 +307,7 @@ pub(super) async fn finish(
     };
     if !tokens.grants(oauth::POSTING_SCOPE) {
         warn!(platform = %platform, outcome = "insufficient_scope", scope = %tokens.scope, "the grant cannot post");
-        revoke_refused(ctx, issuer, &key, &meta, &tokens).await;
+        revoke_refused(ctx, &client, issuer, &key, &meta, &tokens).await;
         return Ok(Err(Outcome::InsufficientScope));
     }
     // The tokens must be for the account the flow was started for; a flow started from a
@@ -316,7 +316,7 @@ pub(super) async fn finish(
         Ok(who) => who,
         Err(why) => {
             warn!(platform = %platform, outcome = "account_mismatch", reason = %why, "the tokens are for another account");
-            revoke_refused(ctx, issuer, &key, &meta, &tokens).await;
+            revoke_refused(ctx, &client, issuer, &key, &meta, &tokens).await;
             return Ok(Err(Outcome::AccountMismatch));
         }
     };
@@ -425,6 +425,7 @@ async fn check_account(
 /// nobody holding it. Best effort: the refusal stands whatever the server answers.
 async fn revoke_refused(
     ctx: &Ctx,
+    client: &oauth::ClientConfig,
     issuer: &str,
     key: &EsKey,
     meta: &ServerMetadata,
@@ -439,7 +440,6 @@ async fn revoke_refused(
     if ctx.settings.ssrf.check_url(endpoint).is_err() {
         return;
     }
-    let client = ctx.settings.bluesky_client();
     let client_id = client.client_id();
     let grant = oauth::Grant {
         token_endpoint: &meta.token_endpoint,
@@ -452,7 +452,7 @@ async fn revoke_refused(
         ctx.settings.platform_timeout,
         oauth::revoke(
             &http_client(ctx),
-            &client,
+            client,
             key,
             endpoint,
             &grant,
