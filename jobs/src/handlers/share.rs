@@ -224,7 +224,7 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
         let recheck = chrono::Duration::from_std(ctx.settings.fair_share_recheck)?;
         match ctx
             .store
-            .admit_app_call(app, &share.tenant_id, Utc::now(), recheck)
+            .admit_app_call(app, &share.id, &share.tenant_id, Utc::now(), recheck)
             .await?
         {
             Admission::Go => {}

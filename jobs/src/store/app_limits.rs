@@ -125,6 +125,7 @@ impl Store {
     pub async fn admit_app_call(
         &self,
         app: AppKey<'_>,
+        share_id: &str,
         tenant_id: &str,
         now: DateTime<Utc>,
         recheck: chrono::Duration,
@@ -155,14 +156,21 @@ impl Store {
                         None => Admission::Go,
                     },
                     Some(left) => {
-                        // Scarce only if the work due (capped at what is left) does not fit.
+                        // Scarce only if the work due (capped at what is left) does not fit. Work
+                        // due includes shares other workers have claimed and are deciding on right
+                        // now: counting only queued ones let a tenant whose shares were all being
+                        // decided at that moment look idle, and the others took its share (found
+                        // by CI). A claimed share already admitted is also in `used`, so a tenant
+                        // with calls in flight looks to need a little more than it does: the
+                        // error leaves budget unused until the recheck, never takes a share away.
                         let due: i64 = sqlx::query_scalar(with_engine(
                             p,
-                            "SELECT COUNT(*) FROM (SELECT 1 FROM shares WHERE platform = $1 AND state = 'queued' AND run_at <= $2 LIMIT $3) due",
+                            "SELECT COUNT(*) FROM (SELECT 1 FROM shares WHERE platform = $1 AND state IN ('queued', 'running') AND run_at <= $2 AND id <> $4 LIMIT $3) due",
                         ))
                         .bind(app.platform)
                         .bind(now)
                         .bind(left)
+                        .bind(share_id)
                         .fetch_one(&mut *tx)
                         .await?;
                         if due < left {
@@ -170,10 +178,11 @@ impl Store {
                         } else {
                             let due: Vec<(String, i64)> = sqlx::query_as(with_engine(
                                 p,
-                                "SELECT tenant_id, COUNT(*) FROM shares WHERE platform = $1 AND state = 'queued' AND run_at <= $2 GROUP BY tenant_id",
+                                "SELECT tenant_id, COUNT(*) FROM shares WHERE platform = $1 AND state IN ('queued', 'running') AND run_at <= $2 AND id <> $3 GROUP BY tenant_id",
                             ))
                             .bind(app.platform)
                             .bind(now)
+                            .bind(share_id)
                             .fetch_all(&mut *tx)
                             .await?;
                             let used: Vec<(String, i64)> = sqlx::query_as(with_engine(
