@@ -11,6 +11,7 @@ pub mod platform;
 pub mod queue;
 pub mod replay;
 pub mod retry;
+pub mod share_feed;
 pub mod settings;
 pub mod ssrf;
 pub mod store;

@@ -1,9 +1,12 @@
 //! How jobs reach a queue backend.
 //!
 //! The API and the jobs push through [`JobQueue`]; the worker crate builds the apalis workers that
-//! consume. The store is the durable record and the queue only delivers: every push carries an
-//! idempotency key (the share's delivery key), so a push repeated by the reconciler is dropped by
-//! the backend, and a duplicate delivery finds the share already claimed.
+//! consume. The store is the durable record and the queue only delivers. On the store's own
+//! engines the share queue *is* the `shares` table ([`crate::share_feed`]), so a share push only
+//! wakes the fetcher; the other queues use apalis's SQLite and Postgres backends. On Redis every
+//! push carries an idempotency key (the share's delivery key), held while the job is pending, so a
+//! push repeated by the reconciler is dropped by the backend, and a duplicate delivery finds the
+//! share already claimed.
 
 use std::{
     collections::HashMap,
@@ -19,6 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::channel::mpsc;
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::payloads::QueueName;
 
@@ -36,14 +40,15 @@ impl QueueError {
 #[async_trait]
 pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// Pushes `payload` to `queue`, to run at `run_at` (now or later). A second push with the same
-    /// `key` while the first is known to the backend is a no-op.
+    /// `key` while the first is pending is a no-op. Returns whether a job was enqueued (false for
+    /// such a duplicate).
     async fn push(
         &self,
         queue: QueueName,
         payload: Value,
         run_at: DateTime<Utc>,
         key: &str,
-    ) -> Result<(), QueueError>;
+    ) -> Result<bool, QueueError>;
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), QueueError>;
@@ -61,6 +66,7 @@ fn delay_until(run_at: DateTime<Utc>) -> Duration {
 #[derive(Debug, Default, Clone)]
 pub struct Wakeups {
     listeners: Arc<Mutex<HashMap<QueueName, Vec<mpsc::Sender<()>>>>>,
+    share: Arc<Notify>,
 }
 
 impl Wakeups {
@@ -68,7 +74,17 @@ impl Wakeups {
         Self::default()
     }
 
+    /// What the share feed waits on (one fetcher per process; a wake-up with nobody waiting is
+    /// kept for the next wait, so none is lost between a claim and the sleep after it).
+    pub fn share(&self) -> Arc<Notify> {
+        self.share.clone()
+    }
+
     pub fn wake(&self, queue: QueueName) {
+        if queue == QueueName::Share {
+            self.share.notify_one();
+            return;
+        }
         let mut all = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = all.get_mut(&queue) {
             // A full channel already holds a wake-up that has not been seen: nothing is lost by
@@ -129,7 +145,12 @@ impl JobQueue for SqliteQueue {
         payload: Value,
         run_at: DateTime<Utc>,
         key: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
+        if queue == QueueName::Share {
+            // The committed row is the job: wake this process's fetcher.
+            self.wakeups.wake(queue);
+            return Ok(true);
+        }
         use backon::{ExponentialBuilder, Retryable};
         let push = || async {
             let task = TaskBuilder::new(payload.clone())
@@ -151,7 +172,7 @@ impl JobQueue for SqliteQueue {
         .when(|e: &QueueError| e.0.contains("database is locked"))
         .await?;
         self.wakeups.wake(queue);
-        Ok(())
+        Ok(true)
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -204,7 +225,13 @@ impl JobQueue for PostgresQueue {
         payload: Value,
         run_at: DateTime<Utc>,
         key: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
+        if queue == QueueName::Share {
+            // The committed row is the job; other processes hear of it through the trigger's
+            // NOTIFY (see `share_feed`).
+            self.wakeups.wake(queue);
+            return Ok(true);
+        }
         let task = TaskBuilder::new(payload)
             .run_after(delay_until(run_at))
             .idempotency_key(key)
@@ -212,7 +239,7 @@ impl JobQueue for PostgresQueue {
         let mut storage = self.storage::<Value>(queue);
         storage.push_task(task).await.map_err(QueueError::from)?;
         self.wakeups.wake(queue);
-        Ok(())
+        Ok(true)
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -264,13 +291,15 @@ impl JobQueue for RedisJobQueue {
         payload: Value,
         run_at: DateTime<Utc>,
         key: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
         let delay = Some(delay_until(run_at)).filter(|d| !d.is_zero());
-        self.queue
-            .push(queue.as_str(), &payload, delay, Some(key))
+        let payload = serde_json::to_vec(&payload).map_err(QueueError::from)?;
+        let pushed = self
+            .queue
+            .push_bytes(queue.as_str(), payload, delay, Some(key))
             .await
             .map_err(QueueError::from)?;
-        Ok(())
+        Ok(!pushed.duplicate)
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

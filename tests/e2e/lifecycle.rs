@@ -79,11 +79,16 @@ async fn a_reconnect_is_verified_before_parked_shares_resume_in_order_and_late_o
             .await;
         due.push(s["run_at"].as_str().unwrap().to_owned());
     }
-    // Re-enqueued in their original order (workers run several at once, so posting order is not
-    // promised between concurrent shares).
+    // Re-enqueued in their original order, and posted in it: the second waits for the first.
     assert!(due[0] < due[1], "resumed out of order: {due:?}");
     assert_eq!(app.settled(&late).await["state"], "expired");
-    assert_eq!(app.mastodon.statuses().len(), 2);
+    let posted: Vec<_> = app
+        .mastodon
+        .statuses()
+        .iter()
+        .map(|s| s["idempotency_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(posted, vec![first.clone(), second.clone()], "posted out of order");
 }
 
 async fn a_reconnect_with_tokens_the_platform_refuses_keeps_the_connection_flagged(engine: Engine) {

@@ -9,6 +9,7 @@ mod bluesky_oauth;
 mod checkpoints;
 mod connect;
 mod dashboards;
+mod delivery;
 mod lifecycle;
 mod observability;
 mod platforms;

@@ -8,12 +8,14 @@ use std::{
 };
 
 use apalis::prelude::*;
+use futures::FutureExt;
 use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
 use apalis_cron::{CronScheduler, Tick};
 use herald_jobs::{
     Ctx, handlers, metrics as m,
     payloads::{FollowerSyncV1, QueueName, RefreshV1, ShareV1},
     queue::{PostgresQueue, RedisJobQueue, SqliteQueue, Wakeups},
+    share_feed::{ClaimedShare, FeedConfig, ShareFeed},
 };
 
 /// The queue backend the workers consume from.
@@ -28,6 +30,8 @@ pub enum Backend {
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A fallback poll, for pushes from other processes that the in-process wake-up cannot see.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// The most shares one claim takes from the store (and holds ready beyond the running ones).
+const FEED_BATCH: usize = 64;
 
 /// A failed job is logged once here; its row keeps its state and the reconciler or the next
 /// sweep picks it up again.
@@ -40,6 +44,13 @@ async fn share_job(job: ShareV1, id: TaskId, ctx: Data<Ctx>) -> Result<(), BoxDy
     handlers::share::run(&ctx, &job, &id.to_string())
         .await
         .map_err(|e| logged(QueueName::Share, &job.share_id, e))
+}
+
+async fn claimed_share_job(job: ClaimedShare, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
+    let id = job.share.id.clone();
+    handlers::share::run_claimed(&ctx, job)
+        .await
+        .map_err(|e| logged(QueueName::Share, &id, e))
 }
 
 async fn refresh_job(job: RefreshV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
@@ -105,6 +116,29 @@ macro_rules! store_worker {
     }};
 }
 
+/// The share queue's worker on the store's own engines: the share rows are the queue.
+macro_rules! share_feed_worker {
+    ($monitor:expr, $ctx:expr, $wakeups:expr) => {{
+        let ctx = $ctx.clone();
+        let wake = $wakeups.share();
+        let concurrency = ctx.settings.concurrency;
+        $monitor.register(move |_run: usize| {
+            let config = FeedConfig {
+                lease: ctx.settings.lease,
+                batch: concurrency.clamp(1, FEED_BATCH),
+                poll: FALLBACK_POLL,
+                lapsed_every: ctx.settings.reconcile_every,
+            };
+            WorkerBuilder::new(worker_name(QueueName::Share.as_str()))
+                .backend(ShareFeed::new(ctx.store.clone(), wake.clone(), config))
+                .data(ctx.clone())
+                .catch_panic()
+                .concurrency(concurrency)
+                .build(claimed_share_job)
+        })
+    }};
+}
+
 /// One queue's worker on Herald's Redis backend, which blocks on its stream: no poll.
 macro_rules! redis_worker {
     ($monitor:expr, $q:expr, $ctx:expr, $queue:expr, $args:ty, $handler:expr) => {{
@@ -159,15 +193,7 @@ pub async fn run(
         .shutdown_timeout(SHUTDOWN_TIMEOUT);
     let monitor = match &backend {
         Backend::Sqlite(q) => {
-            let m = store_worker!(
-                monitor,
-                q,
-                ctx,
-                wakeups,
-                QueueName::Share,
-                ShareV1,
-                share_job
-            );
+            let m = share_feed_worker!(monitor, ctx, wakeups);
             let m = store_worker!(
                 m,
                 q,
@@ -188,15 +214,7 @@ pub async fn run(
             )
         }
         Backend::Postgres(q) => {
-            let m = store_worker!(
-                monitor,
-                q,
-                ctx,
-                wakeups,
-                QueueName::Share,
-                ShareV1,
-                share_job
-            );
+            let m = share_feed_worker!(monitor, ctx, wakeups);
             let m = store_worker!(
                 m,
                 q,
@@ -243,7 +261,16 @@ pub async fn run(
         ctx.settings.follower_sync_cron,
         follower_sync_tick
     );
-    let reconciler = AbortOnDrop(tokio::spawn(reconcile_forever(ctx.clone())));
+    // On Redis the queue is apart from the store, and the reconciler re-delivers what it lost;
+    // on the store's engines the share feed claims due and lapsed rows itself, and what is left
+    // to keep in check is the other queues' finished jobs.
+    let reconciler = AbortOnDrop(tokio::spawn(match &backend {
+        Backend::Redis(_) => reconcile_forever(ctx.clone()).boxed(),
+        Backend::Sqlite(q) => prune_forever(ctx.clone(), Pruner::Sqlite(q.pool().clone())).boxed(),
+        Backend::Postgres(q) => {
+            prune_forever(ctx.clone(), Pruner::Postgres(q.pool().clone())).boxed()
+        }
+    }));
     for q in QueueName::ALL {
         metrics::gauge!(m::WORKERS_ALIVE, "queue" => q.as_str()).set(1.0);
     }
@@ -275,6 +302,66 @@ async fn reconcile_forever(ctx: Ctx) {
                 tracing::warn!(error = %format!("{e:#}"), "reconciler run failed");
                 metrics::counter!(m::SWEEP_RUNS_TOTAL, "sweep" => "reconcile", "result" => "error")
                     .increment(1);
+            }
+        }
+    }
+}
+
+/// How long apalis's SQLite and Postgres backends keep a finished refresh or follower-sync job:
+/// long enough that a sweep tick's idempotency key still drops a duplicate push from another
+/// process, short enough that the table (and the cost of apalis's ack, which walks a worker's
+/// jobs) stays bounded.
+const FINISHED_JOB_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The most finished jobs deleted per statement, so a prune never holds the write lock for long.
+const PRUNE_BATCH: i64 = 1000;
+
+/// The database holding apalis's job table.
+enum Pruner {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Pruner {
+    /// Deletes up to [`PRUNE_BATCH`] jobs finished before `before`; returns how many.
+    async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Self::Sqlite(p) => sqlx::query(
+                "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
+                 WHERE status IN ('Done', 'Killed') AND done_at < ?1 LIMIT ?2)",
+            )
+            .bind(before.timestamp())
+            .bind(PRUNE_BATCH)
+            .execute(p)
+            .await?
+            .rows_affected(),
+            Self::Postgres(p) => sqlx::query(
+                "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs \
+                 WHERE status IN ('Done', 'Killed') AND done_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(PRUNE_BATCH)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        })
+    }
+}
+
+async fn prune_forever(ctx: Ctx, pruner: Pruner) {
+    let mut tick = tokio::time::interval(ctx.settings.reconcile_every.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(FINISHED_JOB_RETENTION).unwrap_or_default();
+        loop {
+            match pruner.prune(before).await {
+                Ok(n) if n as i64 == PRUNE_BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning finished jobs failed");
+                    break;
+                }
             }
         }
     }

@@ -344,22 +344,25 @@ pub async fn create(
     };
     let rows = match state.ctx.store.create_shares(&create, now).await? {
         CreateOutcome::Created(rows) => {
-            for row in &rows {
-                let payload = serde_json::to_value(ShareV1 {
-                    share_id: row.id.clone(),
-                })
-                .map_err(ApiError::internal)?;
-                // The rows are committed: a failed push is recovered by the reconciler, so the
-                // request still succeeds.
-                if let Err(e) = state
-                    .ctx
-                    .queue
-                    .push(QueueName::Share, payload, row.run_at, &row.delivery_key())
-                    .await
-                {
-                    tracing::warn!(share.id = %row.id, error = %e, "enqueue failed; the reconciler will deliver it");
+            // The rows are committed, so the shares are accepted whatever happens next. The push
+            // runs on its own task: a client that hangs up now cannot cancel it, and a slow or
+            // unreachable queue does not hold the answer (a failed push is recovered by the
+            // reconciler; on the store's engines the row is the job and the push only wakes).
+            let pushes: Vec<(String, DateTime<Utc>, String)> = rows
+                .iter()
+                .map(|r| (r.id.clone(), r.run_at, r.delivery_key()))
+                .collect();
+            let queue = state.ctx.queue.clone();
+            tokio::spawn(async move {
+                for (id, run_at, key) in pushes {
+                    let payload = serde_json::json!(ShareV1 {
+                        share_id: id.clone()
+                    });
+                    if let Err(e) = queue.push(QueueName::Share, payload, run_at, &key).await {
+                        tracing::warn!(share.id = %id, error = %e, "enqueue failed; the reconciler will deliver it");
+                    }
                 }
-            }
+            });
             rows
         }
         CreateOutcome::Replayed(rows) => rows,

@@ -19,11 +19,30 @@ use crate::{
     Ctx, metrics as m,
     payloads::{QueueName, ShareV1},
     platform::{Checkpoint, CheckpointSink, LimitScope, Platform, PlatformError, PostRequest},
-    store::{Admission, AppKey, Claim, ConnectionRow, Deferral, ShareRow, ShareUpdate, Store},
+    share_feed::ClaimedShare,
+    store::{
+        Admission, AppKey, Claim, ConnectionRow, Deferral, Finished, ShareRow, ShareUpdate, Store,
+    },
 };
 
-/// Runs one delivery of a share job. An `Err` is a store or queue failure: the share row keeps its
-/// state and lease, and the reconciler delivers it again.
+/// Runs a share the store-backed queue claimed for this worker ([`crate::share_feed`]). An `Err`
+/// is a store failure: the share keeps its lease, which lapses, and the feed claims it again.
+pub async fn run_claimed(ctx: &Ctx, job: ClaimedShare) -> anyhow::Result<()> {
+    let ClaimedShare { share, recovered } = job;
+    let now = Utc::now();
+    if share.not_after.is_some_and(|t| t < now) {
+        ctx.store
+            .expire_claimed(&share.id, share.attempts, now)
+            .await
+            .context("expiring the share")?;
+        return Ok(());
+    }
+    let job_id = share.id.clone();
+    attempt(ctx, share, recovered, &job_id).await
+}
+
+/// Runs one delivery of a share job from a queue that carries ids (Redis). An `Err` is a store or
+/// queue failure: the share row keeps its state and lease, and the reconciler delivers it again.
 pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
     let now = Utc::now();
     let lease_until = now + ctx.settings.lease;
@@ -35,7 +54,8 @@ pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
     {
         Claim::Run { share, recovered } => attempt(ctx, share, recovered, job_id).await,
         Claim::NotDue(share) => {
-            // Delivered early (clocks differ between hosts): deliver again when due.
+            // Delivered early (clocks differ between hosts): deliver again when due. The key
+            // names this early delivery, so it cannot be mistaken for the pending original.
             let key = format!("{}:early:{}", share.delivery_key(), now.timestamp_millis());
             push(ctx, &share, &key).await
         }
@@ -63,7 +83,7 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
         .finish_attempt(&share.id, share.attempts, started_at, &update, Utc::now())
         .await
         .context("recording the attempt")?;
-    let Some(row) = finished else {
+    let Some(Finished { row, next }) = finished else {
         warn!(share.id = %share.id, attempt = share.attempts, "share was taken over by another worker; outcome dropped");
         return Ok(());
     };
@@ -80,7 +100,9 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
     let queue = QueueName::Share.as_str();
     metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome).increment(1);
     metrics::histogram!(m::JOB_DURATION_SECONDS, "queue" => queue, "platform" => platform.to_owned()).record(clock.elapsed().as_secs_f64());
-    if let ShareUpdate::Deferred { reason, .. } = &update {
+    if let ShareUpdate::Deferred { reason, .. } = &update
+        && reason.is_rate_limit()
+    {
         metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "scope" => reason.as_str()).increment(1);
     }
     match outcome {
@@ -115,6 +137,12 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
         ShareUpdate::Retry { .. } | ShareUpdate::Deferred { .. }
     ) {
         push(ctx, &row, &row.delivery_key()).await?;
+    }
+    if let Some(next) = next {
+        // The share resumed after this one was waiting for it. Its own delivery may already
+        // have come and gone (refused while this one ran), so this is a delivery of its own.
+        let key = format!("{}:after:{}", next.delivery_key(), row.id);
+        push(ctx, &next, &key).await?;
     }
     Ok(())
 }
@@ -170,15 +198,13 @@ async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<
                 });
             }
             Refresh::Busy => {
+                // Nothing was tried: the share waits for the other worker without spending an
+                // attempt.
                 let wait = chrono::Duration::from_std(refresh::WAIT_FOR_REFRESH)?;
-                return Ok(retry_or_fail(
-                    ctx,
-                    share,
-                    now + wait,
-                    "waiting_for_refresh",
-                    "another worker is refreshing this connection's token".into(),
-                    None,
-                ));
+                return Ok(ShareUpdate::Deferred {
+                    run_at: now + wait,
+                    reason: Deferral::Refresh,
+                });
             }
             Refresh::Transient(reason) if creds.expires_at.is_some_and(|t| t <= now) => {
                 return Ok(

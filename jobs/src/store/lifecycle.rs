@@ -190,11 +190,18 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(Vec<ShareRow>, u64)> {
         let cols = super::shares::COLUMNS;
-        let q = format!(
-            "UPDATE shares SET state = 'queued', run_at = $2, updated_at = $2 \
-             WHERE connection_id = $1 AND state = 'parked' AND (not_after IS NULL OR not_after > $2) RETURNING {cols}"
+        let select = format!(
+            "SELECT {cols} FROM shares WHERE connection_id = $1 AND state = 'parked' \
+             ORDER BY created_at, id"
         );
-        let (mut rows, expired) = with_pool!(&self.pool, &q, |p, sql| {
+        // Each resumed share is due a moment after the one before it and starts only once that
+        // one has finished (`after_share_id`), so the account's posts keep their original order
+        // whatever the number of workers.
+        let resume = format!(
+            "UPDATE shares SET state = 'queued', run_at = $2, after_share_id = $3, updated_at = $4 \
+             WHERE id = $1 AND state = 'parked' RETURNING {cols}"
+        );
+        let (rows, expired) = with_pool!(&self.pool, &select, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
             let expired = sqlx::query(with_engine(
                 p,
@@ -207,36 +214,27 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            let rows: Vec<ShareRow> = sqlx::query_as(sql)
+            let parked: Vec<ShareRow> = sqlx::query_as(sql)
                 .bind(connection_id)
-                .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
+            let mut rows = Vec::with_capacity(parked.len());
+            let mut before: Option<String> = None;
+            for (i, row) in parked.iter().enumerate() {
+                let run_at = now + chrono::Duration::milliseconds(i as i64);
+                let resumed: ShareRow = sqlx::query_as(with_engine(p, &resume))
+                    .bind(&row.id)
+                    .bind(run_at)
+                    .bind(before.as_deref())
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                before = Some(resumed.id.clone());
+                rows.push(resumed);
+            }
             tx.commit().await?;
             (rows, expired)
         });
-        rows.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        // Keep the original order in the queue: each resumed share is due a moment after the one
-        // before it.
-        for (i, row) in rows.iter_mut().enumerate().skip(1) {
-            let run_at = now + chrono::Duration::milliseconds(i as i64);
-            with_pool!(
-                &self.pool,
-                "UPDATE shares SET run_at = $2 WHERE id = $1 AND state = 'queued'",
-                |p, sql| {
-                    sqlx::query(sql)
-                        .bind(&row.id)
-                        .bind(run_at)
-                        .execute(p)
-                        .await?;
-                }
-            );
-            row.run_at = run_at;
-        }
         Ok((rows, expired))
     }
 

@@ -12,6 +12,7 @@ mod followers;
 mod keys;
 mod lifecycle;
 mod replay;
+mod share_queue;
 mod shares;
 
 pub use app_limits::{Admission, AppKey, AppLimitRow};
@@ -22,8 +23,8 @@ pub use keys::{ApiKeyRole, AuthedKey};
 pub use lifecycle::{DueFor, TokenWrite};
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
 pub use shares::{
-    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, NewShare, ShareDepth,
-    ShareRow, ShareState, ShareUpdate,
+    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Finished, NewShare,
+    ShareDepth, ShareRow, ShareState, ShareUpdate,
 };
 
 use std::{str::FromStr, time::Duration};

@@ -11,7 +11,13 @@ use crate::ids;
 
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
-    last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from, checkpoint";
+    last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from, checkpoint, \
+    after_share_id";
+
+/// A queued share may start: it waits for no share parked before it (`shares` is the row under
+/// test, `p` its predecessor).
+pub(super) const READY: &str = "(shares.after_share_id IS NULL OR NOT EXISTS (SELECT 1 FROM shares p \
+    WHERE p.id = shares.after_share_id AND p.state IN ('queued', 'running')))";
 
 /// The states of a share. `succeeded` means a platform post id is stored.
 #[derive(
@@ -87,6 +93,9 @@ pub struct ShareRow {
     pub budget_from: i32,
     /// Where a publish in several steps resumes (see [`crate::platform::Checkpoint`]).
     pub checkpoint: Option<String>,
+    /// A share resumed after a reconnect starts only once this one (parked before it) is no
+    /// longer queued or running, so an account's parked shares keep their order.
+    pub after_share_id: Option<String>,
 }
 
 impl ShareRow {
@@ -217,6 +226,8 @@ pub enum Deferral {
     App,
     /// The app's budget is scarce and this tenant has used its fair share of it.
     FairShare,
+    /// Another worker is refreshing the connection's token; this share goes once it is done.
+    Refresh,
 }
 
 impl Deferral {
@@ -226,6 +237,20 @@ impl Deferral {
             Self::Account => "account",
             Self::App => "app",
             Self::FairShare => "fair_share",
+            Self::Refresh => "refresh",
+        }
+    }
+
+    /// Whether this is a platform's rate limit (counted in `herald_rate_limit_deferrals_total`).
+    pub fn is_rate_limit(self) -> bool {
+        !matches!(self, Self::Refresh)
+    }
+
+    /// The error class recorded on the share while it waits.
+    fn class(self) -> &'static str {
+        match self {
+            Self::Refresh => "waiting_for_refresh",
+            _ => "rate_limited",
         }
     }
 
@@ -238,6 +263,7 @@ impl Deferral {
             Self::FairShare => {
                 "the platform app's budget is scarce and this tenant has used its fair share; waiting without calling"
             }
+            Self::Refresh => "another worker is refreshing this connection's token; waiting for it",
         }
     }
 }
@@ -263,6 +289,13 @@ impl ShareUpdate {
             Self::OutcomeUnknown { .. } => "outcome_unknown",
         }
     }
+}
+
+/// An attempt recorded: the share's new row, and the share resumed after it that may start now.
+#[derive(Debug)]
+pub struct Finished {
+    pub row: ShareRow,
+    pub next: Option<ShareRow>,
 }
 
 /// What cancelling found.
@@ -317,6 +350,7 @@ impl Store {
                 finished_at: None,
                 budget_from: 0,
                 checkpoint: None,
+                after_share_id: None,
             })
             .collect();
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
@@ -459,10 +493,13 @@ impl Store {
             ShareState::Running => true,
             _ => return Ok(Claim::Settled(share)),
         };
+        // A resumed share waits for the one parked before it (see `after_share_id`); the worker
+        // that finishes that one delivers this one next.
         let q = format!(
             "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $4, \
              first_sent_at = COALESCE(first_sent_at, $3), updated_at = $3 \
-             WHERE id = $1 AND state = $2 AND attempts = $5 RETURNING {COLUMNS}"
+             WHERE id = $1 AND state = $2 AND attempts = $5 AND ($2 <> 'queued' OR {READY}) \
+             RETURNING {COLUMNS}"
         );
         let claimed: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
             sqlx::query_as(sql)
@@ -506,7 +543,7 @@ impl Store {
         started_at: DateTime<Utc>,
         update: &ShareUpdate,
         now: DateTime<Utc>,
-    ) -> Result<Option<ShareRow>> {
+    ) -> Result<Option<Finished>> {
         let state = update.state();
         let (class, message, status) = match update {
             ShareUpdate::Succeeded { .. } => (None, None, None),
@@ -532,7 +569,7 @@ impl Store {
                 (Some("outcome_unknown"), Some(message.as_str()), None)
             }
             ShareUpdate::Deferred { reason, .. } => {
-                (Some("rate_limited"), Some(reason.message()), None)
+                (Some(reason.class()), Some(reason.message()), None)
             }
         };
         let (post_id, post_url) = match update {
@@ -560,6 +597,9 @@ impl Store {
              finished_at = CASE WHEN $11 THEN $10 ELSE NULL END, attempts = attempts - $12 \
              WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
         );
+        let next_q = format!(
+            "SELECT {COLUMNS} FROM shares WHERE after_share_id = $1 AND state = 'queued' LIMIT 1"
+        );
         let attempt_id = ids::new(ids::ATTEMPT);
         let row = with_pool!(&self.pool, &q, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
@@ -578,6 +618,16 @@ impl Store {
                 .bind(i32::from(deferred))
                 .fetch_optional(&mut *tx)
                 .await?;
+            // A share resumed after this one may start now that this one is settled.
+            let next: Option<ShareRow> = match &row {
+                Some(_) if finished || matches!(update, ShareUpdate::Parked { .. }) => {
+                    sqlx::query_as(with_engine(p, &next_q))
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                _ => None,
+            };
             if row.is_some() && !deferred {
                 sqlx::query(with_engine(p, "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, outcome, error_class, error_message, platform_status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
                     .bind(&attempt_id)
@@ -593,7 +643,7 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
-            row
+            row.map(|row| Finished { row, next })
         });
         Ok(row)
     }

@@ -50,9 +50,21 @@ pub enum ListReply {
     InvalidToken,
 }
 
+/// How often each failure answers a status post once the script is used up (the rest succeed).
+#[derive(Debug, Clone, Copy)]
+pub struct Chaos {
+    pub unavailable: f64,
+    /// A 429 with `Retry-After` of 0 to 3 seconds.
+    pub rate_limited: f64,
+    /// Creates the status, then never answers.
+    pub hang: f64,
+    pub seed: u64,
+}
+
 #[derive(Default)]
 struct Inner {
     script: VecDeque<Reply>,
+    chaos: Option<Chaos>,
     list_script: VecDeque<ListReply>,
     /// Follower and following account ids, in the order the instance lists them.
     followers: Vec<String>,
@@ -104,6 +116,12 @@ impl FakeMastodon {
         self.inner.lock().unwrap().script.extend(replies);
     }
 
+    /// Answers status posts at random from now on (after any scripted replies), reproducibly
+    /// from `chaos.seed`.
+    pub fn chaos(&self, chaos: Chaos) {
+        self.inner.lock().unwrap().chaos = Some(chaos);
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().unwrap().received.clone()
     }
@@ -138,6 +156,28 @@ impl FakeMastodon {
     /// Statuses actually created (a repeat under a known key creates none).
     pub fn statuses(&self) -> Vec<Value> {
         self.inner.lock().unwrap().statuses.clone()
+    }
+}
+
+impl Chaos {
+    /// The next reply; the seed advances (splitmix64), so a run is reproducible.
+    fn draw(&mut self) -> Option<Reply> {
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let x = (z >> 11) as f64 / (1u64 << 53) as f64;
+        if x < self.unavailable {
+            Some(Reply::Unavailable)
+        } else if x < self.unavailable + self.rate_limited {
+            let secs = (z % 4).to_string();
+            Some(Reply::RateLimited(vec![("retry-after", secs)]))
+        } else if x < self.unavailable + self.rate_limited + self.hang {
+            Some(Reply::CreateThenHang)
+        } else {
+            None
+        }
     }
 }
 
@@ -180,7 +220,10 @@ async fn create_status(
         if let Some(existing) = key.as_ref().and_then(|k| g.by_key.get(k)) {
             return Json(existing.clone()).into_response();
         }
-        g.script.pop_front()
+        match g.script.pop_front() {
+            Some(r) => Some(r),
+            None => g.chaos.as_mut().and_then(Chaos::draw),
+        }
     };
     let create = |inner: &Arc<Mutex<Inner>>| {
         let mut g = inner.lock().unwrap();
@@ -192,6 +235,8 @@ async fn create_status(
             "content": body["status"],
             "visibility": body["visibility"],
             "card": null,
+            // Not Mastodon's: which request made it, so a test can tell a repeat apart.
+            "idempotency_key": key,
         });
         g.statuses.push(status.clone());
         if let Some(k) = &key {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 pub use db::{Engine, TestDb, redis_prefix, redis_url};
 pub use linkedin::FakeLinkedin;
-pub use mastodon::{FakeMastodon, ListReply, Reply};
+pub use mastodon::{Chaos, FakeMastodon, ListReply, Reply};
 pub use meta::{FakeMeta, MetaApi};
 pub use oauth_provider::OAuthProvider;
 

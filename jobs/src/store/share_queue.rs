@@ -1,0 +1,119 @@
+//! The share table as a queue, for the store's own engines (SQLite, Postgres without Redis).
+//!
+//! A queued share past its `run_at` is a job waiting; claiming it is one `UPDATE ... RETURNING`
+//! over the `shares_due` index that takes a batch at once, sets the lease and counts the attempt.
+//! Nothing else is written per job: there is no second table of jobs to insert into, acknowledge
+//! or prune, so the cost of a claim does not grow with history.
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    Pool, Result, Store,
+    shares::{COLUMNS, READY, ShareRow},
+};
+
+/// How the claim statement differs between the engines: Postgres skips rows another worker is
+/// claiming at that moment instead of waiting for them; SQLite has one writer at a time anyway.
+fn claim_due_sql(pool: &Pool) -> String {
+    let lock = match pool {
+        Pool::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        Pool::Sqlite(_) => "",
+    };
+    format!(
+        "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $2, \
+         first_sent_at = COALESCE(first_sent_at, $1), updated_at = $1 \
+         WHERE id IN (SELECT id FROM shares WHERE state = 'queued' AND run_at <= $1 AND {READY} \
+         ORDER BY run_at, id LIMIT $3 {lock}) AND state = 'queued' RETURNING {COLUMNS}"
+    )
+}
+
+fn claim_lapsed_sql(pool: &Pool) -> String {
+    let lock = match pool {
+        Pool::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        Pool::Sqlite(_) => "",
+    };
+    format!(
+        "UPDATE shares SET attempts = attempts + 1, lease_until = $2, updated_at = $1 \
+         WHERE id IN (SELECT id FROM shares WHERE state = 'running' AND lease_until < $1 \
+         ORDER BY lease_until LIMIT $3 {lock}) AND state = 'running' AND lease_until < $1 \
+         RETURNING {COLUMNS}"
+    )
+}
+
+impl Store {
+    /// Claims up to `limit` queued shares that are due at `now`, oldest due first: each becomes
+    /// `running` under a lease until `lease_until`, with its attempt counted, exactly as
+    /// [`Store::claim_share`] does for one. A share resumed after a reconnect is skipped while
+    /// the one parked before it has not finished.
+    pub async fn claim_due_shares(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ShareRow>> {
+        let q = claim_due_sql(&self.pool);
+        let mut rows: Vec<ShareRow> = super::with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql)
+                .bind(now)
+                .bind(lease_until)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        });
+        rows.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(rows)
+    }
+
+    /// Claims up to `limit` shares whose worker's lease lapsed (the worker died mid-attempt).
+    /// Each gets a new lease and a new attempt; the caller treats them as recovered.
+    pub async fn claim_lapsed_shares(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ShareRow>> {
+        let q = claim_lapsed_sql(&self.pool);
+        Ok(super::with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql)
+                .bind(now)
+                .bind(lease_until)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        }))
+    }
+
+    /// The earliest `run_at` after `now` of a queued share: when the next claim can find work
+    /// without being woken.
+    pub async fn next_share_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        Ok(super::with_pool!(
+            &self.pool,
+            "SELECT run_at FROM shares WHERE state = 'queued' AND run_at > $1 ORDER BY run_at, id LIMIT 1",
+            |p, sql| sqlx::query_scalar(sql).bind(now).fetch_optional(p).await?
+        ))
+    }
+
+    /// A claimed share that turned out to be past its lateness limit: `expired`, with the
+    /// attempt the claim counted given back (nothing was tried).
+    pub async fn expire_claimed(
+        &self,
+        id: &str,
+        attempt: i32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ShareRow>> {
+        let q = format!(
+            "UPDATE shares SET state = 'expired', attempts = attempts - 1, lease_until = NULL, \
+             last_error_class = 'expired', last_error = 'not run before its lateness limit', \
+             updated_at = $3, finished_at = $3 \
+             WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
+        );
+        Ok(super::with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql)
+                .bind(id)
+                .bind(attempt)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+        }))
+    }
+}
