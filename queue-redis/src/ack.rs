@@ -20,6 +20,8 @@ use crate::{error::is_transient, keys::GROUP, scripts, worker::Shared};
 pub(crate) struct Delivery {
     pub entry_id: Arc<str>,
     pub job_id: Arc<str>,
+    /// The idempotency key the job was pushed with (field `k`), released when it settles.
+    pub idem_key: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -175,16 +177,24 @@ async fn settle(shared: &Shared, batch: &[Settlement]) {
         .arg(&keys.base)
         .arg(done_ttl)
         .arg(cfg.dead_retention.as_secs())
-        .arg(cfg.retry_delay.as_millis() as u64);
-    let successes = batch
-        .iter()
-        .filter(|s| matches!(s.outcome, Outcome::Done))
-        .count();
-    call.arg(successes);
-    for s in batch.iter().filter(|s| matches!(s.outcome, Outcome::Done)) {
+        .arg(cfg.retry_delay.as_millis() as u64)
+        .arg(cfg.idempotency_ttl.as_secs());
+    // successes without an idempotency key are settled in bulk, by entry id alone; those
+    // with one release it, one by one
+    let done = || batch.iter().filter(|s| matches!(s.outcome, Outcome::Done));
+    let keyed = done().filter(|s| s.delivery.idem_key.is_some()).count();
+    call.arg(done().count() - keyed).arg(keyed);
+    for s in done().filter(|s| s.delivery.idem_key.is_none()) {
         call.arg(&*s.delivery.entry_id);
         if done_ttl > 0 {
             call.arg(&*s.delivery.job_id);
+        }
+    }
+    for s in done() {
+        if let Some(key) = &s.delivery.idem_key {
+            call.arg(&*s.delivery.entry_id)
+                .arg(&*s.delivery.job_id)
+                .arg(&**key);
         }
     }
     for s in batch {

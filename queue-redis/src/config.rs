@@ -77,7 +77,9 @@ impl Config {
         self
     }
 
-    /// How long an idempotency key makes a repeated push a no-op (zero: forever).
+    /// Safety net for idempotency keys: a key lives at most this long after its job's due
+    /// time (zero: no limit). A job releases its key when it is done or dead, so this only
+    /// bounds the keys of jobs lost some other way.
     #[must_use]
     pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
         self.idempotency_ttl = ttl;

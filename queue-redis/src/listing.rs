@@ -160,13 +160,22 @@ async fn scheduled(
         .collect())
 }
 
-/// A `scheduled:jobs` value is `attempts:payload`.
+/// A `scheduled:jobs` value is `attempts:payload`, or `attempts/n:` followed by the job's
+/// n-byte idempotency key and the payload.
 fn scheduled_job(id: String, due_ms: u64, encoded: &[u8]) -> Option<Listed> {
-    let sep = encoded.iter().position(|&b| b == b':')?;
+    let sep = encoded.iter().position(|&b| b == b':' || b == b'/')?;
     let attempts = std::str::from_utf8(&encoded[..sep]).ok()?.parse().ok()?;
+    let payload = if encoded[sep] == b':' {
+        &encoded[sep + 1..]
+    } else {
+        let rest = &encoded[sep + 1..];
+        let colon = rest.iter().position(|&b| b == b':')?;
+        let key_len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+        rest.get(colon + 1 + key_len..)?
+    };
     Some(Listed {
         id,
-        payload: encoded[sep + 1..].to_vec(),
+        payload: payload.to_vec(),
         status: Status::Pending,
         attempts,
         run_at_ms: Some(due_ms),

@@ -50,6 +50,10 @@ pub(crate) async fn push<C: ConnectionLike>(
         .arg(job.delay_ms)
         .arg(idempotency_ttl_s)
         .arg(job.attempts);
+    if let Some(key) = &job.idempotency_key {
+        // the job carries its key, so the script that settles it can release it
+        call.arg(key);
+    }
     let (created, id): (i64, String) = call.invoke_async(conn).await?;
     Ok(Pushed {
         id: JobId::from(id),

@@ -40,7 +40,8 @@ impl RedisQueue {
         }
     }
 
-    /// How long an idempotency key blocks repeated pushes (default 24 h; zero: forever).
+    /// The longest an idempotency key outlives its job's due time if the job is never settled
+    /// (default 24 h; zero: until the job settles). A settled job releases its key at once.
     #[must_use]
     pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
         self.idempotency_ttl = ttl;
@@ -75,8 +76,9 @@ impl RedisQueue {
     }
 
     /// Enqueues `payload` (the JSON of the worker's job type), after `delay` if given.
-    /// A push repeating an `idempotency_key` used within the TTL is a no-op that returns
-    /// the first job's id.
+    /// A push repeating the `idempotency_key` of a job that is still pending (delayed, ready,
+    /// running or waiting for a retry) is a no-op that returns that job's id. Once that job
+    /// is done or dead, the key is free and the push creates a new job.
     pub async fn push<P: Serialize + ?Sized>(
         &self,
         queue: &str,
@@ -151,6 +153,7 @@ impl RedisQueue {
     }
 
     /// Puts dead job `id` back to ready with a fresh attempt budget; false if it is not dead.
+    /// The job takes its idempotency key again unless a push has taken it since.
     pub async fn replay_dead(&self, queue: &str, id: &str) -> Result<bool, Error> {
         let keys = self.keys(queue)?;
         let replayed: i64 = scripts::REPLAY
@@ -158,6 +161,8 @@ impl RedisQueue {
             .key(&keys.dead)
             .key(keys.dead_job(id))
             .arg(id)
+            .arg(&keys.base)
+            .arg(self.idempotency_ttl.as_secs())
             .invoke_async(&mut self.conn.shared())
             .await?;
         Ok(replayed == 1)

@@ -44,7 +44,7 @@ impl From<&str> for JobId {
 pub struct Pushed {
     /// The new job, or for a duplicate the job that first used the idempotency key.
     pub id: JobId,
-    /// True when the idempotency key had been used within its TTL and nothing was enqueued.
+    /// True when the idempotency key names a job that is still pending and nothing was enqueued.
     pub duplicate: bool,
 }
 

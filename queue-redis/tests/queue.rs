@@ -260,6 +260,295 @@ async fn idempotency_key_makes_a_second_push_a_no_op() {
     cleanup(&q).await;
 }
 
+fn idem_key(q: &herald_queue_redis::RedisQueue, key: &str) -> String {
+    format!("{}:{{{QUEUE}}}:idem:{key}", q.prefix())
+}
+
+/// The idempotency keys under the test's prefix.
+async fn idem_keys(q: &herald_queue_redis::RedisQueue) -> Vec<String> {
+    keys_of(q)
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":idem:"))
+        .collect()
+}
+
+async fn push_keyed(
+    q: &herald_queue_redis::RedisQueue,
+    job: &Job,
+    delay: Option<Duration>,
+    key: &str,
+) -> herald_queue_redis::Pushed {
+    q.push_bytes(QUEUE, serde_json::to_vec(job).unwrap(), delay, Some(key))
+        .await
+        .unwrap()
+}
+
+async fn wait_key_released(q: &herald_queue_redis::RedisQueue, key: &str) {
+    let key = idem_key(q, key);
+    wait_for(
+        &format!("{key} to be released"),
+        Duration::from_secs(10),
+        || {
+            let mut conn = q.conn().shared();
+            let key = key.clone();
+            async move { !conn.exists::<_, bool>(&key).await.unwrap() }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_job_dedupes_while_pending_and_leaves_no_key_when_done() {
+    let q = queue("idem-done").await;
+    let mut conn = q.conn().shared();
+    let day_ms = 24 * 3600 * 1000;
+
+    // scheduled: deduplicated, and the key outlives the due time by the whole TTL
+    let late = push_keyed(&q, &Job::ok(1), Some(Duration::from_millis(1500)), "late").await;
+    assert!(!late.duplicate);
+    let again = push_keyed(&q, &Job::ok(1), None, "late").await;
+    assert_eq!((again.id.clone(), again.duplicate), (late.id.clone(), true));
+    let pttl: i64 = conn.pttl(idem_key(&q, "late")).await.unwrap();
+    assert!(pttl > day_ms, "the key expires {pttl} ms from now");
+
+    // ready: deduplicated
+    let now = push_keyed(&q, &Job::ok(2), None, "now").await;
+    let again = push_keyed(&q, &Job::ok(2), None, "now").await;
+    assert_eq!((again.id.clone(), again.duplicate), (now.id.clone(), true));
+    let slow_job = Job {
+        n: 3,
+        mode: Mode::SleepMs(1500),
+    };
+    let slow = push_keyed(&q, &slow_job, None, "slow").await;
+    push_ok(&q, 4).await;
+    assert_eq!(q.stats(QUEUE).await.unwrap().ready, 3);
+
+    let (ctx, mut started) = Ctx::new();
+    let cfg = config(&q).scheduler_tick(Duration::from_millis(50));
+    let w = start_worker(&q, cfg, "idem-done", 4, ctx);
+    let mut runs: Vec<u64> = Vec::new();
+    while runs.last() != Some(&3) {
+        runs.push(started.recv().await.unwrap().n);
+    }
+    // in flight: deduplicated
+    let again = push_keyed(&q, &slow_job, None, "slow").await;
+    assert_eq!((again.id.clone(), again.duplicate), (slow.id.clone(), true));
+
+    // done: the key is gone and the same key makes a new job
+    wait_key_released(&q, "now").await;
+    let next = push_keyed(&q, &Job::ok(2), None, "now").await;
+    assert!(!next.duplicate && next.id != now.id, "{next:?}");
+    wait_key_released(&q, "slow").await;
+    let next = push_keyed(&q, &Job::ok(3), None, "slow").await;
+    assert!(!next.duplicate && next.id != slow.id, "{next:?}");
+    wait_key_released(&q, "late").await;
+    let next = push_keyed(&q, &Job::ok(1), None, "late").await;
+    assert!(!next.duplicate && next.id != late.id, "{next:?}");
+
+    wait_for("every job to finish", Duration::from_secs(10), || async {
+        let s = q.stats(QUEUE).await.unwrap();
+        s.ready + s.running + s.scheduled == 0 && idem_keys(&q).await.is_empty()
+    })
+    .await;
+    while let Ok(s) = started.try_recv() {
+        runs.push(s.n);
+    }
+    runs.sort_unstable();
+    assert_eq!(
+        runs,
+        [1, 1, 2, 2, 3, 3, 4],
+        "each job once, and each new one"
+    );
+    // nothing per job remains: the streams and the live worker's lease
+    let base = format!("{}:{{{QUEUE}}}", q.prefix());
+    assert_eq!(
+        keys_of(&q).await,
+        vec![
+            format!("{base}:stream"),
+            format!("{base}:wake"),
+            format!("{base}:workers")
+        ]
+    );
+    w.stop().await;
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_job_keeps_its_key_until_it_succeeds() {
+    // through the scheduled set, and straight back to the stream
+    for (i, delay) in [Duration::from_millis(400), Duration::ZERO]
+        .into_iter()
+        .enumerate()
+    {
+        let q = queue(&format!("idem-retry-{i}")).await;
+        // slow enough to be seen in flight, with 10 attempts of runway
+        let fail = Job {
+            n: 1,
+            mode: Mode::SlowFail(300),
+        };
+        let first = push_keyed(&q, &fail, None, "retry").await;
+        let (ctx, mut started) = Ctx::new();
+        let cfg = config(&q)
+            .max_attempts(10)
+            .retry_delay(delay)
+            .scheduler_tick(Duration::from_millis(50));
+        let w = start_worker(&q, cfg.clone(), "idem-retry", 1, ctx.clone());
+        assert_eq!(started.recv().await.unwrap().attempt, 1);
+        if !delay.is_zero() {
+            wait_for(
+                "the retry to be scheduled",
+                Duration::from_secs(5),
+                || async { q.stats(QUEUE).await.unwrap().scheduled == 1 },
+            )
+            .await;
+            // the scheduled copy carries its key and still lists as the job
+            let mut storage = q.storage::<Job>(cfg.clone());
+            let t = storage
+                .fetch_by_id(&TaskId::from_string(first.id.as_str()))
+                .await
+                .unwrap()
+                .expect("the retry is listed");
+            assert_eq!((t.args.n, t.ctx().attempt()), (1, 1));
+            let again = push_keyed(&q, &fail, None, "retry").await;
+            assert_eq!(
+                (again.id.clone(), again.duplicate),
+                (first.id.clone(), true)
+            );
+        }
+        assert_eq!(started.recv().await.unwrap().attempt, 2);
+        let again = push_keyed(&q, &fail, None, "retry").await;
+        assert_eq!(
+            (again.id.clone(), again.duplicate),
+            (first.id.clone(), true),
+            "retry delay {delay:?}"
+        );
+        ctx.healed.store(true, Ordering::SeqCst);
+        wait_key_released(&q, "retry").await;
+        assert!(idem_keys(&q).await.is_empty());
+        let mut attempts = vec![1, 2];
+        while let Ok(s) = started.try_recv() {
+            attempts.push(s.attempt);
+        }
+        // attempt 2, or a later one, succeeded (healed while it ran, or after)
+        assert_eq!(attempts, (1..=attempts.len()).collect::<Vec<_>>());
+        let next = push_keyed(&q, &Job::ok(2), None, "retry").await;
+        assert!(!next.duplicate && next.id != first.id, "{next:?}");
+        assert_eq!(started.recv().await.unwrap().n, 2);
+        wait_key_released(&q, "retry").await;
+        w.stop().await;
+        cleanup(&q).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_job_releases_its_key_and_a_replay_takes_it_back_if_free() {
+    let q = queue("idem-dead").await;
+    let fail = Job {
+        n: 1,
+        mode: Mode::Fail,
+    };
+    let abort = Job {
+        n: 2,
+        mode: Mode::Abort,
+    };
+    let failed = push_keyed(&q, &fail, None, "fail").await;
+    let aborted = push_keyed(&q, &abort, None, "abort").await;
+    let (ctx, _started) = Ctx::new();
+    let cfg = config(&q)
+        .max_attempts(2)
+        .retry_delay(Duration::from_millis(50))
+        .scheduler_tick(Duration::from_millis(50));
+    let w = start_worker(&q, cfg, "idem-dead", 2, ctx);
+    wait_for("both jobs to die", Duration::from_secs(10), || async {
+        q.stats(QUEUE).await.unwrap().dead == 2
+    })
+    .await;
+    w.stop().await;
+    assert!(idem_keys(&q).await.is_empty(), "{:?}", idem_keys(&q).await);
+
+    // the key is free: a push makes a new job
+    let next = push_keyed(&q, &Job::ok(2), None, "abort").await;
+    assert!(!next.duplicate && next.id != aborted.id, "{next:?}");
+    // a replay takes its key back only if nobody has taken it since
+    assert!(q.replay_dead(QUEUE, failed.id.as_str()).await.unwrap());
+    let again = push_keyed(&q, &fail, None, "fail").await;
+    assert_eq!(
+        (again.id.clone(), again.duplicate),
+        (failed.id.clone(), true)
+    );
+    assert!(q.replay_dead(QUEUE, aborted.id.as_str()).await.unwrap());
+    let holder: String = q.conn().shared().get(idem_key(&q, "abort")).await.unwrap();
+    assert_eq!(holder, next.id.as_str());
+    assert_eq!(q.stats(QUEUE).await.unwrap().ready, 3);
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_job_keeps_its_key_and_a_buried_one_releases_it() {
+    let q = queue("idem-reclaim").await;
+    let base = format!("{}:{{{QUEUE}}}", q.prefix());
+    let mut conn = q.conn().shared();
+    let kept = push_keyed(&q, &Job::ok(1), None, "kept").await;
+    let mut sink = q.storage::<Job>(config(&q));
+    sink.push_task(
+        TaskBuilder::new(Job::ok(2))
+            .idempotency_key("buried")
+            .attempt(2)
+            .build(),
+    )
+    .await
+    .unwrap();
+
+    // a worker takes both, then vanishes without a heartbeat
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(format!("{base}:stream"))
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("ghost~1")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(format!("{base}:stream"))
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = conn
+        .zadd(format!("{base}:workers"), "ghost~1", 1)
+        .await
+        .unwrap();
+    assert_eq!(q.stats(QUEUE).await.unwrap().running, 2);
+    let again = push_keyed(&q, &Job::ok(1), None, "kept").await;
+    assert_eq!((again.id.clone(), again.duplicate), (kept.id.clone(), true));
+
+    // the heartbeat takes them back: one with an attempt left runs, the other is buried
+    let (ctx, mut started) = Ctx::new();
+    let cfg = config(&q).max_attempts(3).lease(Duration::from_millis(600));
+    let w = start_worker(&q, cfg, "idem-reclaim", 2, ctx);
+    let s = started.recv().await.unwrap();
+    assert_eq!((s.n, s.attempt), (1, 2), "the lapsed lease counted");
+    wait_for(
+        "both keys to be released",
+        Duration::from_secs(10),
+        || async { idem_keys(&q).await.is_empty() && q.stats(QUEUE).await.unwrap().dead == 1 },
+    )
+    .await;
+    assert!(started.try_recv().is_err(), "the buried job never ran");
+    w.stop().await;
+    let next = push_keyed(&q, &Job::ok(2), None, "buried").await;
+    assert!(!next.duplicate);
+    cleanup(&q).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_and_aborted_jobs_go_dead_and_replay() {
     let q = queue("dead").await;

@@ -13,14 +13,23 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumb
 for _, id in ipairs(ids) do
   local enc = redis.call('HGET', KEYS[3], id)
   if enc then
-    local sep = string.find(enc, ':', 1, true)
+    -- 'attempts:payload', or 'attempts/n:' then an n-byte idempotency key, then the payload
+    local sep = string.find(enc, '[:/]')
     local attempts = string.sub(enc, 1, sep - 1)
-    local payload = string.sub(enc, sep + 1)
-    if attempts == '0' then
-      redis.call('XADD', KEYS[1], '*', 'id', id, 'd', payload)
+    local fields = {'id', id}
+    if string.sub(enc, sep, sep) == ':' then
+      fields[3], fields[4] = 'd', string.sub(enc, sep + 1)
     else
-      redis.call('XADD', KEYS[1], '*', 'id', id, 'd', payload, 'a', attempts)
+      local colon = string.find(enc, ':', sep + 1, true)
+      local len = tonumber(string.sub(enc, sep + 1, colon - 1))
+      fields[3], fields[4] = 'd', string.sub(enc, colon + 1 + len)
+      fields[5], fields[6] = 'k', string.sub(enc, colon + 1, colon + len)
     end
+    if attempts ~= '0' then
+      fields[#fields + 1] = 'a'
+      fields[#fields + 1] = attempts
+    end
+    redis.call('XADD', KEYS[1], '*', unpack(fields))
     redis.call('HDEL', KEYS[3], id)
   end
   redis.call('ZREM', KEYS[2], id)

@@ -38,22 +38,35 @@ local function reclaim(consumer, count_attempt, reason)
       local jid = field(entry, 'id')
       local payload = field(entry, 'd')
       local attempts = tonumber(field(entry, 'a') or '0')
+      local idem = field(entry, 'k')
       if count_attempt then attempts = attempts + 1 end
       if count_attempt and attempts >= max_attempts then
         local key = base .. ':dead:' .. jid
         redis.call('HSET', key, 'payload', payload, 'error', reason, 'attempts', attempts, 'died_at', now)
+        if idem then redis.call('HSET', key, 'idem', idem) end
         redis.call('ZADD', dead, now, jid)
         if dead_ttl > 0 then
           redis.call('EXPIRE', key, dead_ttl)
           redis.call('ZREMRANGEBYSCORE', dead, '-inf', now - dead_ttl * 1000)
         end
+        -- a dead job releases its idempotency key (unless the key names a newer job)
+        if idem then
+          local k = base .. ':idem:' .. idem
+          if redis.call('GET', k) == jid then redis.call('DEL', k) end
+        end
         buried = buried + 1
       else
+        local fields = {'id', jid, 'd', payload}
         if attempts > 0 then
-          redis.call('XADD', stream, '*', 'id', jid, 'd', payload, 'a', attempts)
-        else
-          redis.call('XADD', stream, '*', 'id', jid, 'd', payload)
+          fields[#fields + 1] = 'a'
+          fields[#fields + 1] = attempts
         end
+        if idem then
+          -- the job is still pending, so it keeps its idempotency key
+          fields[#fields + 1] = 'k'
+          fields[#fields + 1] = idem
+        end
+        redis.call('XADD', stream, '*', unpack(fields))
         moved = moved + 1
       end
     end

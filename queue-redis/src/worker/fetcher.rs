@@ -224,6 +224,7 @@ async fn redeliver_lost_reads<T: DeserializeOwned>(
                     delivery: Delivery {
                         job_id: entry_id.clone(),
                         entry_id,
+                        idem_key: None,
                     },
                     outcome: Outcome::Done,
                 }));
@@ -326,6 +327,7 @@ fn decode<T: DeserializeOwned>(
 ) -> Option<Task<T>> {
     let mut job_id = None;
     let mut payload = None;
+    let mut idem_key = None;
     let mut attempts = 0usize;
     let mut it = fields.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -335,6 +337,7 @@ fn decode<T: DeserializeOwned>(
         match k.as_slice() {
             b"id" => job_id = Some(String::from_utf8_lossy(&v).into_owned()),
             b"d" => payload = Some(v),
+            b"k" => idem_key = Some(String::from_utf8_lossy(&v).into()),
             b"a" => {
                 attempts = std::str::from_utf8(&v)
                     .ok()
@@ -346,7 +349,11 @@ fn decode<T: DeserializeOwned>(
     }
     let entry_id: Arc<str> = String::from_utf8_lossy(entry_id).into();
     let job_id: Arc<str> = job_id.unwrap_or_else(|| entry_id.to_string()).into();
-    let delivery = Delivery { entry_id, job_id };
+    let delivery = Delivery {
+        entry_id,
+        job_id,
+        idem_key,
+    };
     match serde_json::from_slice::<T>(payload.as_deref().unwrap_or_default()) {
         Ok(args) => Some({
             shared.hold(&delivery.entry_id);

@@ -94,6 +94,8 @@ pub enum Mode {
     Fail,
     Abort,
     SleepMs(u64),
+    /// Fails after this many ms until healed.
+    SlowFail(u64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +161,14 @@ pub async fn handle(job: Job, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(
         Mode::SleepMs(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(())
+        }
+        Mode::SlowFail(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if ctx.healed.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(format!("job {} failed", job.n).into())
+            }
         }
     }
 }
