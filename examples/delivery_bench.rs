@@ -37,7 +37,9 @@ const LATENESS_REQUESTS: usize = 100;
 
 /// A Mastodon-compatible status endpoint: every tenth new `Idempotency-Key` first gets a 503.
 async fn fake_mastodon() -> String {
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
+    let seen = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
     let count = Arc::new(AtomicU64::new(0));
     let app = Router::new()
         .route(
@@ -158,8 +160,16 @@ impl Herald {
 
     async fn count(&self, sql: &str) -> anyhow::Result<i64> {
         Ok(match self.parts.ctx.store.pool() {
-            Pool::Sqlite(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await?,
-            Pool::Postgres(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await?,
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(p)
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(p)
+                    .await?
+            }
         })
     }
 }
@@ -217,12 +227,7 @@ async fn lateness(h: &Herald, mastodon: &str) -> anyhow::Result<()> {
         }
         if attempts.len() > 1 {
             let last = attempts.last().unwrap();
-            late.push(
-                (last.started_at - share.run_at)
-                    .num_microseconds()
-                    .unwrap() as f64
-                    / 1000.0,
-            );
+            late.push((last.started_at - share.run_at).num_microseconds().unwrap() as f64 / 1000.0);
         }
     }
     late.sort_by(f64::total_cmp);
@@ -349,12 +354,7 @@ async fn main() -> anyhow::Result<()> {
             "sqlite" => format!("sqlite:{}", dir.path().join("lateness.db").display()),
             _ => fresh_postgres(&pg).await?,
         };
-        let h = start(
-            &url,
-            (backend == "redis").then_some(redis.as_str()),
-            true,
-        )
-        .await?;
+        let h = start(&url, (backend == "redis").then_some(redis.as_str()), true).await?;
         lateness(&h, &mastodon).await?;
         drop(h);
         if backend == "sqlite" && n > 0 {

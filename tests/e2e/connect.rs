@@ -494,6 +494,35 @@ async fn racing_refreshes_spend_a_rotating_refresh_token_once(engine: crate::sup
     );
 }
 
+/// Issue 11: shares that find another worker refreshing their connection's token wait for it
+/// without spending an attempt (a share once used three attempts, two of them waits).
+async fn shares_waiting_on_another_workers_refresh_spend_no_attempt(
+    engine: crate::support::Engine,
+) {
+    let provider = OAuthProvider::start().await;
+    let mut settings = fast_settings();
+    settings.apps.x = Some(provider.x_app());
+    // Every token counts as about to lapse, so every share refreshes before it posts.
+    settings.refresh_skew = Duration::from_secs(3 * 3600);
+    let app = TestApp::spawn_with(engine, true, settings).await;
+    let id = connect_x(&app).await;
+    provider.slow_refreshes(Duration::from_millis(800));
+    let mut shares = Vec::new();
+    for i in 0..3 {
+        shares.push(app.share(&id, &format!("waits for the refresh {i}")).await);
+    }
+    for share in &shares {
+        let s = app
+            .share_until(share, Duration::from_secs(30), |s| {
+                !matches!(s["state"].as_str(), Some("queued" | "running"))
+            })
+            .await;
+        assert_eq!(s["state"], "succeeded", "{s}");
+        assert_eq!(s["attempts"], 1, "a wait spent an attempt: {s}");
+    }
+    assert!(provider.refresh_requests() >= 1);
+}
+
 on_every_backend!(
     x_connect_share_refresh_revoke_and_reconnect_resume_the_parked_share,
     mastodon_connect_registers_one_app_per_instance_and_reuses_it,
@@ -503,4 +532,5 @@ on_every_backend!(
     denied_authorization_and_unconfigured_platforms_are_refused,
     delete_revokes_at_the_provider_and_erases_the_tokens,
     racing_refreshes_spend_a_rotating_refresh_token_once,
+    shares_waiting_on_another_workers_refresh_spend_no_attempt,
 );

@@ -8,6 +8,8 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use tokio::io::AsyncWriteExt;
+
 use crate::{
     on_every_backend,
     support::{Chaos, Engine, Reply, TestApp, eventually, fast_settings},
@@ -16,6 +18,7 @@ use crate::{
 on_every_backend!(
     a_chaos_run_finishes_every_share_once_and_on_time,
     a_retry_runs_when_it_is_due_not_at_the_next_tick,
+    a_share_whose_client_hung_up_after_the_commit_is_delivered_at_once,
 );
 
 const SHARES_PER_REQUEST: usize = 50;
@@ -194,4 +197,49 @@ async fn a_retry_runs_when_it_is_due_not_at_the_next_tick(engine: Engine) {
         late >= chrono::Duration::zero() && late < chrono::Duration::seconds(1),
         "the retry due at {due} started at {started}"
     );
+}
+
+/// A client that sends its request and hangs up at once: every share that was committed is
+/// delivered at once, not left to the reconciler (whose grace here is an hour).
+async fn a_share_whose_client_hung_up_after_the_commit_is_delivered_at_once(engine: Engine) {
+    let mut settings = fast_settings();
+    settings.redelivery_grace = Duration::from_secs(3600);
+    let app = TestApp::spawn_with(engine, true, settings).await;
+    let conn = app.mastodon_connection().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    for i in 0..20u64 {
+        let body = json!({ "url": format!("https://blog.example/hangup/{i}"), "text": "hang up", "connection_ids": [conn] })
+            .to_string();
+        let request = format!(
+            "POST /v1/shares HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            app.key,
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Gone before the answer: at once, or a few milliseconds in, so that some requests are
+        // cut before their commit and some after it.
+        tokio::time::sleep(Duration::from_millis(2 * i)).await;
+        drop(stream);
+    }
+    // Whatever was committed is posted within seconds.
+    let mut committed = 0;
+    for i in 0..20 {
+        let (_, list) = app
+            .get(&format!("/v1/shares?url=https://blog.example/hangup/{i}"))
+            .await;
+        for s in list["shares"].as_array().into_iter().flatten() {
+            committed += 1;
+            let id = s["id"].as_str().unwrap();
+            let done = app
+                .share_until(id, Duration::from_secs(15), |s| {
+                    !matches!(s["state"].as_str(), Some("queued" | "running"))
+                })
+                .await;
+            assert_eq!(done["state"], "succeeded", "{done}");
+        }
+    }
+    // The requests that got as far as the commit: at least one, or the test proves nothing.
+    assert!(committed > 0, "no request was committed before the hang-up");
 }

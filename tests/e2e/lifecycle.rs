@@ -88,7 +88,11 @@ async fn a_reconnect_is_verified_before_parked_shares_resume_in_order_and_late_o
         .iter()
         .map(|s| s["idempotency_key"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(posted, vec![first.clone(), second.clone()], "posted out of order");
+    assert_eq!(
+        posted,
+        vec![first.clone(), second.clone()],
+        "posted out of order"
+    );
 }
 
 async fn a_reconnect_with_tokens_the_platform_refuses_keeps_the_connection_flagged(engine: Engine) {

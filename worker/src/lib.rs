@@ -8,9 +8,9 @@ use std::{
 };
 
 use apalis::prelude::*;
-use futures::FutureExt;
 use apalis_core::backend::ext::{BackendExt, poll_strategy::Strategy};
 use apalis_cron::{CronScheduler, Tick};
+use futures::FutureExt;
 use herald_jobs::{
     Ctx, handlers, metrics as m,
     payloads::{FollowerSyncV1, QueueName, RefreshV1, ShareV1},
