@@ -342,29 +342,20 @@ pub async fn create(
         request_hash,
         shares,
     };
-    let rows = match state.ctx.store.create_shares(&create, now).await? {
-        CreateOutcome::Created(rows) => {
-            // The rows are committed, so the shares are accepted whatever happens next. The push
-            // runs on its own task: a client that hangs up now cannot cancel it, and a slow or
-            // unreachable queue does not hold the answer (a failed push is recovered by the
-            // reconciler; on the store's engines the row is the job and the push only wakes).
-            let pushes: Vec<(String, DateTime<Utc>, String)> = rows
-                .iter()
-                .map(|r| (r.id.clone(), r.run_at, r.delivery_key()))
-                .collect();
-            let queue = state.ctx.queue.clone();
-            tokio::spawn(async move {
-                for (id, run_at, key) in pushes {
-                    let payload = serde_json::json!(ShareV1 {
-                        share_id: id.clone()
-                    });
-                    if let Err(e) = queue.push(QueueName::Share, payload, run_at, &key).await {
-                        tracing::warn!(share.id = %id, error = %e, "enqueue failed; the reconciler will deliver it");
-                    }
-                }
-            });
-            rows
+    // The write and the pushes after it run on a task of their own: a client that hangs up
+    // drops this handler, and that must not cut the enqueue between the commit and the push.
+    let ctx = state.ctx.clone();
+    let created = tokio::spawn(async move {
+        let outcome = ctx.store.create_shares(&create, now).await?;
+        if let CreateOutcome::Created(rows) = &outcome {
+            enqueue(&ctx, rows);
         }
+        Ok::<_, herald_jobs::store::StoreError>(outcome)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let rows = match created {
+        CreateOutcome::Created(rows) => rows,
         CreateOutcome::Replayed(rows) => rows,
         CreateOutcome::KeyReused => {
             return Err(ApiError::invalid(
@@ -471,4 +462,25 @@ pub async fn cancel(
         )),
         Cancel::NotFound => Err(ApiError::not_found("share")),
     }
+}
+
+/// Pushes committed shares to the queue on a task of its own, so a slow or unreachable queue does
+/// not hold the answer: the shares are accepted once committed, and a failed push is recovered by
+/// the reconciler (on the store's engines the row is the job and the push only wakes a worker).
+fn enqueue(ctx: &herald_jobs::Ctx, rows: &[herald_jobs::store::ShareRow]) {
+    let pushes: Vec<(String, DateTime<Utc>, String)> = rows
+        .iter()
+        .map(|r| (r.id.clone(), r.run_at, r.delivery_key()))
+        .collect();
+    let queue = ctx.queue.clone();
+    tokio::spawn(async move {
+        for (id, run_at, key) in pushes {
+            let payload = serde_json::json!(ShareV1 {
+                share_id: id.clone()
+            });
+            if let Err(e) = queue.push(QueueName::Share, payload, run_at, &key).await {
+                tracing::warn!(share.id = %id, error = %e, "enqueue failed; the reconciler will deliver it");
+            }
+        }
+    });
 }
