@@ -12,31 +12,62 @@ use super::{
     shares::{COLUMNS, READY, ShareRow},
 };
 
-/// How the claim statement differs between the engines: Postgres skips rows another worker is
-/// claiming at that moment instead of waiting for them; SQLite has one writer at a time anyway.
+/// How the statements differ between the engines. Postgres skips rows another worker is claiming
+/// at that moment instead of waiting for them, and rechecks the state of each row it locked.
+/// SQLite has one writer at a time, so neither is needed; it is told which index to read
+/// (`INDEXED BY`), since without statistics it would pick `(state, updated_at)` and sort every
+/// queued row for each claim, a cost that grows with the backlog.
+struct Dialect {
+    due: &'static str,
+    leased: &'static str,
+    lock: &'static str,
+    recheck: &'static str,
+}
+
+fn dialect(pool: &Pool) -> Dialect {
+    match pool {
+        Pool::Postgres(_) => Dialect {
+            due: "",
+            leased: "",
+            lock: "FOR UPDATE SKIP LOCKED",
+            recheck: "AND state = 'queued'",
+        },
+        Pool::Sqlite(_) => Dialect {
+            due: "INDEXED BY shares_due",
+            leased: "INDEXED BY shares_leased",
+            lock: "",
+            recheck: "",
+        },
+    }
+}
+
 fn claim_due_sql(pool: &Pool) -> String {
-    let lock = match pool {
-        Pool::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-        Pool::Sqlite(_) => "",
-    };
+    let Dialect {
+        due, lock, recheck, ..
+    } = dialect(pool);
     format!(
         "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $2, \
          first_sent_at = COALESCE(first_sent_at, $1), updated_at = $1 \
-         WHERE id IN (SELECT id FROM shares WHERE state = 'queued' AND run_at <= $1 AND {READY} \
-         ORDER BY run_at, id LIMIT $3 {lock}) AND state = 'queued' RETURNING {COLUMNS}"
+         WHERE id IN (SELECT id FROM shares {due} WHERE state = 'queued' AND run_at <= $1 \
+         AND {READY} ORDER BY run_at, id LIMIT $3 {lock}) {recheck} RETURNING {COLUMNS}"
     )
 }
 
 fn claim_lapsed_sql(pool: &Pool) -> String {
-    let lock = match pool {
-        Pool::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-        Pool::Sqlite(_) => "",
-    };
+    let Dialect { leased, lock, .. } = dialect(pool);
     format!(
         "UPDATE shares SET attempts = attempts + 1, lease_until = $2, updated_at = $1 \
-         WHERE id IN (SELECT id FROM shares WHERE state = 'running' AND lease_until < $1 \
+         WHERE id IN (SELECT id FROM shares {leased} WHERE state = 'running' AND lease_until < $1 \
          ORDER BY lease_until LIMIT $3 {lock}) AND state = 'running' AND lease_until < $1 \
          RETURNING {COLUMNS}"
+    )
+}
+
+fn next_due_sql(pool: &Pool) -> String {
+    let Dialect { due, .. } = dialect(pool);
+    format!(
+        "SELECT run_at FROM shares {due} WHERE state = 'queued' AND run_at > $1 \
+         ORDER BY run_at, id LIMIT 1"
     )
 }
 
@@ -86,11 +117,13 @@ impl Store {
     /// The earliest `run_at` after `now` of a queued share: when the next claim can find work
     /// without being woken.
     pub async fn next_share_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
-        Ok(super::with_pool!(
-            &self.pool,
-            "SELECT run_at FROM shares WHERE state = 'queued' AND run_at > $1 ORDER BY run_at, id LIMIT 1",
-            |p, sql| sqlx::query_scalar(sql).bind(now).fetch_optional(p).await?
-        ))
+        let q = next_due_sql(&self.pool);
+        Ok(super::with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_scalar(sql)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+        }))
     }
 
     /// A claimed share that turned out to be past its lateness limit: `expired`, with the

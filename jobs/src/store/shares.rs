@@ -15,9 +15,11 @@ pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, t
     after_share_id";
 
 /// A queued share may start: it waits for no share parked before it (`shares` is the row under
-/// test, `p` its predecessor).
-pub(super) const READY: &str = "(shares.after_share_id IS NULL OR NOT EXISTS (SELECT 1 FROM shares p \
-    WHERE p.id = shares.after_share_id AND p.state IN ('queued', 'running')))";
+/// test, `p` its predecessor). Written as a correlated lookup by primary key, evaluated only for
+/// a resumed share: as `NOT EXISTS` inside an `OR`, Postgres hashes every queued share instead.
+pub(super) const READY: &str = "(CASE WHEN shares.after_share_id IS NULL THEN 1 = 1 ELSE \
+    COALESCE((SELECT p.state FROM shares p WHERE p.id = shares.after_share_id), 'gone') \
+    NOT IN ('queued', 'running') END)";
 
 /// The states of a share. `succeeded` means a platform post id is stored.
 #[derive(
