@@ -1,9 +1,6 @@
 //! `/v1/connections`: import tokens an app already holds, list and inspect connections.
 
-use axum::{
-    extract::{Path, Query, State},
-    http::StatusCode,
-};
+use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     platform::{PlatformKind, Platforms},
@@ -13,7 +10,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, page_limit, parse_time};
+use super::{ApiJson, ApiPath, ApiQuery, page_limit, parse_time};
 use crate::{
     ApiState,
     auth::Tenant,
@@ -164,13 +161,19 @@ pub async fn create(
                     "Mastodon connections need `extras.instance_url`",
                 )
             })?;
-        let url = state.ctx.settings.ssrf.check_url(raw).map_err(|e| {
-            ApiError::invalid(
-                "extras.instance_url",
-                "invalid_url",
-                format!("`extras.instance_url`: {e}"),
-            )
-        })?;
+        let url = state
+            .ctx
+            .settings
+            .ssrf
+            .check_url_resolved(raw)
+            .await
+            .map_err(|e| {
+                ApiError::invalid(
+                    "extras.instance_url",
+                    "invalid_url",
+                    format!("`extras.instance_url`: {e}"),
+                )
+            })?;
         extras.insert(
             "instance_url".into(),
             url.origin().ascii_serialization().into(),
@@ -227,7 +230,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<ConnectionView>> {
     let row = state
         .ctx
@@ -255,7 +258,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<ApiJson<ConnectionList>> {
     let limit = page_limit(q.limit)?;
     let failing_since = q
@@ -295,7 +298,7 @@ pub async fn list(
 pub async fn remove(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let row = state
         .ctx

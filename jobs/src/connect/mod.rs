@@ -326,8 +326,9 @@ fn hash_state(state: &str) -> String {
         .collect()
 }
 
-/// The instance's origin, checked by the SSRF guard.
-fn instance_origin(ctx: &Ctx, raw: Option<&str>) -> Result<String, StartError> {
+/// The instance's origin, checked by the SSRF guard, its name resolved: an instance whose name
+/// points at a private address is refused here rather than failing at the app registration.
+async fn instance_origin(ctx: &Ctx, raw: Option<&str>) -> Result<String, StartError> {
     let raw = raw
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -345,13 +346,18 @@ fn instance_origin(ctx: &Ctx, raw: Option<&str>) -> Result<String, StartError> {
             "`instance_url` is too long",
         ));
     }
-    let url = ctx.settings.ssrf.check_url(raw).map_err(|e| {
-        invalid(
-            "instance_url",
-            "invalid_url",
-            format!("`instance_url`: {e}"),
-        )
-    })?;
+    let url = ctx
+        .settings
+        .ssrf
+        .check_url_resolved(raw)
+        .await
+        .map_err(|e| {
+            invalid(
+                "instance_url",
+                "invalid_url",
+                format!("`instance_url`: {e}"),
+            )
+        })?;
     Ok(url.origin().ascii_serialization())
 }
 
@@ -462,7 +468,7 @@ pub async fn start(ctx: &Ctx, req: &StartRequest<'_>) -> Result<Started, StartEr
         if ctx.platforms.get(PlatformKind::Mastodon).is_none() {
             return Err(StartError::PlatformUnavailable(req.platform));
         }
-        let instance = instance_origin(ctx, req.instance_url)?;
+        let instance = instance_origin(ctx, req.instance_url).await?;
         let app = mastodon_app(ctx, req.tenant_id, &instance).await?;
         let secret = app.client_secret(&ctx.vault)?;
         (
