@@ -50,7 +50,7 @@ struct ReplayArgs {
     state: Option<String>,
     #[arg(long)]
     platform: Option<String>,
-    /// Only jobs changed within this span: 90s, 15m, 2h, 7d.
+    /// Only jobs changed within this span (90s, 15m, 2h, 7d) or since this RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
     /// List what would be replayed; change nothing.
@@ -276,9 +276,10 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 anyhow::anyhow!("name the --state to replay (failed, parked, expired, ...)")
             })?;
             let since = match &args.since {
-                Some(s) => Some(replay::since(s, chrono::Utc::now()).ok_or_else(|| {
-                    anyhow::anyhow!("--since takes a span like 90s, 15m, 2h or 7d")
-                })?),
+                Some(s) => Some(
+                    replay::since(s, chrono::Utc::now(), true)
+                        .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?,
+                ),
                 None => None,
             };
             let filter = JobFilter {

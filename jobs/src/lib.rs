@@ -14,6 +14,7 @@ pub mod retry;
 pub mod settings;
 pub mod ssrf;
 pub mod store;
+pub mod times;
 pub mod vault;
 
 pub use context::Ctx;

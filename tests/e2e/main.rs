@@ -8,6 +8,7 @@ mod api;
 mod bluesky_oauth;
 mod checkpoints;
 mod connect;
+mod contract;
 mod dashboards;
 mod lifecycle;
 mod observability;

@@ -2,7 +2,7 @@
 //! The flow itself lives in `herald_jobs::connect`; these handlers map it to HTTP.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -14,7 +14,7 @@ use herald_jobs::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::{
     ApiState,
     auth::Tenant,
@@ -69,7 +69,7 @@ fn platform(raw: &str) -> ApiResult<PlatformKind> {
 pub async fn start(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<StartConnectRequest>,
 ) -> ApiResult<ApiJson<StartConnectResponse>> {
     let platform = platform(&raw)?;
@@ -137,8 +137,8 @@ pub async fn start(
     ))]
 pub async fn callback(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
-    Query(params): Query<CallbackParams>,
+    ApiPath(raw): ApiPath<String>,
+    ApiQuery(params): ApiQuery<CallbackParams>,
 ) -> ApiResult<Response> {
     let platform = platform(&raw)?;
     match connect::finish(&state.ctx, platform, &params)

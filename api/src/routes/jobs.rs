@@ -3,10 +3,7 @@
 //! platform's status.
 
 use axum::response::IntoResponse;
-use axum::{
-    extract::{Path, Query, State},
-    http::StatusCode,
-};
+use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     payloads::{FollowerSyncV1, QueueName, RefreshV1},
@@ -17,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiJson, page_limit,
+    ApiJson, ApiPath, ApiQuery, page_limit,
     shares::{AttemptView, ShareView},
 };
 use crate::{
@@ -118,21 +115,18 @@ fn filter(
     }
     let since = match since {
         None => None,
-        Some(s) => Some(
-            replay::since(s, Utc::now())
-                .or_else(|| {
-                    DateTime::parse_from_rfc3339(s)
-                        .ok()
-                        .map(|t| t.with_timezone(&Utc))
-                })
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "since",
-                        "invalid_time",
-                        "`since` must be RFC 3339 or a span like 2h",
-                    )
-                })?,
-        ),
+        Some(s) => Some(replay::since(s, Utc::now(), true).map_err(|e| match e {
+            replay::SinceError::Malformed => ApiError::invalid(
+                "since",
+                "invalid_time",
+                "`since` must be RFC 3339 or a span like 2h",
+            ),
+            replay::SinceError::OutOfRange => ApiError::invalid(
+                "since",
+                "time_out_of_range",
+                "`since` reaches too far back (before the year 1)",
+            ),
+        })?),
     };
     Ok(JobFilter {
         state: state.map(str::to_owned),
@@ -160,7 +154,7 @@ fn view(row: herald_jobs::store::ShareRow) -> ApiResult<JobView> {
 pub async fn list(
     State(state): State<ApiState>,
     _op: Operator,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> ApiResult<axum::response::Response> {
     let f = filter(
         q.queue.as_deref(),
@@ -234,7 +228,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<ApiState>,
     _op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<axum::response::Response> {
     if id.starts_with("rfr_") || id.starts_with("fsr_") {
         let run = state
@@ -306,15 +300,16 @@ fn force_reason(force: bool, reason: Option<&str>) -> ApiResult<Option<String>> 
 pub async fn replay_one(
     State(state): State<ApiState>,
     op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, ApiJson<ReplayResult>)> {
     // The body is optional: an empty one is a plain replay.
     let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
+        let v = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+        super::decode_json(v)?
     };
     if id.starts_with("rfr_") || id.starts_with("fsr_") {
         return replay_run(&state, &id).await;

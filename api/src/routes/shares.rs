@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderMap, StatusCode},
 };
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, page_limit, parse_time};
+use super::{ApiJson, ApiPath, ApiQuery, page_limit, parse_time};
 use crate::{
     ApiState,
     auth::Tenant,
@@ -257,7 +257,10 @@ pub async fn create(
         ));
     }
     let not_after = Some(not_after.unwrap_or_else(|| {
-        run_at + chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default()
+        herald_jobs::times::add_capped(
+            run_at,
+            chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default(),
+        )
     }));
 
     if req.connection_ids.is_empty() || req.connection_ids.len() > MAX_TARGETS {
@@ -391,7 +394,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<ShareView>> {
     let row = state
         .ctx
@@ -421,7 +424,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<ApiJson<ShareList>> {
     let limit = page_limit(q.limit)?;
     let rows = state
@@ -452,7 +455,7 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<ShareView>> {
     match state
         .ctx
