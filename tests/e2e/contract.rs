@@ -527,3 +527,94 @@ async fn herald_replay_refuses_a_span_reaching_before_the_year_1_without_panicki
         "{stderr}"
     );
 }
+
+/// Every parameter a path template names is declared `in: path` on each of its operations, and
+/// every `in: path` parameter appears in its path; list filters are `in: query`; every secured
+/// operation documents 401 and 403 and every operation its error answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_declares_each_parameter_where_herald_reads_it() {
+    let app = TestApp::spawn_with(Engine::Sqlite, false, fast_settings()).await;
+    let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut problems = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let named: Vec<&str> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|s| s.split('}').next())
+            .collect();
+        for (method, op) in item.as_object().unwrap() {
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let in_path: Vec<&str> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            for n in &named {
+                if !in_path.contains(n) {
+                    problems.push(format!("{method} {path}: `{n}` is not declared in: path"));
+                }
+            }
+            for n in &in_path {
+                if !named.contains(n) {
+                    problems.push(format!(
+                        "{method} {path}: `{n}` is in: path but not in the path"
+                    ));
+                }
+            }
+            for p in params.iter().filter(|p| p["in"] == "path") {
+                if p["required"] != true {
+                    problems.push(format!(
+                        "{method} {path}: path parameter {} is not required",
+                        p["name"]
+                    ));
+                }
+            }
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            for status in ["401", "403"] {
+                if secured && op["responses"].get(status).is_none() {
+                    problems.push(format!("{method} {path}: {status} undocumented"));
+                }
+            }
+        }
+    }
+    for (path, names) in [
+        ("/v1/shares", &["url", "before", "limit"][..]),
+        (
+            "/v1/connections",
+            &["needs_reauth", "refresh_failing", "after", "limit"][..],
+        ),
+        (
+            "/v1/jobs",
+            &["queue", "state", "platform", "since", "before", "limit"][..],
+        ),
+    ] {
+        for name in names {
+            let declared = doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == *name && p["in"] == "query" && p["required"] != true);
+            if !declared {
+                problems.push(format!(
+                    "GET {path}: `{name}` is not an optional query parameter"
+                ));
+            }
+        }
+    }
+    for (path, method, status) in [
+        ("/v1/connect/{platform}", "post", "404"),
+        ("/v1/shares", "post", "415"),
+        ("/v1/shares", "post", "400"),
+        ("/v1/connections", "post", "415"),
+        ("/v1/jobs", "get", "403"),
+    ] {
+        if doc["paths"][path][method]["responses"]
+            .get(status)
+            .is_none()
+        {
+            problems.push(format!("{method} {path}: {status} undocumented"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}

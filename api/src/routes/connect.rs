@@ -25,10 +25,12 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct StartConnectRequest {
     /// The app's own id of the user connecting an account; stored with the connection.
+    #[schema(min_length = 1, pattern = "\\S")]
     pub user_id: String,
     /// Where the browser is sent back, with `connection_id=…` (comma-separated for Facebook Pages:
     /// one connection per page) or `error=denied|invalid_state|exchange_failed|verify_failed`
     /// (Bluesky also `issuer_mismatch|account_mismatch|insufficient_scope`).
+    #[schema(min_length = 1, pattern = "\\S")]
     pub return_url: String,
     /// Mastodon only: the user's instance, e.g. `https://mastodon.social`.
     pub instance_url: Option<String>,
@@ -60,9 +62,10 @@ fn platform(raw: &str) -> ApiResult<PlatformKind> {
 
 /// Start connecting an account: answers the URL to send the user's browser to.
 #[utoipa::path(post, path = "/v1/connect/{platform}", tag = "connections",
-    params(("platform" = String, Path)), request_body = StartConnectRequest,
+    params(("platform" = String, Path, description = "`mastodon`, `bluesky`, `x`, `linkedin`, `facebook`, `instagram` or `threads`")), request_body = StartConnectRequest,
     responses(
         (status = 200, body = StartConnectResponse),
+        (status = 404, description = "`unknown_platform`", body = crate::error::ErrorBody),
         (status = 422, description = "`platform_unavailable`, or a field is invalid; `field` names it", body = crate::error::ErrorBody),
         (status = 502, description = "The Mastodon instance did not register Herald's app, or Bluesky's authorization server refused the pushed request", body = crate::error::ErrorBody),
     ), security(("api_key" = [])))]
@@ -130,10 +133,11 @@ pub async fn start(
 /// `303` to the flow's return URL, or `400 invalid_state` when the state is unknown (there is no
 /// return URL to trust then).
 #[utoipa::path(get, path = "/v1/connect/{platform}/callback", tag = "connections",
-    params(("platform" = String, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
+    params(("platform" = String, Path, description = "`mastodon`, `bluesky`, `x`, `linkedin`, `facebook`, `instagram` or `threads`"), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
     responses(
         (status = 303, description = "Back to the return URL with `connection_id` or `error`"),
         (status = 400, description = "Unknown state", body = crate::error::ErrorBody),
+        (status = 404, description = "`unknown_platform`", body = crate::error::ErrorBody),
     ))]
 pub async fn callback(
     State(state): State<ApiState>,

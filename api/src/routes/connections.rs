@@ -25,11 +25,17 @@ const MAX_TOKEN: usize = 16_384;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnectionRequest {
+    /// `mastodon`, `bluesky`, `x`, `linkedin`, `facebook`, `instagram` or `threads`.
+    #[schema(example = "mastodon")]
     pub platform: String,
     /// The platform's id of the account (Mastodon account id, Bluesky DID, page id, ...).
+    #[schema(min_length = 1, pattern = "\\S", max_length = 255)]
     pub platform_account_id: String,
+    #[schema(min_length = 1, pattern = "\\S", max_length = 255)]
     pub handle: String,
+    #[schema(min_length = 1, pattern = "\\S", max_length = 16384)]
     pub access_token: String,
+    #[schema(max_length = 16384)]
     pub refresh_token: Option<String>,
     /// When the access token expires (RFC 3339), if it does.
     pub expires_at: Option<String>,
@@ -108,11 +114,11 @@ fn required(field: &str, v: &str, max: usize) -> ApiResult<String> {
             format!("`{field}` is required"),
         ));
     }
-    if v.len() > max {
+    if v.chars().count() > max {
         return Err(ApiError::invalid(
             field,
             "field_too_long",
-            format!("`{field}` is longer than {max} bytes"),
+            format!("`{field}` is longer than {max} characters"),
         ));
     }
     Ok(v.to_owned())
@@ -242,6 +248,7 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only connections that need (or do not need) reconnecting.
     pub needs_reauth: Option<bool>,

@@ -65,6 +65,7 @@ pub struct JobList {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// `share` (the default; refresh and follower-sync runs are listed per connection).
     pub queue: Option<String>,

@@ -34,9 +34,12 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[serde(deny_unknown_fields)]
 pub struct CreateShareRequest {
     /// The link to share (http or https).
+    #[schema(min_length = 1, pattern = "\\S", max_length = 2048)]
     pub url: String,
+    #[schema(max_length = 300)]
     pub title: Option<String>,
     /// The post's text; each platform's length limit applies.
+    #[schema(max_length = 10000)]
     pub text: Option<String>,
     /// An image for platforms that take one (fetched through the SSRF guard).
     pub image_url: Option<String>,
@@ -45,6 +48,7 @@ pub struct CreateShareRequest {
     /// The latest time the post may still go out (RFC 3339); after it the share expires.
     pub not_after: Option<String>,
     /// The connections to post to (1 to 50, no repeats).
+    #[schema(min_items = 1, max_items = 50)]
     pub connection_ids: Vec<String>,
 }
 
@@ -154,7 +158,7 @@ pub struct ShareList {
 }
 
 fn check_url(state: &ApiState, field: &str, raw: &str) -> ApiResult<()> {
-    if raw.len() > MAX_URL {
+    if raw.chars().count() > MAX_URL {
         return Err(ApiError::invalid(
             field,
             "invalid_url",
@@ -409,6 +413,7 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only shares of this URL (the "already shared" indicator).
     pub url: Option<String>,
