@@ -118,6 +118,14 @@ impl ApiError {
 
 impl From<herald_jobs::store::StoreError> for ApiError {
     fn from(e: herald_jobs::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the store is unreachable");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store cannot be reached; try again shortly",
+            );
+        }
         Self::internal(e)
     }
 }

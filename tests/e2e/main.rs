@@ -12,6 +12,7 @@ mod contract;
 mod dashboards;
 mod lifecycle;
 mod observability;
+mod outage;
 mod platforms;
 mod rate_limits;
 mod sharing;

@@ -47,6 +47,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database could not be reached (no connection within the pool's acquire timeout, a
+    /// refused or broken connection): a 503 to callers, not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Db(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A connection pool for one of the two engines.
@@ -87,6 +104,9 @@ pub(crate) fn sqlite_sql(text: &str) -> String {
     text.replace('$', "?")
 }
 
+/// How long a query waits for a Postgres connection before the store counts as unavailable.
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Herald's store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -115,7 +135,9 @@ impl Store {
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    // With the database down, a request answers 503 after this long rather
+                    // than holding the caller (and a worker) for the old 10 s.
+                    .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                     .connect(url)
                     .await?,
             )
