@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod bluesky_oauth;
 mod checkpoints;
+mod cli;
 mod connect;
 mod contract;
 mod dashboards;

@@ -178,6 +178,35 @@ impl Store {
         Ok(())
     }
 
+    /// Herald's migrations not yet applied to this database (all of them on an empty one).
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let (migrator, applied): (Migrator, Result<Vec<i64>, sqlx::Error>) = match &self.pool {
+            Pool::Sqlite(p) => (
+                sqlx::migrate!("../migrations/sqlite"),
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(p)
+                    .await,
+            ),
+            Pool::Postgres(p) => (
+                sqlx::migrate!("../migrations/postgres"),
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(p)
+                    .await,
+            ),
+        };
+        let applied = match applied {
+            Ok(v) => v,
+            // No migrations table: nothing was ever applied.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+            .map(|m| m.version)
+            .collect())
+    }
+
     /// A cheap round trip, for readiness.
     pub async fn ping(&self) -> Result<()> {
         with_pool!(&self.pool, "SELECT 1", |p, sql| {
