@@ -20,6 +20,7 @@ on_every_backend!(
     a_mastodon_instance_whose_name_resolves_to_a_private_address_is_refused_up_front,
     unknown_routes_wrong_methods_and_bad_parameters_answer_the_error_shape,
     herald_replay_refuses_a_span_reaching_before_the_year_1_without_panicking,
+    mastodon_counts_a_family_emoji_as_one_character,
 );
 
 /// Rows in each table a refused request could have written.
@@ -617,4 +618,31 @@ async fn the_openapi_document_declares_each_parameter_where_herald_reads_it() {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+async fn mastodon_counts_a_family_emoji_as_one_character(engine: Engine) {
+    let app = TestApp::spawn_with(engine, false, fast_settings()).await;
+    let conn = app.mastodon_connection().await;
+    let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{200D}\u{1F466}";
+    // 475 families, the blank line and a URL counted as 23: exactly Mastodon's 500.
+    let (status, body) = app
+        .post("/v1/shares", json!({ "url": "https://blog.example/family", "text": family.repeat(475), "connection_ids": [conn] }))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, err) = app
+        .post("/v1/shares", json!({ "url": "https://blog.example/family", "text": family.repeat(476), "connection_ids": [conn] }))
+        .await;
+    assert_eq!(
+        (
+            status,
+            err["error"]["code"].as_str(),
+            err["error"]["field"].as_str()
+        ),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("text_too_long"),
+            Some("text")
+        ),
+        "{err}"
+    );
 }
