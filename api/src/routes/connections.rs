@@ -295,18 +295,35 @@ pub async fn list(
     }))
 }
 
+/// What removing a connection did at the platform.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RemovedConnection {
+    pub id: String,
+    /// Whether the platform confirmed the revocation of the grant (a 2xx from its revocation
+    /// endpoint). `false` when it refused or could not be reached, when it has no endpoint
+    /// Herald calls, or when Herald holds no app credentials for the connection: the grant may
+    /// then still be alive at the platform, and the user can end it there.
+    pub revoked_at_platform: bool,
+    /// `revoked`, `failed` (the platform refused or did not answer), `no_endpoint` (none known
+    /// or configured: `HERALD_<P>_REVOKE_URL`), or `no_app` (an imported Mastodon connection, or
+    /// a platform whose app is not configured).
+    #[schema(example = "revoked")]
+    pub revocation: String,
+}
+
 /// Remove a connection: its grant is revoked at the platform where the platform has an endpoint
-/// for it (Mastodon, X), then the connection is soft-deleted and its tokens erased. A failed
-/// revocation is logged and does not keep the connection. Queued shares of it then fail with
-/// `connection_removed`.
+/// for it (Mastodon, X, Bluesky OAuth, or one configured as `HERALD_<P>_REVOKE_URL`), then the
+/// connection is soft-deleted and its tokens erased. A failed revocation is logged and does not
+/// keep the connection; the answer says whether the platform confirmed it. Queued shares of it
+/// then fail with `connection_removed`.
 #[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = RemovedConnection), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
 pub async fn remove(
     State(state): State<ApiState>,
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<ApiJson<RemovedConnection>> {
     let row = state
         .ctx
         .store
@@ -332,5 +349,16 @@ pub async fn remove(
         // Removed by a concurrent request meanwhile.
         return Err(ApiError::not_found("connection"));
     }
-    Ok(StatusCode::NO_CONTENT)
+    use herald_jobs::connect::Revoked;
+    let revocation = match revoked {
+        Revoked::Revoked => "revoked",
+        Revoked::NoEndpoint => "no_endpoint",
+        Revoked::NoApp => "no_app",
+        Revoked::Failed(_) => "failed",
+    };
+    Ok(ApiJson(RemovedConnection {
+        id: row.id,
+        revoked_at_platform: revoked == Revoked::Revoked,
+        revocation: revocation.into(),
+    }))
 }

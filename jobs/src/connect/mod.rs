@@ -231,12 +231,19 @@ impl Provider {
     }
 }
 
-/// The revocation endpoint beside a token endpoint (`…/token` → `…/revoke`): X's pair, and the
-/// pair a test provider serves when `HERALD_X_TOKEN_URL` points at it.
-fn revoke_url_beside(token_url: &str) -> Option<String> {
-    token_url
-        .strip_suffix("/token")
-        .map(|base| format!("{base}/revoke"))
+/// A platform app's revocation endpoint: `HERALD_<P>_REVOKE_URL` where configured, else X's
+/// documented `POST /2/oauth2/revoke` while the app uses X's own token endpoint. Never guessed
+/// from another token URL: an RFC 7009 server may put revocation anywhere, and a token must not
+/// be sent to a server that did not issue it.
+fn revoke_url(kind: PlatformKind, app: &PlatformApp) -> Option<String> {
+    if let Some(url) = &app.revoke_url {
+        return Some(url.clone());
+    }
+    let own_token_url = app
+        .token_url
+        .as_deref()
+        .is_none_or(|t| t == x::DEFAULT_TOKEN_URL);
+    (kind == PlatformKind::X && own_token_url).then(|| x::DEFAULT_REVOKE_URL.to_owned())
 }
 
 /// The configured app of a platform with one global app, with the platform's endpoints unless
@@ -291,10 +298,9 @@ fn app_provider(kind: PlatformKind, app: &PlatformApp) -> Option<Provider> {
         authorize_url: app.authorize_url.clone().unwrap_or(authorize),
         // Only X documents a revocation endpoint among these (platforms.md §3.1); LinkedIn's,
         // Instagram's and Threads' are not documented, and Meta's `DELETE /{user}/permissions`
-        // would end the user's grant for every page, not the one connection removed.
-        revoke_url: (kind == PlatformKind::X)
-            .then(|| revoke_url_beside(&token_url))
-            .flatten(),
+        // would end the user's grant for every page, not the one connection removed. An
+        // operator may configure one (`HERALD_<P>_REVOKE_URL`).
+        revoke_url: revoke_url(kind, app),
         token_url,
         scopes,
         pkce,
@@ -991,7 +997,7 @@ pub async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
                 Err(e) => return Revoked::Failed(e.to_string()),
             }
         }
-        PlatformKind::X => match ctx
+        _ => match ctx
             .settings
             .apps
             .get(platform)
@@ -1000,7 +1006,6 @@ pub async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
             Some(p) => p,
             None => return Revoked::NoApp,
         },
-        _ => return Revoked::NoEndpoint,
     };
     let creds = match conn.credentials(&ctx.vault) {
         Ok(c) => c,
