@@ -20,7 +20,11 @@ use crate::routes::{connect, connections, health, jobs, oauth_client, platforms,
         platforms::list,
         health::healthz, health::readyz,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(
+        crate::error::ErrorBody, crate::error::ErrorDetail,
+        jobs::JobState, jobs::JobQueueName, jobs::ShareQueueName,
+        herald_jobs::platform::PlatformKind, herald_jobs::store::ShareState,
+    )),
     modifiers(&ApiKeyAuth, &CommonResponses),
 )]
 pub struct ApiDoc;
@@ -30,11 +34,15 @@ pub struct ApiDoc;
 /// body or a parameter can be refused, and 503 when the store cannot be reached.
 struct CommonResponses;
 
+/// Any string without a NUL character.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{
-            ContentBuilder, Ref, ResponseBuilder,
+            ContentBuilder, Ref, RefOr, ResponseBuilder,
             path::{Operation, ParameterIn},
+            schema::{Schema, SchemaType, Type},
         };
         let error = |description: &str| {
             ResponseBuilder::new()
@@ -92,6 +100,22 @@ impl Modify for CommonResponses {
                         "422",
                         "A field is invalid; `code` says why and `field` names it",
                     );
+                }
+                // A query or path string refuses NUL characters (`nul_character`).
+                for p in op.parameters.iter_mut().flatten() {
+                    if !matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query) {
+                        continue;
+                    }
+                    if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                        let string = match &o.schema_type {
+                            SchemaType::Type(Type::String) => true,
+                            SchemaType::Array(ts) => ts.contains(&Type::String),
+                            _ => false,
+                        };
+                        if string && o.pattern.is_none() && o.enum_values.is_none() {
+                            o.pattern = Some(NO_NUL.into());
+                        }
+                    }
                 }
                 let params = op.parameters.iter().flatten();
                 if params

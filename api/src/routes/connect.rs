@@ -62,7 +62,7 @@ fn platform(raw: &str) -> ApiResult<PlatformKind> {
 
 /// Start connecting an account: answers the URL to send the user's browser to.
 #[utoipa::path(post, path = "/v1/connect/{platform}", tag = "connections",
-    params(("platform" = String, Path, description = "`mastodon`, `bluesky`, `x`, `linkedin`, `facebook`, `instagram` or `threads`")), request_body = StartConnectRequest,
+    params(("platform" = herald_jobs::platform::PlatformKind, Path)), request_body = StartConnectRequest,
     responses(
         (status = 200, body = StartConnectResponse),
         (status = 404, description = "`unknown_platform`", body = crate::error::ErrorBody),
@@ -133,7 +133,7 @@ pub async fn start(
 /// `303` to the flow's return URL, or `400 invalid_state` when the state is unknown (there is no
 /// return URL to trust then).
 #[utoipa::path(get, path = "/v1/connect/{platform}/callback", tag = "connections",
-    params(("platform" = String, Path, description = "`mastodon`, `bluesky`, `x`, `linkedin`, `facebook`, `instagram` or `threads`"), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
+    params(("platform" = herald_jobs::platform::PlatformKind, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
     responses(
         (status = 303, description = "Back to the return URL with `connection_id` or `error`"),
         (status = 400, description = "Unknown state", body = crate::error::ErrorBody),

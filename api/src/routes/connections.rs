@@ -25,8 +25,7 @@ const MAX_TOKEN: usize = 16_384;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnectionRequest {
-    /// `mastodon`, `bluesky`, `x`, `linkedin`, `facebook`, `instagram` or `threads`.
-    #[schema(example = "mastodon")]
+    #[schema(value_type = herald_jobs::platform::PlatformKind)]
     pub platform: String,
     /// The platform's id of the account (Mastodon account id, Bluesky DID, page id, ...).
     #[schema(min_length = 1, pattern = "\\S", max_length = 255)]
@@ -256,6 +255,7 @@ pub struct ListQuery {
     pub refresh_failing: Option<bool>,
     pub after: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 

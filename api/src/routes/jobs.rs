@@ -25,6 +25,46 @@ use crate::{
 
 const MAX_BULK: i64 = 1000;
 
+/// The queues whose jobs operators list.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only: the handler reads the raw value and names it if unknown.
+pub enum JobQueueName {
+    Share,
+    Refresh,
+    FollowerSync,
+}
+
+/// The queue a bulk replay works on.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only.
+pub enum ShareQueueName {
+    Share,
+}
+
+/// A share's state, or a refresh or follower-sync run's result.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only.
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Parked,
+    OutcomeUnknown,
+    Cancelled,
+    Expired,
+    InvalidGrant,
+    Transient,
+    Skipped,
+    Finished,
+}
+
+const REFRESH_RESULTS: [&str; 4] = ["succeeded", "invalid_grant", "transient", "skipped"];
+const SYNC_STATES: [&str; 2] = ["running", "finished"];
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplayView {
     pub from_state: String,
@@ -68,14 +108,20 @@ pub struct JobList {
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// `share` (the default; refresh and follower-sync runs are listed per connection).
+    #[param(value_type = Option<JobQueueName>)]
     pub queue: Option<String>,
+    /// A share's state on the `share` queue; a run's result on `refresh` (`succeeded`,
+    /// `invalid_grant`, `transient`, `skipped`) and `follower_sync` (`running`, `finished`).
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
+    #[param(value_type = Option<herald_jobs::platform::PlatformKind>)]
     pub platform: Option<String>,
     /// An RFC 3339 time, or a span back from now: `90s`, `15m`, `2h`, `7d`.
     pub since: Option<String>,
     /// The `next_before` of the previous page.
     pub before: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -94,10 +140,13 @@ fn filter(
             format!("unknown queue `{q}` (share, refresh, follower_sync)"),
         ));
     }
-    let share_queue = queue.is_none_or(|q| q == "share");
+    let known: fn(&str) -> bool = match queue {
+        None | Some("share") => |s: &str| ShareState::parse(s).is_some(),
+        Some("refresh") => |s: &str| REFRESH_RESULTS.contains(&s),
+        _ => |s: &str| SYNC_STATES.contains(&s),
+    };
     if let Some(s) = state
-        && share_queue
-        && ShareState::parse(s).is_none()
+        && !known(s)
     {
         return Err(ApiError::invalid(
             "state",
@@ -341,8 +390,12 @@ pub async fn replay_one(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkReplayRequest {
+    #[schema(value_type = Option<ShareQueueName>)]
     pub queue: Option<String>,
+    /// The state of the shares to replay (required).
+    #[schema(value_type = ShareState, required = true)]
     pub state: Option<String>,
+    #[schema(value_type = Option<herald_jobs::platform::PlatformKind>)]
     pub platform: Option<String>,
     /// RFC 3339 or a span back from now (`2h`).
     pub since: Option<String>,
@@ -353,6 +406,7 @@ pub struct BulkReplayRequest {
     pub force: bool,
     pub reason: Option<String>,
     /// At most this many jobs (default and maximum 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

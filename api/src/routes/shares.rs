@@ -420,6 +420,7 @@ pub struct ListQuery {
     /// Page: shares older than this share id.
     pub before: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
