@@ -116,15 +116,34 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A failure from the domain: 503 `store_unavailable` when the store could not be reached
+    /// (anywhere in the error's chain), else `internal`.
+    pub fn from_anyhow(e: anyhow::Error) -> Self {
+        let unavailable = e.chain().any(|c| {
+            c.downcast_ref::<herald_jobs::store::StoreError>()
+                .is_some_and(|s| s.is_unavailable())
+        });
+        if unavailable {
+            return Self::store_unavailable(&e);
+        }
+        Self::internal(format!("{e:#}"))
+    }
+
+    fn store_unavailable(e: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "the store is unreachable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store cannot be reached; try again shortly",
+        )
+    }
+}
+
 impl From<herald_jobs::store::StoreError> for ApiError {
     fn from(e: herald_jobs::store::StoreError) -> Self {
         if e.is_unavailable() {
-            tracing::warn!(error = %e, "the store is unreachable");
-            return Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the store cannot be reached; try again shortly",
-            );
+            return Self::store_unavailable(&e);
         }
         Self::internal(e)
     }

@@ -192,3 +192,130 @@ async fn each_subcommand_help_lists_only_the_settings_it_reads() {
         }
     }
 }
+
+/// User URLs never go through a system proxy: the proxy would resolve the host itself, where the
+/// SSRF guard's resolver never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_ignores_system_proxies_for_user_urls() {
+    let mastodon = crate::support::FakeMastodon::start().await;
+    // A "proxy" that only counts who connects to it.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = proxied.clone();
+    tokio::spawn(async move {
+        while let Ok((_conn, _)) = proxy.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("h.db").display());
+    let out = herald()
+        .arg("migrate")
+        .env("DATABASE_URL", &db)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = herald()
+        .args(["keys", "create", "--tenant", "acme"])
+        .env("DATABASE_URL", &db)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let port = free_port();
+    let mut serve = herald()
+        .arg("serve")
+        .env("DATABASE_URL", &db)
+        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_SSRF_ALLOW_PRIVATE", "true")
+        .env("HERALD_PLATFORM_TIMEOUT_SECS", "5")
+        .env("HERALD_LEASE_SECS", "10")
+        .env("HERALD_RETRY_BASE_MS", "100")
+        .env("HERALD_RETRY_MAX_SECS", "1")
+        .env("HERALD_MAX_ATTEMPTS", "2")
+        .envs(
+            [
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "all_proxy",
+            ]
+            .map(|v| (v, proxy_url.clone())),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let up = eventually(Duration::from_secs(20), || async {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up.is_some(), "herald serve did not start");
+    let conn: serde_json::Value = http
+        .post(format!("{base}/v1/connections"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({
+            "platform": "mastodon", "platform_account_id": "109", "handle": "alice@social.example",
+            "access_token": mastodon.token, "extras": { "instance_url": mastodon.base },
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let share: serde_json::Value = http
+        .post(format!("{base}/v1/shares"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "url": "https://blog.example/p", "text": "hi", "connection_ids": [conn["id"]] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = share["shares"][0]["id"].as_str().unwrap().to_owned();
+    let state = eventually(Duration::from_secs(20), || async {
+        let s: serde_json::Value = http
+            .get(format!("{base}/v1/shares/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let state = s["state"].as_str()?.to_owned();
+        (state != "queued" && state != "running").then_some(state)
+    })
+    .await;
+    let _ = serve.start_kill();
+    assert_eq!(state.as_deref(), Some("succeeded"));
+    assert_eq!(mastodon.statuses().len(), 1);
+    assert_eq!(
+        proxied.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a user URL went through the system proxy"
+    );
+}

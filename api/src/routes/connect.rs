@@ -121,7 +121,7 @@ pub async fn start(
                 field: Some(field.into()),
             }
         }
-        StartError::Internal(e) => ApiError::internal(e),
+        StartError::Internal(e) => ApiError::from_anyhow(e),
     })?;
     Ok(ApiJson(StartConnectResponse {
         authorization_url: started.authorization_url,
@@ -147,7 +147,7 @@ pub async fn callback(
     let platform = platform(&raw)?;
     match connect::finish(&state.ctx, platform, &params)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from_anyhow)?
     {
         Callback::Redirect(url) => Ok((
             StatusCode::SEE_OTHER,

@@ -221,7 +221,7 @@ pub async fn create(
         // resumes the parked shares. Until then the connection stays flagged.
         herald_jobs::handlers::refresh::enqueue_reconnect_check(&state.ctx, &row)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from_anyhow)?;
     }
     Ok((
         StatusCode::CREATED,

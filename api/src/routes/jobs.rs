@@ -367,7 +367,7 @@ pub async fn replay_one(
     let force = force_reason(req.force, req.reason.as_deref())?;
     let out = replay::replay_one(&state.ctx, &id, &op.key_id, force.as_deref())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from_anyhow)?;
     match out.result.as_str() {
         "replayed" => Ok((StatusCode::ACCEPTED, ApiJson(out))),
         "not_found" => Err(ApiError::not_found("job")),
@@ -466,7 +466,7 @@ pub async fn replay_bulk(
         limit,
     )
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::from_anyhow)?;
     Ok(ApiJson(BulkReplayResult {
         dry_run: req.dry_run,
         jobs,
