@@ -36,7 +36,8 @@ pub struct CreateConnectionRequest {
     pub access_token: String,
     #[schema(max_length = 16384)]
     pub refresh_token: Option<String>,
-    /// When the access token expires (RFC 3339), if it does.
+    /// When the access token expires (RFC 3339, before 9999-01-01), if it does.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,

@@ -43,9 +43,12 @@ pub struct CreateShareRequest {
     pub text: Option<String>,
     /// An image for platforms that take one (fetched through the SSRF guard).
     pub image_url: Option<String>,
-    /// When to publish (RFC 3339); now if absent.
+    /// When to publish (RFC 3339, before 9999-01-01); now if absent.
+    #[schema(format = DateTime)]
     pub publish_at: Option<String>,
-    /// The latest time the post may still go out (RFC 3339); after it the share expires.
+    /// The latest time the post may still go out (RFC 3339, before 9999-01-01); after it the
+    /// share expires.
+    #[schema(format = DateTime)]
     pub not_after: Option<String>,
     /// The connections to post to (1 to 50, no repeats).
     #[schema(min_items = 1, max_items = 50)]
