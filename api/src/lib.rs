@@ -83,6 +83,8 @@ pub fn ops_router(state: ApiState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
+        .fallback(|| async { error::ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
         .with_state(state)
 }
 

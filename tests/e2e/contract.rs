@@ -480,6 +480,23 @@ async fn unknown_routes_wrong_methods_and_bad_parameters_answer_the_error_shape(
         (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")),
         "{err}"
     );
+    // A worker's ops listener answers the same shape.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(herald::app::serve_ops(
+        listener,
+        herald::app::api_state(app.parts.ctx.clone(), None),
+        std::future::pending(),
+    ));
+    let res = app
+        .http
+        .get(format!("{ops}/v1/shares"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "no_route", "{err}");
     for (path, key, field) in [
         ("/v1/shares?limit=abc", app.key.as_str(), "limit"),
         (
