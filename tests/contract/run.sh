@@ -10,6 +10,10 @@
 # cluster started inside the namespace (initdb/pg_ctl from /usr/lib/postgresql/*/bin, as user
 # `postgres` when run as root).
 #
+# Runs as root (the Postgres cluster then runs as user `postgres`), as scripts/test does here.
+# Without root it needs unprivileged user namespaces, and initdb refuses the mapped root: run
+# `tests/contract/run.sh sqlite` there.
+#
 # Usage: tests/contract/run.sh [sqlite|postgres ...]   (both by default)
 # Environment:
 #   HERALD_CONTRACT_SECONDS  schemathesis's time budget per backend for the tenant routes (default

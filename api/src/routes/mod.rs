@@ -70,7 +70,7 @@ fn find_nul(v: &Value, at: String) -> Option<String> {
 }
 
 /// `axum::extract::Query` with Herald's error body (422 naming the parameter) on a bad value.
-/// NUL characters were refused before routing (`reject_nul_in_path_and_query`).
+/// NUL characters were refused before the handler (`reject_nul_in_path_and_query`).
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
