@@ -3,8 +3,15 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use herald::{app, config::Config, keys};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use herald::{
+    app,
+    config::{
+        ApiListenArgs, Config, LogArgs, PlatformArgs, QueueArgs, SharesArgs, StoreArgs, VaultArgs,
+        WorkerArgs, WorkerListenArgs,
+    },
+    keys,
+};
 use herald_jobs::{store::Store, vault::KeyRing};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -20,16 +27,82 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    queue: QueueArgs,
+    #[command(flatten)]
+    vault: VaultArgs,
+    #[command(flatten)]
+    listen: ApiListenArgs,
+    #[command(flatten)]
+    shares: SharesArgs,
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    queue: QueueArgs,
+    #[command(flatten)]
+    vault: VaultArgs,
+    #[command(flatten)]
+    listen: ApiListenArgs,
+    #[command(flatten)]
+    shares: SharesArgs,
+    #[command(flatten)]
+    platform: PlatformArgs,
+}
+
+#[derive(Args)]
+struct WorkerCommandArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    queue: QueueArgs,
+    #[command(flatten)]
+    vault: VaultArgs,
+    #[command(flatten)]
+    listen: WorkerListenArgs,
+    #[command(flatten)]
+    shares: SharesArgs,
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[derive(Args)]
+struct StoreOnlyArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// API, workers and sweeps in one process (the embedded default: one SQLite file).
-    Serve(Config),
+    Serve(ServeArgs),
     /// The HTTP API only.
-    Api(Config),
+    Api(ApiArgs),
     /// The queue workers only (serves /metrics, /healthz, /readyz on HERALD_WORKER_LISTEN).
-    Worker(Config),
+    Worker(WorkerCommandArgs),
     /// Applies the store's and the queue's migrations.
-    Migrate(Config),
+    Migrate(StoreOnlyArgs),
     /// Replays one job by id, or every job matching a filter (`--dry-run` lists them).
     Replay(ReplayArgs),
     /// API keys and encryption keys.
@@ -50,7 +123,7 @@ struct ReplayArgs {
     state: Option<String>,
     #[arg(long)]
     platform: Option<String>,
-    /// Only jobs changed within this span: 90s, 15m, 2h, 7d.
+    /// Only jobs changed within this span (90s, 15m, 2h, 7d) or since this RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
     /// List what would be replayed; change nothing.
@@ -64,7 +137,15 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 1000)]
     limit: i64,
     #[command(flatten)]
-    config: Config,
+    log: LogArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    queue_backend: QueueArgs,
+    #[command(flatten)]
+    vault: VaultArgs,
+    #[command(flatten)]
+    shares: SharesArgs,
 }
 
 #[derive(Subcommand)]
@@ -76,14 +157,38 @@ enum KeysCommand {
         #[arg(long, conflicts_with = "tenant")]
         operator: bool,
         #[command(flatten)]
-        config: Config,
+        store: StoreOnlyArgs,
     },
     /// Prints a fresh encryption key for HERALD_ENCRYPTION_KEYS.
     Generate,
     /// Prints a fresh ES256 key for HERALD_BLUESKY_CLIENT_KEYS (and its key id).
     GenerateBluesky,
     /// Re-encrypts every stored token under the first key of HERALD_ENCRYPTION_KEYS.
-    Rotate(Config),
+    Rotate {
+        #[command(flatten)]
+        store: StoreOnlyArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
+    },
+}
+
+/// Opens the store of a command that does not migrate, refusing a database Herald's migrations
+/// have not (all) been applied to: creating the schema is `herald migrate`'s job alone.
+async fn migrated_store(database_url: &str) -> anyhow::Result<Store> {
+    let store = Store::connect(database_url).await?;
+    require_migrated(&store, database_url).await?;
+    Ok(store)
+}
+
+async fn require_migrated(store: &Store, database_url: &str) -> anyhow::Result<()> {
+    let pending = store.pending_migrations().await?;
+    anyhow::ensure!(
+        pending.is_empty(),
+        "the database at {} is not migrated ({} of Herald's migrations not applied): run `herald migrate` with the same DATABASE_URL first",
+        app::redact_url(database_url),
+        pending.len()
+    );
+    Ok(())
 }
 
 fn init_logs(format: &str) {
@@ -123,24 +228,31 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = herald::config::empty_env_is_unset(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
-        Command::Serve(config) => {
-            init_logs(&config.log_format);
+        Command::Serve(args) => {
+            let config = Config::new(&args.log, &args.store)
+                .queue(&args.queue)
+                .vault(&args.vault)
+                .shares(&args.shares)
+                .platform(&args.platform)
+                .worker(&args.worker);
+            init_logs(&config.log.log_format);
             let settings = config.settings()?;
             let ring = app::key_ring(
-                config.encryption_keys.as_deref(),
-                &config.database_url,
+                config.vault.encryption_keys.as_deref(),
+                config.database_url(),
                 true,
             )?;
             let parts = app::connect(&config.backends(), settings, ring).await?;
             app::migrate(&parts.ctx.store).await?;
-            let listener = bind(config.listen, "API").await?;
-            let state = app::api_state(parts.ctx.clone(), config.metrics_token.clone());
+            let listener = bind(args.listen.listen, "API").await?;
+            let state = app::api_state(parts.ctx.clone(), args.listen.metrics_token.clone());
             println!("Herald is listening on http://{}", listener.local_addr()?);
             println!(
                 "  store and queue: {}",
-                app::redact_url(&config.database_url)
+                app::redact_url(config.database_url())
             );
             println!("  get an API key:  herald keys create --tenant NAME   (same DATABASE_URL)");
             println!(
@@ -158,34 +270,47 @@ async fn main() -> anyhow::Result<()> {
             api.await??;
             worker.await??;
         }
-        Command::Api(config) => {
-            init_logs(&config.log_format);
+        Command::Api(args) => {
+            let config = Config::new(&args.log, &args.store)
+                .queue(&args.queue)
+                .vault(&args.vault)
+                .shares(&args.shares)
+                .platform(&args.platform);
+            init_logs(&config.log.log_format);
             let ring = app::key_ring(
-                config.encryption_keys.as_deref(),
-                &config.database_url,
+                config.vault.encryption_keys.as_deref(),
+                config.database_url(),
                 false,
             )?;
             let parts = app::connect(&config.backends(), config.settings()?, ring).await?;
-            let listener = bind(config.listen, "API").await?;
+            require_migrated(&parts.ctx.store, config.database_url()).await?;
+            let listener = bind(args.listen.listen, "API").await?;
             tracing::info!(addr = %listener.local_addr()?, "API listening");
             app::serve_api(
                 listener,
-                app::api_state(parts.ctx, config.metrics_token.clone()),
+                app::api_state(parts.ctx, args.listen.metrics_token.clone()),
                 shutdown_signal(),
             )
             .await?;
         }
-        Command::Worker(config) => {
-            init_logs(&config.log_format);
+        Command::Worker(args) => {
+            let config = Config::new(&args.log, &args.store)
+                .queue(&args.queue)
+                .vault(&args.vault)
+                .shares(&args.shares)
+                .platform(&args.platform)
+                .worker(&args.worker);
+            init_logs(&config.log.log_format);
             let ring = app::key_ring(
-                config.encryption_keys.as_deref(),
-                &config.database_url,
+                config.vault.encryption_keys.as_deref(),
+                config.database_url(),
                 false,
             )?;
             let parts = app::connect(&config.backends(), config.settings()?, ring).await?;
-            let listener = bind(config.worker_listen, "worker's ops listener").await?;
+            require_migrated(&parts.ctx.store, config.database_url()).await?;
+            let listener = bind(args.listen.worker_listen, "worker's ops listener").await?;
             tracing::info!(addr = %listener.local_addr()?, "worker ops endpoints listening");
-            let state = app::api_state(parts.ctx.clone(), config.metrics_token.clone());
+            let state = app::api_state(parts.ctx.clone(), args.listen.metrics_token.clone());
             let (tx, rx) = tokio::sync::watch::channel(false);
             let mut ops_rx = rx.clone();
             let ops = tokio::spawn(app::serve_ops(listener, state, async move {
@@ -201,16 +326,16 @@ async fn main() -> anyhow::Result<()> {
             ops.await??;
         }
         Command::Replay(args) => {
-            init_logs(&args.config.log_format);
+            init_logs(&args.log.log_format);
             replay(args).await?;
         }
-        Command::Migrate(config) => {
-            init_logs(&config.log_format);
-            let store = Store::connect(&config.database_url).await?;
+        Command::Migrate(args) => {
+            init_logs(&args.log.log_format);
+            let store = Store::connect(&args.store.database_url).await?;
             app::migrate(&store).await?;
             println!(
                 "migrations applied to {}",
-                app::redact_url(&config.database_url)
+                app::redact_url(&args.store.database_url)
             );
         }
         Command::Keys { command } => match command {
@@ -224,25 +349,21 @@ async fn main() -> anyhow::Result<()> {
             KeysCommand::Create {
                 tenant,
                 operator,
-                config,
+                store,
             } => {
-                init_logs(&config.log_format);
-                let store = Store::connect(&config.database_url).await?;
-                app::migrate(&store).await?;
+                init_logs(&store.log.log_format);
+                let store = migrated_store(&store.store.database_url).await?;
                 let key = keys::create(&store, tenant.as_deref(), operator).await?;
                 println!("{key}");
                 eprintln!(
                     "This key is shown once; Herald stores only its hash. Send it as `Authorization: Bearer <key>`."
                 );
             }
-            KeysCommand::Rotate(config) => {
-                init_logs(&config.log_format);
-                let ring = app::key_ring(
-                    config.encryption_keys.as_deref(),
-                    &config.database_url,
-                    false,
-                )?;
-                let store = Store::connect(&config.database_url).await?;
+            KeysCommand::Rotate { store, vault } => {
+                init_logs(&store.log.log_format);
+                let database_url = &store.store.database_url;
+                let ring = app::key_ring(vault.encryption_keys.as_deref(), database_url, false)?;
+                let store = migrated_store(database_url).await?;
                 let n = keys::rotate(&store, &ring).await?;
                 println!(
                     "re-encrypted {n} connections under key `{}`",
@@ -256,13 +377,17 @@ async fn main() -> anyhow::Result<()> {
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use herald_jobs::{replay, store::JobFilter};
-    let config = &args.config;
+    let config = Config::new(&args.log, &args.store)
+        .queue(&args.queue_backend)
+        .vault(&args.vault)
+        .shares(&args.shares);
     let ring = app::key_ring(
-        config.encryption_keys.as_deref(),
-        &config.database_url,
+        config.vault.encryption_keys.as_deref(),
+        config.database_url(),
         false,
     )?;
     let parts = app::connect(&config.backends(), config.settings()?, ring).await?;
+    require_migrated(&parts.ctx.store, config.database_url()).await?;
     let force = args.force.then_some(args.reason.as_deref()).flatten();
     let results = match &args.id {
         Some(id) => vec![replay::replay_one(&parts.ctx, id, "cli", force).await?],
@@ -276,9 +401,10 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 anyhow::anyhow!("name the --state to replay (failed, parked, expired, ...)")
             })?;
             let since = match &args.since {
-                Some(s) => Some(replay::since(s, chrono::Utc::now()).ok_or_else(|| {
-                    anyhow::anyhow!("--since takes a span like 90s, 15m, 2h or 7d")
-                })?),
+                Some(s) => Some(
+                    replay::since(s, chrono::Utc::now(), true)
+                        .map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?,
+                ),
                 None => None,
             };
             let filter = JobFilter {

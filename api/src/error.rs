@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::rejection::JsonRejection,
+    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -72,6 +72,35 @@ impl ApiError {
         )
     }
 
+    /// A 422 for a NUL character in a request field, path segment or query value: no store
+    /// keeps it faithfully (Postgres refuses it, SQLite would truncate it in places).
+    pub fn nul(field: impl Into<String>) -> Self {
+        let field = field.into();
+        Self::invalid(
+            field.clone(),
+            "nul_character",
+            format!("`{field}` contains a NUL character (\\u0000)"),
+        )
+    }
+
+    /// A 404 for a path no route has.
+    pub fn no_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            "no such path; see /openapi.json",
+        )
+    }
+
+    /// A 405 for a path whose route does not take this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path does not take this method; see /openapi.json",
+        )
+    }
+
     pub fn forbidden(message: &str) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
@@ -87,9 +116,72 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A failure from the domain: 503 `store_unavailable` when the store could not be reached
+    /// (anywhere in the error's chain), else `internal`.
+    pub fn from_anyhow(e: anyhow::Error) -> Self {
+        let unavailable = e.chain().any(|c| {
+            c.downcast_ref::<herald_jobs::store::StoreError>()
+                .is_some_and(|s| s.is_unavailable())
+        });
+        if unavailable {
+            return Self::store_unavailable(&e);
+        }
+        Self::internal(format!("{e:#}"))
+    }
+
+    fn store_unavailable(e: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "the store is unreachable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store cannot be reached; try again shortly",
+        )
+    }
+}
+
 impl From<herald_jobs::store::StoreError> for ApiError {
     fn from(e: herald_jobs::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            return Self::store_unavailable(&e);
+        }
         Self::internal(e)
+    }
+}
+
+impl ApiError {
+    /// A 422 from serde's message about a well-formed body or query of the wrong shape.
+    pub(crate) fn from_data_error(text: String) -> Self {
+        let (code, field) = data_error_field(&text);
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message: text,
+            field,
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::from_data_error(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        let text = r.body_text();
+        // "Invalid URL: Invalid UTF-8 in `id`", or a parse error naming the key.
+        let field = text
+            .split_once('`')
+            .and_then(|(_, rest)| rest.split('`').next())
+            .map(str::to_owned);
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_field",
+            message: text,
+            field,
+        }
     }
 }
 
@@ -108,16 +200,7 @@ impl From<JsonRejection> for ApiError {
                     "the request body is too large",
                 )
             }
-            JsonRejection::JsonDataError(e) => {
-                let text = e.body_text();
-                let (code, field) = data_error_field(&text);
-                Self {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    code,
-                    message: text,
-                    field,
-                }
-            }
+            JsonRejection::JsonDataError(e) => Self::from_data_error(e.body_text()),
             other => Self::new(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
         }
     }
@@ -126,9 +209,10 @@ impl From<JsonRejection> for ApiError {
 /// Reads the field at fault out of serde's message, e.g. ``missing field `url` ``,
 /// ``unknown field `foo` ``, or `connection_ids[0]: invalid type: ...`.
 fn data_error_field(text: &str) -> (&'static str, Option<String>) {
-    let inner = text
-        .split_once("target type: ")
-        .map_or(text, |(_, rest)| rest);
+    let inner = ["target type: ", "query string: "]
+        .iter()
+        .find_map(|p| text.split_once(p).map(|(_, rest)| rest))
+        .unwrap_or(text);
     let quoted = |marker: &str| {
         inner
             .split_once(marker)

@@ -20,10 +20,125 @@ use crate::routes::{connect, connections, health, jobs, oauth_client, platforms,
         platforms::list,
         health::healthz, health::readyz,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
-    modifiers(&ApiKeyAuth),
+    components(schemas(
+        crate::error::ErrorBody, crate::error::ErrorDetail,
+        jobs::JobState, jobs::JobQueueName, jobs::ShareQueueName,
+        herald_jobs::platform::PlatformKind, herald_jobs::store::ShareState,
+    )),
+    modifiers(&ApiKeyAuth, &CommonResponses),
 )]
 pub struct ApiDoc;
+
+/// The answers every operation of a kind can give, documented once here rather than on each
+/// route: 401 and 403 where a key is needed, 400/413/415 where a JSON body is read, 422 where a
+/// body or a parameter can be refused, and 503 when the store cannot be reached.
+struct CommonResponses;
+
+/// Any string without a NUL character.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, Ref, RefOr, ResponseBuilder,
+            path::{Operation, ParameterIn},
+            schema::{Schema, SchemaType, Type},
+        };
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let add = |op: &mut Operation, status: &str, description: &str| {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| error(description).into());
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ];
+            for op in ops.into_iter().flatten() {
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                if secured {
+                    add(op, "401", "`unauthorized`: no API key, or not a valid one");
+                    if op.tags.iter().flatten().any(|t| t == "operators") {
+                        add(op, "403", "`forbidden`: not an operator key");
+                    } else {
+                        add(
+                            op,
+                            "403",
+                            "`forbidden`: an operator key where a tenant key is needed",
+                        );
+                    }
+                }
+                if op.request_body.is_some() {
+                    add(op, "400", "`invalid_json`: the body is not JSON");
+                    add(
+                        op,
+                        "413",
+                        "`body_too_large`: the body is larger than 64 KiB",
+                    );
+                    add(
+                        op,
+                        "415",
+                        "`unsupported_media_type`: send `Content-Type: application/json`",
+                    );
+                    add(
+                        op,
+                        "422",
+                        "A field is invalid; `code` says why and `field` names it",
+                    );
+                }
+                // A query or path string refuses NUL characters (`nul_character`).
+                for p in op.parameters.iter_mut().flatten() {
+                    if !matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query) {
+                        continue;
+                    }
+                    if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                        let string = match &o.schema_type {
+                            SchemaType::Type(Type::String) => true,
+                            SchemaType::Array(ts) => ts.contains(&Type::String),
+                            _ => false,
+                        };
+                        if string && o.pattern.is_none() && o.enum_values.is_none() {
+                            o.pattern = Some(NO_NUL.into());
+                        }
+                    }
+                }
+                let params = op.parameters.iter().flatten();
+                if params
+                    .clone()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query))
+                {
+                    add(
+                        op,
+                        "422",
+                        "A parameter is invalid (`nul_character`, `invalid_field`, ...); `field` names it",
+                    );
+                }
+                if path.starts_with("/v1/") {
+                    add(
+                        op,
+                        "503",
+                        "`store_unavailable`: the store cannot be reached; try again",
+                    );
+                }
+            }
+        }
+    }
+}
 
 struct ApiKeyAuth;
 

@@ -15,6 +15,7 @@ pub mod settings;
 pub mod share_feed;
 pub mod ssrf;
 pub mod store;
+pub mod times;
 pub mod vault;
 
 pub use context::Ctx;

@@ -84,19 +84,53 @@ pub async fn replay_matching(
     Ok(out)
 }
 
-/// Parses `90s`, `15m`, `2h`, `7d` into the time that long ago.
-pub fn since(spec: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// Why a `since` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SinceError {
+    #[error("takes an RFC 3339 time or a span like 90s, 15m, 2h or 7d")]
+    Malformed,
+    #[error("reaches before the year 1")]
+    OutOfRange,
+}
+
+/// Parses `90s`, `15m`, `2h`, `7d` into the time that long ago, or (with `rfc3339`) an RFC 3339
+/// time. A span reaching before the year 1 is refused rather than overflowing.
+pub fn since(spec: &str, now: DateTime<Utc>, rfc3339: bool) -> Result<DateTime<Utc>, SinceError> {
     let spec = spec.trim();
-    let (n, unit) = spec.split_at(spec.find(|c: char| !c.is_ascii_digit())?);
-    let n: i64 = n.parse().ok()?;
-    let d = match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
-        _ => return None,
+    let t = match spec.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) if at > 0 => {
+            let (n, unit) = spec.split_at(at);
+            let n: i64 = n.parse().map_err(|_| SinceError::OutOfRange)?;
+            let d = match unit {
+                "s" => chrono::Duration::try_seconds(n),
+                "m" => chrono::Duration::try_minutes(n),
+                "h" => chrono::Duration::try_hours(n),
+                "d" => chrono::Duration::try_days(n),
+                _ if rfc3339 => return parse_rfc3339(spec),
+                _ => return Err(SinceError::Malformed),
+            };
+            d.and_then(|d| now.checked_sub_signed(d))
+                .ok_or(SinceError::OutOfRange)?
+        }
+        _ if rfc3339 => return parse_rfc3339(spec),
+        _ => return Err(SinceError::Malformed),
     };
-    Some(now - d)
+    if crate::times::in_range(t) {
+        Ok(t)
+    } else {
+        Err(SinceError::OutOfRange)
+    }
+}
+
+fn parse_rfc3339(spec: &str) -> Result<DateTime<Utc>, SinceError> {
+    let t = DateTime::parse_from_rfc3339(spec)
+        .map_err(|_| SinceError::Malformed)?
+        .with_timezone(&Utc);
+    if crate::times::in_range(t) {
+        Ok(t)
+    } else {
+        Err(SinceError::OutOfRange)
+    }
 }
 
 #[cfg(test)]
@@ -104,19 +138,44 @@ mod tests {
     #[test]
     fn since_reads_seconds_minutes_hours_and_days() {
         let now = chrono::Utc::now();
+        use super::SinceError::*;
         assert_eq!(
-            super::since("2h", now),
-            Some(now - chrono::Duration::hours(2))
+            super::since("2h", now, false),
+            Ok(now - chrono::Duration::hours(2))
         );
         assert_eq!(
-            super::since("90s", now),
-            Some(now - chrono::Duration::seconds(90))
+            super::since("90s", now, false),
+            Ok(now - chrono::Duration::seconds(90))
         );
         assert_eq!(
-            super::since("7d", now),
-            Some(now - chrono::Duration::days(7))
+            super::since("7d", now, false),
+            Ok(now - chrono::Duration::days(7))
         );
-        assert_eq!(super::since("2 hours", now), None);
-        assert_eq!(super::since("h", now), None);
+        assert_eq!(super::since("2 hours", now, false), Err(Malformed));
+        assert_eq!(super::since("h", now, false), Err(Malformed));
+        assert_eq!(
+            super::since("2026-01-02T03:04:05Z", now, false),
+            Err(Malformed)
+        );
+        assert!(super::since("2026-01-02T03:04:05Z", now, true).is_ok());
+    }
+
+    #[test]
+    fn since_refuses_spans_that_overflow_or_reach_before_the_year_1() {
+        let now = chrono::Utc::now();
+        for spec in [
+            "100000000d",
+            "2000000000h",
+            "9223372036854775807s",
+            "99999999999999999999999d",
+            "800000d",
+        ] {
+            assert_eq!(
+                super::since(spec, now, true),
+                Err(super::SinceError::OutOfRange),
+                "{spec}"
+            );
+        }
+        assert!(super::since("700000d", now, false).is_ok());
     }
 }

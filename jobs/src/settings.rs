@@ -23,6 +23,9 @@ pub struct PlatformApp {
     pub api_base: Option<String>,
     pub token_url: Option<String>,
     pub authorize_url: Option<String>,
+    /// The RFC 7009 revocation endpoint (`HERALD_<P>_REVOKE_URL`). Unset: X's documented one
+    /// while the token URL is X's own, and no revocation otherwise.
+    pub revoke_url: Option<String>,
 }
 
 /// Configured platform apps. A platform without one is unavailable.
@@ -62,6 +65,7 @@ impl PlatformApps {
                 api_base: var("API_BASE"),
                 token_url: var("TOKEN_URL"),
                 authorize_url: var("AUTHORIZE_URL"),
+                revoke_url: var("REVOKE_URL"),
             })
         };
         Self {

@@ -225,7 +225,7 @@ async fn mastodon_connect_registers_one_app_per_instance_and_reuses_it(
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(app.mastodon.revoked(), vec![app.mastodon.token.clone()]);
     let row = app.parts.ctx.store.connection(&id).await.unwrap().unwrap();
     assert!(row.revoked_at.is_some() && row.access_token_enc.is_none());
@@ -388,10 +388,18 @@ async fn delete_revokes_at_the_provider_and_erases_the_tokens(engine: crate::sup
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, _) = app
+    let (status, removed) = app
         .call(reqwest::Method::DELETE, &path, Some(&app.key), None)
         .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    assert_eq!(
+        (
+            removed["revoked_at_platform"].as_bool(),
+            removed["revocation"].as_str()
+        ),
+        (Some(true), Some("revoked")),
+        "{removed}"
+    );
     assert_eq!(provider.revocations(), vec![refresh_token]);
     assert!(provider.all_revoked(X_USER));
     let row = app.parts.ctx.store.connection(&id).await.unwrap().unwrap();
@@ -402,6 +410,74 @@ async fn delete_revokes_at_the_provider_and_erases_the_tokens(engine: crate::sup
     let (status, _) = app
         .call(reqwest::Method::DELETE, &path, Some(&app.key), None)
         .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A standard OAuth server (RFC 7009) puts revocation where it likes: Herald calls the configured
+/// `HERALD_<P>_REVOKE_URL`, never a URL guessed from the token URL, and says whether the platform
+/// confirmed the revocation.
+async fn revocation_goes_to_the_configured_url_and_the_answer_says_whether_it_was_confirmed(
+    engine: crate::support::Engine,
+) {
+    // No revocation URL configured beside a non-X token URL: nothing is guessed.
+    let provider = OAuthProvider::start().await;
+    let mut settings = fast_settings();
+    settings.apps.x = Some(herald_jobs::settings::PlatformApp {
+        revoke_url: None,
+        ..provider.x_app()
+    });
+    let app = TestApp::spawn_with(engine, true, settings).await;
+    let id = connect_x(&app).await;
+    let (status, removed) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/connections/{id}"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    assert_eq!(
+        (
+            removed["revoked_at_platform"].as_bool(),
+            removed["revocation"].as_str()
+        ),
+        (Some(false), Some("no_endpoint")),
+        "{removed}"
+    );
+    assert!(
+        provider.revocations().is_empty(),
+        "a revocation URL was guessed"
+    );
+    drop(app);
+
+    // A revocation endpoint that refuses: the connection is removed, the answer says so.
+    let provider = OAuthProvider::start().await;
+    let mut settings = fast_settings();
+    settings.apps.x = Some(herald_jobs::settings::PlatformApp {
+        revoke_url: Some(format!("{}/oauth2/revocation-is-elsewhere", provider.base)),
+        ..provider.x_app()
+    });
+    let app = TestApp::spawn_with(engine, true, settings).await;
+    let id = connect_x(&app).await;
+    let (status, removed) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/connections/{id}"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    assert_eq!(
+        (
+            removed["revoked_at_platform"].as_bool(),
+            removed["revocation"].as_str()
+        ),
+        (Some(false), Some("failed")),
+        "{removed}"
+    );
+    let (status, _) = app.get(&format!("/v1/connections/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -531,6 +607,7 @@ on_every_backend!(
     a_second_connect_keeps_the_connection_and_its_refresh_token,
     denied_authorization_and_unconfigured_platforms_are_refused,
     delete_revokes_at_the_provider_and_erases_the_tokens,
+    revocation_goes_to_the_configured_url_and_the_answer_says_whether_it_was_confirmed,
     racing_refreshes_spend_a_rotating_refresh_token_once,
     shares_waiting_on_another_workers_refresh_spend_no_attempt,
 );

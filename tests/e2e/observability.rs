@@ -280,6 +280,17 @@ async fn herald_serve_logs_one_json_line_per_job_outcome_and_never_a_token() {
     let db = format!("sqlite:{}", dir.path().join("herald.db").display());
     let port = free_port();
     let bin = env!("CARGO_BIN_EXE_herald");
+    // `keys create` refuses a database `herald migrate` has not prepared.
+    let migrated = std::process::Command::new(bin)
+        .arg("migrate")
+        .env("DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
     let key_out = std::process::Command::new(bin)
         .args(["keys", "create", "--tenant", "acme"])
         .env("DATABASE_URL", &db)

@@ -2,7 +2,7 @@
 //! The flow itself lives in `herald_jobs::connect`; these handlers map it to HTTP.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -14,7 +14,7 @@ use herald_jobs::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::{
     ApiState,
     auth::Tenant,
@@ -25,10 +25,12 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct StartConnectRequest {
     /// The app's own id of the user connecting an account; stored with the connection.
+    #[schema(min_length = 1, pattern = "\\S")]
     pub user_id: String,
     /// Where the browser is sent back, with `connection_id=…` (comma-separated for Facebook Pages:
     /// one connection per page) or `error=denied|invalid_state|exchange_failed|verify_failed`
     /// (Bluesky also `issuer_mismatch|account_mismatch|insufficient_scope`).
+    #[schema(min_length = 1, pattern = "\\S")]
     pub return_url: String,
     /// Mastodon only: the user's instance, e.g. `https://mastodon.social`.
     pub instance_url: Option<String>,
@@ -60,16 +62,17 @@ fn platform(raw: &str) -> ApiResult<PlatformKind> {
 
 /// Start connecting an account: answers the URL to send the user's browser to.
 #[utoipa::path(post, path = "/v1/connect/{platform}", tag = "connections",
-    params(("platform" = String, Path)), request_body = StartConnectRequest,
+    params(("platform" = herald_jobs::platform::PlatformKind, Path)), request_body = StartConnectRequest,
     responses(
         (status = 200, body = StartConnectResponse),
+        (status = 404, description = "`unknown_platform`", body = crate::error::ErrorBody),
         (status = 422, description = "`platform_unavailable`, or a field is invalid; `field` names it", body = crate::error::ErrorBody),
         (status = 502, description = "The Mastodon instance did not register Herald's app, or Bluesky's authorization server refused the pushed request", body = crate::error::ErrorBody),
     ), security(("api_key" = [])))]
 pub async fn start(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(req): ApiJson<StartConnectRequest>,
 ) -> ApiResult<ApiJson<StartConnectResponse>> {
     let platform = platform(&raw)?;
@@ -118,7 +121,7 @@ pub async fn start(
                 field: Some(field.into()),
             }
         }
-        StartError::Internal(e) => ApiError::internal(e),
+        StartError::Internal(e) => ApiError::from_anyhow(e),
     })?;
     Ok(ApiJson(StartConnectResponse {
         authorization_url: started.authorization_url,
@@ -130,20 +133,21 @@ pub async fn start(
 /// `303` to the flow's return URL, or `400 invalid_state` when the state is unknown (there is no
 /// return URL to trust then).
 #[utoipa::path(get, path = "/v1/connect/{platform}/callback", tag = "connections",
-    params(("platform" = String, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
+    params(("platform" = herald_jobs::platform::PlatformKind, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
     responses(
         (status = 303, description = "Back to the return URL with `connection_id` or `error`"),
         (status = 400, description = "Unknown state", body = crate::error::ErrorBody),
+        (status = 404, description = "`unknown_platform`", body = crate::error::ErrorBody),
     ))]
 pub async fn callback(
     State(state): State<ApiState>,
-    Path(raw): Path<String>,
-    Query(params): Query<CallbackParams>,
+    ApiPath(raw): ApiPath<String>,
+    ApiQuery(params): ApiQuery<CallbackParams>,
 ) -> ApiResult<Response> {
     let platform = platform(&raw)?;
     match connect::finish(&state.ctx, platform, &params)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from_anyhow)?
     {
         Callback::Redirect(url) => Ok((
             StatusCode::SEE_OTHER,

@@ -1,9 +1,6 @@
 //! `/v1/connections`: import tokens an app already holds, list and inspect connections.
 
-use axum::{
-    extract::{Path, Query, State},
-    http::StatusCode,
-};
+use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     platform::{PlatformKind, Platforms},
@@ -13,7 +10,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, page_limit, parse_time};
+use super::{ApiJson, ApiPath, ApiQuery, page_limit, parse_time};
 use crate::{
     ApiState,
     auth::Tenant,
@@ -28,13 +25,19 @@ const MAX_TOKEN: usize = 16_384;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnectionRequest {
+    #[schema(value_type = herald_jobs::platform::PlatformKind)]
     pub platform: String,
     /// The platform's id of the account (Mastodon account id, Bluesky DID, page id, ...).
+    #[schema(min_length = 1, pattern = "\\S", max_length = 255)]
     pub platform_account_id: String,
+    #[schema(min_length = 1, pattern = "\\S", max_length = 255)]
     pub handle: String,
+    #[schema(min_length = 1, pattern = "\\S", max_length = 16384)]
     pub access_token: String,
+    #[schema(max_length = 16384)]
     pub refresh_token: Option<String>,
-    /// When the access token expires (RFC 3339), if it does.
+    /// When the access token expires (RFC 3339, before 9999-01-01), if it does.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -111,11 +114,11 @@ fn required(field: &str, v: &str, max: usize) -> ApiResult<String> {
             format!("`{field}` is required"),
         ));
     }
-    if v.len() > max {
+    if v.chars().count() > max {
         return Err(ApiError::invalid(
             field,
             "field_too_long",
-            format!("`{field}` is longer than {max} bytes"),
+            format!("`{field}` is longer than {max} characters"),
         ));
     }
     Ok(v.to_owned())
@@ -164,13 +167,19 @@ pub async fn create(
                     "Mastodon connections need `extras.instance_url`",
                 )
             })?;
-        let url = state.ctx.settings.ssrf.check_url(raw).map_err(|e| {
-            ApiError::invalid(
-                "extras.instance_url",
-                "invalid_url",
-                format!("`extras.instance_url`: {e}"),
-            )
-        })?;
+        let url = state
+            .ctx
+            .settings
+            .ssrf
+            .check_url_resolved(raw)
+            .await
+            .map_err(|e| {
+                ApiError::invalid(
+                    "extras.instance_url",
+                    "invalid_url",
+                    format!("`extras.instance_url`: {e}"),
+                )
+            })?;
         extras.insert(
             "instance_url".into(),
             url.origin().ascii_serialization().into(),
@@ -213,7 +222,7 @@ pub async fn create(
         // resumes the parked shares. Until then the connection stays flagged.
         herald_jobs::handlers::refresh::enqueue_reconnect_check(&state.ctx, &row)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from_anyhow)?;
     }
     Ok((
         StatusCode::CREATED,
@@ -227,7 +236,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<ConnectionView>> {
     let row = state
         .ctx
@@ -239,6 +248,7 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only connections that need (or do not need) reconnecting.
     pub needs_reauth: Option<bool>,
@@ -246,6 +256,7 @@ pub struct ListQuery {
     pub refresh_failing: Option<bool>,
     pub after: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -255,7 +266,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<ApiJson<ConnectionList>> {
     let limit = page_limit(q.limit)?;
     let failing_since = q
@@ -285,18 +296,35 @@ pub async fn list(
     }))
 }
 
+/// What removing a connection did at the platform.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RemovedConnection {
+    pub id: String,
+    /// Whether the platform confirmed the revocation of the grant (a 2xx from its revocation
+    /// endpoint). `false` when it refused or could not be reached, when it has no endpoint
+    /// Herald calls, or when Herald holds no app credentials for the connection: the grant may
+    /// then still be alive at the platform, and the user can end it there.
+    pub revoked_at_platform: bool,
+    /// `revoked`, `failed` (the platform refused or did not answer), `no_endpoint` (none known
+    /// or configured: `HERALD_<P>_REVOKE_URL`), or `no_app` (an imported Mastodon connection, or
+    /// a platform whose app is not configured).
+    #[schema(example = "revoked")]
+    pub revocation: String,
+}
+
 /// Remove a connection: its grant is revoked at the platform where the platform has an endpoint
-/// for it (Mastodon, X), then the connection is soft-deleted and its tokens erased. A failed
-/// revocation is logged and does not keep the connection. Queued shares of it then fail with
-/// `connection_removed`.
+/// for it (Mastodon, X, Bluesky OAuth, or one configured as `HERALD_<P>_REVOKE_URL`), then the
+/// connection is soft-deleted and its tokens erased. A failed revocation is logged and does not
+/// keep the connection; the answer says whether the platform confirmed it. Queued shares of it
+/// then fail with `connection_removed`.
 #[utoipa::path(delete, path = "/v1/connections/{id}", tag = "connections", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = RemovedConnection), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
 pub async fn remove(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<ApiJson<RemovedConnection>> {
     let row = state
         .ctx
         .store
@@ -322,5 +350,16 @@ pub async fn remove(
         // Removed by a concurrent request meanwhile.
         return Err(ApiError::not_found("connection"));
     }
-    Ok(StatusCode::NO_CONTENT)
+    use herald_jobs::connect::Revoked;
+    let revocation = match revoked {
+        Revoked::Revoked => "revoked",
+        Revoked::NoEndpoint => "no_endpoint",
+        Revoked::NoApp => "no_app",
+        Revoked::Failed(_) => "failed",
+    };
+    Ok(ApiJson(RemovedConnection {
+        id: row.id,
+        revoked_at_platform: revoked == Revoked::Revoked,
+        revocation: revocation.into(),
+    }))
 }

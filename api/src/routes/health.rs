@@ -15,8 +15,9 @@ pub async fn healthz() -> Json<Value> {
     (status = 503, description = "Store or queue unreachable"),
 ))]
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
-    let store = state.ctx.store.ping().await.is_ok();
-    let queue = state.ctx.queue.ping().await.is_ok();
+    // Both at once: with the database down each waits for the pool's acquire timeout.
+    let (store, queue) = tokio::join!(state.ctx.store.ping(), state.ctx.queue.ping());
+    let (store, queue) = (store.is_ok(), queue.is_ok());
     let status = if store && queue {
         StatusCode::OK
     } else {

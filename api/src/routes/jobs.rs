@@ -3,10 +3,7 @@
 //! platform's status.
 
 use axum::response::IntoResponse;
-use axum::{
-    extract::{Path, Query, State},
-    http::StatusCode,
-};
+use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     payloads::{FollowerSyncV1, QueueName, RefreshV1},
@@ -17,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiJson, page_limit,
+    ApiJson, ApiPath, ApiQuery, page_limit,
     shares::{AttemptView, ShareView},
 };
 use crate::{
@@ -27,6 +24,46 @@ use crate::{
 };
 
 const MAX_BULK: i64 = 1000;
+
+/// The queues whose jobs operators list.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only: the handler reads the raw value and names it if unknown.
+pub enum JobQueueName {
+    Share,
+    Refresh,
+    FollowerSync,
+}
+
+/// The queue a bulk replay works on.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only.
+pub enum ShareQueueName {
+    Share,
+}
+
+/// A share's state, or a refresh or follower-sync run's result.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only.
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Parked,
+    OutcomeUnknown,
+    Cancelled,
+    Expired,
+    InvalidGrant,
+    Transient,
+    Skipped,
+    Finished,
+}
+
+const REFRESH_RESULTS: [&str; 4] = ["succeeded", "invalid_grant", "transient", "skipped"];
+const SYNC_STATES: [&str; 2] = ["running", "finished"];
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplayView {
@@ -68,16 +105,23 @@ pub struct JobList {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// `share` (the default; refresh and follower-sync runs are listed per connection).
+    #[param(value_type = Option<JobQueueName>)]
     pub queue: Option<String>,
+    /// A share's state on the `share` queue; a run's result on `refresh` (`succeeded`,
+    /// `invalid_grant`, `transient`, `skipped`) and `follower_sync` (`running`, `finished`).
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
+    #[param(value_type = Option<herald_jobs::platform::PlatformKind>)]
     pub platform: Option<String>,
     /// An RFC 3339 time, or a span back from now: `90s`, `15m`, `2h`, `7d`.
     pub since: Option<String>,
     /// The `next_before` of the previous page.
     pub before: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -96,10 +140,13 @@ fn filter(
             format!("unknown queue `{q}` (share, refresh, follower_sync)"),
         ));
     }
-    let share_queue = queue.is_none_or(|q| q == "share");
+    let known: fn(&str) -> bool = match queue {
+        None | Some("share") => |s: &str| ShareState::parse(s).is_some(),
+        Some("refresh") => |s: &str| REFRESH_RESULTS.contains(&s),
+        _ => |s: &str| SYNC_STATES.contains(&s),
+    };
     if let Some(s) = state
-        && share_queue
-        && ShareState::parse(s).is_none()
+        && !known(s)
     {
         return Err(ApiError::invalid(
             "state",
@@ -118,21 +165,18 @@ fn filter(
     }
     let since = match since {
         None => None,
-        Some(s) => Some(
-            replay::since(s, Utc::now())
-                .or_else(|| {
-                    DateTime::parse_from_rfc3339(s)
-                        .ok()
-                        .map(|t| t.with_timezone(&Utc))
-                })
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "since",
-                        "invalid_time",
-                        "`since` must be RFC 3339 or a span like 2h",
-                    )
-                })?,
-        ),
+        Some(s) => Some(replay::since(s, Utc::now(), true).map_err(|e| match e {
+            replay::SinceError::Malformed => ApiError::invalid(
+                "since",
+                "invalid_time",
+                "`since` must be RFC 3339 or a span like 2h",
+            ),
+            replay::SinceError::OutOfRange => ApiError::invalid(
+                "since",
+                "time_out_of_range",
+                "`since` reaches too far back (before the year 1)",
+            ),
+        })?),
     };
     Ok(JobFilter {
         state: state.map(str::to_owned),
@@ -160,7 +204,7 @@ fn view(row: herald_jobs::store::ShareRow) -> ApiResult<JobView> {
 pub async fn list(
     State(state): State<ApiState>,
     _op: Operator,
-    Query(q): Query<JobQuery>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> ApiResult<axum::response::Response> {
     let f = filter(
         q.queue.as_deref(),
@@ -234,7 +278,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<ApiState>,
     _op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<axum::response::Response> {
     if id.starts_with("rfr_") || id.starts_with("fsr_") {
         let run = state
@@ -306,15 +350,16 @@ fn force_reason(force: bool, reason: Option<&str>) -> ApiResult<Option<String>> 
 pub async fn replay_one(
     State(state): State<ApiState>,
     op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, ApiJson<ReplayResult>)> {
     // The body is optional: an empty one is a plain replay.
     let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
+        let v = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+        super::decode_json(v)?
     };
     if id.starts_with("rfr_") || id.starts_with("fsr_") {
         return replay_run(&state, &id).await;
@@ -322,7 +367,7 @@ pub async fn replay_one(
     let force = force_reason(req.force, req.reason.as_deref())?;
     let out = replay::replay_one(&state.ctx, &id, &op.key_id, force.as_deref())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from_anyhow)?;
     match out.result.as_str() {
         "replayed" => Ok((StatusCode::ACCEPTED, ApiJson(out))),
         "not_found" => Err(ApiError::not_found("job")),
@@ -345,8 +390,12 @@ pub async fn replay_one(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkReplayRequest {
+    #[schema(value_type = Option<ShareQueueName>)]
     pub queue: Option<String>,
+    /// The state of the shares to replay (required).
+    #[schema(value_type = ShareState, required = true)]
     pub state: Option<String>,
+    #[schema(value_type = Option<herald_jobs::platform::PlatformKind>)]
     pub platform: Option<String>,
     /// RFC 3339 or a span back from now (`2h`).
     pub since: Option<String>,
@@ -357,6 +406,7 @@ pub struct BulkReplayRequest {
     pub force: bool,
     pub reason: Option<String>,
     /// At most this many jobs (default and maximum 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -416,7 +466,7 @@ pub async fn replay_bulk(
         limit,
     )
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::from_anyhow)?;
     Ok(ApiJson(BulkReplayResult {
         dry_run: req.dry_run,
         jobs,

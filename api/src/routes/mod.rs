@@ -8,23 +8,133 @@ pub mod platforms;
 pub mod shares;
 
 use axum::{
-    extract::{FromRequest, Request},
+    extract::{FromRequest, FromRequestParts, Request},
+    http::request::Parts,
     response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// `axum::Json` with Herald's error body on a bad request.
+/// `axum::Json` with Herald's error body on a bad request. A NUL character in any string of the
+/// body (a value or a key) is refused with 422 `nul_character` naming where it is.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        let axum::Json(v) = axum::Json::<Value>::from_request(req, state).await?;
+        decode_json(v).map(Self)
+    }
+}
+
+/// Checks a parsed body for NUL characters, then reads it into `T`, naming the field at fault.
+pub(crate) fn decode_json<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    if let Some(field) = find_nul(&v, String::new()) {
+        return Err(ApiError::nul(field));
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let text = format!("{}: {}", e.path(), e.inner());
+        ApiError::from_data_error(text)
+    })
+}
+
+/// The path (`text`, `connection_ids[1]`, `extras.instance_url`) of the first string holding a
+/// NUL character.
+fn find_nul(v: &Value, at: String) -> Option<String> {
+    let join = |k: &str| {
+        let k = k.replace('\0', "\\0");
+        if at.is_empty() {
+            k
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        Value::String(s) => s.contains('\0').then_some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_nul(item, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, item)| {
+            if k.contains('\0') {
+                Some(join(k))
+            } else {
+                find_nul(item, join(k))
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// `axum::extract::Query` with Herald's error body (422 naming the parameter) on a bad value.
+/// NUL characters were refused before the handler (`reject_nul_in_path_and_query`).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(v) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(v))
     }
+}
+
+/// `axum::extract::Path` with Herald's error body.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(v) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(v))
+    }
+}
+
+/// Refuses a NUL character in a path segment or a query value (or name) with 422
+/// `nul_character` naming the parameter, on every route, before any handler reads it.
+pub(crate) async fn reject_nul_in_path_and_query(
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    match axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => {
+            for (key, value) in &params {
+                if value.contains('\0') {
+                    return ApiError::nul(key).into_response();
+                }
+            }
+        }
+        Err(axum::extract::rejection::RawPathParamsRejection::InvalidUtf8InPathParam(e)) => {
+            let text = e.body_text();
+            let field = text
+                .split_once('`')
+                .and_then(|(_, rest)| rest.split('`').next())
+                .map(str::to_owned);
+            return ApiError {
+                status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_field",
+                message: text,
+                field,
+            }
+            .into_response();
+        }
+        Err(_) => {}
+    }
+    if let Some(q) = parts.uri.query() {
+        for (key, value) in url::form_urlencoded::parse(q.as_bytes()) {
+            if key.contains('\0') || value.contains('\0') {
+                return ApiError::nul(key.replace('\0', "\\0")).into_response();
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
@@ -33,13 +143,13 @@ impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
     }
 }
 
-/// Checks an optional RFC 3339 time field.
+/// Checks an optional RFC 3339 time field, within the years Herald accepts (1 to 9998).
 pub(crate) fn parse_time(
     field: &str,
     raw: Option<&str>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     raw.map(|s| {
-        chrono::DateTime::parse_from_rfc3339(s)
+        let t = chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&chrono::Utc))
             .map_err(|_| {
                 ApiError::invalid(
@@ -47,7 +157,15 @@ pub(crate) fn parse_time(
                     "invalid_time",
                     format!("`{field}` must be an RFC 3339 time such as 2026-01-02T15:04:05Z"),
                 )
-            })
+            })?;
+        if !herald_jobs::times::in_range(t) {
+            return Err(ApiError::invalid(
+                field,
+                "time_out_of_range",
+                format!("`{field}` must be between 0001-01-01T00:00:00Z and 9999-01-01T00:00:00Z"),
+            ));
+        }
+        Ok(t)
     })
     .transpose()
 }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderMap, StatusCode},
 };
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, page_limit, parse_time};
+use super::{ApiJson, ApiPath, ApiQuery, page_limit, parse_time};
 use crate::{
     ApiState,
     auth::Tenant,
@@ -34,17 +34,24 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[serde(deny_unknown_fields)]
 pub struct CreateShareRequest {
     /// The link to share (http or https).
+    #[schema(min_length = 1, pattern = "\\S", max_length = 2048)]
     pub url: String,
+    #[schema(max_length = 300)]
     pub title: Option<String>,
     /// The post's text; each platform's length limit applies.
+    #[schema(max_length = 10000)]
     pub text: Option<String>,
     /// An image for platforms that take one (fetched through the SSRF guard).
     pub image_url: Option<String>,
-    /// When to publish (RFC 3339); now if absent.
+    /// When to publish (RFC 3339, before 9999-01-01); now if absent.
+    #[schema(format = DateTime)]
     pub publish_at: Option<String>,
-    /// The latest time the post may still go out (RFC 3339); after it the share expires.
+    /// The latest time the post may still go out (RFC 3339, before 9999-01-01); after it the
+    /// share expires.
+    #[schema(format = DateTime)]
     pub not_after: Option<String>,
     /// The connections to post to (1 to 50, no repeats).
+    #[schema(min_items = 1, max_items = 50)]
     pub connection_ids: Vec<String>,
 }
 
@@ -154,7 +161,7 @@ pub struct ShareList {
 }
 
 fn check_url(state: &ApiState, field: &str, raw: &str) -> ApiResult<()> {
-    if raw.len() > MAX_URL {
+    if raw.chars().count() > MAX_URL {
         return Err(ApiError::invalid(
             field,
             "invalid_url",
@@ -257,7 +264,10 @@ pub async fn create(
         ));
     }
     let not_after = Some(not_after.unwrap_or_else(|| {
-        run_at + chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default()
+        herald_jobs::times::add_capped(
+            run_at,
+            chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default(),
+        )
     }));
 
     if req.connection_ids.is_empty() || req.connection_ids.len() > MAX_TARGETS {
@@ -385,7 +395,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<ShareView>> {
     let row = state
         .ctx
@@ -400,12 +410,14 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only shares of this URL (the "already shared" indicator).
     pub url: Option<String>,
     /// Page: shares older than this share id.
     pub before: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -415,7 +427,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<ApiJson<ShareList>> {
     let limit = page_limit(q.limit)?;
     let rows = state
@@ -446,7 +458,7 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<ShareView>> {
     match state
         .ctx

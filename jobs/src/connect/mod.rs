@@ -231,12 +231,19 @@ impl Provider {
     }
 }
 
-/// The revocation endpoint beside a token endpoint (`…/token` → `…/revoke`): X's pair, and the
-/// pair a test provider serves when `HERALD_X_TOKEN_URL` points at it.
-fn revoke_url_beside(token_url: &str) -> Option<String> {
-    token_url
-        .strip_suffix("/token")
-        .map(|base| format!("{base}/revoke"))
+/// A platform app's revocation endpoint: `HERALD_<P>_REVOKE_URL` where configured, else X's
+/// documented `POST /2/oauth2/revoke` while the app uses X's own token endpoint. Never guessed
+/// from another token URL: an RFC 7009 server may put revocation anywhere, and a token must not
+/// be sent to a server that did not issue it.
+fn revoke_url(kind: PlatformKind, app: &PlatformApp) -> Option<String> {
+    if let Some(url) = &app.revoke_url {
+        return Some(url.clone());
+    }
+    let own_token_url = app
+        .token_url
+        .as_deref()
+        .is_none_or(|t| t == x::DEFAULT_TOKEN_URL);
+    (kind == PlatformKind::X && own_token_url).then(|| x::DEFAULT_REVOKE_URL.to_owned())
 }
 
 /// The configured app of a platform with one global app, with the platform's endpoints unless
@@ -291,10 +298,9 @@ fn app_provider(kind: PlatformKind, app: &PlatformApp) -> Option<Provider> {
         authorize_url: app.authorize_url.clone().unwrap_or(authorize),
         // Only X documents a revocation endpoint among these (platforms.md §3.1); LinkedIn's,
         // Instagram's and Threads' are not documented, and Meta's `DELETE /{user}/permissions`
-        // would end the user's grant for every page, not the one connection removed.
-        revoke_url: (kind == PlatformKind::X)
-            .then(|| revoke_url_beside(&token_url))
-            .flatten(),
+        // would end the user's grant for every page, not the one connection removed. An
+        // operator may configure one (`HERALD_<P>_REVOKE_URL`).
+        revoke_url: revoke_url(kind, app),
         token_url,
         scopes,
         pkce,
@@ -326,8 +332,9 @@ fn hash_state(state: &str) -> String {
         .collect()
 }
 
-/// The instance's origin, checked by the SSRF guard.
-fn instance_origin(ctx: &Ctx, raw: Option<&str>) -> Result<String, StartError> {
+/// The instance's origin, checked by the SSRF guard, its name resolved: an instance whose name
+/// points at a private address is refused here rather than failing at the app registration.
+async fn instance_origin(ctx: &Ctx, raw: Option<&str>) -> Result<String, StartError> {
     let raw = raw
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -345,13 +352,18 @@ fn instance_origin(ctx: &Ctx, raw: Option<&str>) -> Result<String, StartError> {
             "`instance_url` is too long",
         ));
     }
-    let url = ctx.settings.ssrf.check_url(raw).map_err(|e| {
-        invalid(
-            "instance_url",
-            "invalid_url",
-            format!("`instance_url`: {e}"),
-        )
-    })?;
+    let url = ctx
+        .settings
+        .ssrf
+        .check_url_resolved(raw)
+        .await
+        .map_err(|e| {
+            invalid(
+                "instance_url",
+                "invalid_url",
+                format!("`instance_url`: {e}"),
+            )
+        })?;
     Ok(url.origin().ascii_serialization())
 }
 
@@ -462,7 +474,7 @@ pub async fn start(ctx: &Ctx, req: &StartRequest<'_>) -> Result<Started, StartEr
         if ctx.platforms.get(PlatformKind::Mastodon).is_none() {
             return Err(StartError::PlatformUnavailable(req.platform));
         }
-        let instance = instance_origin(ctx, req.instance_url)?;
+        let instance = instance_origin(ctx, req.instance_url).await?;
         let app = mastodon_app(ctx, req.tenant_id, &instance).await?;
         let secret = app.client_secret(&ctx.vault)?;
         (
@@ -985,7 +997,7 @@ pub async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
                 Err(e) => return Revoked::Failed(e.to_string()),
             }
         }
-        PlatformKind::X => match ctx
+        _ => match ctx
             .settings
             .apps
             .get(platform)
@@ -994,7 +1006,6 @@ pub async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
             Some(p) => p,
             None => return Revoked::NoApp,
         },
-        _ => return Revoked::NoEndpoint,
     };
     let creds = match conn.credentials(&ctx.vault) {
         Ok(c) => c,

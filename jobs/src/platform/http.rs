@@ -9,9 +9,12 @@ use super::{PlatformError, PlatformKind};
 use crate::{metrics as m, ssrf::SsrfGuard};
 
 /// Builds the shared client. Redirects are not followed: a platform API that redirects is
-/// answered as an error, and no request reaches a host the guard has not seen.
+/// answered as an error, and no request reaches a host the guard has not seen. System proxies
+/// (`HTTP(S)_PROXY`, `ALL_PROXY`) are ignored: a proxy would resolve user-supplied host names
+/// itself, where the guard's resolver never sees them.
 pub fn client(guard: &SsrfGuard, timeout: Duration) -> Client {
     Client::builder()
+        .no_proxy()
         .dns_resolver(guard.resolver())
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use reqwest::{Client, Response, StatusCode, header::HeaderMap};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use unicode_segmentation::UnicodeSegmentation;
 
 use super::{
     Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, LimitScope,
@@ -163,7 +164,8 @@ impl Platform for Mastodon {
 
     fn validate(&self, account: &Account, post: &PostRequest) -> Result<(), Invalid> {
         let limit = Self::max_characters(account);
-        let lead = Self::compose(post).chars().count() - post.url.chars().count();
+        // Mastodon counts grapheme clusters (a family emoji is one), as Bluesky does.
+        let lead = Self::compose(post).graphemes(true).count() - post.url.graphemes(true).count();
         let weighted = lead + URL_WEIGHT;
         if weighted > limit {
             return Err(Invalid {
@@ -351,6 +353,30 @@ mod tests {
         assert_eq!((err.field, err.code), ("text", "text_too_long"));
         assert!(
             m.validate(&account(Some(1000)), &post(&"x".repeat(900)))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn characters_are_grapheme_clusters_as_mastodon_counts_them() {
+        let m = Mastodon::new(Client::new());
+        let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{200D}\u{1F466}";
+        // 100 families and a URL: 100 + 2 + 23 = 125 characters, not 7 code points each.
+        assert!(
+            m.validate(&account(None), &post(&family.repeat(100)))
+                .is_ok()
+        );
+        assert!(
+            m.validate(&account(None), &post(&family.repeat(475)))
+                .is_ok()
+        );
+        let err = m
+            .validate(&account(None), &post(&family.repeat(476)))
+            .unwrap_err();
+        assert_eq!((err.field, err.code), ("text", "text_too_long"));
+        // A flag is two regional indicators and one character.
+        assert!(
+            m.validate(&account(None), &post(&"\u{1F1EB}\u{1F1F7}".repeat(475)))
                 .is_ok()
         );
     }

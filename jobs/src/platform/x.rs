@@ -21,6 +21,8 @@ use super::{
 
 pub const DEFAULT_BASE: &str = "https://api.x.com";
 pub const DEFAULT_TOKEN_URL: &str = "https://api.x.com/2/oauth2/token";
+/// X's token revocation endpoint (RFC 7009), beside its token endpoint.
+pub const DEFAULT_REVOKE_URL: &str = "https://api.x.com/2/oauth2/revoke";
 
 const MAX_WEIGHTED_LENGTH: usize = 280;
 /// Every URL is wrapped in t.co and counts as this many characters, whatever its length.

@@ -48,6 +48,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database could not be reached (no connection within the pool's acquire timeout, a
+    /// refused or broken connection): a 503 to callers, not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Db(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A connection pool for one of the two engines.
@@ -88,6 +105,9 @@ pub(crate) fn sqlite_sql(text: &str) -> String {
     text.replace('$', "?")
 }
 
+/// How long a query waits for a Postgres connection before the store counts as unavailable.
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Herald's store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -116,7 +136,9 @@ impl Store {
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    // With the database down, a request answers 503 after this long rather
+                    // than holding the caller (and a worker) for the old 10 s.
+                    .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                     .connect(url)
                     .await?,
             )
@@ -155,6 +177,35 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Herald's migrations not yet applied to this database (all of them on an empty one).
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let (migrator, applied): (Migrator, Result<Vec<i64>, sqlx::Error>) = match &self.pool {
+            Pool::Sqlite(p) => (
+                sqlx::migrate!("../migrations/sqlite"),
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(p)
+                    .await,
+            ),
+            Pool::Postgres(p) => (
+                sqlx::migrate!("../migrations/postgres"),
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(p)
+                    .await,
+            ),
+        };
+        let applied = match applied {
+            Ok(v) => v,
+            // No migrations table: nothing was ever applied.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+            .map(|m| m.version)
+            .collect())
     }
 
     /// A cheap round trip, for readiness.

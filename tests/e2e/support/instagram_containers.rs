@@ -68,6 +68,7 @@ impl FakeInstagram {
             api_base: Some(self.base.clone()),
             token_url: None,
             authorize_url: None,
+            revoke_url: None,
         }
     }
 

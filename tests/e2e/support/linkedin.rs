@@ -105,6 +105,7 @@ impl FakeLinkedin {
             api_base: Some(self.base.clone()),
             token_url: Some(format!("{}/oauth/v2/accessToken", self.base)),
             authorize_url: Some(format!("{}/oauth/v2/authorization", self.base)),
+            revoke_url: None,
         }
     }
 

@@ -241,6 +241,7 @@ impl FakeMeta {
             api_base: Some(self.base.clone()),
             token_url: Some(format!("{}{}", self.base, self.api.code_path())),
             authorize_url: Some(format!("{}{}", self.base, self.api.authorize_path())),
+            revoke_url: None,
         }
     }
 

@@ -117,6 +117,7 @@ impl OAuthProvider {
             api_base: Some(self.base.clone()),
             token_url: Some(format!("{}/oauth/token", self.base)),
             authorize_url: Some(format!("{}/oauth/authorize", self.base)),
+            revoke_url: Some(format!("{}/oauth/revoke", self.base)),
         }
     }
 

@@ -79,6 +79,8 @@ impl FakeX {
             api_base: Some(self.base.clone()),
             token_url: None,
             authorize_url: None,
+            // Never X's own: a removed connection must not reach the real platform.
+            revoke_url: Some(format!("{}/2/oauth2/revoke", self.base)),
         }
     }
 
