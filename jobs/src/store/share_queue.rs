@@ -119,10 +119,7 @@ impl Store {
     pub async fn next_share_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
         let q = next_due_sql(&self.pool);
         Ok(super::with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_scalar(sql)
-                .bind(now)
-                .fetch_optional(p)
-                .await?
+            sqlx::query_scalar(sql).bind(now).fetch_optional(p).await?
         }))
     }
 
