@@ -5,8 +5,10 @@
 //! - **lateness**: 2,000 shares over 20 connections with `publish_at` spread over the next 5 s, and
 //!   a retry for about one in sixteen (a 503 first: share ids ending in 0); reports how late each attempt started after it was due
 //!   (p50, p99, max), from the store's own records;
-//! - **drain** (SQLite only, `HERALD_BENCH_DRAIN`, default 100,000): that many shares written while
-//!   no worker runs, then one worker drains them; reports shares/s for each tenth.
+//! - **drain**: that many shares written while no worker runs (`HERALD_BENCH_DRAIN`, default
+//!   100,000, on SQLite; `HERALD_BENCH_DRAIN_PG`, default 20,000, on the other two), then one
+//!   worker drains them; reports shares/s for each tenth, and on Postgres the transactions Herald
+//!   committed per share (`pg_stat_database.xact_commit`).
 //!
 //! The platform is a local server answering `POST /api/v1/statuses` as Mastodon does, at once.
 //! `HERALD_BENCH_ONLY=sqlite|postgres|redis` runs one backend.
@@ -107,7 +109,9 @@ async fn start(database_url: &str, redis: Option<&str>, workers: bool) -> anyhow
     let mut backends = app::Backends::store_only(database_url);
     if let Some(url) = redis {
         backends.redis_url = Some(url.to_owned());
-        backends.redis_prefix = format!("herald-bench-{}", uuid::Uuid::new_v4().simple());
+        // One prefix per database, so the drain's writer and its worker share the queue.
+        let db = database_url.rsplit('/').next().unwrap_or("herald");
+        backends.redis_prefix = format!("herald-bench-{db}");
     }
     let ring = KeyRing::parse(key_spec())?;
     let parts = app::connect(&backends, settings(), ring).await?;
@@ -176,6 +180,22 @@ impl Herald {
                     .fetch_one(p)
                     .await?
             }
+        })
+    }
+}
+
+impl Herald {
+    /// Committed transactions in this database so far (Postgres only).
+    async fn xacts(&self) -> anyhow::Result<Option<i64>> {
+        Ok(match self.parts.ctx.store.pool() {
+            Pool::Postgres(p) => Some(
+                sqlx::query_scalar(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                )
+                .fetch_one(p)
+                .await?,
+            ),
+            Pool::Sqlite(_) => None,
         })
     }
 }
@@ -249,8 +269,13 @@ async fn lateness(h: &Herald, mastodon: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drain(database_url: &str, mastodon: &str, n: usize) -> anyhow::Result<()> {
-    let writer = start(database_url, None, false).await?;
+async fn drain(
+    database_url: &str,
+    redis: Option<&str>,
+    mastodon: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let writer = start(database_url, redis, false).await?;
     let conns = writer.connections(mastodon).await?;
     let tenant = writer
         .parts
@@ -274,7 +299,7 @@ async fn drain(database_url: &str, mastodon: &str, n: usize) -> anyhow::Result<(
                 not_after: None,
             })
             .collect();
-        writer
+        let created = writer
             .parts
             .ctx
             .store
@@ -288,9 +313,28 @@ async fn drain(database_url: &str, mastodon: &str, n: usize) -> anyhow::Result<(
                 now,
             )
             .await?;
+        if let herald_jobs::store::CreateOutcome::Created(rows) = created {
+            // As the API does after its commit (on the store's engines this only wakes).
+            for r in rows {
+                let payload = json!({ "v": "1", "share_id": r.id });
+                writer
+                    .parts
+                    .ctx
+                    .queue
+                    .push(
+                        herald_jobs::payloads::QueueName::Share,
+                        payload,
+                        r.run_at,
+                        &r.delivery_key(),
+                    )
+                    .await?;
+            }
+        }
     }
     drop(writer);
-    let h = start(database_url, None, true).await?;
+    let h = start(database_url, redis, true).await?;
+    let xacts_before = h.xacts().await?;
+    let mut probes = 0i64;
     let t0 = Instant::now();
     let mut marks = Vec::new();
     let tenth = (n / 10) as i64;
@@ -299,6 +343,7 @@ async fn drain(database_url: &str, mastodon: &str, n: usize) -> anyhow::Result<(
         let done = h
             .count("SELECT COUNT(*) FROM shares WHERE state IN ('succeeded', 'failed')")
             .await?;
+        probes += 1;
         while done >= next && next <= n as i64 {
             marks.push(t0.elapsed());
             next += tenth;
@@ -327,6 +372,17 @@ async fn drain(database_url: &str, mastodon: &str, n: usize) -> anyhow::Result<(
         n as f64 / marks.last().unwrap().as_secs_f64(),
         rates.join(", ")
     );
+    if let Some(before) = xacts_before {
+        // Postgres publishes a backend's counts within a second of its last transaction.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = h.xacts().await?.unwrap_or(before);
+        // This program's own probes (and the two reads of the count) are not Herald's.
+        let herald = after - before - probes - 2;
+        println!(
+            "  Postgres transactions per share: {:.2} ({herald} committed during the drain)",
+            herald as f64 / n as f64
+        );
+    }
     Ok(())
 }
 
@@ -353,6 +409,10 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let pg_drain: usize = std::env::var("HERALD_BENCH_DRAIN_PG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let mastodon = fake_mastodon().await;
     let dir = tempfile::tempdir()?;
     let runs = ["sqlite", "postgres", "redis"];
@@ -368,9 +428,21 @@ async fn main() -> anyhow::Result<()> {
         let h = start(&url, (backend == "redis").then_some(redis.as_str()), true).await?;
         lateness(&h, &mastodon).await?;
         drop(h);
-        if backend == "sqlite" && n > 0 {
-            let url = format!("sqlite:{}", dir.path().join("drain.db").display());
-            drain(&url, &mastodon, n).await?;
+        if n > 0 {
+            let (url, count) = match backend {
+                "sqlite" => (
+                    format!("sqlite:{}", dir.path().join("drain.db").display()),
+                    n,
+                ),
+                _ => (fresh_postgres(&pg).await?, pg_drain),
+            };
+            drain(
+                &url,
+                (backend == "redis").then_some(redis.as_str()),
+                &mastodon,
+                count,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -140,11 +140,18 @@ pub struct PlatformArgs {
     pub bluesky_handle_resolver: String,
 }
 
+/// A bound on `HERALD_CONCURRENCY` that only catches typos: what limits it in practice is memory
+/// and open files (one socket per call in flight), which the operator sets.
+const MAX_CONCURRENCY: usize = 1_000_000;
+
 /// How workers run jobs, retry, refresh and sweep (`serve`, `worker`).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Workers")]
 pub struct WorkerArgs {
-    /// Jobs one worker runs at once.
+    /// Jobs one worker runs at once. Each share in flight is a task and, while it calls the
+    /// platform, one socket: memory (a few kilobytes each) and the open-file limit (`ulimit -n`)
+    /// bound it, not a constant. Against a platform that answers in 200 ms, a worker posts at
+    /// most concurrency / 0.2 shares a second.
     #[arg(long, env = "HERALD_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
 
@@ -335,8 +342,8 @@ impl Config {
             "HERALD_MAX_ATTEMPTS must be at least 1"
         );
         anyhow::ensure!(
-            (1..=256).contains(&self.worker.concurrency),
-            "HERALD_CONCURRENCY must be between 1 and 256"
+            (1..=MAX_CONCURRENCY).contains(&self.worker.concurrency),
+            "HERALD_CONCURRENCY must be between 1 and {MAX_CONCURRENCY}"
         );
         let public = url::Url::parse(&self.platform.public_url).map_err(|e| {
             anyhow::anyhow!(

@@ -23,6 +23,9 @@
 #   CARGO_TARGET_DIR         where `cargo build` puts the herald binary (default target/)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The runs are SQLite and Postgres with the queue in the store; scripts/test exports REDIS_URL for
+# the cargo tests, and no Redis is reachable inside the namespace.
+unset REDIS_URL
 root=$(pwd)
 log() { printf '\033[1m[contract]\033[0m %s\n' "$*" >&2; }
 

@@ -479,6 +479,28 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Claim> {
+        // The common case in one statement: queued, due, within its lateness limit and waiting
+        // for no earlier share. Anything else is sorted out below.
+        let fast = format!(
+            "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $3, \
+             first_sent_at = COALESCE(first_sent_at, $2), updated_at = $2 \
+             WHERE id = $1 AND state = 'queued' AND run_at <= $2 \
+             AND (not_after IS NULL OR not_after >= $2) AND {READY} RETURNING {COLUMNS}"
+        );
+        let claimed: Option<ShareRow> = with_pool!(&self.pool, &fast, |p, sql| {
+            sqlx::query_as(sql)
+                .bind(id)
+                .bind(now)
+                .bind(lease_until)
+                .fetch_optional(p)
+                .await?
+        });
+        if let Some(share) = claimed {
+            return Ok(Claim::Run {
+                share,
+                recovered: false,
+            });
+        }
         let Some(share) = self.share(id).await? else {
             return Ok(Claim::Gone);
         };
