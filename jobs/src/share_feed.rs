@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::{
     metrics as m,
-    store::{Pool, ShareRow, Store},
+    store::{ConnectionRow, Pool, ShareRow, Store},
 };
 
 /// The Postgres channel a trigger notifies when a share becomes queued.
@@ -42,6 +42,8 @@ pub struct ClaimedShare {
     pub share: ShareRow,
     /// The previous attempt's worker vanished mid-call: that attempt may have reached the platform.
     pub recovered: bool,
+    /// Its connection, read with the rest of the batch (`None`: read it when the share runs).
+    pub connection: Option<Box<ConnectionRow>>,
 }
 
 /// How the fetcher claims.
@@ -220,6 +222,7 @@ impl Fetcher {
                         claimed.push(ClaimedShare {
                             share,
                             recovered: true,
+                            connection: None,
                         });
                     }
                 }
@@ -233,8 +236,27 @@ impl Fetcher {
                         claimed.push(ClaimedShare {
                             share,
                             recovered: false,
+                            connection: None,
                         });
                     }
+                }
+                // The batch's connections in one read, rather than one per share.
+                let ids: Vec<&str> = claimed
+                    .iter()
+                    .map(|c| c.share.connection_id.as_str())
+                    .collect();
+                let connections: std::collections::HashMap<String, ConnectionRow> = self
+                    .store
+                    .connections_by_ids(&ids)
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.id.clone(), c))
+                    .collect();
+                for c in &mut claimed {
+                    c.connection = connections
+                        .get(&c.share.connection_id)
+                        .cloned()
+                        .map(Box::new);
                 }
                 anyhow::Ok(())
             }

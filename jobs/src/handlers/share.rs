@@ -28,7 +28,11 @@ use crate::{
 /// Runs a share the store-backed queue claimed for this worker ([`crate::share_feed`]). An `Err`
 /// is a store failure: the share keeps its lease, which lapses, and the feed claims it again.
 pub async fn run_claimed(ctx: &Ctx, job: ClaimedShare) -> anyhow::Result<()> {
-    let ClaimedShare { share, recovered } = job;
+    let ClaimedShare {
+        share,
+        recovered,
+        connection,
+    } = job;
     let now = Utc::now();
     if share.not_after.is_some_and(|t| t < now) {
         ctx.store
@@ -38,7 +42,7 @@ pub async fn run_claimed(ctx: &Ctx, job: ClaimedShare) -> anyhow::Result<()> {
         return Ok(());
     }
     let job_id = share.id.clone();
-    attempt(ctx, share, recovered, &job_id).await
+    attempt(ctx, share, recovered, connection, &job_id).await
 }
 
 /// Runs one delivery of a share job from a queue that carries ids (Redis). An `Err` is a store or
@@ -52,7 +56,7 @@ pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
         .await
         .context("claiming the share")?
     {
-        Claim::Run { share, recovered } => attempt(ctx, share, recovered, job_id).await,
+        Claim::Run { share, recovered } => attempt(ctx, share, recovered, None, job_id).await,
         Claim::NotDue(share) => {
             // Delivered early (clocks differ between hosts): deliver again when due. The key
             // names this early delivery, so it cannot be mistaken for the pending original.
@@ -74,10 +78,16 @@ async fn push(ctx: &Ctx, share: &ShareRow, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> anyhow::Result<()> {
+async fn attempt(
+    ctx: &Ctx,
+    share: ShareRow,
+    recovered: bool,
+    connection: Option<Box<ConnectionRow>>,
+    job_id: &str,
+) -> anyhow::Result<()> {
     let started_at = Utc::now();
     let clock = Instant::now();
-    let update = decide(ctx, &share, recovered).await?;
+    let update = decide(ctx, &share, recovered, connection).await?;
     let finished = ctx
         .store
         .finish_attempt(&share.id, share.attempts, started_at, &update, Utc::now())
@@ -148,8 +158,18 @@ async fn attempt(ctx: &Ctx, share: ShareRow, recovered: bool, job_id: &str) -> a
 }
 
 /// Everything that happens between holding the lease and knowing the outcome.
-async fn decide(ctx: &Ctx, share: &ShareRow, recovered: bool) -> anyhow::Result<ShareUpdate> {
-    let Some(conn) = ctx.store.connection(&share.connection_id).await? else {
+async fn decide(
+    ctx: &Ctx,
+    share: &ShareRow,
+    recovered: bool,
+    connection: Option<Box<ConnectionRow>>,
+) -> anyhow::Result<ShareUpdate> {
+    // The feed read the connection with the batch, moments ago; otherwise read it now.
+    let conn = match connection {
+        Some(c) => Some(*c),
+        None => ctx.store.connection(&share.connection_id).await?,
+    };
+    let Some(conn) = conn else {
         return Ok(failed(
             "connection_removed",
             "the connection no longer exists",

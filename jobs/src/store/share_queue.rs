@@ -82,6 +82,15 @@ impl Store {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<ShareRow>> {
+        if !self
+            .worth_claiming(
+                "SELECT 1 FROM shares INDEXED BY shares_due WHERE state = 'queued' AND run_at <= ?1 LIMIT 1",
+                now,
+            )
+            .await?
+        {
+            return Ok(Vec::new());
+        }
         let q = claim_due_sql(&self.pool);
         let mut rows: Vec<ShareRow> = super::with_pool!(&self.pool, &q, |p, sql| {
             sqlx::query_as(sql)
@@ -103,6 +112,15 @@ impl Store {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<ShareRow>> {
+        if !self
+            .worth_claiming(
+                "SELECT 1 FROM shares INDEXED BY shares_leased WHERE state = 'running' AND lease_until < ?1 LIMIT 1",
+                now,
+            )
+            .await?
+        {
+            return Ok(Vec::new());
+        }
         let q = claim_lapsed_sql(&self.pool);
         Ok(super::with_pool!(&self.pool, &q, |p, sql| {
             sqlx::query_as(sql)
@@ -112,6 +130,21 @@ impl Store {
                 .fetch_all(p)
                 .await?
         }))
+    }
+
+    /// On SQLite, whether a claim can find anything: an `UPDATE` takes the database's one write
+    /// lock even when it matches no row, so an idle fetcher (every worker process polls) reads
+    /// first and leaves the lock to writers with work. A read never waits for a writer in WAL
+    /// mode. On Postgres an `UPDATE` matching nothing locks nothing, so it claims directly.
+    async fn worth_claiming(&self, probe: &'static str, now: DateTime<Utc>) -> Result<bool> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar::<_, i64>(probe)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+                .is_some(),
+            Pool::Postgres(_) => true,
+        })
     }
 
     /// The earliest `run_at` after `now` of a queued share: when the next claim can find work
