@@ -1,5 +1,6 @@
 //! Outages under a running Herald: with its Postgres stopped, `/readyz` and every request answer
-//! 503 within about a second, rather than waiting and then failing with a 500.
+//! 503 within about a second, rather than waiting and then failing with a 500; with its Redis
+//! stopped, shares are still accepted (the store is the record) and are posted once Redis is back.
 
 use std::{
     path::{Path, PathBuf},
@@ -117,10 +118,10 @@ impl Drop for ThrowawayPostgres {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_stopped_readiness_and_requests_answer_503_within_about_a_second() {
-    let Some(pg) = ThrowawayPostgres::start() else {
-        eprintln!("skipped: no PostgreSQL server binaries in /usr/lib/postgresql");
-        return;
-    };
+    let pg = ThrowawayPostgres::start().expect(
+        "no PostgreSQL server binaries in /usr/lib/postgresql: install Debian's `postgresql` \
+         (scripts/test does when the machine has no Postgres)",
+    );
     let ring = KeyRing::parse(&KeyRing::generate_spec()).unwrap();
     let parts = app::connect(&app::Backends::store_only(&pg.url()), fast_settings(), ring)
         .await
@@ -181,11 +182,156 @@ async fn with_postgres_stopped_readiness_and_requests_answer_503_within_about_a_
         if path != "/readyz" {
             assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
         }
+        // Generous, for a loaded machine; it was over 10 s before (the pool's acquire timeout).
         assert!(
-            took < Duration::from_millis(2000),
+            took < Duration::from_secs(5),
             "{path} took {took:?} with Postgres down"
         );
         eprintln!("{path}: 503 in {took:?}");
     }
+    let _ = stop.send(true);
+}
+
+/// A `redis-server` of its own on a free port, killed on drop.
+struct ThrowawayRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ThrowawayRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian's `redis-server`; scripts/test installs it when missing)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        for _ in 0..100 {
+            if client.get_connection().is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ThrowawayRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_shares_are_accepted_and_posted_once_it_is_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = ThrowawayRedis::start(port);
+    let db = crate::support::TestDb::new(crate::support::Engine::Postgres).await;
+    let mastodon = crate::support::FakeMastodon::start().await;
+    let backends = app::Backends {
+        database_url: db.url.clone(),
+        redis_url: Some(redis.url()),
+        redis_prefix: "herald-outage".into(),
+    };
+    let ring = KeyRing::parse(&KeyRing::generate_spec()).unwrap();
+    let parts = app::connect(&backends, fast_settings(), ring)
+        .await
+        .unwrap();
+    app::migrate(&parts.ctx.store).await.unwrap();
+    let key = herald::keys::create(&parts.ctx.store, Some("acme"), false)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(app::serve_api(
+        listener,
+        app::api_state(parts.ctx.clone(), None),
+        wait(rx.clone()),
+    ));
+    tokio::spawn(app::run_worker(parts.clone(), wait(rx)));
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .timeout(Duration::from_secs(15))
+            .json(&body)
+            .send()
+    };
+    let res = post(
+        "/v1/connections",
+        json!({ "platform": "mastodon", "platform_account_id": "109", "handle": "alice@social.example",
+                "access_token": mastodon.token, "extras": { "instance_url": mastodon.base } }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let conn: Value = res.json().await.unwrap();
+    let conn = conn["id"].as_str().unwrap().to_owned();
+
+    redis.stop();
+    let started = Instant::now();
+    let res = post(
+        "/v1/shares",
+        json!({ "url": "https://blog.example/redis-down", "text": "while Redis is down", "connection_ids": [conn] }),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        res.status(),
+        StatusCode::ACCEPTED,
+        "the store is the record"
+    );
+    let share: Value = res.json().await.unwrap();
+    let id = share["shares"][0]["id"].as_str().unwrap().to_owned();
+    eprintln!("POST /v1/shares with Redis down: 202 in {took:?}");
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Redis comes back empty: the reconciler delivers the share from the store.
+    let _back = ThrowawayRedis::start(port);
+    let posted = crate::support::eventually(Duration::from_secs(30), || async {
+        let s: Value = http
+            .get(format!("{base}/v1/shares/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (s["state"] == "succeeded").then_some(s)
+    })
+    .await
+    .expect("the share was not posted once Redis was back");
+    assert_eq!(mastodon.statuses().len(), 1, "{posted}");
     let _ = stop.send(true);
 }
