@@ -82,24 +82,15 @@ impl Store {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<ShareRow>> {
-        if !self
-            .worth_claiming(
+        let mut rows = self
+            .claim(
                 "SELECT 1 FROM shares INDEXED BY shares_due WHERE state = 'queued' AND run_at <= ?1 LIMIT 1",
+                &claim_due_sql(&self.pool),
                 now,
+                lease_until,
+                limit,
             )
-            .await?
-        {
-            return Ok(Vec::new());
-        }
-        let q = claim_due_sql(&self.pool);
-        let mut rows: Vec<ShareRow> = super::with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql)
-                .bind(now)
-                .bind(lease_until)
-                .bind(limit)
-                .fetch_all(p)
-                .await?
-        });
+            .await?;
         rows.sort_by(|a, b| a.run_at.cmp(&b.run_at).then_with(|| a.id.cmp(&b.id)));
         Ok(rows)
     }
@@ -112,17 +103,30 @@ impl Store {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<ShareRow>> {
-        if !self
-            .worth_claiming(
-                "SELECT 1 FROM shares INDEXED BY shares_leased WHERE state = 'running' AND lease_until < ?1 LIMIT 1",
-                now,
-            )
-            .await?
-        {
+        self.claim(
+            "SELECT 1 FROM shares INDEXED BY shares_leased WHERE state = 'running' AND lease_until < ?1 LIMIT 1",
+            &claim_lapsed_sql(&self.pool),
+            now,
+            lease_until,
+            limit,
+        )
+        .await
+    }
+
+    /// Runs a claim statement (`$1` now, `$2` the lease's end, `$3` how many), unless `probe`
+    /// finds there is nothing to claim.
+    async fn claim(
+        &self,
+        probe: &'static str,
+        claim: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ShareRow>> {
+        if !self.worth_claiming(probe, now).await? {
             return Ok(Vec::new());
         }
-        let q = claim_lapsed_sql(&self.pool);
-        Ok(super::with_pool!(&self.pool, &q, |p, sql| {
+        Ok(super::with_pool!(&self.pool, claim, |p, sql| {
             sqlx::query_as(sql)
                 .bind(now)
                 .bind(lease_until)
