@@ -346,7 +346,7 @@ async fn herald_serve_logs_one_json_line_per_job_outcome_and_never_a_token() {
         .await
         .unwrap();
     let id = share["shares"][0]["id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(20), || async {
+    let posted = eventually(Duration::from_secs(60), || async {
         let s: Value = http
             .get(format!("{base}/v1/shares/{id}"))
             .bearer_auth(&key)
@@ -358,11 +358,14 @@ async fn herald_serve_logs_one_json_line_per_job_outcome_and_never_a_token() {
             .ok()?;
         (s["state"] == "succeeded").then_some(())
     })
-    .await
-    .expect("the share was not posted");
+    .await;
     serve.start_kill().unwrap();
     let out = serve.wait_with_output().await.unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        posted.is_some(),
+        "the share was not posted; herald serve said:\n{logs}"
+    );
     assert!(!logs.contains(&mastodon.token), "a token reached the logs");
     let lines: Vec<Value> = logs
         .lines()
