@@ -27,8 +27,9 @@ struct Cli {
     command: Command,
 }
 
+/// The settings every long-running process reads: `serve`, `api` and `worker`.
 #[derive(Args)]
-struct ServeArgs {
+struct ProcessArgs {
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
@@ -38,11 +39,27 @@ struct ServeArgs {
     #[command(flatten)]
     vault: VaultArgs,
     #[command(flatten)]
-    listen: ApiListenArgs,
-    #[command(flatten)]
     shares: SharesArgs,
     #[command(flatten)]
     platform: PlatformArgs,
+}
+
+impl ProcessArgs {
+    fn config(&self) -> Config {
+        Config::new(&self.log, &self.store)
+            .queue(&self.queue)
+            .vault(&self.vault)
+            .shares(&self.shares)
+            .platform(&self.platform)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    process: ProcessArgs,
+    #[command(flatten)]
+    listen: ApiListenArgs,
     #[command(flatten)]
     worker: WorkerArgs,
 }
@@ -50,37 +67,17 @@ struct ServeArgs {
 #[derive(Args)]
 struct ApiArgs {
     #[command(flatten)]
-    log: LogArgs,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    queue: QueueArgs,
-    #[command(flatten)]
-    vault: VaultArgs,
+    process: ProcessArgs,
     #[command(flatten)]
     listen: ApiListenArgs,
-    #[command(flatten)]
-    shares: SharesArgs,
-    #[command(flatten)]
-    platform: PlatformArgs,
 }
 
 #[derive(Args)]
 struct WorkerCommandArgs {
     #[command(flatten)]
-    log: LogArgs,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    queue: QueueArgs,
-    #[command(flatten)]
-    vault: VaultArgs,
+    process: ProcessArgs,
     #[command(flatten)]
     listen: WorkerListenArgs,
-    #[command(flatten)]
-    shares: SharesArgs,
-    #[command(flatten)]
-    platform: PlatformArgs,
     #[command(flatten)]
     worker: WorkerArgs,
 }
@@ -232,12 +229,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::new(&args.log, &args.store)
-                .queue(&args.queue)
-                .vault(&args.vault)
-                .shares(&args.shares)
-                .platform(&args.platform)
-                .worker(&args.worker);
+            let config = args.process.config().worker(&args.worker);
             init_logs(&config.log.log_format);
             let settings = config.settings()?;
             let ring = app::key_ring(
@@ -271,11 +263,7 @@ async fn main() -> anyhow::Result<()> {
             worker.await??;
         }
         Command::Api(args) => {
-            let config = Config::new(&args.log, &args.store)
-                .queue(&args.queue)
-                .vault(&args.vault)
-                .shares(&args.shares)
-                .platform(&args.platform);
+            let config = args.process.config();
             init_logs(&config.log.log_format);
             let ring = app::key_ring(
                 config.vault.encryption_keys.as_deref(),
@@ -294,12 +282,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         Command::Worker(args) => {
-            let config = Config::new(&args.log, &args.store)
-                .queue(&args.queue)
-                .vault(&args.vault)
-                .shares(&args.shares)
-                .platform(&args.platform)
-                .worker(&args.worker);
+            let config = args.process.config().worker(&args.worker);
             init_logs(&config.log.log_format);
             let ring = app::key_ring(
                 config.vault.encryption_keys.as_deref(),

@@ -211,56 +211,14 @@ impl Fetcher {
             let want = (1 + tx.capacity()).min(self.config.batch);
             let now = Utc::now();
             let mut claimed = Vec::new();
-            let result = async {
-                if tokio::time::Instant::now() >= lapsed_at {
-                    lapsed_at = tokio::time::Instant::now() + self.config.lapsed_every;
-                    for share in self
-                        .store
-                        .claim_lapsed_shares(now, now + lease, want as i64)
-                        .await?
-                    {
-                        claimed.push(ClaimedShare {
-                            share,
-                            recovered: true,
-                            connection: None,
-                        });
-                    }
-                }
-                let room = want - claimed.len();
-                if room > 0 {
-                    for share in self
-                        .store
-                        .claim_due_shares(now, now + lease, room as i64)
-                        .await?
-                    {
-                        claimed.push(ClaimedShare {
-                            share,
-                            recovered: false,
-                            connection: None,
-                        });
-                    }
-                }
-                // The batch's connections in one read, rather than one per share.
-                let ids: Vec<&str> = claimed
-                    .iter()
-                    .map(|c| c.share.connection_id.as_str())
-                    .collect();
-                let connections: std::collections::HashMap<String, ConnectionRow> = self
-                    .store
-                    .connections_by_ids(&ids)
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.id.clone(), c))
-                    .collect();
-                for c in &mut claimed {
-                    c.connection = connections
-                        .get(&c.share.connection_id)
-                        .cloned()
-                        .map(Box::new);
-                }
-                anyhow::Ok(())
+            let lapsed = tokio::time::Instant::now() >= lapsed_at;
+            if lapsed {
+                lapsed_at = tokio::time::Instant::now() + self.config.lapsed_every;
             }
-            .await;
+            // Whatever was claimed before an error is still handed over: it holds leases.
+            let result = self
+                .claim(&mut claimed, now, now + lease, want, lapsed)
+                .await;
             let full = claimed.len() == want;
             let mut permit = Some(permit);
             for job in claimed {
@@ -308,6 +266,61 @@ impl Fetcher {
                 return;
             }
         }
+    }
+}
+
+impl Fetcher {
+    /// Claims up to `want` shares into `claimed`: those whose lease lapsed first (when `lapsed`),
+    /// then due ones, each with its connection.
+    async fn claim(
+        &self,
+        claimed: &mut Vec<ClaimedShare>,
+        now: chrono::DateTime<Utc>,
+        lease_until: chrono::DateTime<Utc>,
+        want: usize,
+        lapsed: bool,
+    ) -> anyhow::Result<()> {
+        let new = |recovered| {
+            move |share| ClaimedShare {
+                share,
+                recovered,
+                connection: None,
+            }
+        };
+        if lapsed {
+            let rows = self
+                .store
+                .claim_lapsed_shares(now, lease_until, want as i64)
+                .await?;
+            claimed.extend(rows.into_iter().map(new(true)));
+        }
+        let room = want - claimed.len();
+        if room > 0 {
+            let rows = self
+                .store
+                .claim_due_shares(now, lease_until, room as i64)
+                .await?;
+            claimed.extend(rows.into_iter().map(new(false)));
+        }
+        // The batch's connections in one read, rather than one per share.
+        let ids: Vec<&str> = claimed
+            .iter()
+            .map(|c| c.share.connection_id.as_str())
+            .collect();
+        let connections: std::collections::HashMap<String, ConnectionRow> = self
+            .store
+            .connections_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        for c in claimed.iter_mut() {
+            c.connection = connections
+                .get(&c.share.connection_id)
+                .cloned()
+                .map(Box::new);
+        }
+        Ok(())
     }
 }
 

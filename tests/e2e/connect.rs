@@ -23,8 +23,15 @@ pub(crate) const RETURN_URL: &str = "https://app.example/after";
 const X_USER: &str = "2244994945";
 
 async fn with_x(engine: crate::support::Engine) -> (TestApp, OAuthProvider) {
+    with_x_and(engine, fast_settings()).await
+}
+
+/// Herald with `settings` and an X app at a local OAuth provider.
+async fn with_x_and(
+    engine: crate::support::Engine,
+    mut settings: herald_jobs::Settings,
+) -> (TestApp, OAuthProvider) {
     let provider = OAuthProvider::start().await;
-    let mut settings = fast_settings();
     settings.apps.x = Some(provider.x_app());
     (TestApp::spawn_with(engine, true, settings).await, provider)
 }
@@ -420,23 +427,7 @@ async fn revocation_goes_to_the_configured_url_and_the_answer_says_whether_it_wa
     engine: crate::support::Engine,
 ) {
     // No revocation URL configured beside a non-X token URL: nothing is guessed.
-    let provider = OAuthProvider::start().await;
-    let mut settings = fast_settings();
-    settings.apps.x = Some(herald_jobs::settings::PlatformApp {
-        revoke_url: None,
-        ..provider.x_app()
-    });
-    let app = TestApp::spawn_with(engine, true, settings).await;
-    let id = connect_x(&app).await;
-    let (status, removed) = app
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/connections/{id}"),
-            Some(&app.key),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{removed}");
+    let (app, provider, _, removed) = connect_then_delete_x(engine, |_| None).await;
     assert_eq!(
         (
             removed["revoked_at_platform"].as_bool(),
@@ -452,10 +443,32 @@ async fn revocation_goes_to_the_configured_url_and_the_answer_says_whether_it_wa
     drop(app);
 
     // A revocation endpoint that refuses: the connection is removed, the answer says so.
+    let (app, _, id, removed) = connect_then_delete_x(engine, |p| {
+        Some(format!("{}/oauth2/revocation-is-elsewhere", p.base))
+    })
+    .await;
+    assert_eq!(
+        (
+            removed["revoked_at_platform"].as_bool(),
+            removed["revocation"].as_str()
+        ),
+        (Some(false), Some("failed")),
+        "{removed}"
+    );
+    let (status, _) = app.get(&format!("/v1/connections/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Connects an X account with the revocation URL `revoke_url` gives, then deletes the connection;
+/// returns the app, the provider, the connection id and the answer to the DELETE (200).
+async fn connect_then_delete_x(
+    engine: crate::support::Engine,
+    revoke_url: impl FnOnce(&OAuthProvider) -> Option<String>,
+) -> (TestApp, OAuthProvider, String, Value) {
     let provider = OAuthProvider::start().await;
     let mut settings = fast_settings();
     settings.apps.x = Some(herald_jobs::settings::PlatformApp {
-        revoke_url: Some(format!("{}/oauth2/revocation-is-elsewhere", provider.base)),
+        revoke_url: revoke_url(&provider),
         ..provider.x_app()
     });
     let app = TestApp::spawn_with(engine, true, settings).await;
@@ -469,16 +482,7 @@ async fn revocation_goes_to_the_configured_url_and_the_answer_says_whether_it_wa
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{removed}");
-    assert_eq!(
-        (
-            removed["revoked_at_platform"].as_bool(),
-            removed["revocation"].as_str()
-        ),
-        (Some(false), Some("failed")),
-        "{removed}"
-    );
-    let (status, _) = app.get(&format!("/v1/connections/{id}")).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    (app, provider, id, removed)
 }
 
 /// Issue 4: refreshes racing on one connection against a provider that rotates refresh tokens
@@ -575,12 +579,10 @@ async fn racing_refreshes_spend_a_rotating_refresh_token_once(engine: crate::sup
 async fn shares_waiting_on_another_workers_refresh_spend_no_attempt(
     engine: crate::support::Engine,
 ) {
-    let provider = OAuthProvider::start().await;
     let mut settings = fast_settings();
-    settings.apps.x = Some(provider.x_app());
     // Every token counts as about to lapse, so every share refreshes before it posts.
     settings.refresh_skew = Duration::from_secs(3 * 3600);
-    let app = TestApp::spawn_with(engine, true, settings).await;
+    let (app, provider) = with_x_and(engine, settings).await;
     let id = connect_x(&app).await;
     provider.slow_refreshes(Duration::from_millis(800));
     let mut shares = Vec::new();

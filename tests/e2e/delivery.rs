@@ -24,30 +24,15 @@ on_every_backend!(
 const SHARES_PER_REQUEST: usize = 50;
 const REQUESTS: usize = 40;
 
-/// `herald worker` as a child process on the test's store.
+/// A worker process for the chaos run: quick timeouts and retries, room for 32 shares at once.
 fn worker(app: &TestApp) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    if let Some(url) = &app.backends.redis_url {
-        cmd.env("REDIS_URL", url)
-            .env("HERALD_REDIS_PREFIX", &app.backends.redis_prefix);
-    }
-    cmd.arg("worker")
-        .env("DATABASE_URL", &app.db.url)
-        .env("HERALD_ENCRYPTION_KEYS", &app.key_spec)
-        .env("HERALD_WORKER_LISTEN", "127.0.0.1:0")
-        .env("HERALD_SSRF_ALLOW_PRIVATE", "true")
-        .env("HERALD_PLATFORM_TIMEOUT_SECS", "1")
-        .env("HERALD_LEASE_SECS", "3")
-        .env("HERALD_RECONCILE_SECS", "1")
-        .env("HERALD_REDELIVERY_GRACE_SECS", "1")
-        .env("HERALD_RETRY_BASE_MS", "100")
-        .env("HERALD_RETRY_MAX_SECS", "1")
-        .env("HERALD_MAX_ATTEMPTS", "6")
-        .env("HERALD_CONCURRENCY", "32")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the herald binary runs")
+    app.worker_process(&[
+        ("HERALD_PLATFORM_TIMEOUT_SECS", "1"),
+        ("HERALD_RETRY_BASE_MS", "100"),
+        ("HERALD_RETRY_MAX_SECS", "1"),
+        ("HERALD_MAX_ATTEMPTS", "6"),
+        ("HERALD_CONCURRENCY", "32"),
+    ])
 }
 
 fn time(v: &Value) -> DateTime<Utc> {

@@ -116,6 +116,26 @@ impl Drop for ThrowawayPostgres {
     }
 }
 
+/// Serves the API (and the workers, with `workers`) until the returned sender says stop; returns
+/// the API's base URL.
+async fn serve(parts: &app::Parts, workers: bool) -> (String, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(app::serve_api(
+        listener,
+        app::api_state(parts.ctx.clone(), None),
+        wait(rx.clone()),
+    ));
+    if workers {
+        tokio::spawn(app::run_worker(parts.clone(), wait(rx)));
+    }
+    (base, stop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_stopped_readiness_and_requests_answer_503_within_about_a_second() {
     let pg = ThrowawayPostgres::start().expect(
@@ -130,16 +150,7 @@ async fn with_postgres_stopped_readiness_and_requests_answer_503_within_about_a_
     let key = herald::keys::create(&parts.ctx.store, Some("acme"), false)
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, mut rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(app::serve_api(
-        listener,
-        app::api_state(parts.ctx.clone(), None),
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        },
-    ));
+    let (base, stop) = serve(&parts, false).await;
     let http = reqwest::Client::new();
     let get = |path: &str| {
         http.get(format!("{base}{path}"))
@@ -260,18 +271,7 @@ async fn with_redis_stopped_shares_are_accepted_and_posted_once_it_is_back() {
     let key = herald::keys::create(&parts.ctx.store, Some("acme"), false)
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    tokio::spawn(app::serve_api(
-        listener,
-        app::api_state(parts.ctx.clone(), None),
-        wait(rx.clone()),
-    ));
-    tokio::spawn(app::run_worker(parts.clone(), wait(rx)));
+    let (base, stop) = serve(&parts, true).await;
     let http = reqwest::Client::new();
     let post = |path: &'static str, body: Value| {
         http.post(format!("{base}{path}"))

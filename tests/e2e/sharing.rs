@@ -210,34 +210,12 @@ async fn retries_are_bounded(engine: Engine) {
     assert_eq!(app.mastodon.received().len(), 4);
 }
 
-/// Spawns `herald worker` as a child process on the test's store.
-fn worker_process(app: &TestApp, port: u16) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    if let Some(url) = &app.backends.redis_url {
-        cmd.env("REDIS_URL", url)
-            .env("HERALD_REDIS_PREFIX", &app.backends.redis_prefix);
-    }
-    cmd.arg("worker")
-        .env("DATABASE_URL", &app.db.url)
-        .env("HERALD_ENCRYPTION_KEYS", &app.key_spec)
-        .env("HERALD_WORKER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_SSRF_ALLOW_PRIVATE", "true")
-        .env("HERALD_PLATFORM_TIMEOUT_SECS", "2")
-        .env("HERALD_LEASE_SECS", "3")
-        .env("HERALD_RECONCILE_SECS", "1")
-        .env("HERALD_REDELIVERY_GRACE_SECS", "1")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the herald binary runs")
-}
-
 async fn a_worker_killed_mid_share_leaves_it_to_another_that_posts_it_once(engine: Engine) {
     let app = TestApp::spawn_with(engine, false, fast_settings()).await;
     let conn = app.mastodon_connection().await;
     app.mastodon.script([Reply::CreateThenHang]);
     let id = app.share(&conn, "crash").await;
-    let mut first = worker_process(&app, 0);
+    let mut first = app.worker_process(&[]);
     eventually(Duration::from_secs(20), || async {
         (!app.mastodon.received().is_empty()).then_some(())
     })
@@ -249,7 +227,7 @@ async fn a_worker_killed_mid_share_leaves_it_to_another_that_posts_it_once(engin
     assert_eq!(running["state"], "running", "{running}");
 
     // Another worker takes the share over once the dead worker's lease (3 s) lapses.
-    let _second = worker_process(&app, 0);
+    let _second = app.worker_process(&[]);
     let share = app
         .share_until(&id, Duration::from_secs(30), |s| s["state"] == "succeeded")
         .await;

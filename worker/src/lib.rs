@@ -266,10 +266,8 @@ pub async fn run(
     // to keep in check is the other queues' finished jobs.
     let reconciler = AbortOnDrop(tokio::spawn(match &backend {
         Backend::Redis(_) => reconcile_forever(ctx.clone()).boxed(),
-        Backend::Sqlite(q) => prune_forever(ctx.clone(), Pruner::Sqlite(q.pool().clone())).boxed(),
-        Backend::Postgres(q) => {
-            prune_forever(ctx.clone(), Pruner::Postgres(q.pool().clone())).boxed()
-        }
+        Backend::Sqlite(q) => prune_forever(Pruner::Sqlite(q.pool().clone())).boxed(),
+        Backend::Postgres(q) => prune_forever(Pruner::Postgres(q.pool().clone())).boxed(),
     }));
     for q in QueueName::ALL {
         metrics::gauge!(m::WORKERS_ALIVE, "queue" => q.as_str()).set(1.0);
@@ -314,6 +312,9 @@ async fn reconcile_forever(ctx: Ctx) {
 const FINISHED_JOB_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The most finished jobs deleted per statement, so a prune never holds the write lock for long.
 const PRUNE_BATCH: i64 = 1000;
+/// How often a worker process prunes: the retention is a day, so every few minutes is plenty,
+/// and a `DELETE` takes SQLite's write lock even when it finds nothing.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// The database holding apalis's job table.
 enum Pruner {
@@ -347,8 +348,8 @@ impl Pruner {
     }
 }
 
-async fn prune_forever(ctx: Ctx, pruner: Pruner) {
-    let mut tick = tokio::time::interval(ctx.settings.reconcile_every.max(Duration::from_secs(1)));
+async fn prune_forever(pruner: Pruner) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -148,6 +148,30 @@ impl TestApp {
         }
     }
 
+    /// Spawns `herald worker` as a child process on this test's store and queue, with short
+    /// leases and timeouts; `env` adds or overrides settings.
+    pub fn worker_process(&self, env: &[(&str, &str)]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        if let Some(url) = &self.backends.redis_url {
+            cmd.env("REDIS_URL", url)
+                .env("HERALD_REDIS_PREFIX", &self.backends.redis_prefix);
+        }
+        cmd.arg("worker")
+            .env("DATABASE_URL", &self.db.url)
+            .env("HERALD_ENCRYPTION_KEYS", &self.key_spec)
+            .env("HERALD_WORKER_LISTEN", "127.0.0.1:0")
+            .env("HERALD_SSRF_ALLOW_PRIVATE", "true")
+            .env("HERALD_PLATFORM_TIMEOUT_SECS", "2")
+            .env("HERALD_LEASE_SECS", "3")
+            .env("HERALD_RECONCILE_SECS", "1")
+            .env("HERALD_REDELIVERY_GRACE_SECS", "1")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the herald binary runs")
+    }
+
     pub async fn operator_key(&self) -> String {
         herald::keys::create(&self.parts.ctx.store, None, true)
             .await
