@@ -27,10 +27,10 @@ use herald::app;
 use herald_jobs::{
     Settings,
     retry::RetryPolicy,
-    ssrf::SsrfGuard,
     store::{CreateShares, NewShare, Pool},
     vault::KeyRing,
 };
+use herald_platforms::ssrf::SsrfGuard;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

@@ -13,11 +13,11 @@ use apalis_sqlite::SqliteStorage;
 use herald_api::ApiState;
 use herald_jobs::{
     Ctx, Settings, metrics as m,
-    platform::{Platforms, http, mastodon::Mastodon},
     queue::{JobQueue, PostgresQueue, RedisJobQueue, SqliteQueue, Wakeups},
     store::{Pool, Store},
     vault::KeyRing,
 };
+use herald_platforms::{Platforms, http};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
@@ -32,60 +32,12 @@ pub struct Parts {
 /// The platform clients, sharing one guarded HTTP client. Mastodon needs no app; the others are
 /// there when their app is configured.
 pub fn platforms(settings: &Settings) -> Platforms {
-    use herald_jobs::platform::{facebook, instagram, linkedin, threads, x};
-    let client = http::client(&settings.ssrf, settings.platform_timeout);
-    let apps = &settings.apps;
-    let oauth =
-        |app: &herald_jobs::settings::PlatformApp, default_token_url: &str| x::OAuthClient {
-            client_id: app.client_id.clone(),
-            client_secret: app.client_secret.clone(),
-            token_url: app
-                .token_url
-                .clone()
-                .unwrap_or_else(|| default_token_url.to_owned()),
-        };
-    let base = |app: &herald_jobs::settings::PlatformApp, default: &str| {
-        app.api_base.clone().unwrap_or_else(|| default.to_owned())
-    };
-    let mut p = Platforms::default()
-        .with(Arc::new(Mastodon::new(client.clone())))
-        .with(Arc::new(
-            herald_jobs::platform::bluesky::Bluesky::new(client.clone(), settings.ssrf.clone())
-                .with_oauth(settings.bluesky_client()),
-        ));
-    if let Some(app) = &apps.x {
-        p = p.with(Arc::new(x::X::new(
-            client.clone(),
-            base(app, x::DEFAULT_BASE),
-            oauth(app, x::DEFAULT_TOKEN_URL),
-        )));
-    }
-    if let Some(app) = &apps.linkedin {
-        p = p.with(Arc::new(linkedin::Linkedin::new(
-            client.clone(),
-            base(app, linkedin::DEFAULT_BASE),
-            oauth(app, linkedin::DEFAULT_TOKEN_URL),
-        )));
-    }
-    if let Some(app) = &apps.facebook {
-        p = p.with(Arc::new(facebook::Facebook::new(
-            client.clone(),
-            base(app, facebook::DEFAULT_BASE),
-        )));
-    }
-    if let Some(app) = &apps.instagram {
-        p = p.with(Arc::new(instagram::Instagram::new(
-            client.clone(),
-            base(app, instagram::DEFAULT_BASE),
-        )));
-    }
-    if let Some(app) = &apps.threads {
-        p = p.with(Arc::new(threads::Threads::new(
-            client,
-            base(app, threads::DEFAULT_BASE),
-        )));
-    }
-    p
+    Platforms::configured(
+        http::client(&settings.ssrf, settings.platform_timeout),
+        &settings.ssrf,
+        &settings.apps,
+        settings.bluesky_client(),
+    )
 }
 
 /// Applies the store's and the queue's migrations.

@@ -6,7 +6,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, FromArgMatches};
-use herald_jobs::{Settings, platform::bluesky::jwt::EsKey, retry::RetryPolicy, ssrf::SsrfGuard};
+use herald_jobs::{Settings, retry::RetryPolicy};
+use herald_platforms::{bluesky::jwt::EsKey, ssrf::SsrfGuard};
 
 /// Drops the environment value of every argument whose variable is set but empty (recursively
 /// through subcommands): `HERALD_METRICS_TOKEN=` means no token, not the empty token.
@@ -131,12 +132,12 @@ pub struct PlatformArgs {
     pub bluesky_client_keys: Option<String>,
 
     /// Where `did:plc` documents are read.
-    #[arg(long, env = "HERALD_BLUESKY_PLC_URL", default_value = herald_jobs::settings::DEFAULT_PLC_URL)]
+    #[arg(long, env = "HERALD_BLUESKY_PLC_URL", default_value = herald_platforms::config::DEFAULT_PLC_URL)]
     pub bluesky_plc_url: String,
 
     /// A service answering `com.atproto.identity.resolveHandle`, asked for handles that
     /// `https://<handle>/.well-known/atproto-did` does not resolve.
-    #[arg(long, env = "HERALD_BLUESKY_HANDLE_RESOLVER", default_value = herald_jobs::settings::DEFAULT_HANDLE_RESOLVER)]
+    #[arg(long, env = "HERALD_BLUESKY_HANDLE_RESOLVER", default_value = herald_platforms::config::DEFAULT_HANDLE_RESOLVER)]
     pub bluesky_handle_resolver: String,
 }
 
@@ -272,7 +273,7 @@ impl Config {
         &self.store.database_url
     }
 
-    fn bluesky(&self) -> anyhow::Result<herald_jobs::settings::BlueskySettings> {
+    fn bluesky(&self) -> anyhow::Result<herald_platforms::config::BlueskySettings> {
         let client_keys = self
             .platform
             .bluesky_client_keys
@@ -302,7 +303,7 @@ impl Config {
                 "{name} must be an http(s) URL"
             );
         }
-        Ok(herald_jobs::settings::BlueskySettings {
+        Ok(herald_platforms::config::BlueskySettings {
             client_keys,
             plc_url: self
                 .platform
@@ -396,7 +397,7 @@ impl Config {
             ),
             refresh_sweep_cron: self.worker.refresh_sweep_cron.clone(),
             follower_sync_cron: self.worker.follower_sync_cron.clone(),
-            apps: herald_jobs::settings::PlatformApps::from_env(),
+            apps: herald_platforms::config::PlatformApps::from_env(),
             public_url: self.platform.public_url.trim_end_matches('/').to_owned(),
             oauth_state_ttl: Duration::from_secs(600),
             fair_share_recheck: Duration::from_secs(self.worker.fair_share_recheck_secs.max(1)),

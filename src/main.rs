@@ -324,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys { command } => match command {
             KeysCommand::Generate => println!("{}", KeyRing::generate_spec()),
             KeysCommand::GenerateBluesky => {
-                let key = herald_jobs::platform::bluesky::jwt::EsKey::generate();
+                let key = herald_platforms::bluesky::jwt::EsKey::generate();
                 // The key id goes to stderr, so `$(herald keys generate-bluesky)` is the key alone.
                 eprintln!("key id (kid): {}", key.kid());
                 println!("{}", secrecy::ExposeSecret::expose_secret(key.pkcs8()));

@@ -50,11 +50,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/connect/{platform}/callback", get(connect::callback))
         .route("/v1/platforms", get(platforms::list))
         .route(
-            herald_jobs::platform::bluesky::oauth::CLIENT_METADATA_PATH,
+            herald_platforms::bluesky::oauth::CLIENT_METADATA_PATH,
             get(oauth_client::client_metadata),
         )
         .route(
-            herald_jobs::platform::bluesky::oauth::JWKS_PATH,
+            herald_platforms::bluesky::oauth::JWKS_PATH,
             get(oauth_client::jwks),
         )
         .route("/v1/jobs", get(jobs::list))

@@ -23,7 +23,7 @@ use crate::routes::{connect, connections, health, jobs, oauth_client, platforms,
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
         jobs::JobState, jobs::JobQueueName, jobs::ShareQueueName,
-        herald_jobs::platform::PlatformKind, herald_jobs::store::ShareState,
+        herald_platforms::PlatformKind, herald_jobs::store::ShareState,
     )),
     modifiers(&ApiKeyAuth, &CommonResponses),
 )]

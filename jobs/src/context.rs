@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::{
-    platform::Platforms, queue::JobQueue, settings::Settings, store::Store, vault::KeyRing,
-};
+use herald_platforms::Platforms;
+
+use crate::{queue::JobQueue, settings::Settings, store::Store, vault::KeyRing};
 
 /// Shared state of one Herald process. Cheap to clone.
 #[derive(Clone, Debug)]

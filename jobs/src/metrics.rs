@@ -6,27 +6,32 @@
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
-/// One declared metric: its name, kind and help text.
-#[derive(Debug, Clone, Copy)]
-pub struct Metric {
-    pub name: &'static str,
-    pub kind: Kind,
-    pub help: &'static str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
+pub use herald_platforms::metrics::{Kind, Metric};
 
 macro_rules! declare {
     ($( $ident:ident = $name:literal, $kind:ident, $help:literal; )*) => {
         $( pub const $ident: &str = $name; )*
-        /// All declared metrics, in declaration order.
-        pub const ALL: &[Metric] = &[ $( Metric { name: $name, kind: Kind::$kind, help: $help }, )* ];
+        /// The metrics declared here, in declaration order.
+        const OWN: &[Metric] = &[ $( Metric { name: $name, kind: Kind::$kind, help: $help }, )* ];
     };
+}
+
+/// Every metric Herald exports: those declared here, then the platform clients' own
+/// (`herald_platforms::metrics`).
+pub const ALL: &[Metric] = &concat::<{ OWN.len() + herald_platforms::metrics::ALL.len() }>(
+    OWN,
+    herald_platforms::metrics::ALL,
+);
+
+/// `a` then `b`, as one array (slices cannot be joined in a constant otherwise).
+const fn concat<const N: usize>(a: &[Metric], b: &[Metric]) -> [Metric; N] {
+    let mut out = [a[0]; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < a.len() { a[i] } else { b[i - a.len()] };
+        i += 1;
+    }
+    out
 }
 
 // Labels, by metric (a dashboard may only use these):
@@ -67,10 +72,6 @@ declare! {
         "OAuth connect flows started, by platform.";
     OAUTH_CALLBACKS_TOTAL = "herald_oauth_callbacks_total", Counter,
         "OAuth callbacks by platform and result (succeeded, denied, invalid_state, exchange_failed, verify_failed).";
-    PLATFORM_REQUESTS_TOTAL = "herald_platform_requests_total", Counter,
-        "HTTP requests to platforms by platform, operation and status class (2xx, 4xx, 5xx, timeout, network).";
-    PLATFORM_REQUEST_DURATION_SECONDS = "herald_platform_request_duration_seconds", Histogram,
-        "Latency of HTTP requests to platforms, by platform and operation.";
     RATE_LIMIT_DEFERRALS_TOTAL = "herald_rate_limit_deferrals_total", Counter,
         "Jobs deferred by a rate limit, by queue, platform and scope (account: the account's own limit; app: the platform app's limit, which every tenant shares; fair_share: the app's budget is scarce and the tenant has used its share).";
     API_REQUESTS_TOTAL = "herald_api_requests_total", Counter,
@@ -127,7 +128,8 @@ pub const DEFERRAL_SCOPES: &[&str] = &["account", "app", "fair_share"];
 /// before their first increment and `rate()` counts that increment (a series that first appears
 /// at 1 shows no increase). A few dozen series: platforms times results.
 pub fn zero_known_series() {
-    use crate::{payloads::QueueName, platform::PlatformKind};
+    use crate::payloads::QueueName;
+    use herald_platforms::PlatformKind;
     for platform in PlatformKind::ALL.map(PlatformKind::as_str) {
         metrics::counter!(OAUTH_STARTS_TOTAL, "platform" => platform).increment(0);
         for result in CALLBACK_RESULTS {

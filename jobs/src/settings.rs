@@ -3,106 +3,14 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
-
-use crate::{
-    platform::{
-        PlatformKind,
-        bluesky::{jwt::EsKey, oauth::ClientConfig},
-    },
-    retry::RetryPolicy,
+use herald_platforms::{
+    PlatformKind,
+    bluesky::oauth::ClientConfig,
+    config::{BlueskySettings, PlatformApps},
     ssrf::SsrfGuard,
 };
 
-/// A platform app's credentials (X, LinkedIn and Meta need one; Mastodon registers an app per
-/// instance and Bluesky's client is Herald itself). The URLs default to the platform's own.
-#[derive(Debug, Clone)]
-pub struct PlatformApp {
-    pub client_id: String,
-    pub client_secret: Option<SecretString>,
-    pub api_base: Option<String>,
-    pub token_url: Option<String>,
-    pub authorize_url: Option<String>,
-    /// The RFC 7009 revocation endpoint (`HERALD_<P>_REVOKE_URL`). Unset: X's documented one
-    /// while the token URL is X's own, and no revocation otherwise.
-    pub revoke_url: Option<String>,
-}
-
-/// Configured platform apps. A platform without one is unavailable.
-#[derive(Debug, Clone, Default)]
-pub struct PlatformApps {
-    pub x: Option<PlatformApp>,
-    pub linkedin: Option<PlatformApp>,
-    pub facebook: Option<PlatformApp>,
-    pub instagram: Option<PlatformApp>,
-    pub threads: Option<PlatformApp>,
-}
-
-impl PlatformApps {
-    pub fn get(&self, kind: PlatformKind) -> Option<&PlatformApp> {
-        match kind {
-            PlatformKind::X => self.x.as_ref(),
-            PlatformKind::Linkedin => self.linkedin.as_ref(),
-            PlatformKind::FacebookPages => self.facebook.as_ref(),
-            PlatformKind::Instagram => self.instagram.as_ref(),
-            PlatformKind::Threads => self.threads.as_ref(),
-            PlatformKind::Mastodon | PlatformKind::Bluesky => None,
-        }
-    }
-
-    /// Reads `HERALD_<X|LINKEDIN|FACEBOOK|INSTAGRAM|THREADS>_CLIENT_ID` (required for the app to
-    /// exist), `_CLIENT_SECRET`, `_API_BASE`, `_TOKEN_URL` and `_AUTHORIZE_URL`.
-    pub fn from_env() -> Self {
-        let read = |name: &str| {
-            let var = |suffix: &str| {
-                std::env::var(format!("HERALD_{name}_{suffix}"))
-                    .ok()
-                    .filter(|v| !v.trim().is_empty())
-            };
-            var("CLIENT_ID").map(|client_id| PlatformApp {
-                client_id,
-                client_secret: var("CLIENT_SECRET").map(SecretString::from),
-                api_base: var("API_BASE"),
-                token_url: var("TOKEN_URL"),
-                authorize_url: var("AUTHORIZE_URL"),
-                revoke_url: var("REVOKE_URL"),
-            })
-        };
-        Self {
-            x: read("X"),
-            linkedin: read("LINKEDIN"),
-            facebook: read("FACEBOOK"),
-            instagram: read("INSTAGRAM"),
-            threads: read("THREADS"),
-        }
-    }
-}
-
-/// Bluesky's OAuth client and where identities are looked up.
-#[derive(Debug, Clone)]
-pub struct BlueskySettings {
-    /// `HERALD_BLUESKY_CLIENT_KEYS`: ES256 keys for `private_key_jwt` (the first signs new
-    /// sessions, all are published). Empty: the loopback development client.
-    pub client_keys: Vec<EsKey>,
-    /// `HERALD_BLUESKY_PLC_URL`: where `did:plc` documents are read.
-    pub plc_url: String,
-    /// `HERALD_BLUESKY_HANDLE_RESOLVER`: a service answering `com.atproto.identity.resolveHandle`
-    /// for handles that `https://<handle>/.well-known/atproto-did` does not resolve.
-    pub handle_resolver: String,
-}
-
-pub const DEFAULT_PLC_URL: &str = "https://plc.directory";
-pub const DEFAULT_HANDLE_RESOLVER: &str = "https://public.api.bsky.app";
-
-impl Default for BlueskySettings {
-    fn default() -> Self {
-        Self {
-            client_keys: Vec::new(),
-            plc_url: DEFAULT_PLC_URL.into(),
-            handle_resolver: DEFAULT_HANDLE_RESOLVER.into(),
-        }
-    }
-}
+use crate::retry::RetryPolicy;
 
 /// `HERALD_PUBLIC_URL` when unset: the default listen address.
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";

@@ -24,12 +24,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use herald_jobs::{
-    platform::{
-        Account, Credentials, LimitScope, Platform, PlatformError, PostRequest, Relation,
-        bluesky::{self, Bluesky},
-        http,
-    },
+use herald_platforms::{
+    Account, Credentials, LimitScope, Platform, PlatformError, PostRequest, Relation,
+    bluesky::{self, Bluesky},
+    http,
     ssrf::SsrfGuard,
 };
 use serde_json::{Value, json};
@@ -593,7 +591,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 fn concurrent_shares(
     s: &Server,
     n: usize,
-) -> Vec<tokio::task::JoinHandle<Result<herald_jobs::platform::Published, PlatformError>>> {
+) -> Vec<tokio::task::JoinHandle<Result<herald_platforms::Published, PlatformError>>> {
     (0..n)
         .map(|i| {
             let (client, account) = (s.client.clone(), s.account());

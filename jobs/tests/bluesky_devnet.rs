@@ -17,12 +17,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use herald_jobs::{
-    platform::{
-        Account, Credentials, Platform, PostRequest, Relation,
-        bluesky::{self, Bluesky},
-        http,
-    },
+use herald_platforms::{
+    Account, Credentials, Platform, PostRequest, Relation,
+    bluesky::{self, Bluesky},
+    http,
     ssrf::SsrfGuard,
 };
 use serde::Deserialize;
@@ -397,20 +395,20 @@ mod oauth {
         Ctx, Settings,
         connect::{self, Callback, CallbackParams, StartRequest},
         handlers::refresh::{self, Refresh},
-        platform::{
-            PlatformKind, Platforms, PostRequest,
-            bluesky::{
-                Bluesky,
-                jwt::EsKey,
-                oauth::{CLIENT_METADATA_PATH, JWKS_PATH},
-            },
-            http,
-        },
         queue::{SqliteQueue, Wakeups},
-        settings::BlueskySettings,
-        ssrf::SsrfGuard,
         store::{Pool, Store, StoredTokens},
         vault::KeyRing,
+    };
+    use herald_platforms::{
+        PlatformKind, Platforms, PostRequest,
+        bluesky::{
+            Bluesky,
+            jwt::EsKey,
+            oauth::{CLIENT_METADATA_PATH, JWKS_PATH},
+        },
+        config::BlueskySettings,
+        http,
+        ssrf::SsrfGuard,
     };
     use secrecy::ExposeSecret;
     use std::time::Duration;
@@ -680,10 +678,7 @@ mod oauth {
         // The session is gone at the PDS: the newest tokens are refused too.
         let err = bsky.refresh(&row.account(), &fresh).await.unwrap_err();
         assert!(
-            matches!(
-                err,
-                herald_jobs::platform::PlatformError::InvalidGrant { .. }
-            ),
+            matches!(err, herald_platforms::PlatformError::InvalidGrant { .. }),
             "{err:?}"
         );
     }
@@ -722,10 +717,7 @@ mod oauth {
         assert_eq!(connect::revoke(&ctx, &row).await, connect::Revoked::Revoked);
         let err = bsky.refresh(&row.account(), &creds).await.unwrap_err();
         assert!(
-            matches!(
-                err,
-                herald_jobs::platform::PlatformError::InvalidGrant { .. }
-            ),
+            matches!(err, herald_platforms::PlatformError::InvalidGrant { .. }),
             "{err:?}"
         );
 

@@ -15,9 +15,8 @@ mod support {
         http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri},
         response::{IntoResponse, Response},
     };
-    use herald_jobs::{
-        platform::{Account, Checkpoint, CheckpointSink, Credentials, PostRequest, http},
-        ssrf::SsrfGuard,
+    use herald_platforms::{
+        Account, Checkpoint, CheckpointSink, Credentials, PostRequest, http, ssrf::SsrfGuard,
     };
     use secrecy::SecretString;
 
@@ -225,9 +224,8 @@ mod x {
 
     use base64::Engine;
     use chrono::Utc;
-    use herald_jobs::platform::{
-        LimitScope, Platform, PlatformError, Relation,
-        x::{OAuthClient, X},
+    use herald_platforms::{
+        LimitScope, Platform, PlatformError, Relation, oauth::OAuthClient, x::X,
     };
     use secrecy::ExposeSecret;
     use serde_json::json;
@@ -651,10 +649,10 @@ mod x {
 mod linkedin {
     use std::time::Duration;
 
-    use herald_jobs::platform::{
+    use herald_platforms::{
         LimitScope, Platform, PlatformError, Relation,
         linkedin::{DEFAULT_VERSION, Linkedin},
-        x::OAuthClient,
+        oauth::OAuthClient,
     };
     use secrecy::ExposeSecret;
     use serde_json::json;
@@ -784,8 +782,7 @@ mod linkedin {
                 retry_after: Some(wait),
                 scope: LimitScope::Account,
             } => {
-                let expected =
-                    herald_jobs::platform::linkedin::until_midnight_utc(chrono::Utc::now());
+                let expected = herald_platforms::linkedin::until_midnight_utc(chrono::Utc::now());
                 assert!(
                     wait >= expected && wait - expected < Duration::from_secs(5),
                     "{wait:?} vs {expected:?}"
@@ -915,10 +912,10 @@ mod linkedin {
 mod facebook {
     use std::time::Duration;
 
-    use herald_jobs::platform::{
+    use herald_platforms::{
         LimitScope, Platform, PlatformError, Relation,
         facebook::{API_VERSION, Facebook},
-        x::OAuthClient,
+        oauth::OAuthClient,
     };
     use secrecy::ExposeSecret;
     use serde_json::json;
@@ -933,7 +930,7 @@ mod facebook {
         json(status, json!({ "error": error }))
     }
 
-    fn page() -> herald_jobs::platform::Account {
+    fn page() -> herald_platforms::Account {
         account("user-1", json!({"page_id": "1011"}))
     }
 
@@ -1195,7 +1192,7 @@ mod instagram {
         time::Duration,
     };
 
-    use herald_jobs::platform::{
+    use herald_platforms::{
         LimitScope, Platform, PlatformError,
         instagram::{API_VERSION, Instagram},
         meta::ContainerWait,
@@ -1422,7 +1419,7 @@ mod instagram {
         server: &Server,
         saved: Option<&str>,
         saves: &Arc<Checkpoints>,
-    ) -> Result<herald_jobs::platform::Published, PlatformError> {
+    ) -> Result<herald_platforms::Published, PlatformError> {
         ig(server)
             .share(
                 &account("1784", json!({})),
@@ -1631,7 +1628,7 @@ mod threads {
         time::Duration,
     };
 
-    use herald_jobs::platform::{
+    use herald_platforms::{
         LimitScope, Platform, PlatformError,
         meta::ContainerWait,
         threads::{API_VERSION, Threads},

@@ -451,7 +451,7 @@ async fn health_readiness_and_the_openapi_document_answer(engine: Engine) {
 
 async fn the_ssrf_guard_refuses_private_instance_and_share_urls(engine: Engine) {
     let mut settings = fast_settings();
-    settings.ssrf = herald_jobs::ssrf::SsrfGuard::strict();
+    settings.ssrf = herald_platforms::ssrf::SsrfGuard::strict();
     let app = TestApp::spawn_with(engine, false, settings).await;
     for instance in [
         "http://127.0.0.1:3000",

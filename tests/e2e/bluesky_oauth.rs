@@ -7,9 +7,9 @@
 
 use herald_jobs::{
     handlers::refresh::{self, Refresh},
-    platform::bluesky::jwt::EsKey,
     store::StoredTokens,
 };
+use herald_platforms::bluesky::jwt::EsKey;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};

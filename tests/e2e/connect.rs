@@ -467,7 +467,7 @@ async fn connect_then_delete_x(
 ) -> (TestApp, OAuthProvider, String, Value) {
     let provider = OAuthProvider::start().await;
     let mut settings = fast_settings();
-    settings.apps.x = Some(herald_jobs::settings::PlatformApp {
+    settings.apps.x = Some(herald_platforms::config::PlatformApp {
         revoke_url: revoke_url(&provider),
         ..provider.x_app()
     });

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use herald_jobs::{ssrf::SsrfGuard, store::Pool};
+use herald_jobs::store::Pool;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -11,6 +11,7 @@ use crate::{
     on_every_backend,
     support::{Engine, TestApp, fast_settings},
 };
+use herald_platforms::ssrf::SsrfGuard;
 
 on_every_backend!(
     spans_and_times_out_of_range_are_refused_not_overflowed,

@@ -9,14 +9,11 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use herald_jobs::{
-    handlers::{
-        refresh::{self, Refresh},
-        sweeps,
-    },
-    platform::linkedin::DEFAULT_VERSION,
-    settings::PlatformApps,
+use herald_jobs::handlers::{
+    refresh::{self, Refresh},
+    sweeps,
 };
+use herald_platforms::{config::PlatformApps, linkedin::DEFAULT_VERSION};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -321,7 +318,7 @@ async fn facebook_pages_connect_share_revoke_and_reconnect_post_the_parked_share
 ) {
     let fb = FakeMeta::start(MetaApi::Facebook).await;
     let app = spawn(engine, |apps| apps.facebook = Some(fb.app())).await;
-    let v = herald_jobs::platform::facebook::API_VERSION;
+    let v = herald_platforms::facebook::API_VERSION;
 
     // The code gives a short-lived user token, exchanged for a long-lived one, which reads the
     // page token; the page token is what is verified and stored.
@@ -434,8 +431,8 @@ async fn container_platform_end_to_end(engine: Engine, p: ContainerPlatform) {
     .await;
     let user = p.api.user_id();
     let v = match p.api {
-        MetaApi::Instagram => herald_jobs::platform::instagram::API_VERSION,
-        _ => herald_jobs::platform::threads::API_VERSION,
+        MetaApi::Instagram => herald_platforms::instagram::API_VERSION,
+        _ => herald_platforms::threads::API_VERSION,
     };
 
     // Code → short-lived token (with the user id) → long-lived token, verified, stored.
@@ -560,7 +557,7 @@ async fn container_platform_end_to_end(engine: Engine, p: ContainerPlatform) {
 async fn instagram_connect_share_refresh_revoke_and_reconnect_post_the_parked_shares_once(
     engine: Engine,
 ) {
-    let v = herald_jobs::platform::instagram::API_VERSION;
+    let v = herald_platforms::instagram::API_VERSION;
     container_platform_end_to_end(
         engine,
         ContainerPlatform {
@@ -583,7 +580,7 @@ async fn instagram_connect_share_refresh_revoke_and_reconnect_post_the_parked_sh
 async fn threads_connect_share_refresh_revoke_and_reconnect_post_the_parked_shares_once(
     engine: Engine,
 ) {
-    let v = herald_jobs::platform::threads::API_VERSION;
+    let v = herald_platforms::threads::API_VERSION;
     container_platform_end_to_end(
         engine,
         ContainerPlatform {

@@ -7,10 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use herald_jobs::{
-    connect::{self, Callback, CallbackParams, StartError, StartRequest},
-    platform::PlatformKind,
-};
+use herald_jobs::connect::{self, Callback, CallbackParams, StartError, StartRequest};
+use herald_platforms::PlatformKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -62,7 +60,7 @@ fn platform(raw: &str) -> ApiResult<PlatformKind> {
 
 /// Start connecting an account: answers the URL to send the user's browser to.
 #[utoipa::path(post, path = "/v1/connect/{platform}", tag = "connections",
-    params(("platform" = herald_jobs::platform::PlatformKind, Path)), request_body = StartConnectRequest,
+    params(("platform" = herald_platforms::PlatformKind, Path)), request_body = StartConnectRequest,
     responses(
         (status = 200, body = StartConnectResponse),
         (status = 404, description = "`unknown_platform`", body = crate::error::ErrorBody),
@@ -133,7 +131,7 @@ pub async fn start(
 /// `303` to the flow's return URL, or `400 invalid_state` when the state is unknown (there is no
 /// return URL to trust then).
 #[utoipa::path(get, path = "/v1/connect/{platform}/callback", tag = "connections",
-    params(("platform" = herald_jobs::platform::PlatformKind, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
+    params(("platform" = herald_platforms::PlatformKind, Path), ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
     responses(
         (status = 303, description = "Back to the return URL with `connection_id` or `error`"),
         (status = 400, description = "Unknown state", body = crate::error::ErrorBody),

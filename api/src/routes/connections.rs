@@ -2,10 +2,8 @@
 
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
-use herald_jobs::{
-    platform::{PlatformKind, Platforms},
-    store::{ConnectionRow, NewConnection, StoredTokens},
-};
+use herald_jobs::store::{ConnectionRow, NewConnection, StoredTokens};
+use herald_platforms::{PlatformKind, Platforms};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -25,7 +23,7 @@ const MAX_TOKEN: usize = 16_384;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnectionRequest {
-    #[schema(value_type = herald_jobs::platform::PlatformKind)]
+    #[schema(value_type = herald_platforms::PlatformKind)]
     pub platform: String,
     /// The platform's id of the account (Mastodon account id, Bluesky DID, page id, ...).
     #[schema(min_length = 1, pattern = "\\S", max_length = 255)]
@@ -334,7 +332,7 @@ pub async fn remove(
     // Revoke first: the tokens are needed for it, and are gone after the delete.
     let revoked = herald_jobs::connect::revoke(&state.ctx, &row).await;
     match &revoked {
-        herald_jobs::connect::Revoked::Failed(reason) => {
+        herald_platforms::oauth::Revoked::Failed(reason) => {
             tracing::warn!(connection.id = %row.id, platform = %row.platform, error.message = %reason, "revoking at the platform failed; removing the connection anyway");
         }
         other => {
@@ -350,7 +348,7 @@ pub async fn remove(
         // Removed by a concurrent request meanwhile.
         return Err(ApiError::not_found("connection"));
     }
-    use herald_jobs::connect::Revoked;
+    use herald_platforms::oauth::Revoked;
     let revocation = match revoked {
         Revoked::Revoked => "revoked",
         Revoked::NoEndpoint => "no_endpoint",

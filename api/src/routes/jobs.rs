@@ -114,7 +114,7 @@ pub struct JobQuery {
     /// `invalid_grant`, `transient`, `skipped`) and `follower_sync` (`running`, `finished`).
     #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
-    #[param(value_type = Option<herald_jobs::platform::PlatformKind>)]
+    #[param(value_type = Option<herald_platforms::PlatformKind>)]
     pub platform: Option<String>,
     /// An RFC 3339 time, or a span back from now: `90s`, `15m`, `2h`, `7d`.
     pub since: Option<String>,
@@ -155,7 +155,7 @@ fn filter(
         ));
     }
     if let Some(p) = platform
-        && herald_jobs::platform::PlatformKind::parse(p).is_none()
+        && herald_platforms::PlatformKind::parse(p).is_none()
     {
         return Err(ApiError::invalid(
             "platform",
@@ -395,7 +395,7 @@ pub struct BulkReplayRequest {
     /// The state of the shares to replay (required).
     #[schema(value_type = ShareState, required = true)]
     pub state: Option<String>,
-    #[schema(value_type = Option<herald_jobs::platform::PlatformKind>)]
+    #[schema(value_type = Option<herald_platforms::PlatformKind>)]
     pub platform: Option<String>,
     /// RFC 3339 or a span back from now (`2h`).
     pub since: Option<String>,

@@ -1,7 +1,7 @@
 //! `/v1/platforms`: which platforms this Herald can post to, and what each offers.
 
 use axum::extract::State;
-use herald_jobs::platform::PlatformKind;
+use herald_platforms::PlatformKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

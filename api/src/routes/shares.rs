@@ -9,9 +9,9 @@ use axum::{
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     payloads::{QueueName, ShareV1},
-    platform::PostRequest,
     store::{AttemptRow, Cancel, CreateOutcome, CreateShares, NewShare, ShareRow, ShareState},
 };
+use herald_platforms::PostRequest;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};

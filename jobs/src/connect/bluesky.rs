@@ -1,28 +1,29 @@
 //! Bluesky's connect flow: the AT Protocol OAuth profile (PAR + PKCE S256 + DPoP, `iss` and `sub`
 //! checks), which the `oauth2` crate does not cover. The identity steps live in
-//! `platform::bluesky::identity`, the client and its token requests in `platform::bluesky::oauth`.
+//! `herald_platforms::bluesky::identity`, the client and its token requests in
+//! `herald_platforms::bluesky::oauth`.
 
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
 use url::Url;
 
+use herald_platforms::{
+    Account, Credentials, PlatformError, PlatformKind,
+    bluesky::{
+        identity::{Directory, ResolveError, ServerMetadata, is_valid_did},
+        jwt::{self, EsKey},
+        oauth,
+    },
+    oauth::Granted,
+};
+
 use super::{
-    Candidate, MAX_URL, Outcome, Revoked, StartError, StartRequest, Started, hash_state,
-    http_client, invalid, store,
+    MAX_URL, Outcome, StartError, StartRequest, Started, hash_state, http_client, invalid, store,
 };
 use crate::{
     Ctx, metrics as m,
-    platform::{
-        Account, Credentials, PlatformError, PlatformKind,
-        bluesky::{
-            Bluesky,
-            identity::{Directory, ResolveError, ServerMetadata, is_valid_did},
-            jwt::{self, EsKey},
-            oauth,
-        },
-    },
-    store::{AtprotoFlow, ConnectionRow, NewOAuthState, OAuthState, StoredTokens},
+    store::{AtprotoFlow, NewOAuthState, OAuthState},
 };
 
 fn directory(ctx: &Ctx) -> Directory {
@@ -343,17 +344,11 @@ pub(super) async fn finish(
         extras,
     };
     let set = tokens.into_token_set();
-    let stored = StoredTokens {
+    let creds = Credentials {
         access_token: Some(set.access_token),
         refresh_token: set.refresh_token,
         dpop_key: Some(SecretString::from(key.pkcs8().expose_secret().to_owned())),
         expires_at: set.expires_at,
-    };
-    let creds = Credentials {
-        access_token: stored.access_token.clone(),
-        refresh_token: stored.refresh_token.clone(),
-        dpop_key: stored.dpop_key.clone(),
-        expires_at: stored.expires_at,
     };
     let profile = match tokio::time::timeout(
         ctx.settings.platform_timeout,
@@ -379,10 +374,7 @@ pub(super) async fn finish(
         ctx,
         platform,
         row,
-        Candidate {
-            account,
-            tokens: stored,
-        },
+        Granted { account, creds },
         profile,
         &scopes,
     )
@@ -462,20 +454,5 @@ async fn revoke_refused(
     .await;
     if !matches!(revoked, Ok(Ok(()))) {
         warn!(platform = %PlatformKind::Bluesky, "could not revoke a refused grant; it lapses at the server");
-    }
-}
-
-/// Ends the connection's OAuth session at its authorization server, before its tokens are erased.
-pub(super) async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
-    let creds = match conn.credentials(&ctx.vault) {
-        Ok(c) => c,
-        Err(e) => return Revoked::Failed(e.to_string()),
-    };
-    let client = Bluesky::new(http_client(ctx), ctx.settings.ssrf.clone())
-        .with_oauth(ctx.settings.bluesky_client());
-    match client.revoke_oauth(&conn.account(), &creds).await {
-        Ok(true) => Revoked::Revoked,
-        Ok(false) => Revoked::NoEndpoint,
-        Err(e) => Revoked::Failed(e.to_string()),
     }
 }

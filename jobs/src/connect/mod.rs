@@ -3,42 +3,31 @@
 //!
 //! [`start`] stores a single-use state (only its SHA-256; the PKCE verifier encrypted) bound to the
 //! tenant, the app's user, the platform and the return URL, and answers the authorization URL.
-//! [`finish`] runs when the browser comes back: it takes the state, exchanges the code, turns
-//! Meta's short-lived tokens into long-lived ones, verifies the tokens with a real call, stores the
-//! connection, and says where to send the browser. The `oauth2` crate builds the URLs, the PKCE
-//! pair, the code exchange and the revocation request, over the SSRF-guarded reqwest client.
+//! [`finish`] runs when the browser comes back: it takes the state, exchanges the code, has the
+//! platform turn the tokens into the accounts they grant (`Platform::exchange`: Meta's short-lived
+//! tokens become long-lived ones), verifies the tokens with a real call, stores the connection,
+//! and says where to send the browser. What differs between platforms (the app's endpoints and
+//! scopes, the exchange, the revocation) is in each platform's file of `herald_platforms`; this
+//! module keeps what every flow shares: the state, the callback, storing, and the metrics.
 
 mod bluesky;
 
-use std::time::Duration;
-
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, Scope,
-    StandardRevocableToken, TokenResponse, TokenUrl,
-    basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse},
+use herald_platforms::{
+    PlatformError, PlatformKind, Profile, http, mastodon,
+    oauth::{CodeError, Granted, OAuthApp, Revoked},
 };
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use url::Url;
 
 use crate::{
     Ctx, metrics as m,
-    platform::{
-        Account, Credentials, PlatformError, PlatformKind, Profile, facebook, http, instagram,
-        linkedin, meta, threads, x,
-    },
-    settings::PlatformApp,
     store::{ConnectionRow, NewConnection, NewOAuthState, OAuthState, StoredTokens, TakenState},
 };
 
-/// Mastodon scopes: posting, and `read:accounts` for `verify_credentials` (understood by every
-/// version; `profile` only from 4.4).
-const MASTODON_SCOPES: &str = "write:statuses read:accounts";
 const MAX_USER_ID: usize = 255;
 const MAX_URL: usize = 2048;
 
@@ -102,225 +91,6 @@ pub struct Started {
     pub state_expires_at: DateTime<Utc>,
 }
 
-/// One platform's OAuth endpoints and Herald's client there.
-#[derive(Clone)]
-struct Provider {
-    client_id: String,
-    client_secret: Option<SecretString>,
-    authorize_url: String,
-    token_url: String,
-    revoke_url: Option<String>,
-    scopes: &'static str,
-    /// Whether the platform takes PKCE from a web app (platforms.md §1.1, §3.1: Mastodon ≥ 4.3 and
-    /// X do; LinkedIn enables it for native apps only; Meta's flows take the app secret instead).
-    pkce: bool,
-    auth: AuthType,
-}
-
-/// A token endpoint's answer, read leniently: Meta's answers carry no `token_type`, Instagram's
-/// and Threads' add the `user_id`, and Instagram Login wraps it all in `data[0]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(from = "RawCodeToken")]
-struct CodeToken {
-    access_token: oauth2::AccessToken,
-    #[serde(skip)]
-    token_type: oauth2::basic::BasicTokenType,
-    expires_in: Option<u64>,
-    refresh_token: Option<RefreshToken>,
-    #[serde(skip)]
-    scopes: Option<Vec<Scope>>,
-    user_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawCodeToken {
-    Flat(FlatToken),
-    Wrapped { data: Vec<FlatToken> },
-}
-
-#[derive(Deserialize)]
-struct FlatToken {
-    access_token: String,
-    expires_in: Option<u64>,
-    refresh_token: Option<String>,
-    scope: Option<String>,
-    user_id: Option<serde_json::Value>,
-}
-
-impl From<RawCodeToken> for CodeToken {
-    fn from(raw: RawCodeToken) -> Self {
-        let t = match raw {
-            RawCodeToken::Flat(t) => t,
-            RawCodeToken::Wrapped { mut data } if !data.is_empty() => data.swap_remove(0),
-            // An empty `data` has no token: an empty one fails verification, never stored.
-            RawCodeToken::Wrapped { .. } => FlatToken {
-                access_token: String::new(),
-                expires_in: None,
-                refresh_token: None,
-                scope: None,
-                user_id: None,
-            },
-        };
-        Self {
-            access_token: oauth2::AccessToken::new(t.access_token),
-            token_type: oauth2::basic::BasicTokenType::Bearer,
-            expires_in: t.expires_in,
-            refresh_token: t
-                .refresh_token
-                .filter(|r| !r.is_empty())
-                .map(RefreshToken::new),
-            scopes: t.scope.map(|s| {
-                s.split([' ', ','])
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Scope::new(s.to_owned()))
-                    .collect()
-            }),
-            user_id: t.user_id.map(|v| match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            }),
-        }
-    }
-}
-
-impl TokenResponse for CodeToken {
-    type TokenType = oauth2::basic::BasicTokenType;
-
-    fn access_token(&self) -> &oauth2::AccessToken {
-        &self.access_token
-    }
-    fn token_type(&self) -> &Self::TokenType {
-        &self.token_type
-    }
-    fn expires_in(&self) -> Option<Duration> {
-        self.expires_in.map(Duration::from_secs)
-    }
-    fn refresh_token(&self) -> Option<&RefreshToken> {
-        self.refresh_token.as_ref()
-    }
-    fn scopes(&self) -> Option<&Vec<Scope>> {
-        self.scopes.as_ref()
-    }
-}
-
-type OAuthClient = oauth2::Client<
-    BasicErrorResponse,
-    CodeToken,
-    BasicTokenIntrospectionResponse,
-    StandardRevocableToken,
-    BasicRevocationErrorResponse,
-    EndpointSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointSet,
->;
-
-impl Provider {
-    fn client(&self, redirect_uri: &str) -> anyhow::Result<OAuthClient> {
-        let mut c = oauth2::Client::new(ClientId::new(self.client_id.clone()))
-            .set_auth_uri(AuthUrl::new(self.authorize_url.clone())?)
-            .set_token_uri(TokenUrl::new(self.token_url.clone())?)
-            .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned())?)
-            .set_auth_type(self.auth.clone());
-        if let Some(secret) = &self.client_secret {
-            c = c.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
-        }
-        Ok(c)
-    }
-}
-
-/// A platform app's revocation endpoint: `HERALD_<P>_REVOKE_URL` where configured, else X's
-/// documented `POST /2/oauth2/revoke` while the app uses X's own token endpoint. Never guessed
-/// from another token URL: an RFC 7009 server may put revocation anywhere, and a token must not
-/// be sent to a server that did not issue it.
-fn revoke_url(kind: PlatformKind, app: &PlatformApp) -> Option<String> {
-    if let Some(url) = &app.revoke_url {
-        return Some(url.clone());
-    }
-    let own_token_url = app
-        .token_url
-        .as_deref()
-        .is_none_or(|t| t == x::DEFAULT_TOKEN_URL);
-    (kind == PlatformKind::X && own_token_url).then(|| x::DEFAULT_REVOKE_URL.to_owned())
-}
-
-/// The configured app of a platform with one global app, with the platform's endpoints unless
-/// the configuration overrides them.
-fn app_provider(kind: PlatformKind, app: &PlatformApp) -> Option<Provider> {
-    let (authorize, token, scopes, pkce, auth) = match kind {
-        PlatformKind::X => (
-            "https://x.com/i/oauth2/authorize".to_owned(),
-            x::DEFAULT_TOKEN_URL,
-            "tweet.read tweet.write users.read follows.read offline.access",
-            true,
-            AuthType::BasicAuth,
-        ),
-        PlatformKind::Linkedin => (
-            "https://www.linkedin.com/oauth/v2/authorization".to_owned(),
-            linkedin::DEFAULT_TOKEN_URL,
-            "openid profile w_member_social",
-            false,
-            AuthType::RequestBody,
-        ),
-        PlatformKind::FacebookPages => (
-            format!(
-                "https://www.facebook.com/{}/dialog/oauth",
-                facebook::API_VERSION
-            ),
-            facebook::DEFAULT_TOKEN_URL,
-            // Meta takes a comma-separated list.
-            "pages_show_list,pages_manage_posts,pages_read_engagement",
-            false,
-            AuthType::RequestBody,
-        ),
-        PlatformKind::Instagram => (
-            "https://www.instagram.com/oauth/authorize".to_owned(),
-            "https://api.instagram.com/oauth/access_token",
-            "instagram_business_basic,instagram_business_content_publish",
-            false,
-            AuthType::RequestBody,
-        ),
-        PlatformKind::Threads => (
-            "https://threads.net/oauth/authorize".to_owned(),
-            "https://graph.threads.net/oauth/access_token",
-            "threads_basic,threads_content_publish",
-            false,
-            AuthType::RequestBody,
-        ),
-        PlatformKind::Mastodon | PlatformKind::Bluesky => return None,
-    };
-    let token_url = app.token_url.clone().unwrap_or_else(|| token.to_owned());
-    Some(Provider {
-        client_id: app.client_id.clone(),
-        client_secret: app.client_secret.clone(),
-        authorize_url: app.authorize_url.clone().unwrap_or(authorize),
-        // Only X documents a revocation endpoint among these (platforms.md §3.1); LinkedIn's,
-        // Instagram's and Threads' are not documented, and Meta's `DELETE /{user}/permissions`
-        // would end the user's grant for every page, not the one connection removed. An
-        // operator may configure one (`HERALD_<P>_REVOKE_URL`).
-        revoke_url: revoke_url(kind, app),
-        token_url,
-        scopes,
-        pkce,
-        auth,
-    })
-}
-
-fn mastodon_provider(instance: &str, client_id: String, secret: SecretString) -> Provider {
-    Provider {
-        client_id,
-        client_secret: Some(secret),
-        authorize_url: format!("{instance}/oauth/authorize"),
-        token_url: format!("{instance}/oauth/token"),
-        revoke_url: Some(format!("{instance}/oauth/revoke")),
-        scopes: MASTODON_SCOPES,
-        pkce: true,
-        auth: AuthType::RequestBody,
-    }
-}
-
 fn http_client(ctx: &Ctx) -> reqwest::Client {
     http::client(&ctx.settings.ssrf, ctx.settings.platform_timeout)
 }
@@ -368,7 +138,8 @@ async fn instance_origin(ctx: &Ctx, raw: Option<&str>) -> Result<String, StartEr
 }
 
 /// The cached app of this tenant on this instance, registered first if there is none (or if the
-/// cached one was registered for another redirect URI).
+/// cached one was registered for another redirect URI). Mastodon has no global app; the store
+/// keeps the one registered per instance and tenant, client secret encrypted.
 async fn mastodon_app(
     ctx: &Ctx,
     tenant_id: &str,
@@ -376,47 +147,23 @@ async fn mastodon_app(
 ) -> Result<crate::store::MastodonApp, StartError> {
     let redirect = ctx.settings.redirect_uri(PlatformKind::Mastodon);
     if let Some(app) = ctx.store.mastodon_app(instance, tenant_id).await? {
-        if app.redirect_uri == redirect && app.scopes == MASTODON_SCOPES {
+        if app.redirect_uri == redirect && app.scopes == mastodon::SCOPES {
             return Ok(app);
         }
         ctx.store.delete_mastodon_app(&app.id).await?;
     }
-    #[derive(Deserialize)]
-    struct Registered {
-        client_id: String,
-        client_secret: String,
-    }
-    let req = http_client(ctx)
-        .post(format!("{instance}/api/v1/apps"))
-        .form(&[
-            ("client_name", "Herald"),
-            ("redirect_uris", redirect.as_str()),
-            ("scopes", MASTODON_SCOPES),
-        ]);
-    let res = http::send(PlatformKind::Mastodon, "register_app", false, req)
+    let reg = mastodon::register_app(&http_client(ctx), instance, &redirect)
         .await
         .map_err(StartError::Registration)?;
-    if !res.status().is_success() {
-        return Err(StartError::Registration(PlatformError::Rejected {
-            status: res.status().as_u16(),
-            reason: "POST /api/v1/apps was refused".into(),
-        }));
-    }
-    let reg: Registered = res.json().await.map_err(|_| {
-        StartError::Registration(PlatformError::Rejected {
-            status: 200,
-            reason: "unreadable app registration".into(),
-        })
-    })?;
     let app = ctx
         .store
         .save_mastodon_app(
             tenant_id,
             instance,
             &reg.client_id,
-            &SecretString::from(reg.client_secret),
+            &reg.client_secret,
             &redirect,
-            MASTODON_SCOPES,
+            mastodon::SCOPES,
             &ctx.vault,
             Utc::now(),
         )
@@ -470,7 +217,7 @@ pub async fn start(ctx: &Ctx, req: &StartRequest<'_>) -> Result<Started, StartEr
     } else {
         return bluesky::start(ctx, req, user_id, &return_url).await;
     }
-    let (provider, instance) = if req.platform == PlatformKind::Mastodon {
+    let (app, instance) = if req.platform == PlatformKind::Mastodon {
         if ctx.platforms.get(PlatformKind::Mastodon).is_none() {
             return Err(StartError::PlatformUnavailable(req.platform));
         }
@@ -478,33 +225,24 @@ pub async fn start(ctx: &Ctx, req: &StartRequest<'_>) -> Result<Started, StartEr
         let app = mastodon_app(ctx, req.tenant_id, &instance).await?;
         let secret = app.client_secret(&ctx.vault)?;
         (
-            mastodon_provider(&instance, app.client_id, secret),
+            mastodon::oauth_app(&instance, app.client_id, secret),
             Some(instance),
         )
     } else {
-        let provider = ctx
-            .settings
-            .apps
+        let app = ctx
+            .platforms
             .get(req.platform)
-            .filter(|_| ctx.platforms.get(req.platform).is_some())
-            .and_then(|app| app_provider(req.platform, app))
+            .and_then(|p| p.oauth_app())
+            .cloned()
             .ok_or(StartError::PlatformUnavailable(req.platform))?;
-        (provider, None)
+        (app, None)
     };
 
     let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let state_hash = hash_state(&state);
-    let client = provider.client(&ctx.settings.redirect_uri(req.platform))?;
-    let mut auth = client
-        .authorize_url(|| CsrfToken::new(state.clone()))
-        .add_scope(Scope::new(provider.scopes.to_owned()));
-    let mut verifier = None;
-    if provider.pkce {
-        let (challenge, v) = PkceCodeChallenge::new_random_sha256();
-        auth = auth.set_pkce_challenge(challenge);
-        verifier = Some(SecretString::from(v.secret().to_owned()));
-    }
-    let (url, _) = auth.url();
+    let (url, verifier) = app
+        .authorization_url(&ctx.settings.redirect_uri(req.platform), &state)
+        .map_err(|e| StartError::Internal(e.into()))?;
     let now = Utc::now();
     let ttl = chrono::Duration::from_std(ctx.settings.oauth_state_ttl)
         .map_err(|e| StartError::Internal(e.into()))?;
@@ -669,8 +407,9 @@ pub async fn finish(
     })
 }
 
-/// The provider of a flow being finished.
-async fn provider_for(ctx: &Ctx, platform: PlatformKind, row: &OAuthState) -> Option<Provider> {
+/// The OAuth app a flow being finished runs with: the instance's registered app on Mastodon,
+/// else the platform's configured one.
+async fn oauth_app_for(ctx: &Ctx, platform: PlatformKind, row: &OAuthState) -> Option<OAuthApp> {
     if platform == PlatformKind::Mastodon {
         let instance = row.instance_url.as_deref()?;
         let app = ctx
@@ -679,18 +418,9 @@ async fn provider_for(ctx: &Ctx, platform: PlatformKind, row: &OAuthState) -> Op
             .await
             .ok()??;
         let secret = app.client_secret(&ctx.vault).ok()?;
-        return Some(mastodon_provider(instance, app.client_id, secret));
+        return Some(mastodon::oauth_app(instance, app.client_id, secret));
     }
-    ctx.settings
-        .apps
-        .get(platform)
-        .and_then(|app| app_provider(platform, app))
-}
-
-/// One account to store after the exchange: its tokens and the extras its client needs.
-struct Candidate {
-    account: Account,
-    tokens: StoredTokens,
+    ctx.platforms.get(platform)?.oauth_app().cloned()
 }
 
 /// Exchanges the code and stores every account it grants. `Ok(Err(_))` is a refused flow;
@@ -701,56 +431,41 @@ async fn connect(
     row: &OAuthState,
     code: &str,
 ) -> anyhow::Result<Result<Vec<String>, Outcome>> {
-    let (Some(provider), Some(client)) = (
-        provider_for(ctx, platform, row).await,
+    let (Some(app), Some(client)) = (
+        oauth_app_for(ctx, platform, row).await,
         ctx.platforms.get(platform),
     ) else {
         warn!(platform = %platform, outcome = "exchange_failed", "the platform's app is no longer configured");
         return Ok(Err(Outcome::ExchangeFailed));
     };
-    let oauth = provider.client(&ctx.settings.redirect_uri(platform))?;
-    let mut exchange = oauth.exchange_code(AuthorizationCode::new(code.to_owned()));
-    if let Some(v) = row.verifier(&ctx.vault)? {
-        exchange = exchange.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_owned()));
-    }
-    let http = http_client(ctx);
-    let token = match exchange.request_async(&http).await {
+    let verifier = row.verifier(&ctx.vault)?;
+    let redirect_uri = ctx.settings.redirect_uri(platform);
+    let token = match app
+        .exchange_code(&http_client(ctx), &redirect_uri, code, verifier.as_ref())
+        .await
+    {
         Ok(t) => t,
-        Err(e) => {
+        Err(CodeError::Refused(e)) => {
             // The error names the provider's error code, never a token or the secret.
             warn!(platform = %platform, outcome = "exchange_failed", error.message = %e, "code exchange refused");
             return Ok(Err(Outcome::ExchangeFailed));
         }
+        Err(e @ CodeError::Config(_)) => return Err(e.into()),
     };
-    let scopes: Vec<String> = token.scopes().map_or_else(
-        || {
-            provider
-                .scopes
-                .split([' ', ','])
-                .map(str::to_owned)
-                .collect()
-        },
-        |s| s.iter().map(|s| s.to_string()).collect(),
-    );
+    let scopes = app.granted_scopes(&token);
     let instance = row.instance_url.as_deref();
-    let candidates = match long_lived(ctx, platform, &provider, &http, &token, instance).await {
-        Ok(c) => c,
+    let granted = match client.exchange(&app, &token, instance).await {
+        Ok(g) => g,
         Err(e) => {
             warn!(platform = %platform, outcome = "exchange_failed", error.message = %e, "long-lived token exchange failed");
             return Ok(Err(Outcome::ExchangeFailed));
         }
     };
-    let mut verified = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        let creds = Credentials {
-            access_token: c.tokens.access_token.clone(),
-            refresh_token: c.tokens.refresh_token.clone(),
-            dpop_key: None,
-            expires_at: c.tokens.expires_at,
-        };
+    let mut verified = Vec::with_capacity(granted.len());
+    for g in granted {
         let profile: Result<Profile, PlatformError> = match tokio::time::timeout(
             ctx.settings.platform_timeout,
-            client.verify(&c.account, &creds),
+            client.verify(&g.account, &g.creds),
         )
         .await
         {
@@ -761,7 +476,7 @@ async fn connect(
             }),
         };
         match profile {
-            Ok(p) => verified.push((c, p)),
+            Ok(p) => verified.push((g, p)),
             Err(e) => {
                 warn!(platform = %platform, outcome = "verify_failed", error.class = e.class(), error.message = %e, "new tokens did not verify");
                 return Ok(Err(Outcome::VerifyFailed));
@@ -773,28 +488,36 @@ async fn connect(
         return Ok(Err(Outcome::VerifyFailed));
     }
     let mut ids = Vec::with_capacity(verified.len());
-    for (c, profile) in verified {
-        let conn = store(ctx, platform, row, c, profile, &scopes).await?;
+    for (g, profile) in verified {
+        let conn = store(ctx, platform, row, g, profile, &scopes).await?;
         ids.push(conn.id);
     }
     Ok(Ok(ids))
 }
 
+/// Stores one verified account: its connection (the same platform account keeps its id), the
+/// app's user, and the reconnect check of a connection that was flagged.
 async fn store(
     ctx: &Ctx,
     platform: PlatformKind,
     row: &OAuthState,
-    c: Candidate,
+    granted: Granted,
     profile: Profile,
     scopes: &[String],
 ) -> anyhow::Result<ConnectionRow> {
+    let Granted { account, creds } = granted;
     let new = NewConnection {
         platform,
         platform_account_id: profile.platform_account_id,
         handle: profile.handle,
-        extras: c.account.extras,
+        extras: account.extras,
         scopes: scopes.to_vec(),
-        tokens: c.tokens,
+        tokens: StoredTokens {
+            access_token: creds.access_token,
+            refresh_token: creds.refresh_token,
+            dpop_key: creds.dpop_key,
+            expires_at: creds.expires_at,
+        },
     };
     let conn = ctx
         .store
@@ -812,239 +535,37 @@ async fn store(
     Ok(conn)
 }
 
-fn expires(secs: Option<Duration>) -> Option<DateTime<Utc>> {
-    secs.and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| Utc::now() + d)
-}
-
-fn api_base(ctx: &Ctx, platform: PlatformKind, default: &str) -> String {
-    ctx.settings
-        .apps
-        .get(platform)
-        .and_then(|a| a.api_base.clone())
-        .unwrap_or_else(|| default.to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-/// The accounts a code grants, with their long-lived tokens. Meta's code answers are short-lived
-/// (hours); each platform has its own exchange, and Facebook grants one token per page.
-async fn long_lived(
-    ctx: &Ctx,
-    platform: PlatformKind,
-    provider: &Provider,
-    http_client: &reqwest::Client,
-    token: &CodeToken,
-    instance: Option<&str>,
-) -> Result<Vec<Candidate>, PlatformError> {
-    let short = SecretString::from(token.access_token().secret().to_owned());
-    let mut extras = serde_json::Map::new();
-    let secret = || {
-        provider
-            .client_secret
-            .as_ref()
-            .map(|s| s.expose_secret().to_owned())
-            .ok_or_else(|| PlatformError::Rejected {
-                status: 0,
-                reason: "the app secret is not configured".into(),
-            })
-    };
-    let one = |account: Account, tokens: StoredTokens| vec![Candidate { account, tokens }];
-    let account = |extras: serde_json::Map<String, serde_json::Value>, id: &str| Account {
-        platform_account_id: id.to_owned(),
-        handle: String::new(),
-        extras,
-    };
-    match platform {
-        PlatformKind::Mastodon => {
-            // Stored with the connection: the client calls this instance.
-            extras.insert("instance_url".into(), instance.unwrap_or_default().into());
-            Ok(one(
-                account(extras, ""),
-                StoredTokens {
-                    access_token: Some(short),
-                    refresh_token: None,
-                    dpop_key: None,
-                    expires_at: None,
-                },
-            ))
-        }
-        PlatformKind::X | PlatformKind::Linkedin | PlatformKind::Bluesky => Ok(one(
-            account(extras, ""),
-            StoredTokens {
-                access_token: Some(short),
-                refresh_token: token
-                    .refresh_token()
-                    .map(|r| SecretString::from(r.secret().to_owned())),
-                dpop_key: None,
-                expires_at: expires(token.expires_in()),
-            },
-        )),
-        PlatformKind::FacebookPages => {
-            let base = api_base(ctx, platform, facebook::DEFAULT_BASE);
-            let fb = facebook::Facebook::new(http_client.clone(), &base);
-            let app = x::OAuthClient {
-                client_id: provider.client_id.clone(),
-                client_secret: provider.client_secret.clone(),
-                token_url: provider.token_url.clone(),
-            };
-            let user = fb.exchange_long_lived(&app, &short).await?;
-            #[derive(Deserialize)]
-            struct Pages {
-                #[serde(default)]
-                data: Vec<PageToken>,
-            }
-            #[derive(Deserialize)]
-            struct PageToken {
-                id: String,
-                access_token: Option<String>,
-            }
-            let req = http_client
-                .get(format!("{base}/{}/me/accounts", facebook::API_VERSION))
-                .query(&[
-                    ("fields", "id,name,access_token"),
-                    ("access_token", user.access_token.expose_secret()),
-                ]);
-            let pages: Pages = meta::graph_call(platform, "pages", false, req).await?;
-            Ok(pages
-                .data
-                .into_iter()
-                .filter_map(|p| {
-                    let token = p.access_token?;
-                    let mut extras = serde_json::Map::new();
-                    extras.insert("page_id".into(), p.id.clone().into());
-                    Some(Candidate {
-                        account: account(extras, &p.id),
-                        // Page tokens read with a long-lived user token do not expire.
-                        tokens: StoredTokens {
-                            access_token: Some(SecretString::from(token)),
-                            refresh_token: None,
-                            dpop_key: None,
-                            expires_at: None,
-                        },
-                    })
-                })
-                .collect())
-        }
-        PlatformKind::Instagram | PlatformKind::Threads => {
-            let (base, version, grant) = if platform == PlatformKind::Instagram {
-                (
-                    api_base(ctx, platform, instagram::DEFAULT_BASE),
-                    instagram::API_VERSION,
-                    "ig_exchange_token",
-                )
-            } else {
-                (
-                    api_base(ctx, platform, threads::DEFAULT_BASE),
-                    threads::API_VERSION,
-                    "th_exchange_token",
-                )
-            };
-            let secret = secret()?;
-            let long = meta::Graph::new(platform, http_client.clone(), base, version)
-                .exchange_short_lived(grant, &secret, &short)
-                .await?;
-            // Instagram's client reads the account from the id; `me` stands in until verify
-            // reports it.
-            let id = token.user_id.clone().unwrap_or_else(|| "me".to_owned());
-            Ok(one(
-                account(extras, &id),
-                StoredTokens {
-                    access_token: Some(long.access_token),
-                    refresh_token: None,
-                    dpop_key: None,
-                    expires_at: long.expires_at,
-                },
-            ))
-        }
-    }
-}
-
-/// How revoking at the platform went. A failure never blocks the local delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revoked {
-    Revoked,
-    /// The platform has no revocation endpoint Herald can call for this connection.
-    NoEndpoint,
-    /// Herald holds no app credentials for it (a Mastodon connection that was imported).
-    NoApp,
-    Failed(String),
-}
-
-/// Revokes a connection's grant at the platform, before its tokens are erased: Mastodon
-/// (`POST /oauth/revoke` with the cached app), X (`POST /2/oauth2/revoke`) and Bluesky OAuth
-/// sessions (the authorization server's `revocation_endpoint`, with DPoP). LinkedIn, Instagram
-/// and Threads document no revocation endpoint; Facebook's `DELETE /{user-id}/permissions` would
-/// end the user's grant for all of their pages, not just the one connection removed.
+/// Revokes a connection's grant at the platform, before its tokens are erased (each platform's
+/// `Platform::revoke` says how: RFC 7009 with the app's credentials where it documents an
+/// endpoint, Bluesky's authorization server for an OAuth session). Mastodon revokes with the
+/// instance's registered app, which the store holds.
 pub async fn revoke(ctx: &Ctx, conn: &ConnectionRow) -> Revoked {
     let Some(platform) = conn.platform_kind() else {
         return Revoked::NoEndpoint;
     };
-    if platform == PlatformKind::Bluesky {
-        return bluesky::revoke(ctx, conn).await;
-    }
-    let provider = match platform {
-        PlatformKind::Mastodon => {
-            let Some(instance) = conn.account().extra_str("instance_url").map(str::to_owned) else {
-                return Revoked::NoApp;
-            };
-            match ctx.store.mastodon_app(&instance, &conn.tenant_id).await {
-                Ok(Some(app)) => match app.client_secret(&ctx.vault) {
-                    Ok(secret) => mastodon_provider(&instance, app.client_id, secret),
-                    Err(e) => return Revoked::Failed(e.to_string()),
-                },
-                Ok(None) => return Revoked::NoApp,
+    let Some(client) = ctx.platforms.get(platform) else {
+        return Revoked::NoApp;
+    };
+    let app = if platform == PlatformKind::Mastodon {
+        let Some(instance) = conn.account().extra_str("instance_url").map(str::to_owned) else {
+            return Revoked::NoApp;
+        };
+        match ctx.store.mastodon_app(&instance, &conn.tenant_id).await {
+            Ok(Some(app)) => match app.client_secret(&ctx.vault) {
+                Ok(secret) => Some(mastodon::oauth_app(&instance, app.client_id, secret)),
                 Err(e) => return Revoked::Failed(e.to_string()),
-            }
+            },
+            Ok(None) => return Revoked::NoApp,
+            Err(e) => return Revoked::Failed(e.to_string()),
         }
-        _ => match ctx
-            .settings
-            .apps
-            .get(platform)
-            .and_then(|a| app_provider(platform, a))
-        {
-            Some(p) => p,
-            None => return Revoked::NoApp,
-        },
+    } else {
+        client.oauth_app().cloned()
     };
     let creds = match conn.credentials(&ctx.vault) {
         Ok(c) => c,
         Err(e) => return Revoked::Failed(e.to_string()),
     };
-    // Revoking the refresh token ends the whole grant where there is one (RFC 7009 §2.1).
-    let (token, hint) = match (&creds.refresh_token, &creds.access_token) {
-        (Some(r), _) => (r, "refresh_token"),
-        (None, Some(a)) => (a, "access_token"),
-        (None, None) => return Revoked::Revoked,
-    };
-    let Some(url) = provider.revoke_url.as_deref() else {
-        return Revoked::NoEndpoint;
-    };
-    // A plain form POST rather than oauth2's revocation request, which refuses any endpoint that
-    // is not https (RFC 7009 §2): the end-to-end tests serve providers on loopback http.
-    let mut form = vec![
-        ("token", token.expose_secret().to_owned()),
-        ("token_type_hint", hint.to_owned()),
-    ];
-    let mut req = http_client(ctx).post(url);
-    match (&provider.auth, &provider.client_secret) {
-        (AuthType::BasicAuth, Some(secret)) => {
-            req = req.basic_auth(&provider.client_id, Some(secret.expose_secret()));
-        }
-        (_, secret) => {
-            form.push(("client_id", provider.client_id.clone()));
-            if let Some(secret) = secret {
-                form.push(("client_secret", secret.expose_secret().to_owned()));
-            }
-        }
-    }
-    let result = match http::send(platform, "revoke", false, req.form(&form)).await {
-        Ok(res) if res.status().is_success() => Ok(()),
-        Ok(res) => Err(format!("the platform answered {}", res.status())),
-        Err(e) => Err(e.to_string()),
-    };
-    match result {
-        Ok(()) => Revoked::Revoked,
-        Err(e) => Revoked::Failed(e),
-    }
+    client
+        .revoke(&http_client(ctx), &conn.account(), &creds, app.as_ref())
+        .await
 }

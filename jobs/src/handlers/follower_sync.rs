@@ -4,12 +4,12 @@
 
 use anyhow::Context as _;
 use chrono::Utc;
+use herald_platforms::{PlatformError, Relation};
 use tracing::{info, warn};
 
 use crate::{
     Ctx, metrics as m,
     payloads::{FollowerSyncV1, QueueName},
-    platform::{PlatformError, Relation},
 };
 
 const QUEUE: &str = "follower_sync";

@@ -3,8 +3,9 @@
 //! flight, not to history.
 
 use chrono::Utc;
+use herald_platforms::PlatformKind;
 
-use crate::{Ctx, metrics as m, payloads::QueueName, platform::PlatformKind};
+use crate::{Ctx, metrics as m, payloads::QueueName};
 
 pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
     let now = Utc::now();

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
+use herald_platforms::PlatformError;
 use tracing::{info, warn};
 
 use crate::{
     Ctx, metrics as m,
     payloads::{QueueName, RefreshV1, ShareV1},
-    platform::PlatformError,
     store::{ConnectionRow, StoredTokens, TokenWrite},
 };
 

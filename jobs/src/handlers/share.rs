@@ -11,6 +11,9 @@ use std::{
 use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use herald_platforms::{
+    Checkpoint, CheckpointSink, LimitScope, Platform, PlatformError, PostRequest,
+};
 use tracing::{info, warn};
 
 use super::refresh::{self, Refresh};
@@ -18,7 +21,6 @@ use super::refresh::{self, Refresh};
 use crate::{
     Ctx, metrics as m,
     payloads::{QueueName, ShareV1},
-    platform::{Checkpoint, CheckpointSink, LimitScope, Platform, PlatformError, PostRequest},
     share_feed::ClaimedShare,
     store::{
         Admission, AppKey, Claim, ConnectionRow, Deferral, Finished, ShareRow, ShareUpdate, Store,

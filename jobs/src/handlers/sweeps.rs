@@ -3,11 +3,11 @@
 //! once per tick however many workers run.
 
 use chrono::Utc;
+use herald_platforms::PlatformKind;
 
 use crate::{
     Ctx, metrics as m,
     payloads::{FollowerSyncV1, QueueName, RefreshV1},
-    platform::PlatformKind,
     store::DueFor,
 };
 

@@ -9,9 +9,10 @@
 //! serialized per app across every worker process, and the store is the only source of truth.
 
 use chrono::{DateTime, Utc};
+use herald_platforms::AppBudget;
 
 use super::{Engine, Result, Store, with_engine, with_pool};
-use crate::{fair_share, platform::AppBudget};
+use crate::fair_share;
 
 const LOCK: &str = "INSERT INTO app_limits (platform, app_id, updated_at) VALUES ($1, $2, $3) \
     ON CONFLICT (platform, app_id) DO UPDATE SET updated_at = excluded.updated_at \

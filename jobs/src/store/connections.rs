@@ -1,12 +1,12 @@
 //! Connected accounts and their encrypted tokens.
 
 use chrono::{DateTime, Utc};
+use herald_platforms::{Account, Credentials, PlatformKind};
 use secrecy::SecretString;
 
 use super::{Pool, Result, Store, StoreError, with_pool};
 use crate::{
     ids,
-    platform::{Account, Credentials, PlatformKind},
     vault::{KeyRing, Slot, VaultError},
 };
 

@@ -3,9 +3,10 @@
 //! at the end, those not seen are the ones lost.
 
 use chrono::{DateTime, Utc};
+use herald_platforms::FollowerAccount;
 
 use super::{Result, Store, with_engine, with_pool};
-use crate::{ids, platform::FollowerAccount};
+use crate::ids;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SyncRun {

@@ -93,7 +93,7 @@ pub struct ShareRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Attempts before this number were spent before the last replay and do not count.
     pub budget_from: i32,
-    /// Where a publish in several steps resumes (see [`crate::platform::Checkpoint`]).
+    /// Where a publish in several steps resumes (see [`herald_platforms::Checkpoint`]).
     pub checkpoint: Option<String>,
     /// A share resumed after a reconnect starts only once this one (parked before it) is no
     /// longer queued or running, so an account's parked shares keep their order.

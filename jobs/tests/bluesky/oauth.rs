@@ -9,17 +9,15 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use herald_jobs::{
-    platform::{
-        Account, Credentials, Platform, PlatformError, PostRequest, Relation,
-        bluesky::{
-            Bluesky,
-            identity::Directory,
-            jwt::{self, EsKey},
-            oauth::{self, CLIENT_METADATA_PATH, ClientConfig, JWKS_PATH},
-        },
-        http,
+use herald_platforms::{
+    Account, Credentials, Platform, PlatformError, PostRequest, Relation,
+    bluesky::{
+        Bluesky,
+        identity::Directory,
+        jwt::{self, EsKey},
+        oauth::{self, CLIENT_METADATA_PATH, ClientConfig, JWKS_PATH},
     },
+    http,
     ssrf::SsrfGuard,
 };
 use reqwest::header;

@@ -61,8 +61,8 @@ impl FakeInstagram {
     }
 
     /// Herald's Instagram app pointed at this server.
-    pub fn app(&self) -> herald_jobs::settings::PlatformApp {
-        herald_jobs::settings::PlatformApp {
+    pub fn app(&self) -> herald_platforms::config::PlatformApp {
+        herald_platforms::config::PlatformApp {
             client_id: "ig-app".into(),
             client_secret: Some("ig-secret".to_owned().into()),
             api_base: Some(self.base.clone()),

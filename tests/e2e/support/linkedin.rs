@@ -98,8 +98,8 @@ impl FakeLinkedin {
     }
 
     /// Herald's LinkedIn app pointed at this server.
-    pub fn app(&self) -> herald_jobs::settings::PlatformApp {
-        herald_jobs::settings::PlatformApp {
+    pub fn app(&self) -> herald_platforms::config::PlatformApp {
+        herald_platforms::config::PlatformApp {
             client_id: self.client_id.clone(),
             client_secret: Some(self.client_secret.clone().into()),
             api_base: Some(self.base.clone()),

@@ -51,9 +51,9 @@ pub enum MetaApi {
 impl MetaApi {
     fn version(self) -> &'static str {
         match self {
-            Self::Facebook => herald_jobs::platform::facebook::API_VERSION,
-            Self::Instagram => herald_jobs::platform::instagram::API_VERSION,
-            Self::Threads => herald_jobs::platform::threads::API_VERSION,
+            Self::Facebook => herald_platforms::facebook::API_VERSION,
+            Self::Instagram => herald_platforms::instagram::API_VERSION,
+            Self::Threads => herald_platforms::threads::API_VERSION,
         }
     }
 
@@ -234,8 +234,8 @@ impl FakeMeta {
     }
 
     /// Herald's app for this platform, pointed at this server.
-    pub fn app(&self) -> herald_jobs::settings::PlatformApp {
-        herald_jobs::settings::PlatformApp {
+    pub fn app(&self) -> herald_platforms::config::PlatformApp {
+        herald_platforms::config::PlatformApp {
             client_id: self.client_id.clone(),
             client_secret: Some(self.client_secret.clone().into()),
             api_base: Some(self.base.clone()),

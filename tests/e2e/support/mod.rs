@@ -15,7 +15,8 @@ use std::{future::Future, time::Duration};
 
 use chrono::Utc;
 use herald::app;
-use herald_jobs::{Settings, retry::RetryPolicy, ssrf::SsrfGuard, vault::KeyRing};
+use herald_jobs::{Settings, retry::RetryPolicy, vault::KeyRing};
+use herald_platforms::ssrf::SsrfGuard;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;

@@ -110,8 +110,8 @@ impl OAuthProvider {
     }
 
     /// Herald's X app pointed at this provider.
-    pub fn x_app(&self) -> herald_jobs::settings::PlatformApp {
-        herald_jobs::settings::PlatformApp {
+    pub fn x_app(&self) -> herald_platforms::config::PlatformApp {
+        herald_platforms::config::PlatformApp {
             client_id: self.client_id.clone(),
             client_secret: Some(self.client_secret.clone().into()),
             api_base: Some(self.base.clone()),

@@ -72,8 +72,8 @@ impl FakeX {
     }
 
     /// Herald's X app pointed at this server.
-    pub fn app(&self) -> herald_jobs::settings::PlatformApp {
-        herald_jobs::settings::PlatformApp {
+    pub fn app(&self) -> herald_platforms::config::PlatformApp {
+        herald_platforms::config::PlatformApp {
             client_id: "x-app".into(),
             client_secret: Some("x-secret".to_owned().into()),
             api_base: Some(self.base.clone()),

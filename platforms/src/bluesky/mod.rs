@@ -68,12 +68,18 @@ use unicode_segmentation::UnicodeSegmentation;
 use url::Url;
 use uuid::Uuid;
 
-use super::{
-    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, LimitScope,
-    Platform, PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, TokenSet,
+use crate::{
+    error::{LimitScope, PlatformError},
     http,
+    kind::PlatformKind,
+    oauth::{OAuthApp, Revoked},
+    platform::{Capabilities, Platform},
+    ssrf::SsrfGuard,
+    types::{
+        Account, Credentials, FollowerAccount, FollowerPage, Invalid, PostRequest, Profile,
+        Published, Relation, TokenSet,
+    },
 };
-use crate::ssrf::SsrfGuard;
 
 const POST_COLLECTION: &str = "app.bsky.feed.post";
 /// `app.bsky.feed.post#text`: `maxGraphemes: 300`, `maxLength: 3000` (bytes).
@@ -1495,6 +1501,22 @@ impl Platform for Bluesky {
                 Err(PlatformError::InvalidGrant { reason })
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// An OAuth session is ended at its authorization server (`revocation_endpoint`, with
+    /// DPoP); an app password has nothing to revoke there.
+    async fn revoke(
+        &self,
+        _http: &Client,
+        account: &Account,
+        creds: &Credentials,
+        _app: Option<&OAuthApp>,
+    ) -> Revoked {
+        match self.revoke_oauth(account, creds).await {
+            Ok(true) => Revoked::Revoked,
+            Ok(false) => Revoked::NoEndpoint,
+            Err(e) => Revoked::Failed(e.to_string()),
         }
     }
 

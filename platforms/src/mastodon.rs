@@ -1,26 +1,97 @@
 //! Mastodon: `POST /api/v1/statuses` with an `Idempotency-Key`, `verify_credentials`, and
 //! follower lists paged by the `Link` header. Tokens never expire and there is no refresh: a 401
 //! or 403 means the user must reconnect.
+//!
+//! Mastodon has no global app: Herald registers one per instance and tenant
+//! ([`register_app`]), and connect flows run with that app ([`oauth_app`]; PKCE from 4.3 on).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use oauth2::AuthType;
 use reqwest::{Client, Response, StatusCode, header::HeaderMap};
-use secrecy::ExposeSecret;
+use secrecy::SecretString;
 use serde::Deserialize;
 use unicode_segmentation::UnicodeSegmentation;
 
-use super::{
-    Account, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid, LimitScope,
-    Platform, PlatformError, PlatformKind, PostRequest, Profile, Published, Relation, http,
+use crate::{
+    error::{LimitScope, PlatformError},
+    http,
+    kind::PlatformKind,
+    oauth::{CodeToken, Granted, OAuthApp, OAuthClient, bearer},
+    platform::{Capabilities, Platform},
+    types::{
+        Account, Credentials, FollowerAccount, FollowerPage, Invalid, PostRequest, Profile,
+        Published, Relation,
+    },
 };
+
+/// Herald's scopes on an instance: posting, and `read:accounts` for `verify_credentials`
+/// (understood by every version; `profile` only from 4.4).
+pub const SCOPES: &str = "write:statuses read:accounts";
 
 /// Mastodon counts every URL as this many characters, whatever its length.
 const URL_WEIGHT: usize = 23;
 const DEFAULT_MAX_CHARACTERS: usize = 500;
 /// Mastodon remembers an `Idempotency-Key` for an hour; retries inside that window cannot post twice.
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Herald's app on one instance, as registered there.
+pub fn oauth_app(instance: &str, client_id: String, secret: SecretString) -> OAuthApp {
+    OAuthApp {
+        client: OAuthClient {
+            client_id,
+            client_secret: Some(secret),
+            token_url: format!("{instance}/oauth/token"),
+        },
+        authorize_url: format!("{instance}/oauth/authorize"),
+        revoke_url: Some(format!("{instance}/oauth/revoke")),
+        scopes: SCOPES,
+        pkce: true,
+        auth: AuthType::RequestBody,
+    }
+}
+
+/// The credentials `POST /api/v1/apps` hands out.
+#[derive(Debug)]
+pub struct RegisteredApp {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// Registers Herald's app on an instance (`POST /api/v1/apps`) for `redirect_uri`.
+pub async fn register_app(
+    http_client: &Client,
+    instance: &str,
+    redirect_uri: &str,
+) -> Result<RegisteredApp, PlatformError> {
+    #[derive(Deserialize)]
+    struct Registered {
+        client_id: String,
+        client_secret: String,
+    }
+    let req = http_client.post(format!("{instance}/api/v1/apps")).form(&[
+        ("client_name", "Herald"),
+        ("redirect_uris", redirect_uri),
+        ("scopes", SCOPES),
+    ]);
+    let res = http::send(PlatformKind::Mastodon, "register_app", false, req).await?;
+    if !res.status().is_success() {
+        return Err(PlatformError::Rejected {
+            status: res.status().as_u16(),
+            reason: "POST /api/v1/apps was refused".into(),
+        });
+    }
+    let reg: Registered = res.json().await.map_err(|_| PlatformError::Rejected {
+        status: 200,
+        reason: "unreadable app registration".into(),
+    })?;
+    Ok(RegisteredApp {
+        client_id: reg.client_id,
+        client_secret: SecretString::from(reg.client_secret),
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct Mastodon {
@@ -39,16 +110,6 @@ impl Mastodon {
             .ok_or_else(|| PlatformError::Rejected {
                 status: 0,
                 reason: "connection has no instance_url".into(),
-            })
-    }
-
-    fn bearer(creds: &Credentials) -> Result<String, PlatformError> {
-        creds
-            .access_token
-            .as_ref()
-            .map(|t| format!("Bearer {}", t.expose_secret()))
-            .ok_or_else(|| PlatformError::Unauthorized {
-                reason: "no access token stored".into(),
             })
     }
 
@@ -162,6 +223,29 @@ impl Platform for Mastodon {
         }
     }
 
+    /// The instance's token never expires and comes without a refresh token; the connection
+    /// keeps the instance its client calls.
+    async fn exchange(
+        &self,
+        _app: &OAuthApp,
+        token: &CodeToken,
+        instance: Option<&str>,
+    ) -> Result<Vec<Granted>, PlatformError> {
+        let mut extras = serde_json::Map::new();
+        extras.insert("instance_url".into(), instance.unwrap_or_default().into());
+        Ok(vec![Granted {
+            account: Account {
+                platform_account_id: String::new(),
+                handle: String::new(),
+                extras,
+            },
+            creds: Credentials {
+                access_token: Some(token.access()),
+                ..Credentials::default()
+            },
+        }])
+    }
+
     fn validate(&self, account: &Account, post: &PostRequest) -> Result<(), Invalid> {
         let limit = Self::max_characters(account);
         // Mastodon counts grapheme clusters (a family emoji is one), as Bluesky does.
@@ -188,10 +272,7 @@ impl Platform for Mastodon {
             "{}/api/v1/accounts/verify_credentials",
             Self::base(account)?
         );
-        let req = self
-            .http
-            .get(url)
-            .header("authorization", Self::bearer(creds)?);
+        let req = self.http.get(url).header("authorization", bearer(creds)?);
         let res = http::send(self.kind(), "verify", false, req).await?;
         if !res.status().is_success() {
             return Err(classify(res).await);
@@ -218,7 +299,7 @@ impl Platform for Mastodon {
         let req = self
             .http
             .post(url)
-            .header("authorization", Self::bearer(creds)?)
+            .header("authorization", bearer(creds)?)
             .header("idempotency-key", &post.idempotency_key)
             .json(&body);
         let res = http::send(self.kind(), "share", true, req).await?;
@@ -266,10 +347,7 @@ impl Platform for Mastodon {
             }
             None => first,
         };
-        let req = self
-            .http
-            .get(url)
-            .header("authorization", Self::bearer(creds)?);
+        let req = self.http.get(url).header("authorization", bearer(creds)?);
         let res = http::send(self.kind(), "followers", false, req).await?;
         if !res.status().is_success() {
             return Err(classify(res).await);

@@ -1,38 +1,73 @@
 //! Facebook Pages (Graph API): `POST /{page-id}/feed` with the page token, `GET /{page-id}`, and
 //! read-back from the page feed. Page tokens taken from a long-lived user token do not expire and
 //! there is no refresh grant: [`Facebook::exchange_long_lived`] is the one-off exchange done at
-//! connect time. The Graph API helpers it shares with Instagram and Threads are in [`super::meta`].
+//! connect time, after which `GET /me/accounts` grants one connection per page. The Graph API helpers it shares with Instagram and Threads are in [`super::meta`].
 
 use async_trait::async_trait;
+use oauth2::AuthType;
 use reqwest::Client;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{
-    Account, Capabilities, Credentials, Invalid, Platform, PlatformError, PlatformKind,
-    PostRequest, Profile, Published, TokenSet,
+use crate::{
+    config::PlatformApp,
+    error::PlatformError,
+    kind::PlatformKind,
     meta::{self, Graph, ListedPost, Since, checked_id, token},
-    x::{OAuthClient, lead},
+    oauth::{CodeToken, Granted, OAuthApp, OAuthClient},
+    platform::{Capabilities, Platform},
+    text::lead,
+    types::{Account, Credentials, Invalid, PostRequest, Profile, Published, TokenSet},
 };
 
 pub const DEFAULT_BASE: &str = "https://graph.facebook.com";
 /// Graph versions live about two years; pinned so a default change cannot alter answers.
 pub const API_VERSION: &str = "v24.0";
 pub const DEFAULT_TOKEN_URL: &str = "https://graph.facebook.com/v24.0/oauth/access_token";
+/// Meta takes a comma-separated list.
+const SCOPES: &str = "pages_show_list,pages_manage_posts,pages_read_engagement";
 
 /// Facebook's own limit on a post's text (Postiz uses the same figure; Meta's docs do not state it).
 const MAX_MESSAGE_CHARS: usize = 63_206;
 const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
 
+/// Herald's Facebook app as configured (`HERALD_FACEBOOK_*`). Meta takes the app secret rather
+/// than PKCE. No revocation unless an operator configures one: `DELETE /{user}/permissions`
+/// would end the user's grant for every page, not the one connection removed.
+pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
+    OAuthApp {
+        client: app.client(DEFAULT_TOKEN_URL),
+        authorize_url: app
+            .authorize_url
+            .clone()
+            .unwrap_or_else(|| format!("https://www.facebook.com/{API_VERSION}/dialog/oauth")),
+        revoke_url: app.revoke_url.clone(),
+        scopes: SCOPES,
+        pkce: false,
+        auth: AuthType::RequestBody,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Facebook {
     graph: Graph,
+    /// The app connect flows use; `None` for a client built without one (its tests).
+    app: Option<OAuthApp>,
 }
 
 impl Facebook {
     pub fn new(http: Client, base_url: impl Into<String>) -> Self {
         Self {
             graph: Graph::new(PlatformKind::FacebookPages, http, base_url, API_VERSION),
+            app: None,
+        }
+    }
+
+    /// Facebook Pages with Herald's app as configured.
+    pub fn from_config(http: Client, app: &PlatformApp) -> Self {
+        Self {
+            app: Some(oauth_app(app)),
+            ..Self::new(http, app.api_base_or(DEFAULT_BASE))
         }
     }
 
@@ -131,6 +166,63 @@ impl Platform for Facebook {
             followers: false,
             requires_image: false,
         }
+    }
+
+    fn oauth_app(&self) -> Option<&OAuthApp> {
+        self.app.as_ref()
+    }
+
+    /// The code's short-lived user token becomes a long-lived one, which reads the pages the
+    /// user granted with their page tokens (`GET /me/accounts`): one account per page. Page
+    /// tokens read with a long-lived user token do not expire.
+    async fn exchange(
+        &self,
+        app: &OAuthApp,
+        token: &CodeToken,
+        _instance: Option<&str>,
+    ) -> Result<Vec<Granted>, PlatformError> {
+        #[derive(Deserialize)]
+        struct Pages {
+            #[serde(default)]
+            data: Vec<PageToken>,
+        }
+        #[derive(Deserialize)]
+        struct PageToken {
+            id: String,
+            access_token: Option<String>,
+        }
+        let user = self
+            .exchange_long_lived(&app.client, &token.access())
+            .await?;
+        let req = self
+            .graph
+            .http()
+            .get(self.graph.url("me/accounts"))
+            .query(&[
+                ("fields", "id,name,access_token"),
+                ("access_token", user.access_token.expose_secret()),
+            ]);
+        let pages: Pages = meta::graph_call(self.kind(), "pages", false, req).await?;
+        Ok(pages
+            .data
+            .into_iter()
+            .filter_map(|p| {
+                let token = p.access_token?;
+                let mut extras = serde_json::Map::new();
+                extras.insert("page_id".into(), p.id.clone().into());
+                Some(Granted {
+                    account: Account {
+                        platform_account_id: p.id,
+                        handle: String::new(),
+                        extras,
+                    },
+                    creds: Credentials {
+                        access_token: Some(SecretString::from(token)),
+                        ..Credentials::default()
+                    },
+                })
+            })
+            .collect())
     }
 
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {

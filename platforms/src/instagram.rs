@@ -6,29 +6,55 @@
 //! publishing-quota check are shared with Threads in [`super::meta`].
 
 use async_trait::async_trait;
+use oauth2::AuthType;
 use reqwest::Client;
 use serde::Deserialize;
 
-use super::{
-    Account, Capabilities, Credentials, Invalid, Platform, PlatformError, PlatformKind,
-    PostRequest, Profile, Published, TokenSet,
+use crate::{
+    config::PlatformApp,
+    error::PlatformError,
+    kind::PlatformKind,
     meta::{
         self, ContainerFlow, ContainerWait, Created, Graph, ListedPost, Since, checked_id, token,
     },
+    oauth::{CodeToken, Granted, OAuthApp},
+    platform::{Capabilities, Platform},
+    types::{Account, Credentials, Invalid, PostRequest, Profile, Published, TokenSet},
 };
 
 pub const DEFAULT_BASE: &str = "https://graph.instagram.com";
 pub const API_VERSION: &str = "v24.0";
+pub const DEFAULT_TOKEN_URL: &str = "https://api.instagram.com/oauth/access_token";
+const AUTHORIZE_URL: &str = "https://www.instagram.com/oauth/authorize";
+const SCOPES: &str = "instagram_business_basic,instagram_business_content_publish";
 
 /// Meta's media reference caps a caption at 2,200 characters and 30 hashtags.
 const MAX_CAPTION_CHARS: usize = 2_200;
 const MAX_HASHTAGS: usize = 30;
 const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
 
+/// Herald's Instagram app as configured (`HERALD_INSTAGRAM_*`): Meta takes the app secret rather than
+/// PKCE, and documents no revocation endpoint (an operator may configure one).
+pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
+    OAuthApp {
+        client: app.client(DEFAULT_TOKEN_URL),
+        authorize_url: app
+            .authorize_url
+            .clone()
+            .unwrap_or_else(|| AUTHORIZE_URL.to_owned()),
+        revoke_url: app.revoke_url.clone(),
+        scopes: SCOPES,
+        pkce: false,
+        auth: AuthType::RequestBody,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Instagram {
     graph: Graph,
     wait: ContainerWait,
+    /// The app connect flows use; `None` for a client built without one (its tests).
+    app: Option<OAuthApp>,
 }
 
 impl Instagram {
@@ -36,6 +62,15 @@ impl Instagram {
         Self {
             graph: Graph::new(PlatformKind::Instagram, http, base_url, API_VERSION),
             wait: ContainerWait::default(),
+            app: None,
+        }
+    }
+
+    /// Instagram with Herald's app as configured.
+    pub fn from_config(http: Client, app: &PlatformApp) -> Self {
+        Self {
+            app: Some(oauth_app(app)),
+            ..Self::new(http, app.api_base_or(DEFAULT_BASE))
         }
     }
 
@@ -113,6 +148,22 @@ impl Platform for Instagram {
             followers: false,
             requires_image: true,
         }
+    }
+
+    fn oauth_app(&self) -> Option<&OAuthApp> {
+        self.app.as_ref()
+    }
+
+    /// The code's short-lived token becomes a 60-day one (`ig_exchange_token`).
+    async fn exchange(
+        &self,
+        app: &OAuthApp,
+        token: &CodeToken,
+        _instance: Option<&str>,
+    ) -> Result<Vec<Granted>, PlatformError> {
+        self.graph
+            .exchange_code_token("ig_exchange_token", app, token)
+            .await
     }
 
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {

@@ -3,19 +3,27 @@
 //! publish step has an effect, and read-back settles a lost answer.
 
 use async_trait::async_trait;
+use oauth2::AuthType;
 use reqwest::Client;
 use serde::Deserialize;
 
-use super::{
-    Account, Capabilities, Credentials, Invalid, Platform, PlatformError, PlatformKind,
-    PostRequest, Profile, Published, TokenSet,
+use crate::{
+    config::PlatformApp,
+    error::PlatformError,
+    kind::PlatformKind,
     meta::{
         self, ContainerFlow, ContainerWait, Created, Graph, ListedPost, Since, checked_id, token,
     },
+    oauth::{CodeToken, Granted, OAuthApp},
+    platform::{Capabilities, Platform},
+    types::{Account, Credentials, Invalid, PostRequest, Profile, Published, TokenSet},
 };
 
 pub const DEFAULT_BASE: &str = "https://graph.threads.net";
 pub const API_VERSION: &str = "v1.0";
+pub const DEFAULT_TOKEN_URL: &str = "https://graph.threads.net/oauth/access_token";
+const AUTHORIZE_URL: &str = "https://threads.net/oauth/authorize";
+const SCOPES: &str = "threads_basic,threads_content_publish";
 
 const MAX_TEXT: usize = 500;
 /// More links than this fail at container creation with `THREADS_API__LINK_LIMIT_EXCEEDED`
@@ -23,10 +31,28 @@ const MAX_TEXT: usize = 500;
 const MAX_LINKS: usize = 5;
 const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
 
+/// Herald's Threads app as configured (`HERALD_THREADS_*`): Meta takes the app secret rather than
+/// PKCE, and documents no revocation endpoint (an operator may configure one).
+pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
+    OAuthApp {
+        client: app.client(DEFAULT_TOKEN_URL),
+        authorize_url: app
+            .authorize_url
+            .clone()
+            .unwrap_or_else(|| AUTHORIZE_URL.to_owned()),
+        revoke_url: app.revoke_url.clone(),
+        scopes: SCOPES,
+        pkce: false,
+        auth: AuthType::RequestBody,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Threads {
     graph: Graph,
     wait: ContainerWait,
+    /// The app connect flows use; `None` for a client built without one (its tests).
+    app: Option<OAuthApp>,
 }
 
 impl Threads {
@@ -34,6 +60,15 @@ impl Threads {
         Self {
             graph: Graph::new(PlatformKind::Threads, http, base_url, API_VERSION),
             wait: ContainerWait::default(),
+            app: None,
+        }
+    }
+
+    /// Threads with Herald's app as configured.
+    pub fn from_config(http: Client, app: &PlatformApp) -> Self {
+        Self {
+            app: Some(oauth_app(app)),
+            ..Self::new(http, app.api_base_or(DEFAULT_BASE))
         }
     }
 
@@ -131,6 +166,22 @@ impl Platform for Threads {
             followers: false,
             requires_image: false,
         }
+    }
+
+    fn oauth_app(&self) -> Option<&OAuthApp> {
+        self.app.as_ref()
+    }
+
+    /// The code's short-lived token becomes a 60-day one (`th_exchange_token`).
+    async fn exchange(
+        &self,
+        app: &OAuthApp,
+        token: &CodeToken,
+        _instance: Option<&str>,
+    ) -> Result<Vec<Granted>, PlatformError> {
+        self.graph
+            .exchange_code_token("th_exchange_token", app, token)
+            .await
     }
 
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {

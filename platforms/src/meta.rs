@@ -13,9 +13,13 @@ use reqwest::{Client, RequestBuilder, Response, header::HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, de::DeserializeOwned};
 
-use super::{
-    Credentials, LimitScope, PlatformError, PlatformKind, PostRequest, Published, TokenSet, http,
-    x::{lead, post_matches},
+use crate::{
+    error::{LimitScope, PlatformError},
+    http,
+    kind::PlatformKind,
+    oauth::{CodeToken, Granted, OAuthApp},
+    text::{lead, post_matches},
+    types::{Account, Credentials, PostRequest, Published, TokenSet},
 };
 
 /// One Graph host at one pinned version (`https://graph.facebook.com/v24.0/…`).
@@ -115,6 +119,41 @@ impl Graph {
                 ("access_token", short_lived.expose_secret()),
             ]);
         exchange(self.kind, "exchange_token", req).await
+    }
+
+    /// The account a code grants on Instagram or Threads: the short-lived token from the code
+    /// exchange traded for a 60-day one (`grant_type`: `ig_exchange_token`, `th_exchange_token`)
+    /// with the app's secret. The account id is the answer's `user_id`; `me` stands in until
+    /// verification reports it.
+    pub async fn exchange_code_token(
+        &self,
+        grant_type: &str,
+        app: &OAuthApp,
+        token: &CodeToken,
+    ) -> Result<Vec<Granted>, PlatformError> {
+        let secret = app
+            .client
+            .client_secret
+            .as_ref()
+            .ok_or_else(|| PlatformError::Rejected {
+                status: 0,
+                reason: "the app secret is not configured".into(),
+            })?;
+        let long = self
+            .exchange_short_lived(grant_type, secret.expose_secret(), &token.access())
+            .await?;
+        Ok(vec![Granted {
+            account: Account {
+                platform_account_id: token.user_id().unwrap_or("me").to_owned(),
+                handle: String::new(),
+                extras: serde_json::Map::new(),
+            },
+            creds: Credentials {
+                access_token: Some(long.access_token),
+                expires_at: long.expires_at,
+                ..Credentials::default()
+            },
+        }])
     }
 
     /// Looks for the share among an edge's latest posts (`GET {edge}?fields=…&limit=25`) newer

@@ -1,28 +1,38 @@
 //! X (API v2): `POST /2/tweets`, `GET /2/users/me`, follower lists paged by `next_token`, and the
-//! OAuth 2.0 refresh grant, whose refresh tokens rotate.
+//! OAuth 2.0 refresh grant, whose refresh tokens rotate; Herald's X app (PKCE, Basic client
+//! authentication, X's documented revocation endpoint).
 //!
 //! X has no idempotency key, so a lost answer is settled by reading the user's recent timeline
-//! ([`Platform::find_published`]). The OAuth client type and the read-back matcher live here and
-//! are shared with the other clients that need them (LinkedIn uses the same refresh grant).
+//! ([`Platform::find_published`]).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use oauth2::AuthType;
 use reqwest::{Client, Response, StatusCode, header::HeaderMap};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{
-    Account, AppBudget, Capabilities, Credentials, FollowerAccount, FollowerPage, Invalid,
-    LimitScope, Platform, PlatformError, PlatformKind, PostRequest, Profile, Published, Relation,
-    TokenSet, http,
+use crate::{
+    config::PlatformApp,
+    error::{LimitScope, PlatformError},
+    http,
+    kind::PlatformKind,
+    oauth::{ClientAuth, OAuthApp, OAuthClient, bearer, refresh_grant},
+    platform::{Capabilities, Platform},
+    text::{lead, post_matches},
+    types::{
+        Account, AppBudget, Credentials, FollowerAccount, FollowerPage, Invalid, PostRequest,
+        Profile, Published, Relation, TokenSet,
+    },
 };
 
 pub const DEFAULT_BASE: &str = "https://api.x.com";
 pub const DEFAULT_TOKEN_URL: &str = "https://api.x.com/2/oauth2/token";
 /// X's token revocation endpoint (RFC 7009), beside its token endpoint.
 pub const DEFAULT_REVOKE_URL: &str = "https://api.x.com/2/oauth2/revoke";
+const AUTHORIZE_URL: &str = "https://x.com/i/oauth2/authorize";
+const SCOPES: &str = "tweet.read tweet.write users.read follows.read offline.access";
 
 const MAX_WEIGHTED_LENGTH: usize = 280;
 /// Every URL is wrapped in t.co and counts as this many characters, whatever its length.
@@ -35,13 +45,34 @@ const READ_BACK_PAGE: &str = "20";
 /// credit-based, so a retry at the usual reset would only be refused again.
 const USAGE_CAP_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-/// An OAuth client registered with a platform: what a refresh grant needs besides the user's token.
-#[derive(Debug, Clone)]
-pub struct OAuthClient {
-    pub client_id: String,
-    /// `None` for a public client (X's Native App / SPA types), which sends `client_id` in the form.
-    pub client_secret: Option<SecretString>,
-    pub token_url: String,
+/// Herald's X app as configured (`HERALD_X_*`), on X's own endpoints unless overridden.
+pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
+    OAuthApp {
+        client: app.client(DEFAULT_TOKEN_URL),
+        authorize_url: app
+            .authorize_url
+            .clone()
+            .unwrap_or_else(|| AUTHORIZE_URL.to_owned()),
+        revoke_url: revoke_url(app),
+        scopes: SCOPES,
+        pkce: true,
+        auth: AuthType::BasicAuth,
+    }
+}
+
+/// The app's revocation endpoint: `HERALD_X_REVOKE_URL` where configured, else X's documented
+/// `POST /2/oauth2/revoke` while the app uses X's own token endpoint. Never guessed from another
+/// token URL: an RFC 7009 server may put revocation anywhere, and a token must not be sent to a
+/// server that did not issue it.
+fn revoke_url(app: &PlatformApp) -> Option<String> {
+    if let Some(url) = &app.revoke_url {
+        return Some(url.clone());
+    }
+    let own_token_url = app
+        .token_url
+        .as_deref()
+        .is_none_or(|t| t == DEFAULT_TOKEN_URL);
+    own_token_url.then(|| DEFAULT_REVOKE_URL.to_owned())
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +80,8 @@ pub struct X {
     http: Client,
     base: String,
     oauth: OAuthClient,
+    /// The app connect flows use; `None` for a client built without one (its tests).
+    app: Option<OAuthApp>,
 }
 
 impl X {
@@ -57,6 +90,19 @@ impl X {
             http,
             base: base_url.into().trim_end_matches('/').to_owned(),
             oauth,
+            app: None,
+        }
+    }
+
+    /// X with Herald's app as configured.
+    pub fn from_config(http: Client, app: &PlatformApp) -> Self {
+        Self {
+            app: Some(oauth_app(app)),
+            ..Self::new(
+                http,
+                app.api_base_or(DEFAULT_BASE),
+                app.client(DEFAULT_TOKEN_URL),
+            )
         }
     }
 
@@ -100,50 +146,6 @@ impl X {
             reason: format!("unreadable {operation} answer: {e}"),
         })
     }
-}
-
-/// The share's own words: its text, or else its title, if either has any.
-pub fn lead(post: &PostRequest) -> Option<&str> {
-    [post.text.as_deref(), post.title.as_deref()]
-        .into_iter()
-        .flatten()
-        .map(str::trim)
-        .find(|s| !s.is_empty())
-}
-
-/// `Authorization: Bearer …`, or `Unauthorized` when no access token is stored.
-pub fn bearer(creds: &Credentials) -> Result<String, PlatformError> {
-    creds
-        .access_token
-        .as_ref()
-        .map(|t| format!("Bearer {}", t.expose_secret()))
-        .ok_or_else(|| PlatformError::Unauthorized {
-            reason: "no access token stored".into(),
-        })
-}
-
-/// Whether a post read back from a platform is this share: the share's URL is in the post (as its
-/// link or in its text) and, when the share has words of its own, they are in the text too.
-/// Platforms escape and re-space text, so both sides are normalized first.
-pub fn post_matches(post: &PostRequest, words: Option<&str>, text: &str, links: &[&str]) -> bool {
-    let want = normalize_url(&post.url);
-    let text = normalize_text(text);
-    let url_found = links.iter().any(|l| normalize_url(l) == want) || text.contains(want);
-    let words_found = words.is_none_or(|w| text.contains(&normalize_text(w)));
-    url_found && words_found
-}
-
-fn normalize_url(u: &str) -> &str {
-    u.trim().trim_end_matches('/')
-}
-
-fn normalize_text(s: &str) -> String {
-    let unescaped = s
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&");
-    unescaped.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// X's weighted length (twitter-text config v3, checked against
@@ -217,6 +219,14 @@ pub fn rate_limit_wait(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Durati
             .to_std()
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// A 429: the wait it asks for, and whose limit it is.
+fn rate_limited(headers: &HeaderMap) -> PlatformError {
+    PlatformError::RateLimited {
+        retry_after: rate_limit_wait(headers, Utc::now()),
+        scope: limit_scope(headers),
+    }
 }
 
 /// Whose limit a 429 is: the app's when its 24-hour budget is spent (every user of the app
@@ -308,122 +318,12 @@ async fn classify(res: Response, has_refresh: bool) -> PlatformError {
                 scope: LimitScope::App,
             }
         }
-        StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
-            retry_after: rate_limit_wait(&headers, Utc::now()),
-            scope: limit_scope(&headers),
-        },
+        StatusCode::TOO_MANY_REQUESTS => rate_limited(&headers),
         s if s.is_server_error() => PlatformError::Transient {
             status: Some(s.as_u16()),
             reason,
         },
         // 403 duplicate content / "not permitted", 400 invalid request: posting again cannot help.
-        s => PlatformError::Rejected {
-            status: s.as_u16(),
-            reason,
-        },
-    }
-}
-
-/// A token endpoint's answer (RFC 6749 §5.1).
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    refresh_token: Option<String>,
-    expires_in: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-struct OAuthErrorBody {
-    error: Option<String>,
-    error_description: Option<String>,
-}
-
-/// Where the client authenticates itself on a refresh grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// HTTP Basic for a confidential client, `client_id` in the form for a public one (X).
-    BasicOrPublic,
-    /// `client_id` and `client_secret` in the form (LinkedIn).
-    InBody,
-}
-
-/// Runs a refresh-token grant against `oauth.token_url`. A new refresh token in the answer
-/// replaces the old one (X rotates them); none means the stored one stays.
-pub async fn refresh_grant(
-    kind: PlatformKind,
-    http_client: &Client,
-    oauth: &OAuthClient,
-    refresh_token: &SecretString,
-    auth: ClientAuth,
-) -> Result<TokenSet, PlatformError> {
-    let mut form = vec![
-        ("grant_type", "refresh_token".to_owned()),
-        ("refresh_token", refresh_token.expose_secret().to_owned()),
-    ];
-    let mut req = http_client.post(&oauth.token_url);
-    match (auth, &oauth.client_secret) {
-        (ClientAuth::BasicOrPublic, Some(secret)) => {
-            req = req.basic_auth(&oauth.client_id, Some(secret.expose_secret()));
-        }
-        (ClientAuth::BasicOrPublic, None) => form.push(("client_id", oauth.client_id.clone())),
-        (ClientAuth::InBody, secret) => {
-            form.push(("client_id", oauth.client_id.clone()));
-            if let Some(secret) = secret {
-                form.push(("client_secret", secret.expose_secret().to_owned()));
-            }
-        }
-    }
-    let res = http::send(kind, "refresh", false, req.form(&form)).await?;
-    if !res.status().is_success() {
-        return Err(classify_token_error(res).await);
-    }
-    let t: TokenResponse = res.json().await.map_err(|e| PlatformError::Transient {
-        status: None,
-        reason: format!("unreadable token answer: {e}"),
-    })?;
-    Ok(TokenSet {
-        access_token: SecretString::from(t.access_token),
-        refresh_token: t
-            .refresh_token
-            .filter(|r| !r.is_empty())
-            .map(SecretString::from),
-        expires_at: t
-            .expires_in
-            .map(|s| Utc::now() + chrono::Duration::seconds(s)),
-    })
-}
-
-/// A refused refresh. X answers a dead or reused refresh token with 400 `invalid_request`
-/// rather than `invalid_grant`, so any 400/401 that is not about Herald's own client is a dead grant.
-async fn classify_token_error(res: Response) -> PlatformError {
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body: OAuthErrorBody = res.json().await.unwrap_or_default();
-    let code = body.error.unwrap_or_default();
-    let reason = match (code.is_empty(), body.error_description) {
-        (false, Some(d)) => format!("{code}: {d}"),
-        (false, None) => code.clone(),
-        (true, Some(d)) => d,
-        (true, None) => status.canonical_reason().unwrap_or("error").to_owned(),
-    };
-    match status {
-        StatusCode::TOO_MANY_REQUESTS => PlatformError::RateLimited {
-            retry_after: rate_limit_wait(&headers, Utc::now()),
-            scope: limit_scope(&headers),
-        },
-        s if s.is_server_error() => PlatformError::Transient {
-            status: Some(s.as_u16()),
-            reason,
-        },
-        _ if matches!(code.as_str(), "invalid_client" | "unauthorized_client") => {
-            PlatformError::Rejected {
-                status: status.as_u16(),
-                reason: format!("the token endpoint refused Herald's client credentials: {reason}"),
-            }
-        }
-        StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED => {
-            PlatformError::InvalidGrant { reason }
-        }
         s => PlatformError::Rejected {
             status: s.as_u16(),
             reason,
@@ -636,8 +536,13 @@ impl Platform for X {
             &self.oauth,
             rt,
             ClientAuth::BasicOrPublic,
+            rate_limited,
         )
         .await
+    }
+
+    fn oauth_app(&self) -> Option<&OAuthApp> {
+        self.app.as_ref()
     }
 
     async fn followers_page(
@@ -786,36 +691,5 @@ mod tests {
         );
         assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(7140)));
         assert_eq!(app_budget(&HeaderMap::new(), now), None);
-    }
-
-    #[test]
-    fn a_post_matches_on_its_url_and_its_words_despite_escaping() {
-        let mut p = post("Tom & Jerry");
-        assert!(post_matches(
-            &p,
-            lead(&p),
-            "Tom &amp; Jerry\n\nhttps://t.co/abc",
-            &[p.url.as_str()]
-        ));
-        assert!(!post_matches(
-            &p,
-            lead(&p),
-            "Tom &amp; Jerry\n\nhttps://t.co/abc",
-            &["https://example.com/other"]
-        ));
-        assert!(!post_matches(
-            &p,
-            lead(&p),
-            "Something else https://t.co/abc",
-            &[p.url.as_str()]
-        ));
-        p.text = None;
-        let url = format!("{}/", p.url);
-        assert!(post_matches(
-            &p,
-            lead(&p),
-            "https://t.co/abc",
-            &[url.as_str()]
-        ));
     }
 }

@@ -6,13 +6,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use oauth2::AuthType;
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
-use super::{
-    Account, Capabilities, Credentials, Invalid, LimitScope, Platform, PlatformError, PlatformKind,
-    PostRequest, Profile, Published, TokenSet, http,
-    x::{ClientAuth, OAuthClient, bearer, post_matches, refresh_grant},
+use crate::{
+    config::PlatformApp,
+    error::{LimitScope, PlatformError},
+    http,
+    kind::PlatformKind,
+    oauth::{ClientAuth, OAuthApp, OAuthClient, bearer, refresh_grant},
+    platform::{Capabilities, Platform},
+    text::post_matches,
+    types::{Account, Credentials, Invalid, PostRequest, Profile, Published, TokenSet},
 };
 
 pub const DEFAULT_BASE: &str = "https://api.linkedin.com";
@@ -20,6 +26,8 @@ pub const DEFAULT_TOKEN_URL: &str = "https://www.linkedin.com/oauth/v2/accessTok
 /// The `LinkedIn-Version` (YYYYMM) the request shapes here were written against. LinkedIn sunsets
 /// versions about a year after release, so deployments can move it with [`Linkedin::with_version`].
 pub const DEFAULT_VERSION: &str = "202601";
+const AUTHORIZE_URL: &str = "https://www.linkedin.com/oauth/v2/authorization";
+const SCOPES: &str = "openid profile w_member_social";
 
 /// Postiz's `maxLength`; LinkedIn's own pages only say "3,000 characters" in partner guides.
 const MAX_COMMENTARY_CHARS: usize = 3_000;
@@ -29,21 +37,53 @@ const LITTLE_RESERVED: &[char] = &[
     '\\', '|', '{', '}', '@', '[', ']', '(', ')', '<', '>', '#', '*', '_', '~',
 ];
 
+/// Herald's LinkedIn app as configured (`HERALD_LINKEDIN_*`). LinkedIn takes PKCE from native
+/// apps only, so the app secret authenticates; it documents no revocation endpoint (an operator
+/// may configure one).
+pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
+    OAuthApp {
+        client: app.client(DEFAULT_TOKEN_URL),
+        authorize_url: app
+            .authorize_url
+            .clone()
+            .unwrap_or_else(|| AUTHORIZE_URL.to_owned()),
+        revoke_url: app.revoke_url.clone(),
+        scopes: SCOPES,
+        pkce: false,
+        auth: AuthType::RequestBody,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Linkedin {
     http: Client,
     base: String,
     oauth: OAuthClient,
     version: String,
+    /// The app connect flows use; `None` for a client built without one (its tests).
+    app: Option<OAuthApp>,
 }
 
 impl Linkedin {
+    /// LinkedIn with Herald's app as configured.
+    pub fn from_config(http: Client, app: &PlatformApp) -> Self {
+        Self {
+            app: Some(oauth_app(app)),
+            ..Self::new(
+                http,
+                app.api_base_or(DEFAULT_BASE),
+                app.client(DEFAULT_TOKEN_URL),
+            )
+        }
+    }
+
     pub fn new(http: Client, base_url: impl Into<String>, oauth: OAuthClient) -> Self {
         Self {
             http,
             base: base_url.into().trim_end_matches('/').to_owned(),
             oauth,
             version: DEFAULT_VERSION.to_owned(),
+            app: None,
         }
     }
 
@@ -408,7 +448,24 @@ impl Platform for Linkedin {
                 "refresh without a refresh token",
             ));
         };
-        refresh_grant(self.kind(), &self.http, &self.oauth, rt, ClientAuth::InBody).await
+        // LinkedIn's 429s carry no reset header: the grant is retried on the default wait.
+        let rate_limited = |_: &reqwest::header::HeaderMap| PlatformError::RateLimited {
+            retry_after: None,
+            scope: LimitScope::Account,
+        };
+        refresh_grant(
+            self.kind(),
+            &self.http,
+            &self.oauth,
+            rt,
+            ClientAuth::InBody,
+            rate_limited,
+        )
+        .await
+    }
+
+    fn oauth_app(&self) -> Option<&OAuthApp> {
+        self.app.as_ref()
     }
 
     // `followers_page` stays unsupported: LinkedIn has no API listing individual followers, only

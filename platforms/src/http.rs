@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, RequestBuilder, Response};
 
-use super::{PlatformError, PlatformKind};
-use crate::{metrics as m, ssrf::SsrfGuard};
+use crate::{error::PlatformError, kind::PlatformKind, metrics as m, ssrf::SsrfGuard};
 
 /// Builds the shared client. Redirects are not followed: a platform API that redirects is
 /// answered as an error, and no request reaches a host the guard has not seen. System proxies

@@ -27,7 +27,7 @@ use super::{
     Answer, answer,
     jwt::{EsKey, random_token, sha256_b64},
 };
-use crate::platform::{PlatformError, PlatformKind, http};
+use crate::{error::PlatformError, http, kind::PlatformKind};
 
 /// Origins remembered at most; beyond this the stalest is dropped.
 const NONCE_CAPACITY: usize = 4096;

@@ -25,7 +25,10 @@ use super::{
     Answer, dpop,
     jwt::{EsKey, random_token},
 };
-use crate::platform::{LimitScope, PlatformError, TokenSet};
+use crate::{
+    error::{LimitScope, PlatformError},
+    types::TokenSet,
+};
 
 /// Every scope Herald asks for: `atproto` (required) and the App-Password-level
 /// `transition:generic` (write records, upload blobs, proxy to the AppView).

@@ -17,10 +17,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::{is_valid_handle, read_capped};
-use crate::{
-    platform::{PlatformKind, http},
-    ssrf::SsrfGuard,
-};
+use crate::{http, kind::PlatformKind, ssrf::SsrfGuard};
 
 /// Identity documents and metadata are small; anything larger is not one.
 const MAX_DOC_BYTES: usize = 256 * 1024;

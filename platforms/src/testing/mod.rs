@@ -1,0 +1,1 @@
+//! Test doubles: local servers that answer as each platform documents.
