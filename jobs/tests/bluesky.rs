@@ -200,7 +200,7 @@ async fn xrpc(
                 return (status, axum::Json(body)).into_response();
             }
             let rkey = b["rkey"].as_str().unwrap_or("").to_owned();
-            if !bluesky::is_valid_tid(&rkey) {
+            if !bluesky::tid::is_valid_tid(&rkey) {
                 return xrpc_error(
                     StatusCode::BAD_REQUEST,
                     "InvalidRequest",
@@ -332,7 +332,7 @@ async fn server() -> Server {
             get(|| async {
                 (
                     [(header::CONTENT_TYPE, "image/png")],
-                    vec![0u8; bluesky::MAX_THUMB_BYTES + 1],
+                    vec![0u8; bluesky::link_card::MAX_THUMB_BYTES + 1],
                 )
                     .into_response()
             }),
@@ -411,8 +411,8 @@ async fn a_share_posts_text_facets_at_byte_offsets_and_a_link_card_with_thumbnai
         .await
         .unwrap();
 
-    let rkey = bluesky::record_key(&id);
-    assert!(bluesky::is_valid_tid(&rkey));
+    let rkey = bluesky::tid::record_key(&id);
+    assert!(bluesky::tid::is_valid_tid(&rkey));
     assert_eq!(
         published.post_id,
         format!("at://{DID}/app.bsky.feed.post/{rkey}")

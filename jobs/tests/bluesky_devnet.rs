@@ -194,7 +194,7 @@ async fn a_share_lands_on_the_pds_with_text_facets_and_card_and_a_retry_does_not
     );
     let published = bsky.share(&account, &creds, &post).await.unwrap();
 
-    let rkey = bluesky::record_key(&share_id);
+    let rkey = bluesky::tid::record_key(&share_id);
     assert_eq!(
         published.post_id,
         format!("at://{}/app.bsky.feed.post/{rkey}", net.alice_did)

@@ -1195,7 +1195,7 @@ mod instagram {
     use herald_platforms::{
         LimitScope, Platform, PlatformError,
         instagram::{API_VERSION, Instagram},
-        meta::ContainerWait,
+        meta::container::ContainerWait,
     };
     use secrecy::ExposeSecret;
     use serde_json::json;
@@ -1630,7 +1630,7 @@ mod threads {
 
     use herald_platforms::{
         LimitScope, Platform, PlatformError,
-        meta::ContainerWait,
+        meta::container::ContainerWait,
         threads::{API_VERSION, Threads},
     };
     use secrecy::ExposeSecret;

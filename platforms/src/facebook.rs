@@ -13,7 +13,7 @@ use crate::{
     config::PlatformApp,
     error::PlatformError,
     kind::PlatformKind,
-    meta::{self, Graph, ListedPost, Since, checked_id, token},
+    meta::graph::{self, Graph, ListedPost, Since, checked_id, token},
     oauth::{CodeToken, Granted, OAuthApp, OAuthClient},
     platform::{Capabilities, Platform},
     text::lead,
@@ -102,7 +102,7 @@ impl Facebook {
             ("fb_exchange_token", short_lived.expose_secret()),
         ];
         let req = self.graph.http().get(&app.token_url).query(&query);
-        meta::exchange(PlatformKind::FacebookPages, "exchange_token", req).await
+        graph::exchange(PlatformKind::FacebookPages, "exchange_token", req).await
     }
 }
 
@@ -202,7 +202,7 @@ impl Platform for Facebook {
                 ("fields", "id,name,access_token"),
                 ("access_token", user.access_token.expose_secret()),
             ]);
-        let pages: Pages = meta::graph_call(self.kind(), "pages", false, req).await?;
+        let pages: Pages = graph::graph_call(self.kind(), "pages", false, req).await?;
         Ok(pages
             .data
             .into_iter()

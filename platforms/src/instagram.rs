@@ -15,7 +15,8 @@ use crate::{
     error::PlatformError,
     kind::PlatformKind,
     meta::{
-        self, ContainerFlow, ContainerWait, Created, Graph, ListedPost, Since, checked_id, token,
+        container::{self, ContainerFlow, ContainerWait, Created},
+        graph::{Graph, ListedPost, Since, caption, checked_id, token},
     },
     oauth::{CodeToken, Granted, OAuthApp},
     platform::{Capabilities, Platform},
@@ -178,7 +179,7 @@ impl Platform for Instagram {
                 message: "Instagram posts need an image: give the share an image_url".into(),
             });
         }
-        let caption = meta::caption(post);
+        let caption = caption(post);
         let chars = caption.chars().count();
         if chars > MAX_CAPTION_CHARS {
             return Err(Invalid {
@@ -235,14 +236,14 @@ impl Platform for Instagram {
                 reason: "Instagram posts need an image".into(),
             })?;
         let create = async {
-            meta::check_quota(
+            container::check_quota(
                 &self.graph,
                 &format!("{id}/content_publishing_limit"),
                 token,
             )
             .await?;
             // Creating a container publishes nothing, so a lost answer here is only transient.
-            let caption = meta::caption(post);
+            let caption = caption(post);
             let form = [
                 ("image_url", image_url),
                 ("caption", caption.as_str()),
@@ -260,7 +261,7 @@ impl Platform for Instagram {
             wait: self.wait,
         };
         let read_back = self.find_published(account, creds, post);
-        meta::share_through_container(&self.graph, flow, token, post, create, read_back).await
+        container::share_through_container(&self.graph, flow, token, post, create, read_back).await
     }
 
     /// Reads the account's latest media and matches the share's URL and words in the caption,

@@ -12,7 +12,8 @@ use crate::{
     error::PlatformError,
     kind::PlatformKind,
     meta::{
-        self, ContainerFlow, ContainerWait, Created, Graph, ListedPost, Since, checked_id, token,
+        container::{self, ContainerFlow, ContainerWait, Created},
+        graph::{Graph, ListedPost, Since, caption, checked_id, token},
     },
     oauth::{CodeToken, Granted, OAuthApp},
     platform::{Capabilities, Platform},
@@ -185,7 +186,7 @@ impl Platform for Threads {
     }
 
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {
-        let text = meta::caption(post);
+        let text = caption(post);
         let length = threads_length(&text);
         if length > MAX_TEXT {
             return Err(Invalid {
@@ -235,14 +236,14 @@ impl Platform for Threads {
         let user = Self::user_id(account)?;
         let token = token(creds)?;
         let create = async {
-            meta::check_quota(
+            container::check_quota(
                 &self.graph,
                 &format!("{user}/threads_publishing_limit"),
                 token,
             )
             .await?;
             // Creating a container publishes nothing, so a lost answer here is only transient.
-            let caption = meta::caption(post);
+            let caption = caption(post);
             let form = [
                 ("media_type", "TEXT"),
                 ("text", caption.as_str()),
@@ -261,7 +262,7 @@ impl Platform for Threads {
             wait: self.wait,
         };
         let read_back = self.find_published(account, creds, post);
-        meta::share_through_container(&self.graph, flow, token, post, create, read_back).await
+        container::share_through_container(&self.graph, flow, token, post, create, read_back).await
     }
 
     /// Reads the user's threads since [`READ_BACK_WINDOW`] and matches the share's URL (in the

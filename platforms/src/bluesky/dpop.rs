@@ -24,8 +24,8 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    Answer, answer,
     jwt::{EsKey, random_token, sha256_b64},
+    xrpc::{Answer, answer},
 };
 use crate::{error::PlatformError, http, kind::PlatformKind};
 

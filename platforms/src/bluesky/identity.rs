@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
-use super::{is_valid_handle, read_capped};
+use super::{rich_text::is_valid_handle, xrpc::read_capped};
 use crate::{http, kind::PlatformKind, ssrf::SsrfGuard};
 
 /// Identity documents and metadata are small; anything larger is not one.

@@ -22,8 +22,9 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::{
-    Answer, dpop,
+    dpop,
     jwt::{EsKey, random_token},
+    xrpc::Answer,
 };
 use crate::{
     error::{LimitScope, PlatformError},
