@@ -1,4 +1,5 @@
-//! Bluesky's AT Protocol OAuth end to end, against the local network in `support/atproto.rs`:
+//! Bluesky's AT Protocol OAuth end to end, against the local network
+//! (`herald_platforms::testing::atproto`):
 //! `POST /v1/connect/bluesky` with a handle (resolution, PAR with a client assertion and DPoP),
 //! the authorization server's redirect to the callback (`iss` and `sub` checked, the code
 //! exchanged), shares posted with DPoP, a just-in-time refresh, and a replayed refresh token that
@@ -9,7 +10,10 @@ use herald_jobs::{
     handlers::refresh::{self, Refresh},
     store::StoredTokens,
 };
-use herald_platforms::bluesky::jwt::EsKey;
+use herald_platforms::{
+    bluesky::jwt::EsKey,
+    testing::atproto::{DID, FakeAtproto, HANDLE, OTHER_DID},
+};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -17,11 +21,7 @@ use serde_json::{Value, json};
 use crate::{
     connect::{RETURN_URL, connect},
     on_every_backend,
-    support::{
-        Engine, TestApp,
-        atproto::{DID, FakeAtproto, HANDLE, OTHER_DID},
-        fast_settings,
-    },
+    support::{Engine, TestApp, fast_settings},
 };
 
 /// Herald pointed at the local network: its PLC directory and handle resolver are the fake PDS.

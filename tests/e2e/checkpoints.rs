@@ -2,32 +2,31 @@
 //! share before it is published, so a retry after a lost publish answer settles what happened
 //! instead of creating a second container or posting twice.
 
+use herald_platforms::testing::meta::{Failure, TokenKind};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
     on_every_backend,
-    support::{
-        Engine, TestApp, fast_settings,
-        instagram_containers::{FakeInstagram, IG_USER},
-    },
+    support::{Engine, FakeMeta, MetaApi, TestApp, fast_settings},
 };
 
 on_every_backend!(a_lost_publish_answer_is_settled_from_the_saved_container_and_posts_once);
 
 async fn a_lost_publish_answer_is_settled_from_the_saved_container_and_posts_once(engine: Engine) {
-    let instagram = FakeInstagram::start().await;
+    let instagram = FakeMeta::start(MetaApi::Instagram).await;
+    let token = instagram.issue_token(TokenKind::LongUser);
     let mut settings = fast_settings();
     settings.apps.instagram = Some(instagram.app());
     let app = TestApp::spawn_with(engine, true, settings).await;
     let (status, conn) = app
         .post(
             "/v1/connections",
-            json!({ "platform": "instagram", "platform_account_id": IG_USER, "handle": "herald.test", "access_token": "igt" }),
+            json!({ "platform": "instagram", "platform_account_id": MetaApi::Instagram.user_id(), "handle": "herald.test", "access_token": token }),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{conn}");
-    instagram.lose_next_publish_answer();
+    instagram.fail_next(Failure::LoseAnswer);
     let (status, body) = app
         .post(
             "/v1/shares",
@@ -54,8 +53,9 @@ async fn a_lost_publish_answer_is_settled_from_the_saved_container_and_posts_onc
         1,
         "the container was published again"
     );
-    assert_eq!(instagram.media().len(), 1);
-    assert_eq!(share["post"]["id"], instagram.media()[0].as_str());
+    let media = instagram.posts();
+    assert_eq!(media.len(), 1);
+    assert_eq!(share["post"]["id"], media[0]["id"]);
     assert_eq!(share["attempts"], 2);
     assert_eq!(share["attempt_history"][0]["error_class"], "transient");
 }

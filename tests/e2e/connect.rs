@@ -16,23 +16,23 @@ use serde_json::{Value, json};
 
 use crate::{
     on_every_backend,
-    support::{OAuthProvider, TestApp, eventually, fast_settings},
+    support::{FakeX, TestApp, eventually, fast_settings},
 };
 
 pub(crate) const RETURN_URL: &str = "https://app.example/after";
 const X_USER: &str = "2244994945";
 
-async fn with_x(engine: crate::support::Engine) -> (TestApp, OAuthProvider) {
+async fn with_x(engine: crate::support::Engine) -> (TestApp, FakeX) {
     with_x_and(engine, fast_settings()).await
 }
 
-/// Herald with `settings` and an X app at a local OAuth provider.
+/// Herald with `settings` and its X app at the local X.
 async fn with_x_and(
     engine: crate::support::Engine,
     mut settings: herald_jobs::Settings,
-) -> (TestApp, OAuthProvider) {
-    let provider = OAuthProvider::start().await;
-    settings.apps.x = Some(provider.x_app());
+) -> (TestApp, FakeX) {
+    let provider = FakeX::start().await;
+    settings.apps.x = Some(provider.app());
     (TestApp::spawn_with(engine, true, settings).await, provider)
 }
 
@@ -463,13 +463,13 @@ async fn revocation_goes_to_the_configured_url_and_the_answer_says_whether_it_wa
 /// returns the app, the provider, the connection id and the answer to the DELETE (200).
 async fn connect_then_delete_x(
     engine: crate::support::Engine,
-    revoke_url: impl FnOnce(&OAuthProvider) -> Option<String>,
-) -> (TestApp, OAuthProvider, String, Value) {
-    let provider = OAuthProvider::start().await;
+    revoke_url: impl FnOnce(&FakeX) -> Option<String>,
+) -> (TestApp, FakeX, String, Value) {
+    let provider = FakeX::start().await;
     let mut settings = fast_settings();
     settings.apps.x = Some(herald_platforms::config::PlatformApp {
         revoke_url: revoke_url(&provider),
-        ..provider.x_app()
+        ..provider.app()
     });
     let app = TestApp::spawn_with(engine, true, settings).await;
     let id = connect_x(&app).await;

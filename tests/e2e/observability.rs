@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::support::{Engine, OAuthProvider, Reply, TestApp, eventually, fast_settings};
+use crate::support::{Engine, FakeX, Reply, TestApp, eventually, fast_settings};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,7 +64,7 @@ fn panel_queries() -> Vec<(String, String)> {
     out
 }
 
-async fn workload(app: &TestApp, x: &OAuthProvider) {
+async fn workload(app: &TestApp, x: &FakeX) {
     // Mastodon: a success, a rejection, an outage retried, a rate limit, dead credentials.
     let conn = app.mastodon_connection().await;
     app.mastodon.script([
@@ -138,10 +138,10 @@ async fn workload(app: &TestApp, x: &OAuthProvider) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_returns_data_from_a_real_prometheus_scraping_herald() {
     need("prometheus", "prometheus");
-    let x = OAuthProvider::start().await;
+    let x = FakeX::start().await;
     let mut settings = fast_settings();
     settings.refresh_sweep_cron = "*/2 * * * * *".into();
-    settings.apps.x = Some(x.x_app());
+    settings.apps.x = Some(x.app());
     let app = TestApp::spawn_with(Engine::Sqlite, true, settings).await;
     let dir = tempfile::tempdir().unwrap();
     let herald = app.base.trim_start_matches("http://");

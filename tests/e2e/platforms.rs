@@ -13,7 +13,15 @@ use herald_jobs::handlers::{
     refresh::{self, Refresh},
     sweeps,
 };
-use herald_platforms::{config::PlatformApps, linkedin::DEFAULT_VERSION};
+use herald_platforms::{
+    config::PlatformApps,
+    linkedin::DEFAULT_VERSION,
+    testing::{
+        Seen,
+        linkedin::MEMBER,
+        meta::{LONG_LIVED_SECS, PAGE_ID, PAGE_NAME, TokenKind},
+    },
+};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -21,12 +29,7 @@ use serde_json::{Value, json};
 use crate::{
     connect::{RETURN_URL, authorize, callback, connect, location, query, start},
     on_every_backend,
-    support::{
-        Engine, FakeLinkedin, FakeMeta, MetaApi, TestApp, eventually, fast_settings,
-        linkedin::MEMBER,
-        meta::{LONG_LIVED_SECS, PAGE_ID, PAGE_NAME, TokenKind},
-        seen::Seen,
-    },
+    support::{Engine, FakeLinkedin, FakeMeta, MetaApi, TestApp, eventually, fast_settings},
 };
 
 const ARTICLE: &str = "https://blog.example/post/1";
@@ -353,7 +356,8 @@ async fn facebook_pages_connect_share_revoke_and_reconnect_post_the_parked_share
     let post = posted(&app, &share(&app, &id, "Read this", false).await).await;
     let post_id = post["id"].as_str().unwrap();
     assert!(post_id.starts_with(&format!("{PAGE_ID}_")), "{post}");
-    assert_eq!(post["url"], format!("https://www.facebook.com/{post_id}"));
+    // Read-after-write: the post's `permalink_url` comes back with its id.
+    assert_eq!(post["url"], fb.permalink(post_id));
     let seen = fb.seen();
     let req = last(&seen, &format!("POST /{v}/{PAGE_ID}/feed"));
     assert_eq!(req.form.get("access_token"), Some(&page_token));

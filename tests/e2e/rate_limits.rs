@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     on_every_backend,
-    support::{Engine, TestApp, eventually, fast_settings, x_limits::FakeX},
+    support::{Engine, FakeX, TestApp, eventually, fast_settings},
 };
 
 on_every_backend!(
@@ -20,10 +20,20 @@ on_every_backend!(
     an_accounts_own_limit_holds_only_that_accounts_shares,
 );
 
-const X_APP: AppKey<'static> = AppKey {
-    platform: "x",
-    app_id: "x-app",
-};
+/// The X app's key in the store: its client id at the local X.
+fn x_app(x: &FakeX) -> AppKey<'_> {
+    AppKey {
+        platform: "x",
+        app_id: &x.client_id,
+    }
+}
+
+/// The local X, whose app may post `budget` times per window of `length`.
+async fn limited_x(budget: u32, length: Duration) -> FakeX {
+    let x = FakeX::start().await;
+    x.limit_app(budget, length);
+    x
+}
 
 async fn spawn(engine: Engine, x: &FakeX) -> TestApp {
     let mut settings = fast_settings();
@@ -33,7 +43,9 @@ async fn spawn(engine: Engine, x: &FakeX) -> TestApp {
     TestApp::spawn_with(engine, true, settings).await
 }
 
-async fn x_connection(app: &TestApp, key: &str, user: &str, token: &str) -> String {
+/// Imports `user`'s X account with `token` (which the local X then takes as theirs).
+async fn x_connection(app: &TestApp, x: &FakeX, key: &str, user: &str, token: &str) -> String {
+    x.accept(token, user);
     let (status, body) = app
         .call(
             Method::POST,
@@ -121,18 +133,26 @@ async fn deferrals(app: &TestApp, scope: &str) -> f64 {
 
 async fn one_tenants_burst_leaves_the_others_their_fair_share_of_the_apps_budget(engine: Engine) {
     // The app may post 10 times per 6-second window; tenant acme wants 16 posts, beta 3.
-    let x = FakeX::start(10, Duration::from_secs(6)).await;
+    let x = limited_x(10, Duration::from_secs(6)).await;
     let app = spawn(engine, &x).await;
     let beta = app.key_for("beta").await;
     let mut acme_accounts = Vec::new();
     for i in 0..16 {
-        acme_accounts
-            .push(x_connection(&app, &app.key, &format!("10{i:02}"), &format!("tok-a-{i}")).await);
+        acme_accounts.push(
+            x_connection(
+                &app,
+                &x,
+                &app.key,
+                &format!("10{i:02}"),
+                &format!("tok-a-{i}"),
+            )
+            .await,
+        );
     }
     let mut beta_accounts = Vec::new();
     for i in 0..3 {
         beta_accounts
-            .push(x_connection(&app, &beta, &format!("20{i:02}"), &format!("tok-b-{i}")).await);
+            .push(x_connection(&app, &x, &beta, &format!("20{i:02}"), &format!("tok-b-{i}")).await);
     }
     // One request per tenant, all due at once: both tenants have work waiting when the budget
     // turns out to be scarce.
@@ -179,12 +199,12 @@ async fn one_tenants_burst_leaves_the_others_their_fair_share_of_the_apps_budget
 }
 
 async fn an_app_wide_limit_holds_every_tenants_shares_without_calling(engine: Engine) {
-    let x = FakeX::start(5, Duration::from_secs(5)).await;
+    let x = limited_x(5, Duration::from_secs(5)).await;
     let app = spawn(engine, &x).await;
     let beta = app.key_for("beta").await;
-    let a = x_connection(&app, &app.key, "1001", "tok-a").await;
-    let b = x_connection(&app, &beta, "2002", "tok-b").await;
-    x.spend_the_app_budget();
+    let a = x_connection(&app, &x, &app.key, "1001", "tok-a").await;
+    let b = x_connection(&app, &x, &beta, "2002", "tok-b").await;
+    x.spend_the_app_budget(None);
 
     let first = share(&app, &app.key, &a, "first", None).await;
     let s = share_until(&app, &app.key, &first, tried).await;
@@ -214,7 +234,14 @@ async fn an_app_wide_limit_holds_every_tenants_shares_without_calling(engine: En
         );
     }
     assert_eq!(x.requests().len(), 1, "a held share called the platform");
-    let window = app.parts.ctx.store.app_limit(X_APP).await.unwrap().unwrap();
+    let window = app
+        .parts
+        .ctx
+        .store
+        .app_limit(x_app(&x))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(window.closed_until.is_some_and(|t| t > Utc::now()));
     assert!(deferrals(&app, "app").await >= 4.0);
 
@@ -228,10 +255,10 @@ async fn an_app_wide_limit_holds_every_tenants_shares_without_calling(engine: En
 }
 
 async fn an_accounts_own_limit_holds_only_that_accounts_shares(engine: Engine) {
-    let x = FakeX::start(100, Duration::from_secs(60)).await;
+    let x = limited_x(100, Duration::from_secs(60)).await;
     let app = spawn(engine, &x).await;
-    let limited = x_connection(&app, &app.key, "1001", "tok-1").await;
-    let other = x_connection(&app, &app.key, "1002", "tok-2").await;
+    let limited = x_connection(&app, &x, &app.key, "1001", "tok-1").await;
+    let other = x_connection(&app, &x, &app.key, "1002", "tok-2").await;
     x.limit_user("tok-1", Duration::from_secs(3));
 
     let first = share(&app, &app.key, &limited, "first", None).await;
@@ -250,7 +277,14 @@ async fn an_accounts_own_limit_holds_only_that_accounts_shares(engine: Engine) {
     );
     let calls = |token: &str| x.requests().iter().filter(|t| *t == token).count();
     assert_eq!(calls("tok-1"), 1);
-    let window = app.parts.ctx.store.app_limit(X_APP).await.unwrap().unwrap();
+    let window = app
+        .parts
+        .ctx
+        .store
+        .app_limit(x_app(&x))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         window.closed_until, None,
         "an account's limit closed the app"

@@ -1,1 +1,124 @@
-//! Test doubles: local servers that answer as each platform documents.
+//! Test doubles: one local server per platform that answers as the platform documents, errors
+//! included, and keeps the state a real one would (tokens, grants, posts, containers), so a test
+//! can drive a client, or all of Herald, against it and then look at what the platform holds and
+//! what it was sent ([`Recorder`]). This crate's client tests and Herald's end-to-end suite use the
+//! same fakes. A failure the platform documents but a test cannot provoke by state alone (a 503,
+//! a throttle, an answer that never comes) is queued with the fake's `fail_next`.
+//!
+//! Every fake listens on `127.0.0.1:0`; point a client at its `base` (the clients' guard must
+//! allow private addresses: `SsrfGuard::allowing_private()`).
+
+pub mod atproto;
+pub mod linkedin;
+pub mod mastodon;
+pub mod meta;
+pub mod recorder;
+pub mod x;
+
+pub use atproto::FakeAtproto;
+pub use linkedin::FakeLinkedin;
+pub use mastodon::FakeMastodon;
+pub use meta::{FakeMeta, MetaApi};
+pub use recorder::{Recorder, Seen, serve};
+pub use x::FakeX;
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::SecretString;
+
+use crate::{
+    http,
+    ssrf::SsrfGuard,
+    types::{Account, Checkpoint, CheckpointSink, Credentials, PostRequest},
+};
+
+/// A guarded client that may reach the fakes on loopback, with a 5 s timeout.
+pub fn client() -> reqwest::Client {
+    http::client(&SsrfGuard::allowing_private(), Duration::from_secs(5))
+}
+
+/// The same with a 1 s timeout, for answers that never come.
+pub fn impatient_client() -> reqwest::Client {
+    http::client(&SsrfGuard::allowing_private(), Duration::from_secs(1))
+}
+
+/// An account with these extras (a JSON object).
+pub fn account(id: &str, extras: serde_json::Value) -> Account {
+    Account {
+        platform_account_id: id.into(),
+        handle: "someone".into(),
+        extras: extras.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+/// Credentials holding these tokens.
+pub fn creds(access: &str, refresh: Option<&str>) -> Credentials {
+    Credentials {
+        access_token: Some(SecretString::from(access.to_owned())),
+        refresh_token: refresh.map(|r| SecretString::from(r.to_owned())),
+        dpop_key: None,
+        expires_at: None,
+    }
+}
+
+/// A share of `https://example.com/articles/1` with a title, words and an image.
+pub fn post() -> PostRequest {
+    PostRequest {
+        share_id: "shr_1".into(),
+        url: "https://example.com/articles/1".into(),
+        title: Some("A title".into()),
+        text: Some("Worth reading".into()),
+        image_url: Some("https://cdn.example.com/cover.jpg".into()),
+        idempotency_key: "shr_1".into(),
+        checkpoint: Default::default(),
+    }
+}
+
+/// Where a client's checkpoints go in a client test (the share job writes them to the share row).
+/// Watching a fake's [`Recorder`], it also notes how many requests the fake had received when
+/// each checkpoint was stored, so a test can tell it was stored before the step it protects.
+#[derive(Default)]
+pub struct Checkpoints {
+    saved: std::sync::Mutex<Vec<(String, usize)>>,
+    recorder: Option<Recorder>,
+}
+
+#[async_trait::async_trait]
+impl CheckpointSink for Checkpoints {
+    async fn save(&self, value: &str) -> Result<(), String> {
+        let seen = self.recorder.as_ref().map_or(0, |r| r.all().len());
+        self.saved.lock().unwrap().push((value.to_owned(), seen));
+        Ok(())
+    }
+}
+
+impl Checkpoints {
+    pub fn watching(recorder: &Recorder) -> Self {
+        Self {
+            saved: Default::default(),
+            recorder: Some(recorder.clone()),
+        }
+    }
+
+    pub fn saved(&self) -> Vec<String> {
+        self.saved
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(v, _)| v.clone())
+            .collect()
+    }
+
+    /// How many requests the watched fake had received when each checkpoint was stored.
+    pub fn saved_after(&self) -> Vec<usize> {
+        self.saved.lock().unwrap().iter().map(|(_, n)| *n).collect()
+    }
+}
+
+/// [`post`], resuming from `saved` and storing new checkpoints in `sink`.
+pub fn post_resuming(saved: Option<&str>, sink: Arc<Checkpoints>) -> PostRequest {
+    PostRequest {
+        checkpoint: Checkpoint::new(saved.map(str::to_owned), sink),
+        ..post()
+    }
+}

@@ -1,15 +1,8 @@
 //! The end-to-end harness: Herald's API and workers spawned in-process on port 0 against a fresh
-//! store, and local servers that answer as each platform documents.
+//! store, and local servers that answer as each platform documents (the platforms crate's fakes,
+//! `herald_platforms::testing`, which its client tests use too).
 
-pub mod atproto;
 pub mod db;
-pub mod instagram_containers;
-pub mod linkedin;
-pub mod mastodon;
-pub mod meta;
-pub mod oauth_provider;
-pub mod seen;
-pub mod x_limits;
 
 use std::{future::Future, time::Duration};
 
@@ -22,10 +15,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 pub use db::{Engine, TestDb, redis_prefix, redis_url};
-pub use linkedin::FakeLinkedin;
-pub use mastodon::{Chaos, FakeMastodon, ListReply, Reply};
-pub use meta::{FakeMeta, MetaApi};
-pub use oauth_provider::OAuthProvider;
+pub use herald_platforms::testing::{
+    FakeLinkedin, FakeMeta, FakeX, MetaApi,
+    mastodon::{Chaos, FakeMastodon, ListReply, Reply},
+};
 
 /// Generates one `#[tokio::test]` per store engine from `async fn name(engine: Engine)`.
 #[macro_export]

@@ -1,5 +1,5 @@
-//! The AT Protocol OAuth client against the local network in `tests/e2e/support/atproto.rs`: the
-//! identity steps, PAR with a client assertion, the code exchange, DPoP calls on the PDS with its
+//! The AT Protocol OAuth client against the local network (`testing::atproto`): the identity
+//! steps, PAR with a client assertion, the code exchange, DPoP calls on the PDS with its
 //! nonce challenge, refresh with rotation, and a replayed refresh token killing the session.
 //! (The whole connect flow through the API is in the end-to-end suite.)
 
@@ -24,7 +24,7 @@ use reqwest::header;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::atproto::{DID, FakeAtproto, HANDLE, OTHER_DID};
+use herald_platforms::testing::atproto::{DID, FakeAtproto, HANDLE, OTHER_DID};
 
 /// Serves the client's metadata and keys, as Herald's API does, so the authorization server
 /// can fetch them by `client_id`.
@@ -210,7 +210,7 @@ async fn a_confidential_client_connects_with_par_and_assertions_and_posts_with_d
 
     let profile = c.client.verify(&c.account, &c.creds).await.unwrap();
     assert_eq!(profile.platform_account_id, DID);
-    assert_eq!(profile.followers_count, Some(2));
+    assert_eq!(profile.followers_count, Some(3));
     assert_eq!(net.world().pds_nonce_challenges, 1, "the PDS asked once");
 
     let published = c

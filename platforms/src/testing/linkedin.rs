@@ -5,10 +5,12 @@
 //! (`POST /rest/posts`, which requires `LinkedIn-Version` and `X-Restli-Protocol-Version: 2.0.0`
 //! and answers 201 with the post's URN in `x-restli-id`). Dead credentials answer 401 with
 //! LinkedIn's error body: `serviceErrorCode` 65601 `REVOKED_ACCESS_TOKEN` once the member revoked
-//! the app, 65600 `INVALID_ACCESS_TOKEN` for a token it never issued.
+//! the app, 65600 `INVALID_ACCESS_TOKEN` for a token it never issued. A post whose commentary
+//! and article repeat one the author already has is refused `422` as a duplicate; an author's
+//! posts are listed by `GET /rest/posts?q=author`, newest first.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -21,10 +23,22 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::seen::Seen;
+use super::recorder::{Recorder, Seen, serve};
+use crate::config::PlatformApp;
 
 /// The member who signs in.
 pub const MEMBER: &str = "Dk968RHxiO";
+/// The organization (a LinkedIn page) the member administers.
+pub const ORGANIZATION: &str = "5";
+
+/// A failure LinkedIn documents that the next API call answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 429 `TOO_MANY_REQUESTS` (serviceErrorCode 101): the application's daily limit.
+    Throttled,
+    /// 504 `GATEWAY_TIMEOUT`.
+    GatewayTimeout,
+}
 /// 60 days, as LinkedIn issues access tokens.
 const ACCESS_TTL: i64 = 5_184_000;
 const REFRESH_TTL: i64 = 31_536_000;
@@ -45,9 +59,9 @@ struct Inner {
     /// Whether this app is one LinkedIn issues refresh tokens to (approved partners).
     partner: bool,
     refreshes: usize,
-    seen: Vec<Seen>,
-    /// Created posts: the request body with the URN assigned.
+    /// Created posts: the request body with the URN and `createdAt` assigned.
     posts: Vec<Value>,
+    script: VecDeque<Failure>,
     counter: u64,
 }
 
@@ -66,7 +80,9 @@ impl Inner {
 pub struct FakeLinkedin {
     pub base: String,
     pub client_id: String,
-    client_secret: String,
+    pub client_secret: String,
+    /// Every request, in order.
+    pub recorder: Recorder,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -86,20 +102,64 @@ impl FakeLinkedin {
             client_id.clone(),
             client_secret.clone(),
         ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let recorder = Recorder::default();
+        let base = serve(recorder.layer(app)).await;
         Self {
             base,
             client_id,
             client_secret,
+            recorder,
             inner,
         }
     }
 
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth/v2/accessToken", self.base)
+    }
+
+    /// A grant for the member as if they had authorized the app: the access token, and the
+    /// refresh token a partner app gets.
+    pub fn grant(&self) -> (String, Option<String>) {
+        let mut g = self.inner.lock().unwrap();
+        let access = g.mint("at");
+        let refresh = g.partner.then(|| g.mint("rt"));
+        g.grants.push(Grant {
+            access: vec![access.clone()],
+            refresh: refresh.clone(),
+            refresh_expires_at: chrono::Utc::now() + chrono::Duration::seconds(REFRESH_TTL),
+            revoked: false,
+        });
+        (access, refresh)
+    }
+
+    /// The next API call answers with `failure`; queued failures answer in order.
+    pub fn fail_next(&self, failure: Failure) {
+        self.inner.lock().unwrap().script.push_back(failure);
+    }
+
+    /// A post `author` made elsewhere (on LinkedIn itself, or before Herald), `created_at`
+    /// milliseconds since the epoch.
+    pub fn seed_post(
+        &self,
+        author: &str,
+        commentary: &str,
+        source: &str,
+        created_at: i64,
+    ) -> String {
+        let mut g = self.inner.lock().unwrap();
+        let urn = format!("urn:li:share:{}", 7_150_000_000_000_000_000u64 + g.counter);
+        g.counter += 1;
+        g.posts.push(json!({
+            "id": urn, "author": author, "commentary": commentary, "visibility": "PUBLIC",
+            "lifecycleState": "PUBLISHED", "createdAt": created_at, "publishedAt": created_at,
+            "content": { "article": { "source": source, "title": "A title" } },
+        }));
+        urn
+    }
+
     /// Herald's LinkedIn app pointed at this server.
-    pub fn app(&self) -> herald_platforms::config::PlatformApp {
-        herald_platforms::config::PlatformApp {
+    pub fn app(&self) -> PlatformApp {
+        PlatformApp {
             client_id: self.client_id.clone(),
             client_secret: Some(self.client_secret.clone().into()),
             api_base: Some(self.base.clone()),
@@ -118,7 +178,7 @@ impl FakeLinkedin {
 
     /// Every request received, in order.
     pub fn seen(&self) -> Vec<Seen> {
-        self.inner.lock().unwrap().seen.clone()
+        self.recorder.all()
     }
 
     pub fn posts(&self) -> Vec<Value> {
@@ -191,10 +251,33 @@ async fn handle(
 ) -> Response {
     let seen = Seen::new(method, &uri, headers, &body);
     let mut g = inner.lock().unwrap();
-    g.seen.push(seen.clone());
     match (seen.method.as_str(), seen.path.as_str()) {
-        ("GET", "/oauth/v2/authorization") => authorization(&mut g, &seen, &client_id),
-        ("POST", "/oauth/v2/accessToken") => access_token(&mut g, &seen, &client_id, &secret),
+        ("GET", "/oauth/v2/authorization") => return authorization(&mut g, &seen, &client_id),
+        ("POST", "/oauth/v2/accessToken") => {
+            return access_token(&mut g, &seen, &client_id, &secret);
+        }
+        _ => {}
+    }
+    match g.script.pop_front() {
+        Some(Failure::Throttled) => {
+            return li_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                101,
+                "TOO_MANY_REQUESTS",
+                "Resource level throttle APPLICATION DAY limit for calls to this resource is reached.",
+            );
+        }
+        Some(Failure::GatewayTimeout) => {
+            return li_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                0,
+                "GATEWAY_TIMEOUT",
+                "Gateway timeout",
+            );
+        }
+        None => {}
+    }
+    match (seen.method.as_str(), seen.path.as_str()) {
         ("GET", "/v2/userinfo") => match refusal(&g, &seen) {
             None => Json(json!({
                 "sub": MEMBER,
@@ -208,6 +291,7 @@ async fn handle(
             Some(res) => res,
         },
         ("POST", "/rest/posts") => create_post(&mut g, &seen),
+        ("GET", "/rest/posts") => list_posts(&g, &seen),
         _ => li_error(
             StatusCode::NOT_FOUND,
             0,
@@ -362,7 +446,10 @@ fn create_post(g: &mut Inner, seen: &Seen) -> Response {
             "The request body is not JSON",
         );
     };
-    if body["author"] != format!("urn:li:person:{MEMBER}") {
+    let author = body["author"].as_str().unwrap_or_default();
+    if author != format!("urn:li:person:{MEMBER}")
+        && author != format!("urn:li:organization:{ORGANIZATION}")
+    {
         return li_error(
             StatusCode::FORBIDDEN,
             100,
@@ -384,10 +471,65 @@ fn create_post(g: &mut Inner, seen: &Seen) -> Response {
             "ERROR :: /content/article :: is missing required fields",
         );
     }
+    if let Some(earlier) = g.posts.iter().find(|p| {
+        p["author"] == body["author"]
+            && p["commentary"] == body["commentary"]
+            && p["content"] == body["content"]
+    }) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "message": format!("Content is a duplicate of {}", earlier["id"].as_str().unwrap_or_default()),
+                "status": 422,
+            })),
+        )
+            .into_response();
+    }
     let urn = format!("urn:li:share:{}", 7_150_000_000_000_000_000u64 + g.counter);
     g.counter += 1;
+    let now = chrono::Utc::now().timestamp_millis();
     let mut post = body;
     post["id"] = urn.clone().into();
+    post["createdAt"] = now.into();
+    post["publishedAt"] = now.into();
     g.posts.push(post);
     (StatusCode::CREATED, [("x-restli-id", urn)]).into_response()
+}
+
+/// `GET /rest/posts?q=author&author=…&count=…`: the author's posts, newest first.
+fn list_posts(g: &Inner, seen: &Seen) -> Response {
+    if let Some(res) = refusal(g, seen) {
+        return res;
+    }
+    if seen.header("linkedin-version").is_none_or(str::is_empty) {
+        return li_error(
+            StatusCode::BAD_REQUEST,
+            0,
+            "VERSION_MISSING",
+            "A version must be present. Please specify a version by adding the LinkedIn-Version header.",
+        );
+    }
+    if seen.q("q") != Some("author") {
+        return li_error(
+            StatusCode::BAD_REQUEST,
+            0,
+            "ILLEGAL_ARGUMENT",
+            "q=author is required",
+        );
+    }
+    let author = seen.q("author").unwrap_or_default();
+    let count: usize = seen.q("count").and_then(|c| c.parse().ok()).unwrap_or(10);
+    let mut elements: Vec<Value> = g
+        .posts
+        .iter()
+        .filter(|p| p["author"] == author)
+        .cloned()
+        .collect();
+    elements.sort_by_key(|p| std::cmp::Reverse(p["createdAt"].as_i64().unwrap_or_default()));
+    elements.truncate(count);
+    Json(json!({
+        "paging": { "start": 0, "count": count, "links": [] },
+        "elements": elements,
+    }))
+    .into_response()
 }

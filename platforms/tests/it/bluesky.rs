@@ -1,357 +1,38 @@
-//! The Bluesky client against a local server answering as the AT Protocol documents: a PDS's
-//! XRPC endpoints (sessions, records, blobs, handles, the AppView's graph proxied) and the web
-//! pages a link card is built from. The real network is in `bluesky_devnet.rs`. The OAuth
-//! client (PAR, DPoP, client assertions, refresh) is in `bluesky/oauth.rs`, against the local
-//! AT Protocol network the end-to-end suite uses too.
+//! The Bluesky client against the local AT Protocol network (`testing::atproto`): a PDS's XRPC
+//! endpoints (sessions, records, blobs, handles, the AppView's graph proxied) and the web pages
+//! a link card is built from. The real network is in `herald-jobs`' `bluesky_devnet.rs`. The
+//! OAuth client (PAR, DPoP, client assertions, refresh) is in `bluesky/oauth.rs`.
 
-#[path = "../../tests/e2e/support/atproto.rs"]
-mod atproto;
-#[path = "bluesky/oauth.rs"]
 mod oauth;
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use axum::{
-    Router,
-    body::Bytes,
-    extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use herald_platforms::{
     Account, Credentials, LimitScope, Platform, PlatformError, PostRequest, Relation,
-    bluesky::{self, Bluesky},
+    bluesky::{Bluesky, tid},
     http,
     ssrf::SsrfGuard,
+    testing::atproto::{APP_PASSWORD, DID, FRIEND_DID, FakeAtproto, HANDLE, PNG, World},
 };
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
-const HANDLE: &str = "herald.test";
-const APP_PASSWORD: &str = "abcd-efgh-ijkl-mnop";
-const FRIEND_DID: &str = "did:plc:friendfriendfriendfriend";
-
-/// What the fake PDS has seen and holds.
-#[derive(Default)]
-struct Pds {
-    records: HashMap<String, Value>,
-    create_bodies: Vec<Value>,
-    blobs: Vec<(String, usize)>,
-    create_sessions: usize,
-    refresh_sessions: usize,
-    next_token: usize,
-    access: Vec<String>,
-    refresh: Vec<String>,
-    /// Answers every create with this status and body, once.
-    fail_next_create: Option<(StatusCode, Value)>,
-    rate_limit_next: bool,
-    taken_down: bool,
-    /// Requests of this method wait for a permit (a slow login the test lets go of).
-    hold: Option<(&'static str, Arc<tokio::sync::Semaphore>)>,
-    /// Pages fetched from `/counted-missing` (each answered 404: no card).
-    page_hits: usize,
-    /// Calls refused for an expired access token.
-    expired_answers: usize,
-}
-
-type Shared = Arc<Mutex<Pds>>;
-
-fn xrpc_error(status: StatusCode, error: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({ "error": error, "message": message })),
-    )
-        .into_response()
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::to_owned)
-}
-
-fn new_session(pds: &mut Pds) -> Value {
-    pds.next_token += 1;
-    let (a, r) = (
-        format!("access-{}", pds.next_token),
-        format!("refresh-{}", pds.next_token),
-    );
-    pds.access.push(a.clone());
-    pds.refresh.push(r.clone());
-    json!({ "accessJwt": a, "refreshJwt": r, "did": DID, "handle": HANDLE, "active": true })
-}
-
-async fn xrpc(
-    State(shared): State<Shared>,
-    Path(nsid): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let held = shared.lock().unwrap().hold.clone();
-    if let Some((method, gate)) = held
-        && method == nsid
-    {
-        let _permit = gate.acquire().await;
-    }
-    let mut pds = shared.lock().unwrap();
-    let token = bearer(&headers);
-    let authed = token.as_ref().is_some_and(|t| pds.access.contains(t));
-    let needs_auth = matches!(
-        nsid.as_str(),
-        "com.atproto.server.getSession"
-            | "com.atproto.repo.createRecord"
-            | "com.atproto.repo.uploadBlob"
-            | "app.bsky.graph.getFollowers"
-            | "app.bsky.graph.getFollows"
-            | "app.bsky.actor.getProfile"
-    );
-    if needs_auth && !authed {
-        // The reference PDS answers an expired access JWT with 400 ExpiredToken.
-        pds.expired_answers += 1;
-        return xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired");
-    }
-    let json_body = || serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
-    match nsid.as_str() {
-        "com.atproto.server.createSession" => {
-            pds.create_sessions += 1;
-            let b = json_body();
-            if pds.taken_down {
-                return xrpc_error(
-                    StatusCode::UNAUTHORIZED,
-                    "AccountTakedown",
-                    "Account has been taken down",
-                );
-            }
-            if b["password"] != APP_PASSWORD
-                || (b["identifier"] != DID && b["identifier"] != HANDLE)
-            {
-                return xrpc_error(
-                    StatusCode::UNAUTHORIZED,
-                    "AuthenticationRequired",
-                    "Invalid identifier or password",
-                );
-            }
-            axum::Json(new_session(&mut pds)).into_response()
-        }
-        "com.atproto.server.refreshSession" => {
-            pds.refresh_sessions += 1;
-            match token {
-                Some(t) if pds.refresh.contains(&t) => {
-                    axum::Json(new_session(&mut pds)).into_response()
-                }
-                _ => xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired"),
-            }
-        }
-        "com.atproto.server.getSession" => {
-            axum::Json(json!({ "did": DID, "handle": HANDLE, "active": true })).into_response()
-        }
-        "com.atproto.identity.resolveHandle" => match q.get("handle").map(String::as_str) {
-            Some("friend.test") => axum::Json(json!({ "did": FRIEND_DID })).into_response(),
-            _ => xrpc_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequest",
-                "Unable to resolve handle",
-            ),
-        },
-        "com.atproto.repo.uploadBlob" => {
-            let mime = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            pds.blobs.push((mime.clone(), body.len()));
-            axum::Json(json!({ "blob": {
-                "$type": "blob",
-                "ref": { "$link": "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy" },
-                "mimeType": mime,
-                "size": body.len(),
-            }}))
-            .into_response()
-        }
-        "com.atproto.repo.createRecord" => {
-            let b = json_body();
-            pds.create_bodies.push(b.clone());
-            if pds.rate_limit_next {
-                pds.rate_limit_next = false;
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [
-                        ("ratelimit-limit", "5000"),
-                        ("ratelimit-remaining", "0"),
-                        ("retry-after", "42"),
-                    ],
-                    axum::Json(
-                        json!({ "error": "RateLimitExceeded", "message": "Rate Limit Exceeded" }),
-                    ),
-                )
-                    .into_response();
-            }
-            if let Some((status, body)) = pds.fail_next_create.take() {
-                return (status, axum::Json(body)).into_response();
-            }
-            let rkey = b["rkey"].as_str().unwrap_or("").to_owned();
-            if !bluesky::tid::is_valid_tid(&rkey) {
-                return xrpc_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidRequest",
-                    "Invalid record key",
-                );
-            }
-            if b["record"]["text"]
-                .as_str()
-                .is_some_and(|t| t.chars().count() > 300)
-            {
-                return xrpc_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidRequest",
-                    "Invalid app.bsky.feed.post record",
-                );
-            }
-            if pds.records.contains_key(&rkey) {
-                // What the reference PDS does with a taken key: a bare 500.
-                return xrpc_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalServerError",
-                    "Internal Server Error",
-                );
-            }
-            pds.records.insert(rkey.clone(), b["record"].clone());
-            axum::Json(json!({
-                "uri": format!("at://{DID}/app.bsky.feed.post/{rkey}"),
-                "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm",
-                "validationStatus": "valid",
-            }))
-            .into_response()
-        }
-        "com.atproto.repo.getRecord" => {
-            let rkey = q.get("rkey").cloned().unwrap_or_default();
-            match pds.records.get(&rkey) {
-                Some(v) if q.get("repo").map(String::as_str) == Some(DID) => axum::Json(json!({
-                    "uri": format!("at://{DID}/app.bsky.feed.post/{rkey}"),
-                    "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm",
-                    "value": v,
-                }))
-                .into_response(),
-                _ => xrpc_error(
-                    StatusCode::BAD_REQUEST,
-                    "RecordNotFound",
-                    "Could not locate record",
-                ),
-            }
-        }
-        "app.bsky.graph.getFollowers" | "app.bsky.graph.getFollows" => {
-            assert_eq!(q.get("actor").map(String::as_str), Some(DID));
-            assert_eq!(q.get("limit").map(String::as_str), Some("100"));
-            let key = if nsid.ends_with("Followers") {
-                "followers"
-            } else {
-                "follows"
-            };
-            let actor =
-                |n: u32| json!({ "did": format!("did:plc:f{n}"), "handle": format!("f{n}.test") });
-            match q.get("cursor").map(String::as_str) {
-                None => axum::Json(
-                    json!({ "subject": actor(0), key: [actor(1), actor(2)], "cursor": "page2" }),
-                )
-                .into_response(),
-                Some("page2") => {
-                    axum::Json(json!({ "subject": actor(0), key: [actor(3)] })).into_response()
-                }
-                Some(_) => xrpc_error(StatusCode::BAD_REQUEST, "InvalidRequest", "bad cursor"),
-            }
-        }
-        "app.bsky.actor.getProfile" => {
-            axum::Json(json!({ "did": DID, "handle": HANDLE, "followersCount": 3 })).into_response()
-        }
-        _ => xrpc_error(
-            StatusCode::NOT_IMPLEMENTED,
-            "MethodNotImplemented",
-            "Method Not Implemented",
-        ),
-    }
-}
-
-/// A 1x1 PNG.
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
-    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0,
-    0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d, 0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
-];
-
-fn page(image: &str) -> Response {
-    let html = format!(
-        r#"<!doctype html><html><head><title>Ignored</title>
-        <meta property="og:title" content="Herald &amp; friends">
-        <meta property="og:description" content="Durable jobs — for sharing">
-        <meta property="og:image" content="{image}"></head><body>hi</body></html>"#
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
-}
-
 struct Server {
-    base: String,
-    pds: Shared,
+    net: FakeAtproto,
     client: Bluesky,
 }
 
 async fn server() -> Server {
-    let pds: Shared = Arc::default();
-    let app = Router::new()
-        .route("/xrpc/{nsid}", get(xrpc).post(xrpc))
-        .route("/page", get(|| async { page("/img.png") }))
-        .route(
-            "/counted-missing",
-            get(|State(pds): State<Shared>| async move {
-                pds.lock().unwrap().page_hits += 1;
-                StatusCode::NOT_FOUND
-            }),
-        )
-        .route("/big-image-page", get(|| async { page("/big.png") }))
-        .route(
-            "/moved",
-            get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/page")]).into_response() }),
-        )
-        .route(
-            "/img.png",
-            get(|| async { ([(header::CONTENT_TYPE, "image/png")], PNG).into_response() }),
-        )
-        .route(
-            "/big.png",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "image/png")],
-                    vec![0u8; bluesky::link_card::MAX_THUMB_BYTES + 1],
-                )
-                    .into_response()
-            }),
-        )
-        .with_state(pds.clone());
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let net = FakeAtproto::start().await;
     let guard = SsrfGuard::allowing_private();
     let client = Bluesky::new(http::client(&guard, Duration::from_secs(10)), guard);
-    Server { base, pds, client }
+    Server { net, client }
 }
 
 impl Server {
     fn account(&self) -> Account {
         let extras = [
-            ("pds_url".to_owned(), Value::from(self.base.clone())),
+            ("pds_url".to_owned(), Value::from(self.net.pds.clone())),
             ("auth".to_owned(), "app_password".into()),
         ];
         Account {
@@ -361,10 +42,11 @@ impl Server {
         }
     }
 
+    /// A share of a page on the network's web server.
     fn post(&self, id: &str, text: &str, path: &str) -> PostRequest {
         PostRequest {
             share_id: id.into(),
-            url: format!("{}{path}", self.base),
+            url: format!("{}{path}", self.net.web),
             title: Some("A title".into()),
             text: Some(text.into()),
             image_url: None,
@@ -373,16 +55,14 @@ impl Server {
         }
     }
 
-    fn pds(&self) -> std::sync::MutexGuard<'_, Pds> {
-        self.pds.lock().unwrap()
+    fn pds(&self) -> std::sync::MutexGuard<'_, World> {
+        self.net.world()
     }
 }
 
-impl Pds {
-    /// Logins and refreshes so far (read under one lock).
-    fn counts(&self) -> (usize, usize) {
-        (self.create_sessions, self.refresh_sessions)
-    }
+/// Logins and refreshes so far (read under one lock).
+fn counts(w: &World) -> (usize, usize) {
+    (w.create_sessions, w.refresh_sessions)
 }
 
 fn creds(password: &str) -> Credentials {
@@ -411,8 +91,8 @@ async fn a_share_posts_text_facets_at_byte_offsets_and_a_link_card_with_thumbnai
         .await
         .unwrap();
 
-    let rkey = bluesky::tid::record_key(&id);
-    assert!(bluesky::tid::is_valid_tid(&rkey));
+    let rkey = tid::record_key(&id);
+    assert!(tid::is_valid_tid(&rkey));
     assert_eq!(
         published.post_id,
         format!("at://{DID}/app.bsky.feed.post/{rkey}")
@@ -548,7 +228,7 @@ async fn an_expired_session_is_refreshed_then_recreated_and_the_call_replayed() 
     s.client.verify(&account, &creds).await.unwrap();
 
     // The access token expires: one refreshSession, then the call goes through.
-    s.pds().access.clear();
+    s.pds().password_access.clear();
     let profile = s.client.verify(&account, &creds).await.unwrap();
     assert_eq!(
         (
@@ -558,13 +238,13 @@ async fn an_expired_session_is_refreshed_then_recreated_and_the_call_replayed() 
         (DID, HANDLE)
     );
     assert_eq!(profile.followers_count, Some(3));
-    assert_eq!(s.pds().counts(), (1, 1));
+    assert_eq!(counts(&s.pds()), (1, 1));
 
     // Both tokens dead: the refresh is refused, so the app password logs in again.
     {
         let mut pds = s.pds();
-        pds.access.clear();
-        pds.refresh.clear();
+        pds.password_access.clear();
+        pds.password_refresh.clear();
     }
     s.client
         .share(
@@ -574,7 +254,7 @@ async fn an_expired_session_is_refreshed_then_recreated_and_the_call_replayed() 
         )
         .await
         .unwrap();
-    assert_eq!(s.pds().counts(), (2, 2));
+    assert_eq!(counts(&s.pds()), (2, 2));
 }
 
 /// Polls `done` until it holds (a deadline keeps a broken test from hanging).
@@ -619,7 +299,7 @@ async fn concurrent_shares_of_a_connection_with_no_session_log_in_once() {
     for share in shares {
         share.await.unwrap().unwrap();
     }
-    assert_eq!(s.pds().counts(), (1, 0), "one login served every share");
+    assert_eq!(counts(&s.pds()), (1, 0), "one login served every share");
     assert_eq!(s.pds().records.len(), SHARES);
 }
 
@@ -629,7 +309,7 @@ async fn concurrent_calls_on_an_expired_session_renew_it_once() {
     let s = server().await;
     let (account, creds) = (s.account(), creds(APP_PASSWORD));
     s.client.verify(&account, &creds).await.unwrap();
-    s.pds().access.clear();
+    s.pds().password_access.clear();
     let renew = Arc::new(tokio::sync::Semaphore::new(0));
     s.pds().hold = Some(("com.atproto.server.refreshSession", renew.clone()));
     let shares = concurrent_shares(&s, SHARES);
@@ -641,7 +321,7 @@ async fn concurrent_calls_on_an_expired_session_renew_it_once() {
     for share in shares {
         share.await.unwrap().unwrap();
     }
-    assert_eq!(s.pds().counts(), (1, 1), "one renewal served every share");
+    assert_eq!(counts(&s.pds()), (1, 1), "one renewal served every share");
     assert_eq!(s.pds().records.len(), SHARES);
 }
 
@@ -851,6 +531,13 @@ async fn followers_and_follows_are_paged_by_cursor() {
             .unwrap();
         assert_eq!(second.accounts.len(), 1);
         assert_eq!(second.next_cursor, None);
+    }
+    for nsid in ["app.bsky.graph.getFollowers", "app.bsky.graph.getFollows"] {
+        let asked = &s.net.recorder.to(&format!("/xrpc/{nsid}"))[0];
+        assert_eq!(
+            (asked.q("actor"), asked.q("limit")),
+            (Some(DID), Some("100"))
+        );
     }
 }
 

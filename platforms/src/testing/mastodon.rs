@@ -17,6 +17,8 @@ use axum::{
 };
 use serde_json::{Value, json};
 
+use super::recorder::{Recorder, parse_form, serve};
+
 /// What the next `POST /api/v1/statuses` does.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -86,7 +88,10 @@ struct Inner {
 #[derive(Clone)]
 pub struct FakeMastodon {
     pub base: String,
+    /// The access token of the one account (`109`, `alice`).
     pub token: String,
+    /// Every request, in order.
+    pub recorder: Recorder,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -105,10 +110,14 @@ impl FakeMastodon {
             .route("/oauth/token", post(oauth_token))
             .route("/oauth/revoke", post(oauth_revoke))
             .with_state(app_state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base, token, inner }
+        let recorder = Recorder::default();
+        let base = serve(recorder.layer(app)).await;
+        Self {
+            base,
+            token,
+            recorder,
+            inner,
+        }
     }
 
     /// Queues replies for the next requests; once they are used up, requests succeed.
@@ -355,7 +364,7 @@ fn list(
 
 /// `POST /api/v1/apps` (form or JSON fields; Herald sends a form): a new confidential app.
 async fn register_app(State((inner, _)): State<AppState>, body: String) -> Response {
-    let form = super::oauth_provider::parse_form(&body);
+    let form = parse_form(body.as_bytes());
     let Some(redirect) = form.get("redirect_uris").cloned() else {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -416,7 +425,7 @@ async fn oauth_authorize(
 async fn oauth_token(State((inner, token)): State<AppState>, body: String) -> Response {
     use base64::Engine as _;
     use sha2::Digest as _;
-    let form = super::oauth_provider::parse_form(&body);
+    let form = parse_form(body.as_bytes());
     let mut g = inner.lock().unwrap();
     let client = form.get("client_id").cloned().unwrap_or_default();
     if g.apps.get(&client).map(|(s, _)| s) != form.get("client_secret") {
@@ -448,7 +457,7 @@ async fn oauth_token(State((inner, token)): State<AppState>, body: String) -> Re
 
 /// `POST /oauth/revoke`: needs the app's credentials; always `200 {}`.
 async fn oauth_revoke(State((inner, _)): State<AppState>, body: String) -> Response {
-    let form = super::oauth_provider::parse_form(&body);
+    let form = parse_form(body.as_bytes());
     let mut g = inner.lock().unwrap();
     let client = form.get("client_id").cloned().unwrap_or_default();
     if g.apps.get(&client).map(|(s, _)| s) != form.get("client_secret") {
