@@ -9,6 +9,7 @@ mod app_limits;
 mod connect;
 mod connections;
 mod followers;
+mod group_commit;
 mod keys;
 mod lifecycle;
 mod replay;
@@ -46,6 +47,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A grouped write's task ended before it answered (its runtime shut down).
+    #[error("the grouped write was cut short")]
+    GroupCommitLost,
 }
 
 impl StoreError {
@@ -112,6 +116,12 @@ pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Attempt outcomes, written together (`group_commit.rs`).
+    outcomes: std::sync::Arc<group_commit::GroupCommit<shares::FinishRequest, Option<Finished>>>,
+    /// The Redis path's claims, taken together.
+    claims: std::sync::Arc<
+        group_commit::GroupCommit<shares::ClaimRequest, Option<shares::ClaimedWith>>,
+    >,
 }
 
 impl Store {
@@ -147,7 +157,11 @@ impl Store {
                 url.split(':').next().unwrap_or("").to_owned(),
             ));
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            outcomes: group_commit::GroupCommit::new(shares::finish_batch),
+            claims: group_commit::GroupCommit::new(shares::claim_batch),
+        })
     }
 
     pub fn pool(&self) -> &Pool {
