@@ -219,6 +219,24 @@ impl Store {
         connections_in(&self.pool, ids).await
     }
 
+    /// [`Store::tenant_connection`], as read up to [`super::RECENT_CONNECTION_TTL`] ago. For
+    /// validating a share only: its write checks the connection again in its own transaction.
+    pub async fn recent_tenant_connection(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ConnectionRow>> {
+        let key = (tenant_id.to_owned(), id.to_owned());
+        if let Some(row) = self.recent_connections.get(&key) {
+            return Ok(Some(row));
+        }
+        let row = self.tenant_connection(tenant_id, id).await?;
+        if let Some(row) = &row {
+            self.recent_connections.put(key, row.clone());
+        }
+        Ok(row)
+    }
+
     /// One tenant's connection; another tenant's id is simply not found.
     pub async fn tenant_connection(
         &self,

@@ -12,6 +12,7 @@ mod followers;
 mod group_commit;
 mod keys;
 mod lifecycle;
+mod recent;
 mod replay;
 mod share_queue;
 mod shares;
@@ -112,6 +113,9 @@ pub(crate) fn sqlite_sql(text: &str) -> String {
 /// How long a query waits for a Postgres connection before the store counts as unavailable.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long the API trusts a connection it read for validating a share (see `recent.rs`).
+pub const RECENT_CONNECTION_TTL: Duration = Duration::from_secs(5);
+
 /// Herald's store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -122,6 +126,8 @@ pub struct Store {
     claims: std::sync::Arc<
         group_commit::GroupCommit<shares::ClaimRequest, Option<shares::ClaimedWith>>,
     >,
+    /// Connections the API read in the last few seconds, by (tenant, id) (`recent.rs`).
+    recent_connections: std::sync::Arc<recent::Recent<(String, String), ConnectionRow>>,
 }
 
 impl Store {
@@ -161,6 +167,7 @@ impl Store {
             pool,
             outcomes: group_commit::GroupCommit::new(shares::finish_batch),
             claims: group_commit::GroupCommit::new(shares::claim_batch),
+            recent_connections: std::sync::Arc::new(recent::Recent::new(RECENT_CONNECTION_TTL)),
         })
     }
 

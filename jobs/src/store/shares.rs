@@ -171,6 +171,9 @@ pub enum CreateOutcome {
     Replayed(Vec<ShareRow>),
     /// The key was seen before with a different request.
     KeyReused,
+    /// This target connection was removed (or is not the tenant's) by the time of the write;
+    /// nothing was written.
+    ConnectionGone(String),
 }
 
 /// What a worker may do with a share it was handed.
@@ -403,12 +406,16 @@ impl Store {
                         return Ok(CreateOutcome::Replayed(found));
                     }
                 }
+                // The caller validated against a connection it may have read seconds ago: the
+                // connection must still be the tenant's and not removed as of this write.
                 let insert = with_engine(
                     p,
-                    "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)",
+                    "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12 \
+                     WHERE EXISTS (SELECT 1 FROM connections WHERE id = $3 AND tenant_id = $2 AND revoked_at IS NULL)",
                 );
                 for r in &rows {
-                    sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
+                    let written = sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
                         .bind(&r.id)
                         .bind(&r.tenant_id)
                         .bind(&r.connection_id)
@@ -422,7 +429,12 @@ impl Store {
                         .bind(r.not_after)
                         .bind(now)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected();
+                    if written == 0 {
+                        // Dropping the transaction rolls back the rows and the key before it.
+                        return Ok(CreateOutcome::ConnectionGone(r.connection_id.clone()));
+                    }
                 }
                 tx.commit().await?;
                 CreateOutcome::Created(rows)
