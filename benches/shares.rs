@@ -117,6 +117,50 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// `perf record` on one process for one phase, when `HERALD_BENCH_PERF` names it (`api` or
+/// `worker`); the profile goes to `$TMPDIR/herald-perf-<backend>-<role>.data` for `perf report -i`.
+struct Profile(Option<Child>);
+
+impl Profile {
+    fn start(backend: &str, role: &str, pid: u32) -> anyhow::Result<Self> {
+        if std::env::var("HERALD_BENCH_PERF").ok().as_deref() != Some(role) {
+            return Ok(Self(None));
+        }
+        let out = std::env::temp_dir()
+            .join(format!("herald-perf-{backend}-{role}.data"))
+            .display()
+            .to_string();
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "999",
+                "-g",
+                "-o",
+                &out,
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        eprintln!("  profiling {role} into {out}");
+        Ok(Self(Some(child)))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // perf writes its file on SIGINT.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// What the run's database and Redis have used so far.
 struct Meter {
     db: String,
@@ -438,8 +482,10 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
     }
     let before = meter.read().await?;
     let api_cpu = cpu_secs(api.0.id());
+    let profile = Profile::start(backend, "api", api.0.id())?;
     let t = Instant::now();
     let (_, latencies) = enqueue(&h, &http, &conns, n, clients, None).await?;
+    drop(profile);
     let secs = t.elapsed().as_secs_f64();
     let api_cpu = cpu_secs(api.0.id()) - api_cpu;
     let after = meter.settle_and_read().await?;
@@ -469,6 +515,7 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
     } else {
         h.spawn(&["worker"], &format!("127.0.0.1:{}", free_port()))?
     };
+    let profile = Profile::start(backend, "worker", worker.0.id())?;
     let mut marks = Vec::new();
     let tenth = (n / 10).max(1) as i64;
     loop {
@@ -486,6 +533,7 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = t.elapsed().as_secs_f64();
+    drop(profile);
     let worker_cpu = cpu_secs(worker.0.id());
     let after = meter.settle_and_read().await?;
     let mut prev = Duration::ZERO;
