@@ -9,8 +9,10 @@ mod app_limits;
 mod connect;
 mod connections;
 mod followers;
+mod group_commit;
 mod keys;
 mod lifecycle;
+mod recent;
 mod replay;
 mod share_queue;
 mod shares;
@@ -46,6 +48,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A grouped write's task ended before it answered (its runtime shut down).
+    #[error("the grouped write was cut short")]
+    GroupCommitLost,
 }
 
 impl StoreError {
@@ -108,10 +113,23 @@ pub(crate) fn sqlite_sql(text: &str) -> String {
 /// How long a query waits for a Postgres connection before the store counts as unavailable.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long the API trusts a connection it read for validating a share (see `recent.rs`).
+pub const RECENT_CONNECTION_TTL: Duration = Duration::from_secs(5);
+
 /// Herald's store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Attempt outcomes, written together (`group_commit.rs`).
+    outcomes: std::sync::Arc<group_commit::GroupCommit<shares::FinishRequest, Option<Finished>>>,
+    /// The Redis path's claims, taken together.
+    claims: std::sync::Arc<
+        group_commit::GroupCommit<shares::ClaimRequest, Option<shares::ClaimedWith>>,
+    >,
+    /// Share requests, written together.
+    creates: std::sync::Arc<group_commit::GroupCommit<shares::CreateRequest, CreateOutcome>>,
+    /// Connections the API read in the last few seconds, by (tenant, id) (`recent.rs`).
+    recent_connections: std::sync::Arc<recent::Recent<(String, String), ConnectionRow>>,
 }
 
 impl Store {
@@ -147,7 +165,13 @@ impl Store {
                 url.split(':').next().unwrap_or("").to_owned(),
             ));
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            outcomes: group_commit::GroupCommit::new(shares::finish_batch),
+            claims: group_commit::GroupCommit::new(shares::claim_batch),
+            creates: group_commit::GroupCommit::new(shares::create_batch),
+            recent_connections: std::sync::Arc::new(recent::Recent::new(RECENT_CONNECTION_TTL)),
+        })
     }
 
     pub fn pool(&self) -> &Pool {
