@@ -2,6 +2,7 @@
 
 pub mod connect;
 pub mod context;
+pub mod error_class;
 pub mod fair_share;
 pub mod handlers;
 pub mod ids;

@@ -1,7 +1,10 @@
 //! Job payloads: small, versioned, ids only. The wire name of each queue is fixed here and never
 //! derived from a Rust type name. A worker re-reads the row; a payload never carries a snapshot.
+//!
+//! Each payload is a [`Job`]: its type says which queue it runs on and which version of its wire
+//! form it is, so a push names the type (`JobQueue::enqueue`) and never a queue and JSON by hand.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The queues Herald runs, one worker each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,6 +29,14 @@ impl QueueName {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|q| q.as_str() == s)
     }
+}
+
+/// A job type: a payload bound to the queue it runs on and the version of its wire form (the
+/// `"v"` its JSON carries). A new version is a new type (`ShareV2`) running beside the old one
+/// until the old one's jobs are drained.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    const QUEUE: QueueName;
+    const VERSION: &'static str;
 }
 
 /// Post one share row to its platform.
@@ -59,9 +70,55 @@ pub struct FollowerSyncV1 {
     pub retry: u32,
 }
 
+impl Job for ShareV1 {
+    const QUEUE: QueueName = QueueName::Share;
+    const VERSION: &'static str = "1";
+}
+
+impl Job for RefreshV1 {
+    const QUEUE: QueueName = QueueName::Refresh;
+    const VERSION: &'static str = "1";
+}
+
+impl Job for FollowerSyncV1 {
+    const QUEUE: QueueName = QueueName::FollowerSync;
+    const VERSION: &'static str = "1";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The version a job type claims is the one its JSON carries.
+    fn version_of<J: Job>(job: &J) -> String {
+        serde_json::to_value(job).unwrap()["v"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn each_job_type_carries_its_version_and_names_its_queue() {
+        let share = ShareV1 {
+            share_id: "shr_1".into(),
+        };
+        let refresh = RefreshV1 {
+            connection_id: "con_1".into(),
+            retry: 0,
+        };
+        let sync = FollowerSyncV1 {
+            connection_id: "con_1".into(),
+            resume: false,
+            retry: 0,
+        };
+        assert_eq!(version_of(&share), ShareV1::VERSION);
+        assert_eq!(version_of(&refresh), RefreshV1::VERSION);
+        assert_eq!(version_of(&sync), FollowerSyncV1::VERSION);
+        assert_eq!(
+            [ShareV1::QUEUE, RefreshV1::QUEUE, FollowerSyncV1::QUEUE],
+            QueueName::ALL
+        );
+    }
 
     #[test]
     fn payloads_have_a_stable_versioned_wire_form() {

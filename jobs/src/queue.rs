@@ -24,7 +24,7 @@ use futures::channel::mpsc;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::payloads::QueueName;
+use crate::payloads::{Job, QueueName};
 
 #[derive(Debug, thiserror::Error)]
 #[error("queue backend error: {0}")]
@@ -55,6 +55,20 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
 
     /// The backend's name, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
+}
+
+impl dyn JobQueue {
+    /// Enqueues `job` on its type's queue, to run at `run_at`, deduplicated by `key` as
+    /// [`JobQueue::push`] is.
+    pub async fn enqueue<J: Job>(
+        &self,
+        job: &J,
+        run_at: DateTime<Utc>,
+        key: &str,
+    ) -> Result<bool, QueueError> {
+        let payload = serde_json::to_value(job).map_err(QueueError::from)?;
+        self.push(J::QUEUE, payload, run_at, key).await
+    }
 }
 
 fn delay_until(run_at: DateTime<Utc>) -> Duration {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     Ctx,
-    payloads::{QueueName, ShareV1},
+    payloads::ShareV1,
     store::{JobFilter, Replay},
 };
 
@@ -34,11 +34,11 @@ pub async fn replay_one(
         .await?;
     let (result, state) = match out {
         Replay::Replayed(row) => {
-            let payload = serde_json::to_value(ShareV1 {
+            let job = ShareV1 {
                 share_id: row.id.clone(),
-            })?;
+            };
             ctx.queue
-                .push(QueueName::Share, payload, row.run_at, &row.delivery_key())
+                .enqueue(&job, row.run_at, &row.delivery_key())
                 .await?;
             ("replayed", Some(row.state))
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald_jobs::payloads::QueueName;
+use herald_jobs::payloads::FollowerSyncV1;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -120,12 +120,12 @@ async fn a_reconnect_with_tokens_the_platform_refuses_keeps_the_connection_flagg
 }
 
 async fn sync(app: &TestApp, conn: &str, key: &str) {
-    app.push(
-        QueueName::FollowerSync,
-        json!({ "v": "1", "connection_id": conn }),
-        key,
-    )
-    .await;
+    let job = FollowerSyncV1 {
+        connection_id: conn.to_owned(),
+        resume: false,
+        retry: 0,
+    };
+    app.enqueue(&job, key).await;
 }
 
 async fn finished_runs(app: &TestApp, conn: &str, n: usize) -> Vec<herald_jobs::store::SyncRun> {

@@ -87,12 +87,12 @@ async fn workload(app: &TestApp, x: &FakeX) {
         .mastodon_connection_with(&app.key, "110", &app.mastodon.token.clone())
         .await;
     app.mastodon.set_graph(&["a", "b"], &["c"], 80);
-    app.push(
-        herald_jobs::payloads::QueueName::FollowerSync,
-        json!({ "v": "1", "connection_id": other }),
-        "obs-sync",
-    )
-    .await;
+    let sync = herald_jobs::payloads::FollowerSyncV1 {
+        connection_id: other.clone(),
+        resume: false,
+        retry: 0,
+    };
+    app.enqueue(&sync, "obs-sync").await;
 
     // X through its connect flow: one login succeeds, one is denied; a post; a refresh that
     // rotates; then the user revokes the app, the next refresh is refused and a share parks.

@@ -13,7 +13,7 @@ use apalis_cron::{CronScheduler, Tick};
 use futures::FutureExt;
 use herald_jobs::{
     Ctx, handlers, metrics as m,
-    payloads::{FollowerSyncV1, QueueName, RefreshV1, ShareV1},
+    payloads::{FollowerSyncV1, Job, QueueName, RefreshV1, ShareV1},
     queue::{PostgresQueue, RedisJobQueue, SqliteQueue, Wakeups},
     share_feed::{ClaimedShare, FeedConfig, ShareFeed},
 };
@@ -43,7 +43,7 @@ fn logged(queue: QueueName, id: &str, e: anyhow::Error) -> BoxDynError {
 async fn share_job(job: ShareV1, id: TaskId, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
     handlers::share::run(&ctx, &job, &id.to_string())
         .await
-        .map_err(|e| logged(QueueName::Share, &job.share_id, e))
+        .map_err(|e| logged(ShareV1::QUEUE, &job.share_id, e))
 }
 
 async fn claimed_share_job(job: ClaimedShare, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
@@ -56,13 +56,13 @@ async fn claimed_share_job(job: ClaimedShare, ctx: Data<Ctx>) -> Result<(), BoxD
 async fn refresh_job(job: RefreshV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
     handlers::refresh::run(&ctx, &job)
         .await
-        .map_err(|e| logged(QueueName::Refresh, &job.connection_id, e))
+        .map_err(|e| logged(RefreshV1::QUEUE, &job.connection_id, e))
 }
 
 async fn follower_sync_job(job: FollowerSyncV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
     handlers::follower_sync::run(&ctx, &job)
         .await
-        .map_err(|e| logged(QueueName::FollowerSync, &job.connection_id, e))
+        .map_err(|e| logged(FollowerSyncV1::QUEUE, &job.connection_id, e))
 }
 
 /// A tick of the refresh sweep. Every process's cron fires; the store lets one of them run it.
@@ -94,20 +94,32 @@ fn worker_name(what: &str) -> String {
     )
 }
 
-/// One queue's worker on a store-backed queue (SQLite or Postgres): woken at once by pushes from
-/// this process, and by a poll for pushes from others.
+/// Every job type that runs on an apalis queue, with its handler: the one list every backend's
+/// workers are registered from. `$worker` registers one (`store_worker!` or `redis_worker!`) on
+/// `$monitor` with `$arg`s, and the monitor passes on to the next. The share job is registered on
+/// its own: on the store's engines the share rows are its queue (`share_feed_worker!`).
+macro_rules! queued_jobs {
+    ($worker:ident, $monitor:expr $(, $arg:expr)*) => {{
+        let m = $worker!($monitor $(, $arg)*, RefreshV1, refresh_job);
+        $worker!(m $(, $arg)*, FollowerSyncV1, follower_sync_job)
+    }};
+}
+
+/// One job type's worker on a store-backed queue (SQLite or Postgres): woken at once by pushes
+/// from this process, and by a poll for pushes from others.
 macro_rules! store_worker {
-    ($monitor:expr, $q:expr, $ctx:expr, $wakeups:expr, $queue:expr, $args:ty, $handler:expr) => {{
+    ($monitor:expr, $q:expr, $ctx:expr, $wakeups:expr, $args:ty, $handler:expr) => {{
+        let queue = <$args as Job>::QUEUE;
         let q = $q.clone();
         let ctx = $ctx.clone();
         let wakeups: Wakeups = $wakeups.clone();
         let concurrency = ctx.settings.concurrency;
         $monitor.register(move |_run: usize| {
             let strategy = Strategy::new()
-                .stream(wakeups.stream($queue))
+                .stream(wakeups.stream(queue))
                 .interval(FALLBACK_POLL);
-            WorkerBuilder::new(worker_name($queue.as_str()))
-                .backend(q.storage::<$args>($queue).poll_with_strategy(strategy))
+            WorkerBuilder::new(worker_name(queue.as_str()))
+                .backend(q.storage::<$args>(queue).poll_with_strategy(strategy))
                 .data(ctx.clone())
                 .catch_panic()
                 .concurrency(concurrency)
@@ -139,15 +151,16 @@ macro_rules! share_feed_worker {
     }};
 }
 
-/// One queue's worker on Herald's Redis backend, which blocks on its stream: no poll.
+/// One job type's worker on Herald's Redis backend, which blocks on its stream: no poll.
 macro_rules! redis_worker {
-    ($monitor:expr, $q:expr, $ctx:expr, $queue:expr, $args:ty, $handler:expr) => {{
+    ($monitor:expr, $q:expr, $ctx:expr, $args:ty, $handler:expr) => {{
+        let queue = <$args as Job>::QUEUE;
         let q = $q.inner().clone();
         let ctx = $ctx.clone();
         let concurrency = ctx.settings.concurrency;
         $monitor.register(move |_run: usize| {
-            let config = q.config($queue.as_str()).lease(ctx.settings.lease);
-            WorkerBuilder::new(worker_name($queue.as_str()))
+            let config = q.config(queue.as_str()).lease(ctx.settings.lease);
+            WorkerBuilder::new(worker_name(queue.as_str()))
                 .backend(q.storage::<$args>(config))
                 .data(ctx.clone())
                 .catch_panic()
@@ -194,57 +207,15 @@ pub async fn run(
     let monitor = match &backend {
         Backend::Sqlite(q) => {
             let m = share_feed_worker!(monitor, ctx, wakeups);
-            let m = store_worker!(
-                m,
-                q,
-                ctx,
-                wakeups,
-                QueueName::Refresh,
-                RefreshV1,
-                refresh_job
-            );
-            store_worker!(
-                m,
-                q,
-                ctx,
-                wakeups,
-                QueueName::FollowerSync,
-                FollowerSyncV1,
-                follower_sync_job
-            )
+            queued_jobs!(store_worker, m, q, ctx, wakeups)
         }
         Backend::Postgres(q) => {
             let m = share_feed_worker!(monitor, ctx, wakeups);
-            let m = store_worker!(
-                m,
-                q,
-                ctx,
-                wakeups,
-                QueueName::Refresh,
-                RefreshV1,
-                refresh_job
-            );
-            store_worker!(
-                m,
-                q,
-                ctx,
-                wakeups,
-                QueueName::FollowerSync,
-                FollowerSyncV1,
-                follower_sync_job
-            )
+            queued_jobs!(store_worker, m, q, ctx, wakeups)
         }
         Backend::Redis(q) => {
-            let m = redis_worker!(monitor, q, ctx, QueueName::Share, ShareV1, share_job);
-            let m = redis_worker!(m, q, ctx, QueueName::Refresh, RefreshV1, refresh_job);
-            redis_worker!(
-                m,
-                q,
-                ctx,
-                QueueName::FollowerSync,
-                FollowerSyncV1,
-                follower_sync_job
-            )
+            let m = redis_worker!(monitor, q, ctx, ShareV1, share_job);
+            queued_jobs!(redis_worker, m, q, ctx)
         }
     };
     let monitor = cron_worker!(

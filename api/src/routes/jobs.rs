@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use herald_jobs::{
-    payloads::{FollowerSyncV1, QueueName, RefreshV1},
+    payloads::{FollowerSyncV1, Job, RefreshV1},
     replay::{self, ReplayResult},
     store::{JobFilter, ReplayRow, RunRow, ShareState},
 };
@@ -487,6 +487,15 @@ pub struct RunList {
     pub next_before: Option<String>,
 }
 
+/// The push key of a replayed run: one per replay.
+fn replay_key<J: Job>(connection_id: &str, now: DateTime<Utc>) -> String {
+    format!(
+        "{}:{connection_id}:replay:{}",
+        J::QUEUE.as_str(),
+        now.timestamp_millis()
+    )
+}
+
 /// Replaying a refresh or follower-sync run enqueues a fresh one for its connection.
 async fn replay_run(state: &ApiState, id: &str) -> ApiResult<(StatusCode, ApiJson<ReplayResult>)> {
     let run = state
@@ -496,37 +505,30 @@ async fn replay_run(state: &ApiState, id: &str) -> ApiResult<(StatusCode, ApiJso
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
     let now = Utc::now();
-    let (queue, payload) = if id.starts_with("rfr_") {
-        (
-            QueueName::Refresh,
-            serde_json::to_value(RefreshV1 {
-                connection_id: run.connection_id.clone(),
-                retry: 0,
-            }),
-        )
+    let queue = &state.ctx.queue;
+    let pushed = if id.starts_with("rfr_") {
+        let job = RefreshV1 {
+            connection_id: run.connection_id.clone(),
+            retry: 0,
+        };
+        queue
+            .enqueue(&job, now, &replay_key::<RefreshV1>(&run.connection_id, now))
+            .await
     } else {
-        (
-            QueueName::FollowerSync,
-            serde_json::to_value(FollowerSyncV1 {
-                connection_id: run.connection_id.clone(),
-                resume: false,
-                retry: 0,
-            }),
-        )
+        let job = FollowerSyncV1 {
+            connection_id: run.connection_id.clone(),
+            resume: false,
+            retry: 0,
+        };
+        queue
+            .enqueue(
+                &job,
+                now,
+                &replay_key::<FollowerSyncV1>(&run.connection_id, now),
+            )
+            .await
     };
-    let payload = payload.map_err(ApiError::internal)?;
-    let key = format!(
-        "{}:{}:replay:{}",
-        queue.as_str(),
-        run.connection_id,
-        now.timestamp_millis()
-    );
-    state
-        .ctx
-        .queue
-        .push(queue, payload, now, &key)
-        .await
-        .map_err(ApiError::internal)?;
+    pushed.map_err(ApiError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
         ApiJson(ReplayResult {

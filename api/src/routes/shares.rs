@@ -8,7 +8,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use herald_jobs::{
-    payloads::{QueueName, ShareV1},
+    payloads::ShareV1,
     store::{AttemptRow, Cancel, CreateOutcome, CreateShares, NewShare, ShareRow, ShareState},
 };
 use herald_platforms::PostRequest;
@@ -499,10 +499,10 @@ fn enqueue(ctx: &herald_jobs::Ctx, rows: &[herald_jobs::store::ShareRow]) {
     let queue = ctx.queue.clone();
     tokio::spawn(async move {
         for (id, run_at, key) in pushes {
-            let payload = serde_json::json!(ShareV1 {
-                share_id: id.clone()
-            });
-            if let Err(e) = queue.push(QueueName::Share, payload, run_at, &key).await {
+            let job = ShareV1 {
+                share_id: id.clone(),
+            };
+            if let Err(e) = queue.enqueue(&job, run_at, &key).await {
                 tracing::warn!(share.id = %id, error = %e, "enqueue failed; the reconciler will deliver it");
             }
         }

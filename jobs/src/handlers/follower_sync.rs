@@ -7,10 +7,7 @@ use chrono::Utc;
 use herald_platforms::{PlatformError, Relation};
 use tracing::{info, warn};
 
-use crate::{
-    Ctx, metrics as m,
-    payloads::{FollowerSyncV1, QueueName},
-};
+use crate::{Ctx, metrics as m, payloads::FollowerSyncV1};
 
 const QUEUE: &str = "follower_sync";
 
@@ -133,18 +130,16 @@ async fn again(
     wait: std::time::Duration,
 ) -> anyhow::Result<()> {
     let run_at = Utc::now() + chrono::Duration::from_std(wait)?;
-    let payload = serde_json::to_value(FollowerSyncV1 {
+    let resume = FollowerSyncV1 {
         connection_id: job.connection_id.clone(),
         resume: true,
         retry,
-    })?;
+    };
     let key = format!(
         "follower_sync:{}:resume:{}",
         job.connection_id,
         run_at.timestamp_millis()
     );
-    ctx.queue
-        .push(QueueName::FollowerSync, payload, run_at, &key)
-        .await?;
+    ctx.queue.enqueue(&resume, run_at, &key).await?;
     Ok(())
 }

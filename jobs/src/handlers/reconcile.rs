@@ -8,11 +8,7 @@
 
 use chrono::Utc;
 
-use crate::{
-    Ctx,
-    payloads::{QueueName, ShareV1},
-    store::ShareState,
-};
+use crate::{Ctx, payloads::ShareV1, store::ShareState};
 
 /// Pushes again every share that is overdue or whose lease lapsed. Returns how many jobs it
 /// enqueued (a push dropped as a duplicate of a pending job does not count).
@@ -33,10 +29,10 @@ pub async fn redeliver(ctx: &Ctx) -> anyhow::Result<usize> {
             ),
             _ => row.delivery_key(),
         };
-        let payload = serde_json::to_value(ShareV1 {
+        let job = ShareV1 {
             share_id: row.id.clone(),
-        })?;
-        if ctx.queue.push(QueueName::Share, payload, now, &key).await? {
+        };
+        if ctx.queue.enqueue(&job, now, &key).await? {
             pushed += 1;
         }
     }

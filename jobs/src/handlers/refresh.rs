@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     Ctx, metrics as m,
-    payloads::{QueueName, RefreshV1, ShareV1},
+    payloads::{RefreshV1, ShareV1},
     store::{ConnectionRow, StoredTokens, TokenWrite},
 };
 
@@ -184,19 +184,17 @@ async fn retry_later(ctx: &Ctx, job: &RefreshV1) -> anyhow::Result<()> {
         warn!(connection.id = %job.connection_id, "refresh retries exhausted; the next sweep tries again");
         return Ok(());
     };
-    let payload = serde_json::to_value(RefreshV1 {
+    let again = RefreshV1 {
         connection_id: job.connection_id.clone(),
         retry: next,
-    })?;
+    };
     let run_at = Utc::now() + chrono::Duration::from_std(delay)?;
     let key = format!(
         "refresh:{}:retry:{next}:{}",
         job.connection_id,
         run_at.timestamp_millis()
     );
-    ctx.queue
-        .push(QueueName::Refresh, payload, run_at, &key)
-        .await?;
+    ctx.queue.enqueue(&again, run_at, &key).await?;
     Ok(())
 }
 
@@ -240,16 +238,11 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
             let (resumed, expired) = ctx.store.resume_parked(&conn.id, now).await?;
             info!(connection.id = %conn.id, platform = %conn.platform, resumed = resumed.len(), expired, "connection verified; parked shares resumed");
             for share in &resumed {
-                let payload = serde_json::to_value(ShareV1 {
+                let job = ShareV1 {
                     share_id: share.id.clone(),
-                })?;
+                };
                 ctx.queue
-                    .push(
-                        QueueName::Share,
-                        payload,
-                        share.run_at,
-                        &share.delivery_key(),
-                    )
+                    .enqueue(&job, share.run_at, &share.delivery_key())
                     .await?;
             }
             Ok(())
@@ -270,14 +263,12 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
 
 /// Enqueues the reconnect check for a connection whose tokens were just stored while flagged.
 pub async fn enqueue_reconnect_check(ctx: &Ctx, conn: &ConnectionRow) -> anyhow::Result<()> {
-    let payload = serde_json::to_value(RefreshV1 {
+    let job = RefreshV1 {
         connection_id: conn.id.clone(),
         retry: 0,
-    })?;
+    };
     let key = format!("reconnect:{}:{}", conn.id, conn.token_generation);
-    ctx.queue
-        .push(QueueName::Refresh, payload, Utc::now(), &key)
-        .await?;
+    ctx.queue.enqueue(&job, Utc::now(), &key).await?;
     Ok(())
 }
 

@@ -19,7 +19,9 @@ use tracing::{info, warn};
 use super::refresh::{self, Refresh};
 
 use crate::{
-    Ctx, metrics as m,
+    Ctx,
+    error_class::ErrorClass,
+    metrics as m,
     payloads::{QueueName, ShareV1},
     share_feed::ClaimedShare,
     store::{
@@ -74,11 +76,11 @@ pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
 }
 
 async fn push(ctx: &Ctx, share: &ShareRow, key: &str) -> anyhow::Result<()> {
-    let payload = serde_json::to_value(ShareV1 {
+    let job = ShareV1 {
         share_id: share.id.clone(),
-    })?;
+    };
     ctx.queue
-        .push(QueueName::Share, payload, share.run_at, key)
+        .enqueue(&job, share.run_at, key)
         .await
         .context("pushing the share")?;
     Ok(())
@@ -104,17 +106,9 @@ async fn attempt(
         return Ok(());
     };
     let platform = share.platform.as_str();
-    let outcome = match &update {
-        ShareUpdate::Succeeded { .. } => "succeeded",
-        ShareUpdate::Retry { class, .. } if class == "rate_limited" => "rate_limited",
-        ShareUpdate::Retry { .. } => "retried",
-        ShareUpdate::Failed { .. } => "failed",
-        ShareUpdate::Parked { .. } => "parked",
-        ShareUpdate::OutcomeUnknown { .. } => "outcome_unknown",
-        ShareUpdate::Deferred { .. } => "deferred",
-    };
+    let outcome = Ended::of(&update);
     let queue = QueueName::Share.as_str();
-    metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome).increment(1);
+    metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome.as_str()).increment(1);
     metrics::histogram!(m::JOB_DURATION_SECONDS, "queue" => queue, "platform" => platform.to_owned()).record(clock.elapsed().as_secs_f64());
     if let ShareUpdate::Deferred { reason, .. } = &update
         && reason.is_rate_limit()
@@ -122,18 +116,19 @@ async fn attempt(
         metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "scope" => reason.as_str()).increment(1);
     }
     match outcome {
-        "retried" => metrics::counter!(m::JOB_RETRIES_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
-        "parked" => metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
-        "failed" | "outcome_unknown" => metrics::counter!(m::JOBS_DEAD_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        Ended::Retried => metrics::counter!(m::JOB_RETRIES_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        Ended::Parked => metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
+        Ended::Failed | Ended::OutcomeUnknown => metrics::counter!(m::JOBS_DEAD_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         _ => {}
     }
     let (class, message) = match &update {
         ShareUpdate::Retry { class, message, .. }
         | ShareUpdate::Failed { class, message, .. }
         | ShareUpdate::Parked { class, message } => (Some(class.as_str()), Some(message.as_str())),
-        ShareUpdate::OutcomeUnknown { message } => {
-            (Some("outcome_unknown"), Some(message.as_str()))
-        }
+        ShareUpdate::OutcomeUnknown { message } => (
+            Some(ErrorClass::OutcomeUnknown.as_str()),
+            Some(message.as_str()),
+        ),
         ShareUpdate::Succeeded { .. } | ShareUpdate::Deferred { .. } => (None, None),
     };
     info!(
@@ -141,7 +136,7 @@ async fn attempt(
         share.id = %share.id,
         connection.id = %share.connection_id,
         platform,
-        outcome,
+        outcome = outcome.as_str(),
         attempt = share.attempts,
         error.class = class,
         error.message = message,
@@ -177,12 +172,15 @@ async fn decide(
     };
     let Some(conn) = conn else {
         return Ok(failed(
-            "connection_removed",
+            ErrorClass::ConnectionRemoved,
             "the connection no longer exists",
         ));
     };
     if conn.revoked_at.is_some() {
-        return Ok(failed("connection_removed", "the connection was removed"));
+        return Ok(failed(
+            ErrorClass::ConnectionRemoved,
+            "the connection was removed",
+        ));
     }
     if conn.needs_reauth {
         return Ok(parked(&conn));
@@ -196,7 +194,7 @@ async fn decide(
     }
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(failed(
-            "platform_unavailable",
+            ErrorClass::PlatformUnavailable,
             &format!("no client configured for {}", conn.platform),
         ));
     };
@@ -204,7 +202,12 @@ async fn decide(
     let mut creds = match conn.credentials(&ctx.vault) {
         Ok(c) => c,
         // A key missing from the ring is an operator's fix, not the user's: fail loudly.
-        Err(e) => return Ok(failed("vault", &format!("tokens cannot be decrypted: {e}"))),
+        Err(e) => {
+            return Ok(failed(
+                ErrorClass::Vault,
+                &format!("tokens cannot be decrypted: {e}"),
+            ));
+        }
     };
     // Just in time: a token about to expire is refreshed (single-flight) before the call.
     if platform.capabilities().refresh
@@ -219,7 +222,7 @@ async fn decide(
             }
             Refresh::Dead(reason) => {
                 return Ok(ShareUpdate::Parked {
-                    class: "needs_reauth".into(),
+                    class: ErrorClass::NeedsReauth,
                     message: reason,
                 });
             }
@@ -239,11 +242,11 @@ async fn decide(
                             ctx,
                             share,
                             now + d,
-                            "transient",
+                            ErrorClass::Transient,
                             format!("token refresh failed: {reason}"),
                             None,
                         ),
-                        None => exhausted(share, "transient", &reason, None),
+                        None => exhausted(share, ErrorClass::Transient, &reason, None),
                     },
                 );
             }
@@ -350,7 +353,7 @@ async fn decide(
                 .await?;
             warn!(connection.id = %conn.id, platform = %conn.platform, "connection needs reauth");
             ShareUpdate::Parked {
-                class: "needs_reauth".into(),
+                class: ErrorClass::NeedsReauth,
                 message: reason,
             }
         }
@@ -362,13 +365,13 @@ async fn decide(
                     ctx,
                     share,
                     now + soon,
-                    "token_expired",
+                    ErrorClass::TokenExpired,
                     "the access token expired; refreshed".into(),
                     Some(401),
                 )
             }
             Refresh::Dead(reason) => ShareUpdate::Parked {
-                class: "needs_reauth".into(),
+                class: ErrorClass::NeedsReauth,
                 message: reason,
             },
             Refresh::Transient(reason) => {
@@ -377,11 +380,11 @@ async fn decide(
                         ctx,
                         share,
                         now + d,
-                        "transient",
+                        ErrorClass::Transient,
                         format!("token refresh failed: {reason}"),
                         None,
                     ),
-                    None => exhausted(share, "transient", &reason, None),
+                    None => exhausted(share, ErrorClass::Transient, &reason, None),
                 }
             }
             Refresh::Skipped => {
@@ -391,7 +394,7 @@ async fn decide(
                     .mark_needs_reauth(&conn.id, &reason, Utc::now())
                     .await?;
                 ShareUpdate::Parked {
-                    class: "needs_reauth".into(),
+                    class: ErrorClass::NeedsReauth,
                     message: reason,
                 }
             }
@@ -412,20 +415,22 @@ async fn decide(
                 ctx,
                 share,
                 now + wait,
-                "rate_limited",
+                ErrorClass::RateLimited,
                 "the platform asked to wait".into(),
                 Some(429),
             )
         }
         PlatformError::Rejected { status, reason } => ShareUpdate::Failed {
-            class: "rejected".into(),
+            class: ErrorClass::Rejected,
             message: reason,
             status: (status > 0).then_some(status),
         },
         PlatformError::Transient { status, reason } => {
             match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
-                Some(d) => retry_or_fail(ctx, share, now + d, "transient", reason, status),
-                None => exhausted(share, "transient", &reason, status),
+                Some(d) => {
+                    retry_or_fail(ctx, share, now + d, ErrorClass::Transient, reason, status)
+                }
+                None => exhausted(share, ErrorClass::Transient, &reason, status),
             }
         }
         PlatformError::OutcomeUnknown { reason } => {
@@ -449,7 +454,7 @@ async fn decide(
                     ctx,
                     share,
                     now + d,
-                    "transient",
+                    ErrorClass::Transient,
                     format!("{reason}; {how}"),
                     None,
                 ),
@@ -462,7 +467,7 @@ async fn decide(
             }
         }
         PlatformError::Unsupported(what) => {
-            failed("unsupported", &format!("{what} is not supported"))
+            failed(ErrorClass::Unsupported, &format!("{what} is not supported"))
         }
     })
 }
@@ -498,7 +503,7 @@ fn retry_or_fail(
     ctx: &Ctx,
     share: &ShareRow,
     run_at: DateTime<Utc>,
-    class: &str,
+    class: ErrorClass,
     message: String,
     status: Option<u16>,
 ) -> ShareUpdate {
@@ -507,22 +512,27 @@ fn retry_or_fail(
     }
     if share.not_after.is_some_and(|limit| run_at > limit) {
         return ShareUpdate::Failed {
-            class: class.into(),
+            class,
             message: format!("{message}; the next try would be past the share's lateness limit"),
             status,
         };
     }
     ShareUpdate::Retry {
         run_at,
-        class: class.into(),
+        class,
         message,
         status,
     }
 }
 
-fn exhausted(share: &ShareRow, class: &str, message: &str, status: Option<u16>) -> ShareUpdate {
+fn exhausted(
+    share: &ShareRow,
+    class: ErrorClass,
+    message: &str,
+    status: Option<u16>,
+) -> ShareUpdate {
     ShareUpdate::Failed {
-        class: class.into(),
+        class,
         message: format!(
             "gave up after {} attempts: {message}",
             share.attempts_in_budget()
@@ -547,9 +557,9 @@ fn within_idempotency_window(
     (now - first).to_std().is_ok_and(|age| age < usable)
 }
 
-fn failed(class: &str, message: &str) -> ShareUpdate {
+fn failed(class: ErrorClass, message: &str) -> ShareUpdate {
     ShareUpdate::Failed {
-        class: class.into(),
+        class,
         message: message.into(),
         status: None,
     }
@@ -557,10 +567,54 @@ fn failed(class: &str, message: &str) -> ShareUpdate {
 
 fn parked(conn: &ConnectionRow) -> ShareUpdate {
     ShareUpdate::Parked {
-        class: "needs_reauth".into(),
+        class: ErrorClass::NeedsReauth,
         message: conn
             .last_error
             .clone()
             .unwrap_or_else(|| "the connection needs to be reconnected".into()),
+    }
+}
+
+/// How an attempt ended, as `herald_jobs_total{outcome}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Succeeded,
+    /// Queued again at the time a rate limit gave.
+    RateLimited,
+    /// Queued again after a transient failure.
+    Retried,
+    Failed,
+    Parked,
+    OutcomeUnknown,
+    /// Held back without a call.
+    Deferred,
+}
+
+impl Ended {
+    fn of(update: &ShareUpdate) -> Self {
+        match update {
+            ShareUpdate::Succeeded { .. } => Self::Succeeded,
+            ShareUpdate::Retry {
+                class: ErrorClass::RateLimited,
+                ..
+            } => Self::RateLimited,
+            ShareUpdate::Retry { .. } => Self::Retried,
+            ShareUpdate::Failed { .. } => Self::Failed,
+            ShareUpdate::Parked { .. } => Self::Parked,
+            ShareUpdate::OutcomeUnknown { .. } => Self::OutcomeUnknown,
+            ShareUpdate::Deferred { .. } => Self::Deferred,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::RateLimited => "rate_limited",
+            Self::Retried => "retried",
+            Self::Failed => "failed",
+            Self::Parked => "parked",
+            Self::OutcomeUnknown => "outcome_unknown",
+            Self::Deferred => "deferred",
+        }
     }
 }

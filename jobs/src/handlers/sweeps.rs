@@ -7,7 +7,7 @@ use herald_platforms::PlatformKind;
 
 use crate::{
     Ctx, metrics as m,
-    payloads::{FollowerSyncV1, QueueName, RefreshV1},
+    payloads::{FollowerSyncV1, RefreshV1},
     store::DueFor,
 };
 
@@ -56,19 +56,14 @@ pub async fn refresh_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option<usize
                         break;
                     };
                     for (id, _platform, _) in &due {
-                        let payload = serde_json::to_value(RefreshV1 {
+                        let job = RefreshV1 {
                             connection_id: id.clone(),
                             retry: 0,
-                        })?;
+                        };
                         // One key per connection and tick: a connection due in both passes is
                         // queued once.
                         ctx.queue
-                            .push(
-                                QueueName::Refresh,
-                                payload,
-                                now,
-                                &format!("refresh:{id}:sweep:{tick}"),
-                            )
+                            .enqueue(&job, now, &format!("refresh:{id}:sweep:{tick}"))
                             .await?;
                         pushed += 1;
                     }
@@ -114,18 +109,13 @@ pub async fn follower_sync_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option
                         .connections_of_platform(kind.as_str(), after.as_deref(), PAGE)
                         .await?;
                     for id in &ids {
-                        let payload = serde_json::to_value(FollowerSyncV1 {
+                        let job = FollowerSyncV1 {
                             connection_id: id.clone(),
                             resume: false,
                             retry: 0,
-                        })?;
+                        };
                         ctx.queue
-                            .push(
-                                QueueName::FollowerSync,
-                                payload,
-                                now,
-                                &format!("follower_sync:{id}:{tick}"),
-                            )
+                            .enqueue(&job, now, &format!("follower_sync:{id}:{tick}"))
                             .await?;
                         pushed += 1;
                     }

@@ -12,7 +12,7 @@ use super::{
     ConnectionRow, Pool, Result, Store, StoreError, connections::connections_in, with_engine,
     with_pool,
 };
-use crate::ids;
+use crate::{error_class::ErrorClass, ids};
 
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
@@ -205,17 +205,17 @@ pub enum ShareUpdate {
     },
     Retry {
         run_at: DateTime<Utc>,
-        class: String,
+        class: ErrorClass,
         message: String,
         status: Option<u16>,
     },
     Failed {
-        class: String,
+        class: ErrorClass,
         message: String,
         status: Option<u16>,
     },
     Parked {
-        class: String,
+        class: ErrorClass,
         message: String,
     },
     OutcomeUnknown {
@@ -259,10 +259,10 @@ impl Deferral {
     }
 
     /// The error class recorded on the share while it waits.
-    fn class(self) -> &'static str {
+    fn class(self) -> ErrorClass {
         match self {
-            Self::Refresh => "waiting_for_refresh",
-            _ => "rate_limited",
+            Self::Refresh => ErrorClass::WaitingForRefresh,
+            _ => ErrorClass::RateLimited,
         }
     }
 
@@ -731,11 +731,13 @@ impl<'a> Outcome<'a> {
             ShareUpdate::Parked { class, message } => {
                 (Some(class.as_str()), Some(message.as_str()), None)
             }
-            ShareUpdate::OutcomeUnknown { message } => {
-                (Some("outcome_unknown"), Some(message.as_str()), None)
-            }
+            ShareUpdate::OutcomeUnknown { message } => (
+                Some(ErrorClass::OutcomeUnknown.as_str()),
+                Some(message.as_str()),
+                None,
+            ),
             ShareUpdate::Deferred { reason, .. } => {
-                (Some(reason.class()), Some(reason.message()), None)
+                (Some(reason.class().as_str()), Some(reason.message()), None)
             }
         };
         let (post_id, post_url) = match update {

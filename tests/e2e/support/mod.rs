@@ -173,11 +173,11 @@ impl TestApp {
     }
 
     /// Pushes a job as a sweep would.
-    pub async fn push(&self, queue: herald_jobs::payloads::QueueName, payload: Value, key: &str) {
+    pub async fn enqueue<J: herald_jobs::payloads::Job>(&self, job: &J, key: &str) {
         self.parts
             .ctx
             .queue
-            .push(queue, payload, Utc::now(), key)
+            .enqueue(job, Utc::now(), key)
             .await
             .unwrap();
     }
