@@ -12,6 +12,7 @@ mod connect;
 mod contract;
 mod dashboards;
 mod delivery;
+mod keys;
 mod lifecycle;
 mod observability;
 mod outage;

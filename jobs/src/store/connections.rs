@@ -10,7 +10,7 @@ use crate::{
     vault::{KeyRing, Slot, VaultError},
 };
 
-const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
+pub(super) const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
     access_token_enc, refresh_token_enc, dpop_key_enc, token_expires_at, token_generation, \
     needs_reauth, last_error, created_at, updated_at, revoked_at, rate_limited_until, user_id";
 

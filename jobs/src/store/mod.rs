@@ -11,6 +11,7 @@ mod connections;
 mod followers;
 mod keys;
 mod lifecycle;
+mod ops;
 mod replay;
 mod share_queue;
 mod shares;
@@ -19,8 +20,12 @@ pub use app_limits::{Admission, AppKey, AppLimitRow};
 pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub use connections::{ConnectionRow, NewConnection, StoredTokens};
 pub use followers::SyncRun;
-pub use keys::{ApiKeyRole, AuthedKey};
+pub use keys::{
+    ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, LAST_USED_EVERY, NewApiKey, Scope,
+    Scopes,
+};
 pub use lifecycle::{DueFor, TokenWrite};
+pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Finished, NewShare,
@@ -112,6 +117,8 @@ pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// API keys' rows in memory for a few seconds (`keys::KEY_CACHE_TTL`), shared by clones.
+    key_cache: std::sync::Arc<keys::KeyCache>,
 }
 
 impl Store {
@@ -147,7 +154,10 @@ impl Store {
                 url.split(':').next().unwrap_or("").to_owned(),
             ));
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            key_cache: Default::default(),
+        })
     }
 
     pub fn pool(&self) -> &Pool {
