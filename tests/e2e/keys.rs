@@ -482,6 +482,23 @@ async fn operators_list_create_and_revoke_keys_and_see_when_each_was_last_used(e
         .call(Method::DELETE, &format!("/v1/keys/{id}"), Some(&op), None)
         .await;
     assert_eq!(s, StatusCode::OK);
+    // Not its own key, though.
+    let (s, body) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/keys/{}", key_id(&op)),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("own_key"))
+    );
+    assert_eq!(
+        status(&app, Method::GET, "/v1/keys", &op, None).await,
+        StatusCode::OK
+    );
     let (_, active) = app
         .call(Method::GET, "/v1/keys?tenant=beta", Some(&op), None)
         .await;

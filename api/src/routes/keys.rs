@@ -202,15 +202,27 @@ pub async fn create(
 }
 
 /// Revoke an API key. This process refuses it at once, every other API process within 5
-/// seconds. Revoking a revoked key changes nothing and answers the same.
+/// seconds. Revoking a revoked key changes nothing and answers the same. A key cannot revoke
+/// itself here (`409 own_key`): use another operator key, or `herald keys revoke`.
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "operators", params(("id" = String, Path)),
-    responses((status = 200, body = KeyView), (status = 404, body = crate::error::ErrorBody)),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "`own_key`: the key making the request", body = crate::error::ErrorBody),
+    ),
     security(("api_key" = [])))]
 pub async fn revoke(
     State(state): State<ApiState>,
-    _op: Operator,
+    op: Operator,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<KeyView>> {
+    if id == op.key_id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "own_key",
+            "a key cannot revoke itself: use another operator key, or `herald keys revoke`",
+        ));
+    }
     let now = Utc::now();
     let row = state
         .ctx
