@@ -15,6 +15,7 @@ mod delivery;
 mod keys;
 mod lifecycle;
 mod observability;
+mod ops;
 mod outage;
 mod platforms;
 mod rate_limits;

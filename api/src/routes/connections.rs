@@ -65,6 +65,12 @@ pub struct ConnectionView {
     pub reconnect_by: Option<DateTime<Utc>>,
     /// The credentials are dead: the user must reconnect; work for it is parked meanwhile.
     pub needs_reauth: bool,
+    /// When the connection was flagged `needs_reauth`; absent while it is not.
+    pub needs_reauth_since: Option<DateTime<Utc>>,
+    /// `app_password` for a Bluesky connection that logs in with an app password, `oauth` for
+    /// every other.
+    #[schema(example = "oauth")]
+    pub auth: String,
     pub last_error: Option<String>,
     /// The app's id of the user who connected the account through `/v1/connect`.
     pub user_id: Option<String>,
@@ -90,6 +96,8 @@ impl ConnectionView {
             handle: r.handle,
             token_expires_at: r.token_expires_at,
             needs_reauth: r.needs_reauth,
+            needs_reauth_since: r.needs_reauth_since,
+            auth: r.auth,
             last_error: r.last_error,
             user_id: r.user_id,
             created_at: r.created_at,

@@ -18,7 +18,9 @@ mod shares;
 
 pub use app_limits::{Admission, AppKey, AppLimitRow};
 pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
-pub use connections::{ConnectionRow, NewConnection, StoredTokens};
+pub use connections::{
+    AUTH_APP_PASSWORD, ConnectionCount, ConnectionRow, NewConnection, StoredTokens,
+};
 pub use followers::SyncRun;
 pub use keys::{
     ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, LAST_USED_EVERY, NewApiKey, Scope,
