@@ -107,6 +107,26 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Bluesky maintenance: the app-password sunset.
+    Bluesky {
+        #[command(subcommand)]
+        command: BlueskyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlueskyCommand {
+    /// Erases the stored app passwords of Bluesky accounts that have moved to OAuth (an account
+    /// with a live OAuth connection): other tenants' connections of the account that still log
+    /// in with an app password. Each is flagged needs_reauth, so its work parks until it is
+    /// reconnected with OAuth. Lists them with --dry-run and changes nothing.
+    PurgeAppPasswords {
+        /// List what would be erased; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        store: StoreOnlyArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -347,6 +367,14 @@ async fn main() -> anyhow::Result<()> {
                 "migrations applied to {}",
                 app::redact_url(&args.store.database_url)
             );
+        }
+        Command::Bluesky {
+            command: BlueskyCommand::PurgeAppPasswords { dry_run, store },
+        } => {
+            init_logs(&store.log.log_format);
+            let store = migrated_store(&store.store.database_url).await?;
+            let report = herald::bluesky::purge_app_passwords(&store, dry_run).await?;
+            print!("{report}");
         }
         Command::Keys { command } => match command {
             KeysCommand::Generate => println!("{}", KeyRing::generate_spec()),

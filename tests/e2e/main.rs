@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod bluesky_app_passwords;
 mod bluesky_oauth;
 mod checkpoints;
 mod cli;

@@ -6,6 +6,7 @@
 //! engines compare them the same way.
 
 mod app_limits;
+mod app_passwords;
 mod connect;
 mod connections;
 mod followers;
@@ -17,6 +18,7 @@ mod share_queue;
 mod shares;
 
 pub use app_limits::{Admission, AppKey, AppLimitRow};
+pub use app_passwords::APP_PASSWORD_ERASED;
 pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub use connections::{
     AUTH_APP_PASSWORD, ConnectionCount, ConnectionRow, NewConnection, StoredTokens,
