@@ -192,6 +192,18 @@ pub fn prometheus() -> PrometheusHandle {
                 .expect("buckets are not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
+            // Histogram samples wait in the recorder until drained; a scrape drains them, and
+            // so does this, so a process nobody scrapes does not grow with every job it runs.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("a thread for the metrics upkeep");
             m::describe();
             m::zero_known_series();
             metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

@@ -17,6 +17,7 @@ on_every_backend!(
     repeating_a_request_with_its_idempotency_key_returns_the_same_shares,
     a_tenant_never_sees_or_uses_another_tenants_connections_or_shares,
     shares_are_listed_by_url,
+    a_share_to_a_connection_removed_moments_ago_is_refused_and_writes_nothing,
     a_scheduled_share_can_be_cancelled_but_a_finished_one_cannot,
     health_readiness_and_the_openapi_document_answer,
     the_ssrf_guard_refuses_private_instance_and_share_urls,
@@ -342,6 +343,40 @@ async fn a_tenant_never_sees_or_uses_another_tenants_connections_or_shares(engin
         (status, mine["state"].as_str()),
         (StatusCode::OK, Some("queued"))
     );
+}
+
+/// The API validates a share against a connection it may have read seconds ago; the write checks
+/// the connection again, so a removal in between refuses the share and writes nothing.
+async fn a_share_to_a_connection_removed_moments_ago_is_refused_and_writes_nothing(engine: Engine) {
+    let app = TestApp::spawn_with(engine, false, fast_settings()).await;
+    let conn = app.mastodon_connection().await;
+    let (status, _) = app.post("/v1/shares", share_body(&conn)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/connections/{conn}"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, err) = app.post("/v1/shares", share_body(&conn)).await;
+    assert_eq!(
+        (
+            status,
+            err["error"]["code"].as_str(),
+            err["error"]["field"].as_str()
+        ),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("unknown_connection"),
+            Some("connection_ids[0]")
+        ),
+        "{err}"
+    );
+    let (_, list) = app.get("/v1/shares").await;
+    assert_eq!(list["shares"].as_array().unwrap().len(), 1, "{list}");
 }
 
 async fn shares_are_listed_by_url(engine: Engine) {

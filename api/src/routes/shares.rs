@@ -292,7 +292,7 @@ pub async fn create(
         let conn = state
             .ctx
             .store
-            .tenant_connection(&tenant.id, id)
+            .recent_tenant_connection(&tenant.id, id)
             .await?
             .ok_or_else(|| {
                 ApiError::invalid(
@@ -367,6 +367,18 @@ pub async fn create(
     let rows = match created {
         CreateOutcome::Created(rows) => rows,
         CreateOutcome::Replayed(rows) => rows,
+        CreateOutcome::ConnectionGone(id) => {
+            let i = req
+                .connection_ids
+                .iter()
+                .position(|c| *c == id)
+                .unwrap_or(0);
+            return Err(ApiError::invalid(
+                format!("connection_ids[{i}]"),
+                "unknown_connection",
+                format!("no connection `{id}`"),
+            ));
+        }
         CreateOutcome::KeyReused => {
             return Err(ApiError::invalid(
                 "Idempotency-Key",

@@ -56,7 +56,11 @@ pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
         .await
         .context("claiming the share")?
     {
-        Claim::Run { share, recovered } => attempt(ctx, share, recovered, None, job_id).await,
+        Claim::Run {
+            share,
+            recovered,
+            connection,
+        } => attempt(ctx, share, recovered, connection, job_id).await,
         Claim::NotDue(share) => {
             // Delivered early (clocks differ between hosts): deliver again when due. The key
             // names this early delivery, so it cannot be mistaken for the pending original.

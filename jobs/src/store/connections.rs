@@ -271,31 +271,25 @@ impl Store {
     /// The connections with these ids, in one statement (the share feed reads a batch's
     /// connections at once).
     pub async fn connections_by_ids(&self, ids: &[&str]) -> Result<Vec<ConnectionRow>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        connections_in(&self.pool, ids).await
+    }
+
+    /// [`Store::tenant_connection`], as read up to [`super::RECENT_CONNECTION_TTL`] ago. For
+    /// validating a share only: its write checks the connection again in its own transaction.
+    pub async fn recent_tenant_connection(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ConnectionRow>> {
+        let key = (tenant_id.to_owned(), id.to_owned());
+        if let Some(row) = self.recent_connections.get(&key) {
+            return Ok(Some(row));
         }
-        let json = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(match &self.pool {
-            Pool::Postgres(p) => {
-                let q = format!(
-                    "SELECT {COLUMNS} FROM connections WHERE id IN \
-                     (SELECT jsonb_array_elements_text($1::jsonb))"
-                );
-                sqlx::query_as(sqlx::AssertSqlSafe(q))
-                    .bind(json)
-                    .fetch_all(p)
-                    .await?
-            }
-            Pool::Sqlite(p) => {
-                let q = format!(
-                    "SELECT {COLUMNS} FROM connections WHERE id IN (SELECT value FROM json_each(?1))"
-                );
-                sqlx::query_as(sqlx::AssertSqlSafe(q))
-                    .bind(json)
-                    .fetch_all(p)
-                    .await?
-            }
-        })
+        let row = self.tenant_connection(tenant_id, id).await?;
+        if let Some(row) = &row {
+            self.recent_connections.put(key, row.clone());
+        }
+        Ok(row)
     }
 
     /// One tenant's connection; another tenant's id is simply not found.
@@ -451,4 +445,33 @@ impl Store {
         );
         Ok(())
     }
+}
+
+/// The connections with these ids, in one statement (unknown ids are left out).
+pub(super) async fn connections_in(pool: &Pool, ids: &[&str]) -> Result<Vec<ConnectionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let json = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(match pool {
+        Pool::Postgres(p) => {
+            let q = format!(
+                "SELECT {COLUMNS} FROM connections WHERE id IN \
+                 (SELECT jsonb_array_elements_text($1::jsonb))"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(q))
+                .bind(json)
+                .fetch_all(p)
+                .await?
+        }
+        Pool::Sqlite(p) => {
+            let q = format!(
+                "SELECT {COLUMNS} FROM connections WHERE id IN (SELECT value FROM json_each(?1))"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(q))
+                .bind(json)
+                .fetch_all(p)
+                .await?
+        }
+    })
 }

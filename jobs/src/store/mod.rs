@@ -10,9 +10,11 @@ mod app_passwords;
 mod connect;
 mod connections;
 mod followers;
+mod group_commit;
 mod keys;
 mod lifecycle;
 mod ops;
+mod recent;
 mod replay;
 mod share_queue;
 mod shares;
@@ -55,6 +57,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A grouped write's task ended before it answered (its runtime shut down).
+    #[error("the grouped write was cut short")]
+    GroupCommitLost,
 }
 
 impl StoreError {
@@ -117,12 +122,23 @@ pub(crate) fn sqlite_sql(text: &str) -> String {
 /// How long a query waits for a Postgres connection before the store counts as unavailable.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long the API trusts a connection it read for validating a share (see `recent.rs`).
+pub const RECENT_CONNECTION_TTL: Duration = Duration::from_secs(5);
+
 /// Herald's store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
     /// API keys' rows in memory for a few seconds (`keys::KEY_CACHE_TTL`), shared by clones.
     key_cache: std::sync::Arc<keys::KeyCache>,
+    /// Attempt outcomes, written together (`group_commit.rs`).
+    outcomes: std::sync::Arc<group_commit::GroupCommit<shares::FinishRequest, Option<Finished>>>,
+    /// The Redis path's claims, taken together.
+    claims: std::sync::Arc<
+        group_commit::GroupCommit<shares::ClaimRequest, Option<shares::ClaimedWith>>,
+    >,
+    /// Connections the API read in the last few seconds, by (tenant, id) (`recent.rs`).
+    recent_connections: std::sync::Arc<recent::Recent<(String, String), ConnectionRow>>,
 }
 
 impl Store {
@@ -161,6 +177,9 @@ impl Store {
         Ok(Self {
             pool,
             key_cache: Default::default(),
+            outcomes: group_commit::GroupCommit::new(shares::finish_batch),
+            claims: group_commit::GroupCommit::new(shares::claim_batch),
+            recent_connections: std::sync::Arc::new(recent::Recent::new(RECENT_CONNECTION_TTL)),
         })
     }
 

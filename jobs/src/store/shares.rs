@@ -5,8 +5,13 @@
 //! lease lapsed cannot overwrite the outcome of the worker that took over.
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use tracing::warn;
 
-use super::{Result, Store, StoreError, with_engine, with_pool};
+use super::{
+    ConnectionRow, Pool, Result, Store, StoreError, connections::connections_in, with_engine,
+    with_pool,
+};
 use crate::ids;
 
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
@@ -166,6 +171,9 @@ pub enum CreateOutcome {
     Replayed(Vec<ShareRow>),
     /// The key was seen before with a different request.
     KeyReused,
+    /// This target connection was removed (or is not the tenant's) by the time of the write;
+    /// nothing was written.
+    ConnectionGone(String),
 }
 
 /// What a worker may do with a share it was handed.
@@ -176,6 +184,8 @@ pub enum Claim {
     Run {
         share: ShareRow,
         recovered: bool,
+        /// The share's connection when the claim read it too (a claim taken with others).
+        connection: Option<Box<ConnectionRow>>,
     },
     /// Not due yet (an early delivery): run it at `run_at`.
     NotDue(ShareRow),
@@ -396,12 +406,16 @@ impl Store {
                         return Ok(CreateOutcome::Replayed(found));
                     }
                 }
+                // The caller validated against a connection it may have read seconds ago: the
+                // connection must still be the tenant's and not removed as of this write.
                 let insert = with_engine(
                     p,
-                    "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)",
+                    "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12 \
+                     WHERE EXISTS (SELECT 1 FROM connections WHERE id = $3 AND tenant_id = $2 AND revoked_at IS NULL)",
                 );
                 for r in &rows {
-                    sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
+                    let written = sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
                         .bind(&r.id)
                         .bind(&r.tenant_id)
                         .bind(&r.connection_id)
@@ -415,7 +429,12 @@ impl Store {
                         .bind(r.not_after)
                         .bind(now)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected();
+                    if written == 0 {
+                        // Dropping the transaction rolls back the rows and the key before it.
+                        return Ok(CreateOutcome::ConnectionGone(r.connection_id.clone()));
+                    }
                 }
                 tx.commit().await?;
                 CreateOutcome::Created(rows)
@@ -479,26 +498,21 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Claim> {
-        // The common case in one statement: queued, due, within its lateness limit and waiting
-        // for no earlier share. Anything else is sorted out below.
-        let fast = format!(
-            "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $3, \
-             first_sent_at = COALESCE(first_sent_at, $2), updated_at = $2 \
-             WHERE id = $1 AND state = 'queued' AND run_at <= $2 \
-             AND (not_after IS NULL OR not_after >= $2) AND {READY} RETURNING {COLUMNS}"
-        );
-        let claimed: Option<ShareRow> = with_pool!(&self.pool, &fast, |p, sql| {
-            sqlx::query_as(sql)
-                .bind(id)
-                .bind(now)
-                .bind(lease_until)
-                .fetch_optional(p)
-                .await?
-        });
-        if let Some(share) = claimed {
+        // The common case, taken together with the claims other jobs make at this moment:
+        // queued, due, within its lateness limit and waiting for no earlier share. Anything else
+        // is sorted out below.
+        let request = ClaimRequest {
+            id: id.to_owned(),
+            now,
+            lease_until,
+        };
+        if let Some(ClaimedWith { share, connection }) =
+            self.claims.submit(&self.pool, request).await?
+        {
             return Ok(Claim::Run {
                 share,
                 recovered: false,
+                connection,
             });
         }
         let Some(share) = self.share(id).await? else {
@@ -536,7 +550,11 @@ impl Store {
                 .await?
         });
         Ok(match claimed {
-            Some(share) => Claim::Run { share, recovered },
+            Some(share) => Claim::Run {
+                share,
+                recovered,
+                connection: None,
+            },
             None => Claim::Busy,
         })
     }
@@ -560,6 +578,7 @@ impl Store {
 
     /// Records how attempt `attempt` ended, if this worker still holds the share. Returns the new
     /// row, or `None` when another worker took the share over (this outcome is then dropped).
+    /// Outcomes that workers record at the same moment share one transaction (`group_commit.rs`).
     pub async fn finish_attempt(
         &self,
         id: &str,
@@ -568,108 +587,14 @@ impl Store {
         update: &ShareUpdate,
         now: DateTime<Utc>,
     ) -> Result<Option<Finished>> {
-        let state = update.state();
-        let (class, message, status) = match update {
-            ShareUpdate::Succeeded { .. } => (None, None, None),
-            ShareUpdate::Retry {
-                class,
-                message,
-                status,
-                ..
-            }
-            | ShareUpdate::Failed {
-                class,
-                message,
-                status,
-            } => (
-                Some(class.as_str()),
-                Some(message.as_str()),
-                status.map(i32::from),
-            ),
-            ShareUpdate::Parked { class, message } => {
-                (Some(class.as_str()), Some(message.as_str()), None)
-            }
-            ShareUpdate::OutcomeUnknown { message } => {
-                (Some("outcome_unknown"), Some(message.as_str()), None)
-            }
-            ShareUpdate::Deferred { reason, .. } => {
-                (Some(reason.class()), Some(reason.message()), None)
-            }
+        let request = FinishRequest {
+            id: id.to_owned(),
+            attempt,
+            started_at,
+            update: update.clone(),
+            now,
         };
-        let (post_id, post_url) = match update {
-            ShareUpdate::Succeeded { post_id, post_url } => {
-                (Some(post_id.as_str()), post_url.as_deref())
-            }
-            _ => (None, None),
-        };
-        let run_at = match update {
-            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at, .. } => {
-                Some(*run_at)
-            }
-            _ => None,
-        };
-        let finished = !matches!(
-            update,
-            ShareUpdate::Retry { .. } | ShareUpdate::Parked { .. } | ShareUpdate::Deferred { .. }
-        );
-        // A deferral made no call: it gives its attempt back and records none.
-        let deferred = matches!(update, ShareUpdate::Deferred { .. });
-        let q = format!(
-            "UPDATE shares SET state = $3, last_error_class = $4, last_error = $5, last_status = $6, \
-             post_id = COALESCE($7, post_id), post_url = COALESCE($8, post_url), \
-             run_at = COALESCE($9, run_at), lease_until = NULL, updated_at = $10, \
-             finished_at = CASE WHEN $11 THEN $10 ELSE NULL END, attempts = attempts - $12 \
-             WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
-        );
-        let next_q = format!(
-            "SELECT {COLUMNS} FROM shares WHERE after_share_id = $1 AND state = 'queued' LIMIT 1"
-        );
-        let attempt_id = ids::new(ids::ATTEMPT);
-        let row = with_pool!(&self.pool, &q, |p, sql| {
-            let mut tx = crate::store::Engine::begin_write(p).await?;
-            let row: Option<ShareRow> = sqlx::query_as(sql)
-                .bind(id)
-                .bind(attempt)
-                .bind(state.as_str())
-                .bind(class)
-                .bind(message)
-                .bind(status)
-                .bind(post_id)
-                .bind(post_url)
-                .bind(run_at)
-                .bind(now)
-                .bind(finished)
-                .bind(i32::from(deferred))
-                .fetch_optional(&mut *tx)
-                .await?;
-            // A share resumed after this one may start now that this one is settled.
-            let next: Option<ShareRow> = match &row {
-                Some(_) if finished || matches!(update, ShareUpdate::Parked { .. }) => {
-                    sqlx::query_as(with_engine(p, &next_q))
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                }
-                _ => None,
-            };
-            if row.is_some() && !deferred {
-                sqlx::query(with_engine(p, "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, outcome, error_class, error_message, platform_status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
-                    .bind(&attempt_id)
-                    .bind(id)
-                    .bind(attempt)
-                    .bind(started_at)
-                    .bind(now)
-                    .bind(update.outcome())
-                    .bind(class)
-                    .bind(message)
-                    .bind(status)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            row.map(|row| Finished { row, next })
-        });
-        Ok(row)
+        self.outcomes.submit(&self.pool, request).await
     }
 
     /// Stores the checkpoint of attempt `attempt` if this worker still holds the share. `false`
@@ -771,4 +696,280 @@ impl Store {
         );
         Ok(d)
     }
+}
+
+/// One attempt's outcome, waiting to be written with others ([`Store::finish_attempt`]).
+#[derive(Debug)]
+pub(crate) struct FinishRequest {
+    id: String,
+    attempt: i32,
+    started_at: DateTime<Utc>,
+    update: ShareUpdate,
+    now: DateTime<Utc>,
+}
+
+/// Writes a batch of outcomes in one transaction; if that fails, each in its own.
+pub(crate) fn finish_batch(
+    pool: Pool,
+    requests: Vec<FinishRequest>,
+) -> BoxFuture<'static, Vec<Result<Option<Finished>>>> {
+    Box::pin(async move {
+        if requests.len() > 1 {
+            match finish_together(&pool, &requests).await {
+                Ok(rows) => return rows.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    warn!(error = %e, outcomes = requests.len(), "writing outcomes together failed; writing each alone")
+                }
+            }
+        }
+        let mut answers = Vec::with_capacity(requests.len());
+        for r in &requests {
+            let one = finish_together(&pool, std::slice::from_ref(r)).await;
+            answers.push(one.map(|mut rows| rows.pop().flatten()));
+        }
+        answers
+    })
+}
+
+async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<Option<Finished>>> {
+    let q = format!(
+        "UPDATE shares SET state = $3, last_error_class = $4, last_error = $5, last_status = $6, \
+         post_id = COALESCE($7, post_id), post_url = COALESCE($8, post_url), \
+         run_at = COALESCE($9, run_at), lease_until = NULL, updated_at = $10, \
+         finished_at = CASE WHEN $11 THEN $10 ELSE NULL END, attempts = attempts - $12 \
+         WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
+    );
+    let next_q = format!(
+        "SELECT {COLUMNS} FROM shares WHERE after_share_id = $1 AND state = 'queued' LIMIT 1"
+    );
+    let record = "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, outcome, \
+                  error_class, error_message, platform_status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    Ok(with_pool!(pool, &q, |p, _sql| {
+        let mut tx = crate::store::Engine::begin_write(p).await?;
+        let mut rows = Vec::with_capacity(requests.len());
+        for r in requests {
+            let o = Outcome::of(&r.update);
+            let row: Option<ShareRow> = sqlx::query_as(with_engine(p, &q))
+                .bind(&r.id)
+                .bind(r.attempt)
+                .bind(r.update.state().as_str())
+                .bind(o.class)
+                .bind(o.message)
+                .bind(o.status)
+                .bind(o.post_id)
+                .bind(o.post_url)
+                .bind(o.run_at)
+                .bind(r.now)
+                .bind(o.finished)
+                .bind(i32::from(o.deferred))
+                .fetch_optional(&mut *tx)
+                .await?;
+            // A share resumed after this one may start now that this one is settled.
+            let next: Option<ShareRow> = match &row {
+                Some(_) if o.finished || matches!(r.update, ShareUpdate::Parked { .. }) => {
+                    sqlx::query_as(with_engine(p, &next_q))
+                        .bind(&r.id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                _ => None,
+            };
+            if row.is_some() && !o.deferred {
+                sqlx::query(with_engine(p, record))
+                    .bind(ids::new(ids::ATTEMPT))
+                    .bind(&r.id)
+                    .bind(r.attempt)
+                    .bind(r.started_at)
+                    .bind(r.now)
+                    .bind(r.update.outcome())
+                    .bind(o.class)
+                    .bind(o.message)
+                    .bind(o.status)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            rows.push(row.map(|row| Finished { row, next }));
+        }
+        tx.commit().await?;
+        rows
+    }))
+}
+
+/// The columns an outcome writes.
+struct Outcome<'a> {
+    class: Option<&'a str>,
+    message: Option<&'a str>,
+    status: Option<i32>,
+    post_id: Option<&'a str>,
+    post_url: Option<&'a str>,
+    run_at: Option<DateTime<Utc>>,
+    /// The share is done (no retry, not parked, not waiting).
+    finished: bool,
+    /// A deferral made no call: it gives its attempt back and records none.
+    deferred: bool,
+}
+
+impl<'a> Outcome<'a> {
+    fn of(update: &'a ShareUpdate) -> Self {
+        let (class, message, status) = match update {
+            ShareUpdate::Succeeded { .. } => (None, None, None),
+            ShareUpdate::Retry {
+                class,
+                message,
+                status,
+                ..
+            }
+            | ShareUpdate::Failed {
+                class,
+                message,
+                status,
+            } => (
+                Some(class.as_str()),
+                Some(message.as_str()),
+                status.map(i32::from),
+            ),
+            ShareUpdate::Parked { class, message } => {
+                (Some(class.as_str()), Some(message.as_str()), None)
+            }
+            ShareUpdate::OutcomeUnknown { message } => {
+                (Some("outcome_unknown"), Some(message.as_str()), None)
+            }
+            ShareUpdate::Deferred { reason, .. } => {
+                (Some(reason.class()), Some(reason.message()), None)
+            }
+        };
+        let (post_id, post_url) = match update {
+            ShareUpdate::Succeeded { post_id, post_url } => {
+                (Some(post_id.as_str()), post_url.as_deref())
+            }
+            _ => (None, None),
+        };
+        let run_at = match update {
+            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at, .. } => {
+                Some(*run_at)
+            }
+            _ => None,
+        };
+        Self {
+            class,
+            message,
+            status,
+            post_id,
+            post_url,
+            run_at,
+            finished: !matches!(
+                update,
+                ShareUpdate::Retry { .. }
+                    | ShareUpdate::Parked { .. }
+                    | ShareUpdate::Deferred { .. }
+            ),
+            deferred: matches!(update, ShareUpdate::Deferred { .. }),
+        }
+    }
+}
+
+/// A delivery's claim, waiting to be taken with others ([`Store::claim_share`]).
+#[derive(Debug)]
+pub(crate) struct ClaimRequest {
+    id: String,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+}
+
+/// A share claimed with others, and its connection, read with theirs.
+#[derive(Debug)]
+pub(crate) struct ClaimedWith {
+    share: ShareRow,
+    connection: Option<Box<ConnectionRow>>,
+}
+
+/// Claims every share of the batch that is plainly due in one statement and reads their
+/// connections in another. A share not claimed here (`None`) goes through the careful path.
+pub(crate) fn claim_batch(
+    pool: Pool,
+    requests: Vec<ClaimRequest>,
+) -> BoxFuture<'static, Vec<Result<Option<ClaimedWith>>>> {
+    Box::pin(async move {
+        // Moments apart: the latest clock reading and lease serve the whole batch.
+        let now = requests
+            .iter()
+            .map(|r| r.now)
+            .max()
+            .unwrap_or_else(Utc::now);
+        let lease_until = requests.iter().map(|r| r.lease_until).max().unwrap_or(now);
+        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+        let claimed = match claim_due(&pool, &ids, now, lease_until).await {
+            Ok(rows) => rows,
+            // Nothing was claimed: each request takes the careful path, which reports the error.
+            Err(e) => {
+                warn!(error = %e, claims = requests.len(), "claiming shares together failed; claiming each alone");
+                Vec::new()
+            }
+        };
+        let mut connection_ids: Vec<&str> =
+            claimed.iter().map(|s| s.connection_id.as_str()).collect();
+        connection_ids.sort_unstable();
+        connection_ids.dedup();
+        // A failed read only costs each share a read of its own in the handler.
+        let connections = connections_in(&pool, &connection_ids)
+            .await
+            .unwrap_or_default();
+        let mut claimed: std::collections::HashMap<String, ShareRow> =
+            claimed.into_iter().map(|s| (s.id.clone(), s)).collect();
+        requests
+            .iter()
+            .map(|r| {
+                // A delivery seen twice in one batch is claimed once; the other finds it running.
+                Ok(claimed.remove(&r.id).map(|share| {
+                    let connection = connections
+                        .iter()
+                        .find(|c| c.id == share.connection_id)
+                        .map(|c| Box::new(c.clone()));
+                    ClaimedWith { share, connection }
+                }))
+            })
+            .collect()
+    })
+}
+
+async fn claim_due(
+    pool: &Pool,
+    ids: &[&str],
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<ShareRow>> {
+    let json = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let set = "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $3, \
+               first_sent_at = COALESCE(first_sent_at, $2), updated_at = $2";
+    let due = format!(
+        "state = 'queued' AND run_at <= $2 AND (not_after IS NULL OR not_after >= $2) AND {READY}"
+    );
+    Ok(match pool {
+        // Rows are locked in id order, so two workers claiming overlapping batches (a delivery
+        // seen by both) wait for each other instead of deadlocking.
+        Pool::Postgres(p) => {
+            let q = format!(
+                "{set} WHERE id IN (SELECT id FROM shares WHERE id IN \
+                 (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY id FOR UPDATE) \
+                 AND {due} RETURNING {COLUMNS}"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(q))
+                .bind(json)
+                .bind(now)
+                .bind(lease_until)
+                .fetch_all(p)
+                .await?
+        }
+        Pool::Sqlite(p) => {
+            let q = format!(
+                "{set} WHERE id IN (SELECT value FROM json_each($1)) AND {due} RETURNING {COLUMNS}"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(super::sqlite_sql(&q)))
+                .bind(json)
+                .bind(now)
+                .bind(lease_until)
+                .fetch_all(p)
+                .await?
+        }
+    })
 }

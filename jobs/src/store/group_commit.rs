@@ -1,0 +1,112 @@
+//! Group commit: writes of one kind that many workers make at once go to the database together.
+//!
+//! A worker running 1,000 shares at once finishes (and, on Redis, claims) shares one by one, and
+//! each of those writes used to be a transaction of its own: most of what Postgres spent per share
+//! was the commit, not the statement. Here the first caller starts a task that takes every request
+//! waiting at that moment (up to [`MAX_BATCH`]) and runs them together; requests that arrive
+//! meanwhile wait for the next round. No timer: an idle store writes a lone request at once, a
+//! busy one batches exactly as much as piled up during the previous round.
+//!
+//! Each request keeps its own answer (a compare-and-set stays per share). If a batch fails as a
+//! whole, its requests run again one by one, so one request's failure is never another's.
+//! The task is spawned, so a caller that stops waiting (a cancelled job) cannot cut a batch
+//! short for the others.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::{Pool, Result, StoreError};
+
+/// The most requests one round takes: bounds how long a round holds its transaction.
+pub(crate) const MAX_BATCH: usize = 128;
+
+/// Runs a batch; one answer per request, in order.
+pub(crate) type RunBatch<Req, Resp> = fn(Pool, Vec<Req>) -> BoxFuture<'static, Vec<Result<Resp>>>;
+
+pub(crate) struct GroupCommit<Req, Resp> {
+    run: RunBatch<Req, Resp>,
+    state: Mutex<Waiting<Req, Resp>>,
+}
+
+type Reply<Resp> = oneshot::Sender<Result<Resp>>;
+
+struct Waiting<Req, Resp> {
+    requests: Vec<(Req, Reply<Resp>)>,
+    draining: bool,
+}
+
+impl<Req, Resp> std::fmt::Debug for GroupCommit<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
+    pub(crate) fn new(run: RunBatch<Req, Resp>) -> Arc<Self> {
+        Arc::new(Self {
+            run,
+            state: Mutex::new(Waiting {
+                requests: Vec::new(),
+                draining: false,
+            }),
+        })
+    }
+
+    /// Writes `request` with whatever else is waiting and returns its own answer.
+    pub(crate) async fn submit(self: &Arc<Self>, pool: &Pool, request: Req) -> Result<Resp> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut waiting = self.state.lock().expect("group commit lock");
+            waiting.requests.push((request, reply));
+            !std::mem::replace(&mut waiting.draining, true)
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).drain(pool.clone()));
+        }
+        answer.await.map_err(|_| StoreError::GroupCommitLost)?
+    }
+
+    async fn drain(self: Arc<Self>, pool: Pool) {
+        let mut guard = Drain {
+            owner: &self,
+            armed: true,
+        };
+        loop {
+            let batch = {
+                let mut waiting = self.state.lock().expect("group commit lock");
+                if waiting.requests.is_empty() {
+                    waiting.draining = false;
+                    guard.armed = false;
+                    return;
+                }
+                let n = waiting.requests.len().min(MAX_BATCH);
+                waiting.requests.drain(..n).collect::<Vec<_>>()
+            };
+            let (requests, replies): (Vec<Req>, Vec<Reply<Resp>>) = batch.into_iter().unzip();
+            let answers = (self.run)(pool.clone(), requests).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have stopped waiting; its write stands all the same.
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Lets the next caller start a round if this one ends early (a panic, or its runtime shutting
+/// down): otherwise every later request would wait for a task that no longer exists.
+struct Drain<'a, Req, Resp> {
+    owner: &'a GroupCommit<Req, Resp>,
+    armed: bool,
+}
+
+impl<Req, Resp> Drop for Drain<'_, Req, Resp> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Ok(mut waiting) = self.owner.state.lock()
+        {
+            waiting.draining = false;
+        }
+    }
+}
