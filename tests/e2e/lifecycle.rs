@@ -267,11 +267,18 @@ async fn a_401_mid_sync_flags_the_connection_and_parks_the_sync(engine: Engine) 
     .await
     .expect("a 401 mid-sync did not flag the connection");
     assert_eq!(c["last_error"], "The access token is invalid");
-    let runs = app.parts.ctx.store.sync_runs(&conn, 5).await.unwrap();
-    assert!(
+    // The run records its error in a write of its own after the connection is flagged.
+    let parked = eventually(Duration::from_secs(15), || async {
+        let runs = app.parts.ctx.store.sync_runs(&conn, 5).await.unwrap();
         runs.iter()
-            .any(|r| r.state == "running" && r.last_error.is_some()),
-        "{runs:?}"
+            .any(|r| r.state == "running" && r.last_error.is_some())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        parked.is_some(),
+        "{:?}",
+        app.parts.ctx.store.sync_runs(&conn, 5).await.unwrap()
     );
 }
 

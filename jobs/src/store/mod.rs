@@ -137,6 +137,8 @@ pub struct Store {
     claims: std::sync::Arc<
         group_commit::GroupCommit<shares::ClaimRequest, Option<shares::ClaimedWith>>,
     >,
+    /// Share requests, written together.
+    creates: std::sync::Arc<group_commit::GroupCommit<shares::CreateRequest, CreateOutcome>>,
     /// Connections the API read in the last few seconds, by (tenant, id) (`recent.rs`).
     recent_connections: std::sync::Arc<recent::Recent<(String, String), ConnectionRow>>,
 }
@@ -179,6 +181,7 @@ impl Store {
             key_cache: Default::default(),
             outcomes: group_commit::GroupCommit::new(shares::finish_batch),
             claims: group_commit::GroupCommit::new(shares::claim_batch),
+            creates: group_commit::GroupCommit::new(shares::create_batch),
             recent_connections: std::sync::Arc::new(recent::Recent::new(RECENT_CONNECTION_TTL)),
         })
     }

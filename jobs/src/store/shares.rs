@@ -329,118 +329,18 @@ pub struct ShareDepth {
 }
 
 impl Store {
+    /// Writes a share request with its idempotency key, all or nothing. Requests that arrive
+    /// at the same moment share one transaction (`group_commit.rs`), each with its own answer.
     pub async fn create_shares(
         &self,
         req: &CreateShares,
         now: DateTime<Utc>,
     ) -> Result<CreateOutcome> {
-        let rows: Vec<ShareRow> = req
-            .shares
-            .iter()
-            .map(|s| ShareRow {
-                id: ids::new(ids::SHARE),
-                tenant_id: req.tenant_id.clone(),
-                connection_id: s.connection_id.clone(),
-                platform: s.platform.clone(),
-                url: s.url.clone(),
-                title: s.title.clone(),
-                body: s.body.clone(),
-                image_url: s.image_url.clone(),
-                state: ShareState::Queued.as_str().to_owned(),
-                attempts: 0,
-                run_at: s.run_at,
-                not_after: s.not_after,
-                lease_until: None,
-                first_sent_at: None,
-                last_error_class: None,
-                last_error: None,
-                last_status: None,
-                post_id: None,
-                post_url: None,
-                created_at: now,
-                updated_at: now,
-                finished_at: None,
-                budget_from: 0,
-                checkpoint: None,
-                after_share_id: None,
-            })
-            .collect();
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let ids_json = serde_json::to_string(&ids).expect("ids serialize");
-        let select = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
-        let outcome = with_pool!(
-            &self.pool,
-            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, share_ids, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING",
-            |p, sql| {
-                let mut tx = crate::store::Engine::begin_write(p).await?;
-                if let Some(key) = &req.idempotency_key {
-                    let fresh = sqlx::query(sql)
-                        .bind(&req.tenant_id)
-                        .bind(key)
-                        .bind(&req.request_hash)
-                        .bind(&ids_json)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                        == 1;
-                    if !fresh {
-                        let (hash, stored): (String, String) = sqlx::query_as(with_engine(p, "SELECT request_hash, share_ids FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"))
-                        .bind(&req.tenant_id)
-                        .bind(key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        if hash != req.request_hash {
-                            return Ok(CreateOutcome::KeyReused);
-                        }
-                        let stored: Vec<String> = serde_json::from_str(&stored)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        let mut found = Vec::with_capacity(stored.len());
-                        for id in stored {
-                            let row: ShareRow = sqlx::query_as(with_engine(p, &select))
-                                .bind(id)
-                                .fetch_one(&mut *tx)
-                                .await?;
-                            found.push(row);
-                        }
-                        return Ok(CreateOutcome::Replayed(found));
-                    }
-                }
-                // The caller validated against a connection it may have read seconds ago: the
-                // connection must still be the tenant's and not removed as of this write.
-                let insert = with_engine(
-                    p,
-                    "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12 \
-                     WHERE EXISTS (SELECT 1 FROM connections WHERE id = $3 AND tenant_id = $2 AND revoked_at IS NULL)",
-                );
-                for r in &rows {
-                    let written = sqlx::query(sqlx::AssertSqlSafe(insert.0.as_str()))
-                        .bind(&r.id)
-                        .bind(&r.tenant_id)
-                        .bind(&r.connection_id)
-                        .bind(&r.platform)
-                        .bind(&r.url)
-                        .bind(&r.title)
-                        .bind(&r.body)
-                        .bind(&r.image_url)
-                        .bind(&r.state)
-                        .bind(r.run_at)
-                        .bind(r.not_after)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if written == 0 {
-                        // Dropping the transaction rolls back the rows and the key before it.
-                        return Ok(CreateOutcome::ConnectionGone(r.connection_id.clone()));
-                    }
-                }
-                tx.commit().await?;
-                CreateOutcome::Created(rows)
-            }
-        );
-        Ok(outcome)
+        let request = CreateRequest {
+            req: req.clone(),
+            now,
+        };
+        self.creates.submit(&self.pool, request).await
     }
 
     pub async fn share(&self, id: &str) -> Result<Option<ShareRow>> {
@@ -972,4 +872,176 @@ async fn claim_due(
                 .await?
         }
     })
+}
+
+/// A share request waiting to be written with others ([`Store::create_shares`]).
+#[derive(Debug)]
+pub(crate) struct CreateRequest {
+    req: CreateShares,
+    now: DateTime<Utc>,
+}
+
+/// Writes a batch of share requests in one transaction; if that fails, each in its own.
+pub(crate) fn create_batch(
+    pool: Pool,
+    requests: Vec<CreateRequest>,
+) -> BoxFuture<'static, Vec<Result<CreateOutcome>>> {
+    Box::pin(async move {
+        if requests.len() > 1 {
+            match create_together(&pool, &requests).await {
+                Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    warn!(error = %e, requests = requests.len(), "writing share requests together failed; writing each alone")
+                }
+            }
+        }
+        let mut answers = Vec::with_capacity(requests.len());
+        for r in &requests {
+            let one = create_together(&pool, std::slice::from_ref(r)).await;
+            answers.push(one.and_then(|mut o| {
+                o.pop()
+                    .ok_or_else(|| StoreError::Corrupt("no outcome for a share request".into()))
+            }));
+        }
+        answers
+    })
+}
+
+fn new_rows(req: &CreateShares, now: DateTime<Utc>) -> Vec<ShareRow> {
+    req.shares
+        .iter()
+        .map(|s| ShareRow {
+            id: ids::new(ids::SHARE),
+            tenant_id: req.tenant_id.clone(),
+            connection_id: s.connection_id.clone(),
+            platform: s.platform.clone(),
+            url: s.url.clone(),
+            title: s.title.clone(),
+            body: s.body.clone(),
+            image_url: s.image_url.clone(),
+            state: ShareState::Queued.as_str().to_owned(),
+            attempts: 0,
+            run_at: s.run_at,
+            not_after: s.not_after,
+            lease_until: None,
+            first_sent_at: None,
+            last_error_class: None,
+            last_error: None,
+            last_status: None,
+            post_id: None,
+            post_url: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            budget_from: 0,
+            checkpoint: None,
+            after_share_id: None,
+        })
+        .collect()
+}
+
+/// What a repeated idempotency key answers: the shares it made (read in the same transaction),
+/// or a refusal if the body differs. A macro because its body runs on either engine's transaction.
+macro_rules! replay {
+    ($tx:expr, $p:expr, $req:expr, $seen:expr, $select:expr) => {{
+        let (hash, stored): (String, String) = $seen;
+        if hash != $req.request_hash {
+            CreateOutcome::KeyReused
+        } else {
+            let stored: Vec<String> =
+                serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut found = Vec::with_capacity(stored.len());
+            for id in stored {
+                let row: ShareRow = sqlx::query_as(with_engine($p, $select))
+                    .bind(id)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                found.push(row);
+            }
+            CreateOutcome::Replayed(found)
+        }
+    }};
+}
+
+/// Each request in order, in one transaction. A request that writes nothing (a connection gone,
+/// a replayed or reused key) decides so before its first write, so no request's answer needs a
+/// rollback of its own. As before, a connection removed since refuses even a repeated key.
+async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<CreateOutcome>> {
+    let key_insert = "INSERT INTO idempotency_keys (tenant_id, key, request_hash, share_ids, created_at) \
+                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING";
+    let key_read =
+        "SELECT request_hash, share_ids FROM idempotency_keys WHERE tenant_id = $1 AND key = $2";
+    let select = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
+    // The caller validated against a connection it may have read seconds ago: it must still be
+    // the tenant's and not removed as of this write.
+    let live = "SELECT 1 FROM connections WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL";
+    let insert = "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)";
+    Ok(with_pool!(pool, insert, |p, _sql| {
+        let mut tx = crate::store::Engine::begin_write(p).await?;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for CreateRequest { req, now } in requests {
+            let rows = new_rows(req, *now);
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            let ids_json = serde_json::to_string(&ids).expect("ids serialize");
+            let targets: Vec<&str> = rows.iter().map(|r| r.connection_id.as_str()).collect();
+            // One primary-key read per target (a request has one or a few).
+            let mut found = Vec::with_capacity(targets.len());
+            for t in &targets {
+                let live: Option<i32> = sqlx::query_scalar(with_engine(p, live))
+                    .bind(*t)
+                    .bind(&req.tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if live.is_some() {
+                    found.push(*t);
+                }
+            }
+            if let Some(gone) = targets.iter().find(|t| !found.iter().any(|f| f == *t)) {
+                outcomes.push(CreateOutcome::ConnectionGone((*gone).to_owned()));
+                continue;
+            }
+            if let Some(key) = &req.idempotency_key {
+                let fresh = sqlx::query(with_engine(p, key_insert))
+                    .bind(&req.tenant_id)
+                    .bind(key)
+                    .bind(&req.request_hash)
+                    .bind(&ids_json)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if !fresh {
+                    let seen: (String, String) = sqlx::query_as(with_engine(p, key_read))
+                        .bind(&req.tenant_id)
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    outcomes.push(replay!(tx, p, req, seen, &select));
+                    continue;
+                }
+            }
+            for r in &rows {
+                sqlx::query(with_engine(p, insert))
+                    .bind(&r.id)
+                    .bind(&r.tenant_id)
+                    .bind(&r.connection_id)
+                    .bind(&r.platform)
+                    .bind(&r.url)
+                    .bind(&r.title)
+                    .bind(&r.body)
+                    .bind(&r.image_url)
+                    .bind(&r.state)
+                    .bind(r.run_at)
+                    .bind(r.not_after)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            outcomes.push(CreateOutcome::Created(rows));
+        }
+        tx.commit().await?;
+        outcomes
+    }))
 }
