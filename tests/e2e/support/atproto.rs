@@ -93,6 +93,12 @@ pub struct World {
     pub assertion_kids: Vec<String>,
     pub records: HashMap<String, Value>,
     pub create_bodies: Vec<Value>,
+    /// App passwords by DID: `createSession` with one opens a legacy (Bearer) session.
+    pub app_passwords: HashMap<String, String>,
+    /// `createSession` calls that succeeded.
+    pub app_password_logins: usize,
+    /// Legacy access tokens → DID.
+    legacy: HashMap<String, String>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -687,67 +693,46 @@ async fn xrpc(
                 ),
             };
         }
+        // The legacy login of an app password (no DPoP; Bearer tokens after it).
+        "com.atproto.server.createSession" => {
+            let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let did = b["identifier"].as_str().unwrap_or("").to_owned();
+            if w.app_passwords.get(&did).map(String::as_str) != b["password"].as_str() {
+                return xrpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    "AuthenticationRequired",
+                    "Invalid identifier or password",
+                );
+            }
+            w.app_password_logins += 1;
+            w.counter += 1;
+            let access = format!("legacy-access-{}", w.counter);
+            w.legacy.insert(access.clone(), did.clone());
+            let handle = if did == DID { HANDLE } else { "other.test" };
+            return axum::Json(json!({
+                "accessJwt": access,
+                "refreshJwt": format!("legacy-refresh-{}", w.counter),
+                "did": did,
+                "handle": handle,
+            }))
+            .into_response();
+        }
         _ => {}
     }
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let Some(token) = auth.strip_prefix("DPoP ") else {
-        // A DPoP-bound token sent as Bearer is refused (the reference PDS: 400 InvalidToken).
-        return xrpc_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidToken",
-            "DPoP token required",
-        );
+    let legacy = auth
+        .strip_prefix("Bearer ")
+        .and_then(|t| w.legacy.get(t).cloned());
+    let (sub, nonce) = match legacy {
+        Some(did) => (did, None),
+        None => match dpop_session(&mut w, auth, &headers, &method, &uri) {
+            Ok((sub, nonce)) => (sub, Some(nonce)),
+            Err(res) => return res,
+        },
     };
-    let htu = format!("{}{}", w.pds, uri.path());
-    let nonce = w.pds_nonce.clone();
-    let jkt = match w.check_dpop(&headers, &method, &htu, &nonce, Some(token)) {
-        Ok(jkt) => jkt,
-        Err(DpopFail::Nonce) => {
-            w.pds_nonce_challenges += 1;
-            let mut res = with_nonce(
-                &nonce,
-                xrpc_error(
-                    StatusCode::UNAUTHORIZED,
-                    "use_dpop_nonce",
-                    "DPoP nonce required",
-                ),
-            );
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                r#"DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof""#
-                    .parse()
-                    .unwrap(),
-            );
-            return res;
-        }
-        Err(DpopFail::Invalid(e)) => {
-            return xrpc_error(StatusCode::BAD_REQUEST, "InvalidDpopProof", &e);
-        }
-    };
-    let session = w.access.get(token).copied();
-    let live = session.filter(|s| w.sessions[*s].alive && w.sessions[*s].jkt == jkt);
-    if w.expire_next_access || live.is_none() {
-        w.expire_next_access = false;
-        let mut res = with_nonce(
-            &nonce,
-            xrpc_error(
-                StatusCode::UNAUTHORIZED,
-                "InvalidToken",
-                "\"exp\" claim timestamp check failed",
-            ),
-        );
-        res.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            r#"DPoP error="invalid_token", error_description="\"exp\" claim timestamp check failed""#
-                .parse()
-                .unwrap(),
-        );
-        return res;
-    }
-    let sub = w.sessions[live.unwrap()].sub.clone();
     let handle = if sub == DID { HANDLE } else { "other.test" };
     let res = match nsid.as_str() {
         "com.atproto.server.getSession" => {
@@ -800,7 +785,77 @@ async fn xrpc(
             "Method Not Implemented",
         ),
     };
-    with_nonce(&nonce, res)
+    match nonce {
+        Some(nonce) => with_nonce(&nonce, res),
+        None => res,
+    }
+}
+
+/// The DID of the live OAuth session a DPoP-bound call belongs to, and the PDS's nonce; or the
+/// answer refusing the call.
+#[allow(clippy::result_large_err)]
+fn dpop_session(
+    w: &mut World,
+    auth: &str,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+) -> Result<(String, String), Response> {
+    let Some(token) = auth.strip_prefix("DPoP ") else {
+        // A DPoP-bound token sent as Bearer is refused (the reference PDS: 400 InvalidToken).
+        return Err(xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidToken",
+            "DPoP token required",
+        ));
+    };
+    let htu = format!("{}{}", w.pds, uri.path());
+    let nonce = w.pds_nonce.clone();
+    let jkt = match w.check_dpop(headers, method, &htu, &nonce, Some(token)) {
+        Ok(jkt) => jkt,
+        Err(DpopFail::Nonce) => {
+            w.pds_nonce_challenges += 1;
+            let mut res = with_nonce(
+                &nonce,
+                xrpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    "use_dpop_nonce",
+                    "DPoP nonce required",
+                ),
+            );
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                r#"DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof""#
+                    .parse()
+                    .unwrap(),
+            );
+            return Err(res);
+        }
+        Err(DpopFail::Invalid(e)) => {
+            return Err(xrpc_error(StatusCode::BAD_REQUEST, "InvalidDpopProof", &e));
+        }
+    };
+    let session = w.access.get(token).copied();
+    let live = session.filter(|s| w.sessions[*s].alive && w.sessions[*s].jkt == jkt);
+    if w.expire_next_access || live.is_none() {
+        w.expire_next_access = false;
+        let mut res = with_nonce(
+            &nonce,
+            xrpc_error(
+                StatusCode::UNAUTHORIZED,
+                "InvalidToken",
+                "\"exp\" claim timestamp check failed",
+            ),
+        );
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            r#"DPoP error="invalid_token", error_description="\"exp\" claim timestamp check failed""#
+                .parse()
+                .unwrap(),
+        );
+        return Err(res);
+    }
+    Ok((w.sessions[live.unwrap()].sub.clone(), nonce))
 }
 
 impl FakeAtproto {
