@@ -136,6 +136,12 @@ pub fn prometheus() -> PrometheusHandle {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), m::DURATION_BUCKETS)
                 .expect("buckets are not empty")
+                // A full name is matched before a suffix.
+                .set_buckets_for_metric(
+                    Matcher::Full(m::REAUTH_CLEARED_SECONDS.into()),
+                    m::REAUTH_CLEARED_BUCKETS,
+                )
+                .expect("buckets are not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             // Histogram samples wait in the recorder until drained; a scrape drains them, and

@@ -132,13 +132,20 @@ pub struct PlatformArgs {
     pub bluesky_client_keys: Option<String>,
 
     /// Where `did:plc` documents are read.
-    #[arg(long, env = "HERALD_BLUESKY_PLC_URL", default_value = herald_platforms::config::DEFAULT_PLC_URL)]
+    #[arg(long, env = "HERALD_BLUESKY_PLC_URL", default_value = herald_jobs::settings::DEFAULT_PLC_URL)]
     pub bluesky_plc_url: String,
 
     /// A service answering `com.atproto.identity.resolveHandle`, asked for handles that
     /// `https://<handle>/.well-known/atproto-did` does not resolve.
-    #[arg(long, env = "HERALD_BLUESKY_HANDLE_RESOLVER", default_value = herald_platforms::config::DEFAULT_HANDLE_RESOLVER)]
+    #[arg(long, env = "HERALD_BLUESKY_HANDLE_RESOLVER", default_value = herald_jobs::settings::DEFAULT_HANDLE_RESOLVER)]
     pub bluesky_handle_resolver: String,
+
+    /// Bluesky app passwords: `allow`; `refuse_new` (existing app-password connections keep
+    /// working, importing a new one answers 422 app_passwords_retired); `refuse` (as refuse_new,
+    /// and their shares park with the connection flagged needs_reauth until it is reconnected
+    /// with OAuth).
+    #[arg(long, env = "HERALD_BLUESKY_APP_PASSWORDS", default_value = "allow")]
+    pub bluesky_app_passwords: String,
 }
 
 /// A bound on `HERALD_CONCURRENCY` that only catches typos: what limits it in practice is memory
@@ -274,7 +281,7 @@ impl Config {
         &self.store.database_url
     }
 
-    fn bluesky(&self) -> anyhow::Result<herald_platforms::config::BlueskySettings> {
+    fn bluesky(&self) -> anyhow::Result<herald_jobs::settings::BlueskySettings> {
         let client_keys = self
             .platform
             .bluesky_client_keys
@@ -304,7 +311,16 @@ impl Config {
                 "{name} must be an http(s) URL"
             );
         }
-        Ok(herald_platforms::config::BlueskySettings {
+        let app_passwords =
+            herald_jobs::settings::AppPasswords::parse(&self.platform.bluesky_app_passwords)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "HERALD_BLUESKY_APP_PASSWORDS `{}` must be allow, refuse_new or refuse",
+                        self.platform.bluesky_app_passwords
+                    )
+                })?;
+        Ok(herald_jobs::settings::BlueskySettings {
+            app_passwords,
             client_keys,
             plc_url: self
                 .platform

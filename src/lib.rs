@@ -2,5 +2,6 @@
 //! and the end-to-end tests in `tests/`.
 
 pub mod app;
+pub mod bluesky;
 pub mod config;
 pub mod keys;

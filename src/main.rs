@@ -107,6 +107,26 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Bluesky maintenance: the app-password sunset.
+    Bluesky {
+        #[command(subcommand)]
+        command: BlueskyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlueskyCommand {
+    /// Erases the stored app passwords of Bluesky accounts that have moved to OAuth (an account
+    /// with a live OAuth connection): other tenants' connections of the account that still log
+    /// in with an app password. Each is flagged needs_reauth, so its work parks until it is
+    /// reconnected with OAuth. Lists them with --dry-run and changes nothing.
+    PurgeAppPasswords {
+        /// List what would be erased; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        store: StoreOnlyArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -153,6 +173,33 @@ enum KeysCommand {
         tenant: Option<String>,
         #[arg(long, conflicts_with = "tenant")]
         operator: bool,
+        /// What the key may do, comma-separated: read, share, connect (tenant keys), read,
+        /// admin (operator keys). Default: all of the role's.
+        #[arg(long)]
+        scopes: Option<String>,
+        /// The key stops working after this span: 90s, 15m, 12h, 30d. Default: never.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// A note shown by `herald keys list`.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        store: StoreOnlyArgs,
+    },
+    /// Lists API keys (never their secrets): id, role, tenant, scopes, status, expiry, last use.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Revoked and expired keys too.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        store: StoreOnlyArgs,
+    },
+    /// Revokes an API key by id (`key_...`). API processes refuse it within 5 seconds.
+    Revoke {
+        id: String,
         #[command(flatten)]
         store: StoreOnlyArgs,
     },
@@ -321,6 +368,14 @@ async fn main() -> anyhow::Result<()> {
                 app::redact_url(&args.store.database_url)
             );
         }
+        Command::Bluesky {
+            command: BlueskyCommand::PurgeAppPasswords { dry_run, store },
+        } => {
+            init_logs(&store.log.log_format);
+            let store = migrated_store(&store.store.database_url).await?;
+            let report = herald::bluesky::purge_app_passwords(&store, dry_run).await?;
+            print!("{report}");
+        }
         Command::Keys { command } => match command {
             KeysCommand::Generate => println!("{}", KeyRing::generate_spec()),
             KeysCommand::GenerateBluesky => {
@@ -332,14 +387,48 @@ async fn main() -> anyhow::Result<()> {
             KeysCommand::Create {
                 tenant,
                 operator,
+                scopes,
+                expires_in,
+                label,
                 store,
             } => {
                 init_logs(&store.log.log_format);
                 let store = migrated_store(&store.store.database_url).await?;
-                let key = keys::create(&store, tenant.as_deref(), operator).await?;
-                println!("{key}");
+                let req = herald_jobs::api_keys::KeyRequest {
+                    tenant,
+                    operator,
+                    scopes: scopes.map(|s| {
+                        s.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    }),
+                    expires_in,
+                    expires_at: None,
+                    label,
+                };
+                let created = keys::create_with(&store, &req).await?;
+                println!("{}", created.key);
                 eprintln!(
-                    "This key is shown once; Herald stores only its hash. Send it as `Authorization: Bearer <key>`."
+                    "Key {} ({}), shown once; Herald stores only its hash. Send it as `Authorization: Bearer <key>`.",
+                    created.row.id, created.row.scopes
+                );
+            }
+            KeysCommand::List { tenant, all, store } => {
+                init_logs(&store.log.log_format);
+                let store = migrated_store(&store.store.database_url).await?;
+                let rows = keys::list(&store, tenant.as_deref(), all).await?;
+                print!("{}", keys::format_list(&rows));
+            }
+            KeysCommand::Revoke { id, store } => {
+                init_logs(&store.log.log_format);
+                let store = migrated_store(&store.store.database_url).await?;
+                let row = keys::revoke(&store, &id).await?;
+                println!("{}\trevoked", row.id);
+                eprintln!(
+                    "API processes refuse it within {} seconds.",
+                    herald_jobs::store::KEY_CACHE_TTL.as_secs()
                 );
             }
             KeysCommand::Rotate { store, vault } => {

@@ -105,6 +105,15 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// A 403 for a key of the right role without the scope the route needs.
+    pub fn insufficient_scope(scope: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this key lacks the `{scope}` scope this endpoint needs"),
+        )
+    }
+
     /// A failure of ours: logged here, once, and shown to the caller without internals.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "request failed");

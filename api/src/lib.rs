@@ -31,7 +31,9 @@ pub struct ApiState {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    use routes::{connect, connections, health, jobs, metrics, oauth_client, platforms, shares};
+    use routes::{
+        connect, connections, health, jobs, keys, metrics, oauth_client, ops, platforms, shares,
+    };
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
         .route("/v1/shares/{id}", get(shares::get).delete(shares::cancel))
@@ -64,6 +66,9 @@ pub fn router(state: ApiState) -> Router {
             "/v1/jobs/{id}/replay",
             axum::routing::post(jobs::replay_one),
         )
+        .route("/v1/ops/connections", get(ops::connections))
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

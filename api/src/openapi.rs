@@ -6,7 +6,9 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::routes::{connect, connections, health, jobs, oauth_client, platforms, shares};
+use crate::routes::{
+    connect, connections, health, jobs, keys, oauth_client, ops, platforms, shares,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,12 +19,14 @@ use crate::routes::{connect, connections, health, jobs, oauth_client, platforms,
         connect::start, connect::callback,
         oauth_client::client_metadata, oauth_client::jwks,
         jobs::list, jobs::get, jobs::replay_one, jobs::replay_bulk,
+        ops::connections,
+        keys::list, keys::create, keys::revoke,
         platforms::list,
         health::healthz, health::readyz,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
-        jobs::JobState, jobs::JobQueueName, jobs::ShareQueueName,
+        jobs::JobState, jobs::JobQueueName, jobs::ShareQueueName, keys::KeyScope,
         herald_platforms::PlatformKind, herald_jobs::store::ShareState,
     )),
     modifiers(&ApiKeyAuth, &CommonResponses),
@@ -39,10 +43,13 @@ const NO_NUL: &str = "^[^\\u0000]*$";
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use axum::http::Method;
+        use herald_jobs::store::ApiKeyRole;
         use utoipa::openapi::{
             ContentBuilder, Ref, RefOr, ResponseBuilder,
             path::{Operation, ParameterIn},
             schema::{Schema, SchemaType, Type},
+            security::SecurityRequirement,
         };
         let error = |description: &str| {
             ResponseBuilder::new()
@@ -63,25 +70,44 @@ impl Modify for CommonResponses {
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let ops = [
-                item.get.as_mut(),
-                item.put.as_mut(),
-                item.post.as_mut(),
-                item.delete.as_mut(),
-                item.patch.as_mut(),
+                (Method::GET, item.get.as_mut()),
+                (Method::PUT, item.put.as_mut()),
+                (Method::POST, item.post.as_mut()),
+                (Method::DELETE, item.delete.as_mut()),
+                (Method::PATCH, item.patch.as_mut()),
             ];
-            for op in ops.into_iter().flatten() {
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let method = &method;
                 let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
                 if secured {
-                    add(op, "401", "`unauthorized`: no API key, or not a valid one");
-                    if op.tags.iter().flatten().any(|t| t == "operators") {
-                        add(op, "403", "`forbidden`: not an operator key");
+                    add(
+                        op,
+                        "401",
+                        "`unauthorized`: no API key, or not a valid one (unknown, revoked or expired)",
+                    );
+                    // The scope the route needs (`auth::ROUTE_SCOPES`), as the requirement's
+                    // scope list and in the 403's description.
+                    let role = if op.tags.iter().flatten().any(|t| t == "operators") {
+                        ApiKeyRole::Operator
                     } else {
-                        add(
-                            op,
-                            "403",
-                            "`forbidden`: an operator key where a tenant key is needed",
-                        );
-                    }
+                        ApiKeyRole::Tenant
+                    };
+                    let scope = crate::auth::scope_for(method, Some(path.as_str()), role).as_str();
+                    op.security = Some(vec![SecurityRequirement::new("api_key", [scope])]);
+                    let forbidden = match role {
+                        ApiKeyRole::Operator => "`forbidden`: not an operator key",
+                        ApiKeyRole::Tenant => {
+                            "`forbidden`: an operator key where a tenant key is needed"
+                        }
+                    };
+                    add(
+                        op,
+                        "403",
+                        &format!(
+                            "{forbidden}; `insufficient_scope`: the key lacks the `{scope}` scope"
+                        ),
+                    );
                 }
                 if op.request_body.is_some() {
                     add(op, "400", "`invalid_json`: the body is not JSON");

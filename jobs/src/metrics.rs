@@ -39,7 +39,8 @@ const fn concat<const N: usize>(a: &[Metric], b: &[Metric]) -> [Metric; N] {
 // job_retries_total, jobs_parked_total, jobs_dead_total{queue,platform};
 // rate_limit_deferrals_total{queue,platform,scope};
 // queue_depth{queue,state}; queue_oldest_age_seconds{queue};
-// connections, connections_needing_reauth, connections_refresh_failing{platform};
+// connections{platform,auth}; connections_needing_reauth, connections_needing_reauth_over_48h,
+// connections_refresh_failing, reauth_cleared_seconds{platform};
 // token_refreshes_total{platform,result}; oauth_starts_total{platform};
 // oauth_callbacks_total{platform,result}; platform_requests_total{platform,operation,status_class};
 // platform_request_duration_seconds{platform,operation}; api_requests_total{method,route,status};
@@ -61,9 +62,13 @@ declare! {
     QUEUE_OLDEST_AGE_SECONDS = "herald_queue_oldest_age_seconds", Gauge,
         "Age of the oldest job that is due and not yet started, by queue, read at scrape time.";
     CONNECTIONS = "herald_connections", Gauge,
-        "Connected accounts by platform, read at scrape time.";
+        "Connected accounts by platform and auth (oauth; app_password: a Bluesky app password), read at scrape time.";
     CONNECTIONS_NEEDING_REAUTH = "herald_connections_needing_reauth", Gauge,
         "Connected accounts flagged needs_reauth, by platform, read at scrape time.";
+    CONNECTIONS_NEEDING_REAUTH_OVER_48H = "herald_connections_needing_reauth_over_48h", Gauge,
+        "Connected accounts flagged needs_reauth for more than 48 hours (a reauthorize prompt not answered in time), by platform, read at scrape time.";
+    REAUTH_CLEARED_SECONDS = "herald_reauth_cleared_seconds", Histogram,
+        "Time from a connection being flagged needs_reauth to its reconnect being verified and the flag cleared, by platform.";
     CONNECTIONS_REFRESH_FAILING = "herald_connections_refresh_failing", Gauge,
         "Connections with 3 or more token refresh failures in the last 24 hours, by platform, read at scrape time.";
     TOKEN_REFRESHES_TOTAL = "herald_token_refreshes_total", Counter,
@@ -121,17 +126,23 @@ pub const CALLBACK_RESULTS: &[&str] = &[
     "verify_failed",
 ];
 
+/// How a connection authenticates, as `herald_connections{auth}` labels it.
+pub const CONNECTION_AUTHS: &[&str] = &["oauth", "app_password"];
+
 /// Scopes of a rate-limit deferral, as `herald_rate_limit_deferrals_total{scope}` labels them.
 pub const DEFERRAL_SCOPES: &[&str] = &["account", "app", "fair_share"];
 
 /// Creates the counters whose label values are known in advance at zero, so Prometheus sees them
 /// before their first increment and `rate()` counts that increment (a series that first appears
-/// at 1 shows no increase). A few dozen series: platforms times results.
+/// at 1 shows no increase). A few hundred series: platforms times results and buckets.
 pub fn zero_known_series() {
     use crate::payloads::QueueName;
     use herald_platforms::PlatformKind;
     for platform in PlatformKind::ALL.map(PlatformKind::as_str) {
         metrics::counter!(OAUTH_STARTS_TOTAL, "platform" => platform).increment(0);
+        // Registered without a sample: exported at zero, so the first prompt cleared is an
+        // increase (the 48-hour rule reads `increase()` of its buckets).
+        let _ = metrics::histogram!(REAUTH_CLEARED_SECONDS, "platform" => platform);
         for result in CALLBACK_RESULTS {
             metrics::counter!(OAUTH_CALLBACKS_TOTAL, "platform" => platform, "result" => *result)
                 .increment(0);
@@ -151,6 +162,25 @@ pub fn zero_known_series() {
         }
     }
 }
+
+/// How long a reauthorize prompt stays unanswered before `herald_connections_needing_reauth_over_48h`
+/// counts it (the Bluesky plan's target: 90 % cleared within 48 hours).
+pub const REAUTH_PROMPT_TARGET: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
+
+/// Buckets of `herald_reauth_cleared_seconds`: minutes to weeks, with 48 h (172800) among them
+/// so the share cleared within the target is one bucket over the count.
+pub const REAUTH_CLEARED_BUCKETS: &[f64] = &[
+    300.0,
+    900.0,
+    3600.0,
+    14_400.0,
+    43_200.0,
+    86_400.0,
+    172_800.0,
+    259_200.0,
+    604_800.0,
+    2_592_000.0,
+];
 
 /// Histogram buckets for job and request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[

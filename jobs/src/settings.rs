@@ -5,12 +5,101 @@ use std::time::Duration;
 
 use herald_platforms::{
     PlatformKind,
-    bluesky::oauth::ClientConfig,
-    config::{BlueskySettings, PlatformApps},
+    bluesky::{jwt::EsKey, oauth::ClientConfig},
+    config::PlatformApps,
     ssrf::SsrfGuard,
 };
 
 use crate::retry::RetryPolicy;
+
+/// Bluesky's OAuth client and where identities are looked up.
+#[derive(Debug, Clone)]
+pub struct BlueskySettings {
+    /// `HERALD_BLUESKY_CLIENT_KEYS`: ES256 keys for `private_key_jwt` (the first signs new
+    /// sessions, all are published). Empty: the loopback development client.
+    pub client_keys: Vec<EsKey>,
+    /// `HERALD_BLUESKY_PLC_URL`: where `did:plc` documents are read.
+    pub plc_url: String,
+    /// `HERALD_BLUESKY_HANDLE_RESOLVER`: a service answering `com.atproto.identity.resolveHandle`
+    /// for handles that `https://<handle>/.well-known/atproto-did` does not resolve.
+    pub handle_resolver: String,
+    /// `HERALD_BLUESKY_APP_PASSWORDS`: whether app-password connections are still taken.
+    pub app_passwords: AppPasswords,
+}
+
+/// The app-password sunset (`HERALD_BLUESKY_APP_PASSWORDS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AppPasswords {
+    /// App-password connections are imported and used.
+    #[default]
+    Allow,
+    /// Existing app-password connections keep working; importing a new one (or turning an
+    /// OAuth connection into one) answers `422 app_passwords_retired`.
+    RefuseNew,
+    /// As `RefuseNew`, and the existing ones are no longer used: their shares park and the
+    /// connection is flagged `needs_reauth`, asking for an OAuth reconnect.
+    Refuse,
+}
+
+/// Why a share of an app-password connection parks under [`AppPasswords::Refuse`].
+pub const APP_PASSWORDS_REFUSED: &str = "Bluesky app passwords are retired here (HERALD_BLUESKY_APP_PASSWORDS=refuse): reconnect the account with OAuth";
+
+impl AppPasswords {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "allow" => Some(Self::Allow),
+            "refuse_new" => Some(Self::RefuseNew),
+            "refuse" => Some(Self::Refuse),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::RefuseNew => "refuse_new",
+            Self::Refuse => "refuse",
+        }
+    }
+
+    /// Whether storing `new` over the tenant's live connection of the same account
+    /// (`existing`) is allowed: anything but an app-password connection always is; one that
+    /// already was an app-password connection is under `refuse_new`, a new one only under
+    /// `allow`.
+    pub fn admits(
+        self,
+        new: &crate::store::NewConnection,
+        existing: Option<&crate::store::ConnectionRow>,
+    ) -> bool {
+        if !new.is_app_password(existing) {
+            return true;
+        }
+        match self {
+            Self::Allow => true,
+            Self::RefuseNew => existing.is_some_and(|e| e.is_app_password()),
+            Self::Refuse => false,
+        }
+    }
+
+    /// Why this connection may not be used now, if that is so.
+    pub fn refuses(self, conn: &crate::store::ConnectionRow) -> Option<&'static str> {
+        (self == Self::Refuse && conn.is_app_password()).then_some(APP_PASSWORDS_REFUSED)
+    }
+}
+
+pub const DEFAULT_PLC_URL: &str = "https://plc.directory";
+pub const DEFAULT_HANDLE_RESOLVER: &str = "https://public.api.bsky.app";
+
+impl Default for BlueskySettings {
+    fn default() -> Self {
+        Self {
+            client_keys: Vec::new(),
+            plc_url: DEFAULT_PLC_URL.into(),
+            handle_resolver: DEFAULT_HANDLE_RESOLVER.into(),
+            app_passwords: AppPasswords::Allow,
+        }
+    }
+}
 
 /// `HERALD_PUBLIC_URL` when unset: the default listen address.
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";

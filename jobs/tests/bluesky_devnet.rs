@@ -396,6 +396,7 @@ mod oauth {
         connect::{self, Callback, CallbackParams, StartRequest},
         handlers::refresh::{self, Refresh},
         queue::{SqliteQueue, Wakeups},
+        settings::BlueskySettings,
         store::{Pool, Store, StoredTokens},
         vault::KeyRing,
     };
@@ -406,7 +407,6 @@ mod oauth {
             jwt::EsKey,
             oauth::{CLIENT_METADATA_PATH, JWKS_PATH},
         },
-        config::BlueskySettings,
         http,
         ssrf::SsrfGuard,
     };
@@ -446,6 +446,7 @@ mod oauth {
                 client_keys: keys,
                 plc_url: net.plc_url.clone(),
                 handle_resolver: net.pds_url.clone(),
+                ..BlueskySettings::default()
             },
             ..Settings::default()
         };

@@ -1,10 +1,11 @@
 //! What the platform clients are configured with: Herald's app on each platform that has one
-//! (`HERALD_<X|LINKEDIN|FACEBOOK|INSTAGRAM|THREADS>_*`) and Bluesky's identity services. The
-//! binary reads them once at start (see `.env.example`); tests build them directly.
+//! (`HERALD_<X|LINKEDIN|FACEBOOK|INSTAGRAM|THREADS>_*`). The binary reads them once at start
+//! (see `.env.example`); tests build them directly. Bluesky's client is Herald itself
+//! (`bluesky::oauth::ClientConfig`).
 
 use secrecy::SecretString;
 
-use crate::{bluesky::jwt::EsKey, kind::PlatformKind, oauth::OAuthClient};
+use crate::{kind::PlatformKind, oauth::OAuthClient};
 
 /// A platform app's credentials (X, LinkedIn and Meta need one; Mastodon registers an app per
 /// instance and Bluesky's client is Herald itself). The URLs default to the platform's own.
@@ -85,32 +86,6 @@ impl PlatformApps {
             facebook: read("FACEBOOK"),
             instagram: read("INSTAGRAM"),
             threads: read("THREADS"),
-        }
-    }
-}
-
-/// Bluesky's OAuth client and where identities are looked up.
-#[derive(Debug, Clone)]
-pub struct BlueskySettings {
-    /// `HERALD_BLUESKY_CLIENT_KEYS`: ES256 keys for `private_key_jwt` (the first signs new
-    /// sessions, all are published). Empty: the loopback development client.
-    pub client_keys: Vec<EsKey>,
-    /// `HERALD_BLUESKY_PLC_URL`: where `did:plc` documents are read.
-    pub plc_url: String,
-    /// `HERALD_BLUESKY_HANDLE_RESOLVER`: a service answering `com.atproto.identity.resolveHandle`
-    /// for handles that `https://<handle>/.well-known/atproto-did` does not resolve.
-    pub handle_resolver: String,
-}
-
-pub const DEFAULT_PLC_URL: &str = "https://plc.directory";
-pub const DEFAULT_HANDLE_RESOLVER: &str = "https://public.api.bsky.app";
-
-impl Default for BlueskySettings {
-    fn default() -> Self {
-        Self {
-            client_keys: Vec::new(),
-            plc_url: DEFAULT_PLC_URL.into(),
-            handle_resolver: DEFAULT_HANDLE_RESOLVER.into(),
         }
     }
 }

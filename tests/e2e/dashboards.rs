@@ -346,10 +346,10 @@ fn every_seed_recording_rule_is_on_a_dashboard_and_refresh_failing_links_to_the_
                 .into_iter()
                 .flatten()
                 .filter_map(|link| link.get("url").and_then(Value::as_str))
-                .any(|url| url.ends_with("/v1/connections?refresh_failing=true"));
+                .any(|url| url.contains("/v1/ops/connections?refresh_failing=true"));
             if uses_gauge && !links_api {
                 problems.push(format!(
-                    "{file} panel {:?} shows refresh failures without a link to GET /v1/connections?refresh_failing=true",
+                    "{file} panel {:?} shows refresh failures without a link to GET /v1/ops/connections?refresh_failing=true",
                     title(panel)
                 ));
             }

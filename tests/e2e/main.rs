@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod bluesky_app_passwords;
 mod bluesky_oauth;
 mod checkpoints;
 mod cli;
@@ -12,8 +13,10 @@ mod connect;
 mod contract;
 mod dashboards;
 mod delivery;
+mod keys;
 mod lifecycle;
 mod observability;
+mod ops;
 mod outage;
 mod platforms;
 mod rate_limits;

@@ -82,6 +82,13 @@ async fn workload(app: &TestApp, x: &FakeX) {
     app.mastodon.script([Reply::InvalidToken]);
     let parked = app.share(&conn, "parked").await;
     assert_eq!(app.settled(&parked).await["state"], "parked");
+    // The person reconnects: a worker verifies the new token and clears the flag (the wait is
+    // herald_reauth_cleared_seconds), and the parked share posts.
+    app.mastodon_connection().await;
+    app.share_until(&parked, Duration::from_secs(20), |s| {
+        s["state"] == "succeeded"
+    })
+    .await;
     // A follower sync on a healthy connection.
     let other = app
         .mastodon_connection_with(&app.key, "110", &app.mastodon.token.clone())

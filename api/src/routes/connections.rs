@@ -2,7 +2,10 @@
 
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
-use herald_jobs::store::{ConnectionRow, NewConnection, StoredTokens};
+use herald_jobs::{
+    settings::AppPasswords,
+    store::{ConnectionRow, NewConnection, StoredTokens},
+};
 use herald_platforms::{PlatformKind, Platforms};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -63,6 +66,12 @@ pub struct ConnectionView {
     pub reconnect_by: Option<DateTime<Utc>>,
     /// The credentials are dead: the user must reconnect; work for it is parked meanwhile.
     pub needs_reauth: bool,
+    /// When the connection was flagged `needs_reauth`; absent while it is not.
+    pub needs_reauth_since: Option<DateTime<Utc>>,
+    /// `app_password` for a Bluesky connection that logs in with an app password, `oauth` for
+    /// every other.
+    #[schema(example = "oauth")]
+    pub auth: String,
     pub last_error: Option<String>,
     /// The app's id of the user who connected the account through `/v1/connect`.
     pub user_id: Option<String>,
@@ -88,6 +97,8 @@ impl ConnectionView {
             handle: r.handle,
             token_expires_at: r.token_expires_at,
             needs_reauth: r.needs_reauth,
+            needs_reauth_since: r.needs_reauth_since,
+            auth: r.auth,
             last_error: r.last_error,
             user_id: r.user_id,
             created_at: r.created_at,
@@ -126,7 +137,7 @@ fn required(field: &str, v: &str, max: usize) -> ApiResult<String> {
 #[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = CreateConnectionRequest,
     responses(
         (status = 201, body = ConnectionView),
-        (status = 422, description = "A field is invalid; `field` names it", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it. `app_passwords_retired` (field `access_token`): a new Bluesky app-password connection while `HERALD_BLUESKY_APP_PASSWORDS` is `refuse_new` or `refuse`; connect with OAuth instead", body = crate::error::ErrorBody),
     ), security(("api_key" = [])))]
 pub async fn create(
     State(state): State<ApiState>,
@@ -210,6 +221,21 @@ pub async fn create(
             expires_at,
         },
     };
+    let app_passwords = state.ctx.settings.bluesky.app_passwords;
+    if platform == PlatformKind::Bluesky && app_passwords != AppPasswords::Allow {
+        let existing = state
+            .ctx
+            .store
+            .tenant_connection_of_account(&tenant.id, platform.as_str(), &new.platform_account_id)
+            .await?;
+        if !app_passwords.admits(&new, existing.as_ref()) {
+            return Err(ApiError::invalid(
+                "access_token",
+                "app_passwords_retired",
+                "Bluesky app passwords are retired here: connect the account with OAuth (POST /v1/connect/bluesky)",
+            ));
+        }
+    }
     let row = state
         .ctx
         .store

@@ -2,8 +2,10 @@ pub mod connect;
 pub mod connections;
 pub mod health;
 pub mod jobs;
+pub mod keys;
 pub mod metrics;
 pub mod oauth_client;
+pub mod ops;
 pub mod platforms;
 pub mod shares;
 

@@ -22,7 +22,12 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
         return Ok(());
     };
     let platform_name = conn.platform.clone();
-    if conn.needs_reauth {
+    if let Some(reason) = ctx.settings.bluesky.app_passwords.refuses(&conn) {
+        ctx.store
+            .mark_needs_reauth(&conn.id, reason, chrono::Utc::now())
+            .await?;
+    }
+    if conn.needs_reauth || ctx.settings.bluesky.app_passwords.refuses(&conn).is_some() {
         metrics::counter!(m::JOBS_PARKED_TOTAL, "queue" => QUEUE, "platform" => platform_name)
             .increment(1);
         return Ok(());

@@ -24,19 +24,32 @@ pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
         .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
     metrics::gauge!(m::QUEUE_OLDEST_AGE_SECONDS, "queue" => share).set(age);
 
-    let counts = ctx.store.connection_counts().await?;
+    let target = chrono::Duration::from_std(m::REAUTH_PROMPT_TARGET)?;
+    let counts = ctx.store.connection_counts(now - target).await?;
     let failing = ctx
         .store
         .refresh_failing_counts(now - chrono::Duration::hours(24), 3)
         .await?;
     for kind in PlatformKind::ALL {
-        let (all, reauth) = counts
-            .iter()
-            .find(|(p, _, _)| p == kind.as_str())
-            .map_or((0, 0), |(_, a, r)| (*a, *r));
-        metrics::gauge!(m::CONNECTIONS, "platform" => kind.as_str()).set(all as f64);
+        let of_platform = || counts.iter().filter(|c| c.platform == kind.as_str());
+        for auth in m::CONNECTION_AUTHS {
+            // Only Bluesky has app passwords; the other platforms export `oauth` alone.
+            if *auth != "oauth" && kind != PlatformKind::Bluesky {
+                continue;
+            }
+            let live: i64 = of_platform()
+                .filter(|c| c.auth == *auth)
+                .map(|c| c.live)
+                .sum();
+            metrics::gauge!(m::CONNECTIONS, "platform" => kind.as_str(), "auth" => *auth)
+                .set(live as f64);
+        }
+        let reauth: i64 = of_platform().map(|c| c.needing_reauth).sum();
+        let overdue: i64 = of_platform().map(|c| c.flagged_before).sum();
         metrics::gauge!(m::CONNECTIONS_NEEDING_REAUTH, "platform" => kind.as_str())
             .set(reauth as f64);
+        metrics::gauge!(m::CONNECTIONS_NEEDING_REAUTH_OVER_48H, "platform" => kind.as_str())
+            .set(overdue as f64);
         let f = failing
             .iter()
             .find(|(p, _)| p == kind.as_str())

@@ -235,6 +235,11 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
             {
                 return Ok(()); // tokens changed again since; that write brings its own check
             }
+            if let Some(since) = conn.needs_reauth_since {
+                let waited = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics::histogram!(m::REAUTH_CLEARED_SECONDS, "platform" => conn.platform.clone())
+                    .record(waited);
+            }
             let (resumed, expired) = ctx.store.resume_parked(&conn.id, now).await?;
             info!(connection.id = %conn.id, platform = %conn.platform, resumed = resumed.len(), expired, "connection verified; parked shares resumed");
             for share in &resumed {

@@ -185,6 +185,15 @@ async fn decide(
     if conn.needs_reauth {
         return Ok(parked(&conn));
     }
+    if let Some(reason) = ctx.settings.bluesky.app_passwords.refuses(&conn) {
+        ctx.store
+            .mark_needs_reauth(&conn.id, reason, Utc::now())
+            .await?;
+        return Ok(ShareUpdate::Parked {
+            class: ErrorClass::NeedsReauth,
+            message: reason.into(),
+        });
+    }
     // The platform said this account must wait: every share of it waits, without a call.
     if let Some(until) = conn.rate_limited_until.filter(|t| *t > Utc::now()) {
         return Ok(ShareUpdate::Deferred {

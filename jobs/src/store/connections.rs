@@ -10,9 +10,10 @@ use crate::{
     vault::{KeyRing, Slot, VaultError},
 };
 
-const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
+pub(super) const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
     access_token_enc, refresh_token_enc, dpop_key_enc, token_expires_at, token_generation, \
-    needs_reauth, last_error, created_at, updated_at, revoked_at, rate_limited_until, user_id";
+    needs_reauth, last_error, created_at, updated_at, revoked_at, rate_limited_until, user_id, \
+    needs_reauth_since, auth";
 
 /// A connection as stored; token columns hold vault envelopes, never clear text.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -38,6 +39,10 @@ pub struct ConnectionRow {
     pub rate_limited_until: Option<DateTime<Utc>>,
     /// The app's id of the user who connected the account (connect flow only).
     pub user_id: Option<String>,
+    /// When the connection was flagged `needs_reauth`; `None` while it is not.
+    pub needs_reauth_since: Option<DateTime<Utc>>,
+    /// `app_password` (a Bluesky app password) or `oauth` (every other connection).
+    pub auth: String,
 }
 
 impl ConnectionRow {
@@ -52,6 +57,11 @@ impl ConnectionRow {
             handle: self.handle.clone(),
             extras,
         }
+    }
+
+    /// A Bluesky connection that logs in with an app password.
+    pub fn is_app_password(&self) -> bool {
+        self.auth == AUTH_APP_PASSWORD
     }
 
     pub fn has_refresh_token(&self) -> bool {
@@ -100,6 +110,16 @@ impl ConnectionRow {
     }
 }
 
+/// Live connections of one platform and `auth` ([`Store::connection_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ConnectionCount {
+    pub platform: String,
+    pub auth: String,
+    pub live: i64,
+    pub needing_reauth: i64,
+    pub flagged_before: i64,
+}
+
 /// Tokens and identity to store for an account.
 #[derive(Debug, Clone)]
 pub struct NewConnection {
@@ -118,6 +138,37 @@ pub struct StoredTokens {
     pub refresh_token: Option<SecretString>,
     pub dpop_key: Option<SecretString>,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `connections.auth` of a Bluesky app-password connection.
+pub const AUTH_APP_PASSWORD: &str = "app_password";
+
+/// `extras.auth` when it names one of the two ways a connection authenticates.
+fn explicit_auth(extras: &serde_json::Map<String, serde_json::Value>) -> Option<&str> {
+    extras
+        .get("auth")
+        .and_then(|v| v.as_str())
+        .filter(|a| matches!(*a, "oauth" | AUTH_APP_PASSWORD))
+}
+
+impl NewConnection {
+    /// Whether storing this over `existing` (the live connection of the same account, if any)
+    /// leaves a Bluesky app-password connection: the rule `connections.auth` is written with,
+    /// and the one the Bluesky client follows (`extras.auth`, else OAuth when a DPoP key or a
+    /// refresh token is stored).
+    pub fn is_app_password(&self, existing: Option<&ConnectionRow>) -> bool {
+        if self.platform != PlatformKind::Bluesky {
+            return false;
+        }
+        if let Some(auth) = explicit_auth(&self.extras) {
+            return auth == AUTH_APP_PASSWORD;
+        }
+        let t = &self.tokens;
+        let oauth = t.dpop_key.is_some()
+            || t.refresh_token.is_some()
+            || existing.is_some_and(|e| e.dpop_key_enc.is_some() || e.refresh_token_enc.is_some());
+        !oauth
+    }
 }
 
 fn seal(
@@ -181,7 +232,10 @@ impl Store {
                 sqlx::query(crate::store::with_engine(p, "UPDATE connections SET handle = $2, extras = $3, scopes = $4, \
                 access_token_enc = $5, refresh_token_enc = COALESCE($6, refresh_token_enc), \
                 dpop_key_enc = COALESCE($7, dpop_key_enc), token_expires_at = $8, \
-                token_generation = token_generation + 1, revoked_at = NULL, updated_at = $9 WHERE id = $1"))
+                token_generation = token_generation + 1, revoked_at = NULL, updated_at = $9, \
+                auth = CASE WHEN platform <> 'bluesky' THEN 'oauth' WHEN $10 IS NOT NULL THEN $10 \
+                    WHEN COALESCE($7, dpop_key_enc) IS NOT NULL OR COALESCE($6, refresh_token_enc) IS NOT NULL THEN 'oauth' \
+                    ELSE 'app_password' END WHERE id = $1"))
                 .bind(&id)
                 .bind(&new.handle)
                 .bind(&extras)
@@ -191,6 +245,7 @@ impl Store {
                 .bind(seal(vault, &id, "dpop_key", &t.dpop_key)?)
                 .bind(t.expires_at)
                 .bind(now)
+                .bind(explicit_auth(&new.extras))
                 .execute(&mut *tx)
                 .await?;
                 let row: ConnectionRow = sqlx::query_as(crate::store::with_engine(p, &select))
@@ -291,7 +346,8 @@ impl Store {
     ) -> Result<()> {
         with_pool!(
             &self.pool,
-            "UPDATE connections SET needs_reauth = TRUE, last_error = $2, updated_at = $3 WHERE id = $1",
+            "UPDATE connections SET needs_reauth = TRUE, last_error = $2, updated_at = $3, \
+             needs_reauth_since = CASE WHEN needs_reauth THEN COALESCE(needs_reauth_since, $3) ELSE $3 END WHERE id = $1",
             |p, sql| {
                 sqlx::query(sql)
                     .bind(id)
@@ -304,12 +360,22 @@ impl Store {
         Ok(())
     }
 
-    /// Connections by platform: (platform, live connections, of which needing reauth).
-    pub async fn connection_counts(&self) -> Result<Vec<(String, i64, i64)>> {
+    /// Live connections by platform and `auth`, with how many are flagged `needs_reauth`, and
+    /// of those how many were flagged before `flagged_before`.
+    pub async fn connection_counts(
+        &self,
+        flagged_before: DateTime<Utc>,
+    ) -> Result<Vec<ConnectionCount>> {
         Ok(with_pool!(
             &self.pool,
-            "SELECT platform, COUNT(*), SUM(CASE WHEN needs_reauth THEN 1 ELSE 0 END) FROM connections WHERE revoked_at IS NULL GROUP BY platform",
-            |p, sql| sqlx::query_as(sql).fetch_all(p).await?
+            "SELECT platform, auth, COUNT(*) AS live, \
+             SUM(CASE WHEN needs_reauth THEN 1 ELSE 0 END) AS needing_reauth, \
+             SUM(CASE WHEN needs_reauth AND needs_reauth_since < $1 THEN 1 ELSE 0 END) AS flagged_before \
+             FROM connections WHERE revoked_at IS NULL GROUP BY platform, auth",
+            |p, sql| sqlx::query_as(sql)
+                .bind(flagged_before)
+                .fetch_all(p)
+                .await?
         ))
     }
 

@@ -167,7 +167,8 @@ impl Store {
     ) -> Result<bool> {
         Ok(with_pool!(
             &self.pool,
-            "UPDATE connections SET needs_reauth = FALSE, last_error = NULL, updated_at = $3 WHERE id = $1 AND token_generation = $2",
+            "UPDATE connections SET needs_reauth = FALSE, needs_reauth_since = NULL, last_error = NULL, updated_at = $3 \
+             WHERE id = $1 AND token_generation = $2",
             |p, sql| {
                 sqlx::query(sql)
                     .bind(id)

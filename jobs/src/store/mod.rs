@@ -6,23 +6,32 @@
 //! engines compare them the same way.
 
 mod app_limits;
+mod app_passwords;
 mod connect;
 mod connections;
 mod followers;
 mod group_commit;
 mod keys;
 mod lifecycle;
+mod ops;
 mod recent;
 mod replay;
 mod share_queue;
 mod shares;
 
 pub use app_limits::{Admission, AppKey, AppLimitRow};
+pub use app_passwords::APP_PASSWORD_ERASED;
 pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
-pub use connections::{ConnectionRow, NewConnection, StoredTokens};
+pub use connections::{
+    AUTH_APP_PASSWORD, ConnectionCount, ConnectionRow, NewConnection, StoredTokens,
+};
 pub use followers::SyncRun;
-pub use keys::{ApiKeyRole, AuthedKey};
+pub use keys::{
+    ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, LAST_USED_EVERY, NewApiKey, Scope,
+    Scopes,
+};
 pub use lifecycle::{DueFor, TokenWrite};
+pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Finished, NewShare,
@@ -120,6 +129,8 @@ pub const RECENT_CONNECTION_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// API keys' rows in memory for a few seconds (`keys::KEY_CACHE_TTL`), shared by clones.
+    key_cache: std::sync::Arc<keys::KeyCache>,
     /// Attempt outcomes, written together (`group_commit.rs`).
     outcomes: std::sync::Arc<group_commit::GroupCommit<shares::FinishRequest, Option<Finished>>>,
     /// The Redis path's claims, taken together.
@@ -167,6 +178,7 @@ impl Store {
         };
         Ok(Self {
             pool,
+            key_cache: Default::default(),
             outcomes: group_commit::GroupCommit::new(shares::finish_batch),
             claims: group_commit::GroupCommit::new(shares::claim_batch),
             creates: group_commit::GroupCommit::new(shares::create_batch),

@@ -976,8 +976,7 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
     let select = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
     // The caller validated against a connection it may have read seconds ago: it must still be
     // the tenant's and not removed as of this write.
-    let live = "SELECT id FROM connections WHERE tenant_id = $1 AND revoked_at IS NULL AND id IN \
-                (SELECT value FROM json_each($2))";
+    let live = "SELECT 1 FROM connections WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL";
     let insert = "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) \
                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)";
     Ok(with_pool!(pool, insert, |p, _sql| {
@@ -988,20 +987,18 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
             let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
             let ids_json = serde_json::to_string(&ids).expect("ids serialize");
             let targets: Vec<&str> = rows.iter().map(|r| r.connection_id.as_str()).collect();
-            let targets_json = serde_json::to_string(&targets).expect("ids serialize");
-            let live_sql = if on_sqlite(p) {
-                live.to_owned()
-            } else {
-                live.replace(
-                    "(SELECT value FROM json_each($2))",
-                    "(SELECT jsonb_array_elements_text($2::jsonb))",
-                )
-            };
-            let found: Vec<String> = sqlx::query_scalar(with_engine(p, &live_sql))
-                .bind(&req.tenant_id)
-                .bind(&targets_json)
-                .fetch_all(&mut *tx)
-                .await?;
+            // One primary-key read per target (a request has one or a few).
+            let mut found = Vec::with_capacity(targets.len());
+            for t in &targets {
+                let live: Option<i32> = sqlx::query_scalar(with_engine(p, live))
+                    .bind(*t)
+                    .bind(&req.tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if live.is_some() {
+                    found.push(*t);
+                }
+            }
             if let Some(gone) = targets.iter().find(|t| !found.iter().any(|f| f == *t)) {
                 outcomes.push(CreateOutcome::ConnectionGone((*gone).to_owned()));
                 continue;
@@ -1049,8 +1046,4 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
         tx.commit().await?;
         outcomes
     }))
-}
-
-fn on_sqlite<P: crate::store::Engine + ?Sized>(_: &P) -> bool {
-    P::SQLITE
 }

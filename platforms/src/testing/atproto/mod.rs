@@ -59,6 +59,7 @@ impl FakeAtproto {
             let mut w = world.lock().unwrap();
             w.pds = pds.clone();
             w.issuer = issuer.clone();
+            w.app_passwords.insert(DID.into(), APP_PASSWORD.into());
             w.rotate_nonces();
         }
         let recorder = Recorder::default();

@@ -18,8 +18,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::world::{
-    APP_PASSWORD, DID, DpopFail, FRIEND_DID, HANDLE, OTHER_DID, Shared, World, with_nonce,
-    xrpc_error,
+    DID, DpopFail, FRIEND_DID, HANDLE, OTHER_DID, Shared, World, with_nonce, xrpc_error,
 };
 use crate::bluesky::tid;
 
@@ -58,12 +57,22 @@ fn handle_of(did: &str) -> &'static str {
     if did == DID { HANDLE } else { "other.test" }
 }
 
-/// A new app-password session of [`DID`].
-fn new_session(w: &mut World) -> Value {
+fn did_of(identifier: &str) -> &str {
+    match identifier {
+        HANDLE => DID,
+        "other.test" => OTHER_DID,
+        did => did,
+    }
+}
+
+/// A new app-password session of `did`.
+fn new_session(w: &mut World, did: &str) -> Value {
     let (a, r) = (w.next("access"), w.next("refresh"));
     w.password_access.push(a.clone());
     w.password_refresh.push(r.clone());
-    json!({ "accessJwt": a, "refreshJwt": r, "did": DID, "handle": HANDLE, "active": true })
+    w.password_dids.insert(a.clone(), did.to_owned());
+    w.password_dids.insert(r.clone(), did.to_owned());
+    json!({ "accessJwt": a, "refreshJwt": r, "did": did, "handle": handle_of(did), "active": true })
 }
 
 pub(super) async fn xrpc(
@@ -133,22 +142,27 @@ pub(super) async fn xrpc(
                     "Account has been taken down",
                 );
             }
-            if b["password"] != APP_PASSWORD
-                || (b["identifier"] != DID && b["identifier"] != HANDLE)
-            {
+            let did = did_of(b["identifier"].as_str().unwrap_or_default()).to_owned();
+            if w.app_passwords.get(&did).map(String::as_str) != b["password"].as_str() {
                 return xrpc_error(
                     StatusCode::UNAUTHORIZED,
                     "AuthenticationRequired",
                     "Invalid identifier or password",
                 );
             }
-            return Json(new_session(&mut w)).into_response();
+            w.app_password_logins += 1;
+            return Json(new_session(&mut w, &did)).into_response();
         }
         "com.atproto.server.refreshSession" => {
             w.refresh_sessions += 1;
             return match bearer {
                 Some(t) if w.password_refresh.contains(&t) => {
-                    Json(new_session(&mut w)).into_response()
+                    let did = w
+                        .password_dids
+                        .get(&t)
+                        .cloned()
+                        .unwrap_or_else(|| DID.into());
+                    Json(new_session(&mut w, &did)).into_response()
                 }
                 _ => xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired"),
             };
@@ -179,7 +193,12 @@ pub(super) async fn xrpc(
             w.expired_answers += 1;
             return xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired");
         }
-        (DID.to_owned(), None)
+        let did = w
+            .password_dids
+            .get(&token)
+            .cloned()
+            .unwrap_or_else(|| DID.into());
+        (did, None)
     };
     let res = call(&mut w, &nsid, &q, &headers, &body, &sub);
     match nonce {

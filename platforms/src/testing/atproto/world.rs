@@ -82,10 +82,18 @@ pub struct World {
     pub records: HashMap<String, Value>,
     /// Every `createRecord` body, accepted or not.
     pub create_bodies: Vec<Value>,
+    /// App passwords by DID: `createSession` with one opens an app-password (Bearer) session.
+    /// [`DID`] has [`APP_PASSWORD`] from the start.
+    pub app_passwords: HashMap<String, String>,
     /// App-password sessions: live access tokens, then live refresh tokens.
     pub password_access: Vec<String>,
     pub password_refresh: Vec<String>,
+    /// The account each app-password token belongs to.
+    pub(super) password_dids: HashMap<String, String>,
+    /// `createSession` calls, answered or refused.
     pub create_sessions: usize,
+    /// `createSession` calls that succeeded.
+    pub app_password_logins: usize,
     pub refresh_sessions: usize,
     /// Blobs uploaded: (MIME type, size).
     pub blobs: Vec<(String, usize)>,
