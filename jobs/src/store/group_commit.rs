@@ -7,6 +7,9 @@
 //! meanwhile wait for the next round. No timer: an idle store writes a lone request at once, a
 //! busy one batches exactly as much as piled up during the previous round.
 //!
+//! On Postgres a few rounds may run at once (`lanes`): a round is a series of round trips, and
+//! one round at a time would cap a process at what one connection can do in sequence.
+//!
 //! Each request keeps its own answer (a compare-and-set stays per share). If a batch fails as a
 //! whole, its requests run again one by one, so one request's failure is never another's.
 //! The task is spawned, so a caller that stops waiting (a cancelled job) cannot cut a batch
@@ -27,6 +30,9 @@ pub(crate) type RunBatch<Req, Resp> = fn(Pool, Vec<Req>) -> BoxFuture<'static, V
 
 pub(crate) struct GroupCommit<Req, Resp> {
     run: RunBatch<Req, Resp>,
+    /// Rounds that may run at once: one on SQLite (one writer at a time), a few on Postgres,
+    /// where a round's statements are round trips that another round can overlap.
+    lanes: usize,
     state: Mutex<Waiting<Req, Resp>>,
 }
 
@@ -34,7 +40,8 @@ type Reply<Resp> = oneshot::Sender<Result<Resp>>;
 
 struct Waiting<Req, Resp> {
     requests: Vec<(Req, Reply<Resp>)>,
-    draining: bool,
+    /// Rounds running now.
+    draining: usize,
 }
 
 impl<Req, Resp> std::fmt::Debug for GroupCommit<Req, Resp> {
@@ -44,12 +51,13 @@ impl<Req, Resp> std::fmt::Debug for GroupCommit<Req, Resp> {
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
-    pub(crate) fn new(run: RunBatch<Req, Resp>) -> Arc<Self> {
+    pub(crate) fn new(run: RunBatch<Req, Resp>, lanes: usize) -> Arc<Self> {
         Arc::new(Self {
             run,
+            lanes: lanes.max(1),
             state: Mutex::new(Waiting {
                 requests: Vec::new(),
-                draining: false,
+                draining: 0,
             }),
         })
     }
@@ -60,7 +68,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
         let start = {
             let mut waiting = self.state.lock().expect("group commit lock");
             waiting.requests.push((request, reply));
-            !std::mem::replace(&mut waiting.draining, true)
+            let start = waiting.draining < self.lanes;
+            if start {
+                waiting.draining += 1;
+            }
+            start
         };
         if start {
             tokio::spawn(Arc::clone(self).drain(pool.clone()));
@@ -77,7 +89,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
             let batch = {
                 let mut waiting = self.state.lock().expect("group commit lock");
                 if waiting.requests.is_empty() {
-                    waiting.draining = false;
+                    waiting.draining -= 1;
                     guard.armed = false;
                     return;
                 }
@@ -106,7 +118,7 @@ impl<Req, Resp> Drop for Drain<'_, Req, Resp> {
         if self.armed
             && let Ok(mut waiting) = self.owner.state.lock()
         {
-            waiting.draining = false;
+            waiting.draining = waiting.draining.saturating_sub(1);
         }
     }
 }

@@ -125,6 +125,9 @@ pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the API trusts a connection it read for validating a share (see `recent.rs`).
 pub const RECENT_CONNECTION_TTL: Duration = Duration::from_secs(5);
 
+/// Grouped writes of one kind that may run at once on Postgres (`group_commit.rs`).
+const GROUP_COMMIT_LANES_PG: usize = 4;
+
 /// Herald's store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -176,12 +179,17 @@ impl Store {
                 url.split(':').next().unwrap_or("").to_owned(),
             ));
         };
+        // SQLite has one writer at a time; Postgres overlaps a few rounds of round trips.
+        let lanes = match pool {
+            Pool::Sqlite(_) => 1,
+            Pool::Postgres(_) => GROUP_COMMIT_LANES_PG,
+        };
         Ok(Self {
             pool,
             key_cache: Default::default(),
-            outcomes: group_commit::GroupCommit::new(shares::finish_batch),
-            claims: group_commit::GroupCommit::new(shares::claim_batch),
-            creates: group_commit::GroupCommit::new(shares::create_batch),
+            outcomes: group_commit::GroupCommit::new(shares::finish_batch, lanes),
+            claims: group_commit::GroupCommit::new(shares::claim_batch, lanes),
+            creates: group_commit::GroupCommit::new(shares::create_batch, lanes),
             recent_connections: std::sync::Arc::new(recent::Recent::new(RECENT_CONNECTION_TTL)),
         })
     }
