@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use tracing::warn;
 
 use super::{
-    ConnectionRow, Pool, Result, Store, StoreError, connections::connections_in, with_engine,
-    with_pool,
+    ConnectionRow, Pool, Result, Store, StoreError, connections::connections_in,
+    group_commit::together_or_alone, with_engine, with_pool,
 };
 use crate::ids;
 
@@ -614,20 +614,13 @@ pub(crate) fn finish_batch(
     requests: Vec<FinishRequest>,
 ) -> BoxFuture<'static, Vec<Result<Option<Finished>>>> {
     Box::pin(async move {
-        if requests.len() > 1 {
-            match finish_together(&pool, &requests).await {
-                Ok(rows) => return rows.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    warn!(error = %e, outcomes = requests.len(), "writing outcomes together failed; writing each alone")
-                }
-            }
-        }
-        let mut answers = Vec::with_capacity(requests.len());
-        for r in &requests {
-            let one = finish_together(&pool, std::slice::from_ref(r)).await;
-            answers.push(one.map(|mut rows| rows.pop().flatten()));
-        }
-        answers
+        together_or_alone(
+            &pool,
+            &requests,
+            |p, r| Box::pin(finish_together(p, r)),
+            "outcomes",
+        )
+        .await
     })
 }
 
@@ -901,23 +894,13 @@ pub(crate) fn create_batch(
     requests: Vec<CreateRequest>,
 ) -> BoxFuture<'static, Vec<Result<CreateOutcome>>> {
     Box::pin(async move {
-        if requests.len() > 1 {
-            match create_together(&pool, &requests).await {
-                Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    warn!(error = %e, requests = requests.len(), "writing share requests together failed; writing each alone")
-                }
-            }
-        }
-        let mut answers = Vec::with_capacity(requests.len());
-        for r in &requests {
-            let one = create_together(&pool, std::slice::from_ref(r)).await;
-            answers.push(one.and_then(|mut o| {
-                o.pop()
-                    .ok_or_else(|| StoreError::Corrupt("no outcome for a share request".into()))
-            }));
-        }
-        answers
+        together_or_alone(
+            &pool,
+            &requests,
+            |p, r| Box::pin(create_together(p, r)),
+            "share requests",
+        )
+        .await
     })
 }
 
