@@ -25,6 +25,37 @@ use super::{Pool, Result, StoreError};
 /// The most requests one round takes: bounds how long a round holds its transaction.
 pub(crate) const MAX_BATCH: usize = 128;
 
+/// Writes a batch in one transaction; one answer per request, in order.
+pub(crate) type Together<Req, Resp> =
+    for<'a> fn(&'a Pool, &'a [Req]) -> BoxFuture<'a, Result<Vec<Resp>>>;
+
+/// Runs `together` on the whole batch; if that fails, on each request alone, so one request's
+/// failure is never another's. `what` names the requests in the log.
+pub(crate) async fn together_or_alone<Req, Resp>(
+    pool: &Pool,
+    requests: &[Req],
+    together: Together<Req, Resp>,
+    what: &str,
+) -> Vec<Result<Resp>> {
+    if requests.len() > 1 {
+        match together(pool, requests).await {
+            Ok(answers) => return answers.into_iter().map(Ok).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, n = requests.len(), "writing {what} together failed; writing each alone")
+            }
+        }
+    }
+    let mut answers = Vec::with_capacity(requests.len());
+    for r in requests {
+        let one = together(pool, std::slice::from_ref(r)).await;
+        answers.push(one.and_then(|mut a| {
+            a.pop()
+                .ok_or_else(|| StoreError::Corrupt(format!("no answer for one of the {what}")))
+        }));
+    }
+    answers
+}
+
 /// Runs a batch; one answer per request, in order.
 pub(crate) type RunBatch<Req, Resp> = fn(Pool, Vec<Req>) -> BoxFuture<'static, Vec<Result<Resp>>>;
 

@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use tracing::warn;
 
 use super::{
-    ConnectionRow, Pool, Result, Store, StoreError, connections::connections_in, with_engine,
-    with_pool,
+    ConnectionRow, Pool, Result, Store, StoreError, connections::connections_in,
+    group_commit::together_or_alone, with_engine, with_pool,
 };
 use crate::{error_class::ErrorClass, ids};
 
@@ -614,42 +614,36 @@ pub(crate) fn finish_batch(
     requests: Vec<FinishRequest>,
 ) -> BoxFuture<'static, Vec<Result<Option<Finished>>>> {
     Box::pin(async move {
-        if requests.len() > 1 {
-            match finish_together(&pool, &requests).await {
-                Ok(rows) => return rows.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    warn!(error = %e, outcomes = requests.len(), "writing outcomes together failed; writing each alone")
-                }
-            }
-        }
-        let mut answers = Vec::with_capacity(requests.len());
-        for r in &requests {
-            let one = finish_together(&pool, std::slice::from_ref(r)).await;
-            answers.push(one.map(|mut rows| rows.pop().flatten()));
-        }
-        answers
+        together_or_alone(
+            &pool,
+            &requests,
+            |p, r| Box::pin(finish_together(p, r)),
+            "outcomes",
+        )
+        .await
     })
 }
 
 async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<Option<Finished>>> {
+    // The update also says whether a share resumed after this one waits for it (rarely), so the
+    // common case is one statement per outcome plus one insert of every attempt in the batch.
     let q = format!(
         "UPDATE shares SET state = $3, last_error_class = $4, last_error = $5, last_status = $6, \
          post_id = COALESCE($7, post_id), post_url = COALESCE($8, post_url), \
          run_at = COALESCE($9, run_at), lease_until = NULL, updated_at = $10, \
          finished_at = CASE WHEN $11 THEN $10 ELSE NULL END, attempts = attempts - $12 \
-         WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
+         WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}, \
+         (SELECT n.id FROM shares n WHERE n.after_share_id = shares.id AND n.state = 'queued' LIMIT 1) AS next_id"
     );
-    let next_q = format!(
-        "SELECT {COLUMNS} FROM shares WHERE after_share_id = $1 AND state = 'queued' LIMIT 1"
-    );
-    let record = "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, outcome, \
-                  error_class, error_message, platform_status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let next_q = format!("SELECT {COLUMNS} FROM shares WHERE id = $1 AND state = 'queued'");
     Ok(with_pool!(pool, &q, |p, _sql| {
+        use sqlx::{FromRow, Row};
         let mut tx = crate::store::Engine::begin_write(p).await?;
         let mut rows = Vec::with_capacity(requests.len());
+        let mut attempts = Vec::new();
         for r in requests {
             let o = Outcome::of(&r.update);
-            let row: Option<ShareRow> = sqlx::query_as(with_engine(p, &q))
+            let found = sqlx::query(with_engine(p, &q))
                 .bind(&r.id)
                 .bind(r.attempt)
                 .bind(r.update.state().as_str())
@@ -664,31 +658,44 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
                 .bind(i32::from(o.deferred))
                 .fetch_optional(&mut *tx)
                 .await?;
+            let Some(found) = found else {
+                rows.push(None);
+                continue;
+            };
+            let row = ShareRow::from_row(&found)?;
+            let next_id: Option<String> = found.try_get("next_id")?;
             // A share resumed after this one may start now that this one is settled.
-            let next: Option<ShareRow> = match &row {
-                Some(_) if o.finished || matches!(r.update, ShareUpdate::Parked { .. }) => {
+            let next: Option<ShareRow> = match next_id {
+                Some(id) if o.finished || matches!(r.update, ShareUpdate::Parked { .. }) => {
                     sqlx::query_as(with_engine(p, &next_q))
-                        .bind(&r.id)
+                        .bind(id)
                         .fetch_optional(&mut *tx)
                         .await?
                 }
                 _ => None,
             };
-            if row.is_some() && !o.deferred {
-                sqlx::query(with_engine(p, record))
-                    .bind(ids::new(ids::ATTEMPT))
-                    .bind(&r.id)
-                    .bind(r.attempt)
-                    .bind(r.started_at)
-                    .bind(r.now)
-                    .bind(r.update.outcome())
-                    .bind(o.class)
-                    .bind(o.message)
-                    .bind(o.status)
-                    .execute(&mut *tx)
-                    .await?;
+            if !o.deferred {
+                attempts.push((r, o));
             }
-            rows.push(row.map(|row| Finished { row, next }));
+            rows.push(Some(Finished { row, next }));
+        }
+        if !attempts.is_empty() {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, \
+                 outcome, error_class, error_message, platform_status) ",
+            );
+            insert.push_values(&attempts, |mut b, (r, o)| {
+                b.push_bind(ids::new(ids::ATTEMPT))
+                    .push_bind(&r.id)
+                    .push_bind(r.attempt)
+                    .push_bind(r.started_at)
+                    .push_bind(r.now)
+                    .push_bind(r.update.outcome())
+                    .push_bind(o.class)
+                    .push_bind(o.message)
+                    .push_bind(o.status);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         rows
@@ -889,23 +896,13 @@ pub(crate) fn create_batch(
     requests: Vec<CreateRequest>,
 ) -> BoxFuture<'static, Vec<Result<CreateOutcome>>> {
     Box::pin(async move {
-        if requests.len() > 1 {
-            match create_together(&pool, &requests).await {
-                Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    warn!(error = %e, requests = requests.len(), "writing share requests together failed; writing each alone")
-                }
-            }
-        }
-        let mut answers = Vec::with_capacity(requests.len());
-        for r in &requests {
-            let one = create_together(&pool, std::slice::from_ref(r)).await;
-            answers.push(one.and_then(|mut o| {
-                o.pop()
-                    .ok_or_else(|| StoreError::Corrupt("no outcome for a share request".into()))
-            }));
-        }
-        answers
+        together_or_alone(
+            &pool,
+            &requests,
+            |p, r| Box::pin(create_together(p, r)),
+            "share requests",
+        )
+        .await
     })
 }
 
