@@ -153,3 +153,57 @@ impl<Req, Resp> Drop for Drain<'_, Req, Resp> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails any batch that holds a zero; otherwise doubles each request.
+    fn doubles<'a>(_: &'a Pool, requests: &'a [u32]) -> BoxFuture<'a, Result<Vec<u32>>> {
+        Box::pin(async move {
+            if requests.contains(&0) {
+                return Err(StoreError::Corrupt("zero".into()));
+            }
+            Ok(requests.iter().map(|r| r * 2).collect())
+        })
+    }
+
+    fn batch(pool: Pool, requests: Vec<u32>) -> BoxFuture<'static, Vec<Result<u32>>> {
+        Box::pin(async move { together_or_alone(&pool, &requests, doubles, "numbers").await })
+    }
+
+    async fn pool() -> Pool {
+        Pool::Sqlite(sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn one_failing_request_fails_alone() {
+        let answers = together_or_alone(&pool().await, &[1, 0, 3], doubles, "numbers").await;
+        assert_eq!(answers[0].as_ref().unwrap(), &2);
+        assert!(answers[1].is_err());
+        assert_eq!(answers[2].as_ref().unwrap(), &6);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_caller_gets_its_own_answer() {
+        let group = GroupCommit::new(batch, 2);
+        let pool = pool().await;
+        let calls = (1..=500u32).map(|i| {
+            let (group, pool) = (group.clone(), pool.clone());
+            tokio::spawn(async move { (i, group.submit(&pool, i).await.unwrap()) })
+        });
+        for call in futures::future::join_all(calls).await {
+            let (i, answer) = call.unwrap();
+            assert_eq!(answer, i * 2);
+        }
+        // Every round ends once the queue is empty (it answers before it looks again).
+        let idle = async {
+            while group.state.lock().unwrap().draining > 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), idle)
+            .await
+            .expect("the rounds ended");
+    }
+}
