@@ -1,6 +1,7 @@
 //! One attempt of a share: claim it, check the connection, post, classify, record.
 
 use std::{
+    ops::ControlFlow,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,7 +13,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_platforms::{
-    Checkpoint, CheckpointSink, LimitScope, Platform, PlatformError, PostRequest,
+    Checkpoint, CheckpointSink, Credentials, LimitScope, Platform, PlatformError, PostRequest,
 };
 use tracing::{info, warn};
 
@@ -158,64 +159,108 @@ async fn attempt(
     Ok(())
 }
 
-/// Everything that happens between holding the lease and knowing the outcome.
+/// Everything that happens between holding the lease and knowing the outcome, in four phases;
+/// each either hands the next what it needs or settles the attempt (`ControlFlow::Break`).
 async fn decide(
     ctx: &Ctx,
     share: &ShareRow,
     recovered: bool,
     connection: Option<Box<ConnectionRow>>,
 ) -> anyhow::Result<ShareUpdate> {
+    let ready = match preflight(ctx, share, connection).await? {
+        ControlFlow::Continue(ready) => ready,
+        ControlFlow::Break(update) => return Ok(update),
+    };
+    let app = match admit(ctx, share, &ready).await? {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(update) => return Ok(update),
+    };
+    let failure = match call(ctx, share, recovered, &ready, app).await? {
+        ControlFlow::Continue(failure) => failure,
+        ControlFlow::Break(update) => return Ok(update),
+    };
+    on_failure(ctx, share, &ready, app, failure).await
+}
+
+/// What the call needs once the preflight passed.
+struct Ready {
+    conn: ConnectionRow,
+    platform: Arc<dyn Platform>,
+    creds: Credentials,
+}
+
+/// How a call failed, and what the classification needs to know about it.
+struct Failure {
+    error: PlatformError,
+    /// When the call was made.
+    at: DateTime<Utc>,
+    /// The call saved a checkpoint before it failed.
+    checkpointed: bool,
+}
+
+/// The connection, the account's own limit, the client and the credentials (refreshed just in
+/// time): everything that can settle a share without calling the platform.
+async fn preflight(
+    ctx: &Ctx,
+    share: &ShareRow,
+    connection: Option<Box<ConnectionRow>>,
+) -> anyhow::Result<ControlFlow<ShareUpdate, Ready>> {
+    use ControlFlow::{Break, Continue};
     // The feed read the connection with the batch, moments ago; otherwise read it now.
     let conn = match connection {
         Some(c) => Some(*c),
         None => ctx.store.connection(&share.connection_id).await?,
     };
     let Some(conn) = conn else {
-        return Ok(failed(
+        return Ok(Break(failed(
             ErrorClass::ConnectionRemoved,
             "the connection no longer exists",
-        ));
+        )));
     };
     if conn.revoked_at.is_some() {
-        return Ok(failed(
+        return Ok(Break(failed(
             ErrorClass::ConnectionRemoved,
             "the connection was removed",
-        ));
+        )));
     }
     if conn.needs_reauth {
-        return Ok(parked(&conn));
+        return Ok(Break(parked(&conn)));
     }
     if let Some(reason) = ctx.settings.bluesky.app_passwords.refuses(&conn) {
         ctx.store
             .mark_needs_reauth(&conn.id, reason, Utc::now())
             .await?;
-        return Ok(ShareUpdate::Parked {
+        return Ok(Break(ShareUpdate::Parked {
             class: ErrorClass::NeedsReauth,
             message: reason.into(),
-        });
+        }));
     }
     // The platform said this account must wait: every share of it waits, without a call.
     if let Some(until) = conn.rate_limited_until.filter(|t| *t > Utc::now()) {
-        return Ok(ShareUpdate::Deferred {
+        return Ok(Break(ShareUpdate::Deferred {
             run_at: until,
             reason: Deferral::Account,
-        });
+        }));
     }
-    let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
-        return Ok(failed(
+    let Some(platform) = conn
+        .platform_kind()
+        .and_then(|k| ctx.platforms.get(k))
+        .cloned()
+    else {
+        return Ok(Break(failed(
             ErrorClass::PlatformUnavailable,
             &format!("no client configured for {}", conn.platform),
-        ));
+        )));
     };
     let mut conn = conn;
     let mut creds = match conn.credentials(&ctx.vault) {
         Ok(c) => c,
         // A key missing from the ring is an operator's fix, not the user's: fail loudly.
         Err(e) => {
-            return Ok(failed(
+            return Ok(Break(failed(
                 ErrorClass::Vault,
                 &format!("tokens cannot be decrypted: {e}"),
-            ));
+            )));
         }
     };
     // Just in time: a token about to expire is refreshed (single-flight) before the call.
@@ -230,39 +275,80 @@ async fn decide(
                 conn = *fresh;
             }
             Refresh::Dead(reason) => {
-                return Ok(ShareUpdate::Parked {
+                return Ok(Break(ShareUpdate::Parked {
                     class: ErrorClass::NeedsReauth,
                     message: reason,
-                });
+                }));
             }
             Refresh::Busy => {
                 // Nothing was tried: the share waits for the other worker without spending an
                 // attempt.
                 let wait = chrono::Duration::from_std(refresh::WAIT_FOR_REFRESH)?;
-                return Ok(ShareUpdate::Deferred {
+                return Ok(Break(ShareUpdate::Deferred {
                     run_at: now + wait,
                     reason: Deferral::Refresh,
-                });
+                }));
             }
             Refresh::Transient(reason) if creds.expires_at.is_some_and(|t| t <= now) => {
-                return Ok(
-                    match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
-                        Some(d) => retry_or_fail(
-                            ctx,
-                            share,
-                            now + d,
-                            ErrorClass::Transient,
-                            format!("token refresh failed: {reason}"),
-                            None,
-                        ),
-                        None => exhausted(share, ErrorClass::Transient, &reason, None),
-                    },
-                );
+                return Ok(Break(retry_after_failed_refresh(ctx, share, now, &reason)));
             }
             Refresh::Transient(_) | Refresh::Skipped => {}
         }
     }
-    let account = conn.account();
+    Ok(Continue(Ready {
+        conn,
+        platform,
+        creds,
+    }))
+}
+
+/// The platform app's budget is shared by every tenant: ask before calling. `Continue` carries
+/// the app (if the platform has one) for the call's budget report and a rate limit's scope.
+async fn admit<'a>(
+    ctx: &'a Ctx,
+    share: &ShareRow,
+    ready: &Ready,
+) -> anyhow::Result<ControlFlow<ShareUpdate, Option<AppKey<'a>>>> {
+    let kind = ready.platform.kind();
+    let Some(app) = ctx.settings.apps.get(kind).map(|a| AppKey {
+        platform: kind.as_str(),
+        app_id: a.client_id.as_str(),
+    }) else {
+        return Ok(ControlFlow::Continue(None));
+    };
+    let recheck = chrono::Duration::from_std(ctx.settings.fair_share_recheck)?;
+    Ok(
+        match ctx
+            .store
+            .admit_app_call(app, &share.id, &share.tenant_id, Utc::now(), recheck)
+            .await?
+        {
+            Admission::Go => ControlFlow::Continue(Some(app)),
+            Admission::Closed { until } => ControlFlow::Break(ShareUpdate::Deferred {
+                run_at: until,
+                reason: Deferral::App,
+            }),
+            Admission::OverShare { until } => ControlFlow::Break(ShareUpdate::Deferred {
+                run_at: until,
+                reason: Deferral::FairShare,
+            }),
+        },
+    )
+}
+
+/// The platform call (or, for a recovered share the platform cannot deduplicate, a read-back).
+async fn call(
+    ctx: &Ctx,
+    share: &ShareRow,
+    recovered: bool,
+    ready: &Ready,
+    app: Option<AppKey<'_>>,
+) -> anyhow::Result<ControlFlow<ShareUpdate, Failure>> {
+    use ControlFlow::{Break, Continue};
+    let Ready {
+        platform, creds, ..
+    } = ready;
+    let account = ready.conn.account();
     let checkpoints = Arc::new(ShareCheckpoints {
         store: ctx.store.clone(),
         share_id: share.id.clone(),
@@ -279,33 +365,6 @@ async fn decide(
         idempotency_key: share.id.clone(),
         checkpoint: Checkpoint::new(share.checkpoint.clone(), checkpoints.clone()),
     };
-    // The platform app's budget is shared by every tenant: ask before calling.
-    let app = ctx.settings.apps.get(platform.kind()).map(|a| AppKey {
-        platform: platform.kind().as_str(),
-        app_id: a.client_id.as_str(),
-    });
-    if let Some(app) = app {
-        let recheck = chrono::Duration::from_std(ctx.settings.fair_share_recheck)?;
-        match ctx
-            .store
-            .admit_app_call(app, &share.id, &share.tenant_id, Utc::now(), recheck)
-            .await?
-        {
-            Admission::Go => {}
-            Admission::Closed { until } => {
-                return Ok(ShareUpdate::Deferred {
-                    run_at: until,
-                    reason: Deferral::App,
-                });
-            }
-            Admission::OverShare { until } => {
-                return Ok(ShareUpdate::Deferred {
-                    run_at: until,
-                    reason: Deferral::FairShare,
-                });
-            }
-        }
-    }
     let now = Utc::now();
     if recovered
         && share.checkpoint.is_none()
@@ -314,24 +373,24 @@ async fn decide(
         // The previous worker vanished mid-call and the platform cannot deduplicate a repeat:
         // settle by reading back, never by posting blindly. (A saved checkpoint is the
         // platform's own way to settle it: the next call resumes from there.)
-        match platform.find_published(&account, &creds, &post).await {
+        match platform.find_published(&account, creds, &post).await {
             Ok(Some(p)) => {
-                return Ok(ShareUpdate::Succeeded {
+                return Ok(Break(ShareUpdate::Succeeded {
                     post_id: p.post_id,
                     post_url: p.post_url,
-                });
+                }));
             }
             Ok(None) => {}
             Err(_) => {
-                return Ok(ShareUpdate::OutcomeUnknown {
+                return Ok(Break(ShareUpdate::OutcomeUnknown {
                     message: "a previous attempt stopped after its request may have been sent; check the account before replaying".into(),
-                });
+                }));
             }
         }
     }
     let result = match tokio::time::timeout(
         ctx.settings.platform_timeout,
-        platform.share(&account, &creds, &post),
+        platform.share(&account, creds, &post),
     )
     .await
     {
@@ -340,7 +399,7 @@ async fn decide(
             reason: "timed out".into(),
         }),
     };
-    let error = match result {
+    match result {
         Ok(p) => {
             if let (Some(app), Some(budget)) = (app, &p.app_budget) {
                 // Advisory: the post exists whatever happens to this write.
@@ -348,13 +407,33 @@ async fn decide(
                     warn!(share.id = %share.id, platform = app.platform, error.message = %e, "could not record the app's budget");
                 }
             }
-            return Ok(ShareUpdate::Succeeded {
+            Ok(Break(ShareUpdate::Succeeded {
                 post_id: p.post_id,
                 post_url: p.post_url,
-            });
+            }))
         }
-        Err(e) => e,
-    };
+        Err(error) => Ok(Continue(Failure {
+            error,
+            at: now,
+            checkpointed: checkpoints.saved.load(Ordering::SeqCst),
+        })),
+    }
+}
+
+/// What a platform's error means for the share (and, for some, the connection or the app).
+async fn on_failure(
+    ctx: &Ctx,
+    share: &ShareRow,
+    ready: &Ready,
+    app: Option<AppKey<'_>>,
+    failure: Failure,
+) -> anyhow::Result<ShareUpdate> {
+    let Ready { conn, platform, .. } = ready;
+    let Failure {
+        error,
+        at: now,
+        checkpointed,
+    } = failure;
     Ok(match error {
         PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason } => {
             ctx.store
@@ -383,19 +462,7 @@ async fn decide(
                 class: ErrorClass::NeedsReauth,
                 message: reason,
             },
-            Refresh::Transient(reason) => {
-                match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
-                    Some(d) => retry_or_fail(
-                        ctx,
-                        share,
-                        now + d,
-                        ErrorClass::Transient,
-                        format!("token refresh failed: {reason}"),
-                        None,
-                    ),
-                    None => exhausted(share, ErrorClass::Transient, &reason, None),
-                }
-            }
+            Refresh::Transient(reason) => retry_after_failed_refresh(ctx, share, now, &reason),
             Refresh::Skipped => {
                 let reason =
                     "the access token expired and this connection cannot refresh it".to_owned();
@@ -450,7 +517,7 @@ async fn decide(
             let resume =
                 if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) {
                     Some("retrying under the same idempotency key")
-                } else if share.checkpoint.is_some() || checkpoints.saved.load(Ordering::SeqCst) {
+                } else if share.checkpoint.is_some() || checkpointed {
                     Some("the next attempt resumes from the saved checkpoint")
                 } else {
                     None
@@ -479,6 +546,26 @@ async fn decide(
             failed(ErrorClass::Unsupported, &format!("{what} is not supported"))
         }
     })
+}
+
+/// A refresh that failed for now: the share retries on its schedule, or fails once it is spent.
+fn retry_after_failed_refresh(
+    ctx: &Ctx,
+    share: &ShareRow,
+    now: DateTime<Utc>,
+    reason: &str,
+) -> ShareUpdate {
+    match ctx.settings.retry.delay_after(share.attempts_in_budget()) {
+        Some(d) => retry_or_fail(
+            ctx,
+            share,
+            now + d,
+            ErrorClass::Transient,
+            format!("token refresh failed: {reason}"),
+            None,
+        ),
+        None => exhausted(share, ErrorClass::Transient, reason, None),
+    }
 }
 
 /// Writes a platform's checkpoint to the share row under this attempt's lease, so it is durable
