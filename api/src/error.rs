@@ -255,3 +255,9 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<herald_jobs::share_request::Invalid> for ApiError {
+    fn from(e: herald_jobs::share_request::Invalid) -> Self {
+        Self::invalid(e.field, e.code, e.message)
+    }
+}

@@ -14,6 +14,7 @@ pub mod replay;
 pub mod retry;
 pub mod settings;
 pub mod share_feed;
+pub mod share_request;
 pub mod store;
 pub mod times;
 pub mod vault;

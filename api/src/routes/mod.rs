@@ -150,26 +150,7 @@ pub(crate) fn parse_time(
     field: &str,
     raw: Option<&str>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    raw.map(|s| {
-        let t = chrono::DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .map_err(|_| {
-                ApiError::invalid(
-                    field,
-                    "invalid_time",
-                    format!("`{field}` must be an RFC 3339 time such as 2026-01-02T15:04:05Z"),
-                )
-            })?;
-        if !herald_jobs::times::in_range(t) {
-            return Err(ApiError::invalid(
-                field,
-                "time_out_of_range",
-                format!("`{field}` must be between 0001-01-01T00:00:00Z and 9999-01-01T00:00:00Z"),
-            ));
-        }
-        Ok(t)
-    })
-    .transpose()
+    Ok(herald_jobs::share_request::parse_time(field, raw)?)
 }
 
 pub(crate) const MAX_PAGE: i64 = 200;

@@ -1,7 +1,5 @@
 //! `/v1/shares`: enqueue, inspect, list by URL, cancel.
 
-use std::collections::HashSet;
-
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
@@ -9,6 +7,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     payloads::ShareV1,
+    share_request::{ShareRequest, ShareRequestBody},
     store::{AttemptRow, Cancel, CreateOutcome, CreateShares, NewShare, ShareRow, ShareState},
 };
 use herald_platforms::PostRequest;
@@ -16,17 +15,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery, page_limit, parse_time};
+use super::{ApiJson, ApiPath, ApiQuery, page_limit};
 use crate::{
     ApiState,
     auth::Tenant,
     error::{ApiError, ApiResult},
 };
 
-const MAX_TARGETS: usize = 50;
-const MAX_URL: usize = 2048;
-const MAX_TITLE: usize = 300;
-const MAX_TEXT: usize = 10_000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// A share request: one link, posted to each target connection.
@@ -160,30 +155,6 @@ pub struct ShareList {
     pub next_before: Option<String>,
 }
 
-fn check_url(state: &ApiState, field: &str, raw: &str) -> ApiResult<()> {
-    if raw.chars().count() > MAX_URL {
-        return Err(ApiError::invalid(
-            field,
-            "invalid_url",
-            format!("`{field}` is longer than {MAX_URL} characters"),
-        ));
-    }
-    state
-        .ctx
-        .settings
-        .ssrf
-        .check_url(raw)
-        .map(|_| ())
-        .map_err(|e| ApiError::invalid(field, "invalid_url", format!("`{field}`: {e}")))
-}
-
-fn trimmed(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
 /// Enqueue a share to one or more connections.
 ///
 /// Answers 202 with one share per target. With an `Idempotency-Key` header the request is safe to
@@ -218,76 +189,33 @@ pub async fn create(
         }
     };
 
-    let url = req.url.trim().to_owned();
-    if url.is_empty() {
-        return Err(ApiError::invalid("url", "missing_url", "`url` is required"));
-    }
-    check_url(&state, "url", &url)?;
-    let title = trimmed(&req.title);
-    if title
-        .as_ref()
-        .is_some_and(|t| t.chars().count() > MAX_TITLE)
-    {
-        return Err(ApiError::invalid(
-            "title",
-            "title_too_long",
-            format!("`title` is longer than {MAX_TITLE} characters"),
-        ));
-    }
-    let text = trimmed(&req.text);
-    if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT) {
-        return Err(ApiError::invalid(
-            "text",
-            "text_too_long",
-            format!("`text` is longer than {MAX_TEXT} characters"),
-        ));
-    }
-    let image_url = trimmed(&req.image_url);
-    if let Some(img) = &image_url {
-        check_url(&state, "image_url", img)?;
-    }
-    let publish_at = parse_time("publish_at", req.publish_at.as_deref())?;
-    if publish_at.is_some_and(|t| t < now - chrono::Duration::seconds(60)) {
-        return Err(ApiError::invalid(
-            "publish_at",
-            "publish_at_in_past",
-            "`publish_at` is in the past",
-        ));
-    }
-    let run_at = publish_at.unwrap_or(now).max(now);
-    let not_after = parse_time("not_after", req.not_after.as_deref())?;
-    if not_after.is_some_and(|t| t <= run_at) {
-        return Err(ApiError::invalid(
-            "not_after",
-            "not_after_before_publish",
-            "`not_after` must be later than the publish time",
-        ));
-    }
-    let not_after = Some(not_after.unwrap_or_else(|| {
-        herald_jobs::times::add_capped(
-            run_at,
-            chrono::Duration::from_std(state.ctx.settings.share_lateness).unwrap_or_default(),
-        )
-    }));
-
-    if req.connection_ids.is_empty() || req.connection_ids.len() > MAX_TARGETS {
-        return Err(ApiError::invalid(
-            "connection_ids",
-            "invalid_targets",
-            format!("`connection_ids` needs 1 to {MAX_TARGETS} connection ids"),
-        ));
-    }
-    let mut seen = HashSet::new();
-    let mut shares = Vec::with_capacity(req.connection_ids.len());
-    for (i, id) in req.connection_ids.iter().enumerate() {
+    let parsed = ShareRequest::parse(
+        ShareRequestBody {
+            url: &req.url,
+            title: req.title.as_deref(),
+            text: req.text.as_deref(),
+            image_url: req.image_url.as_deref(),
+            publish_at: req.publish_at.as_deref(),
+            not_after: req.not_after.as_deref(),
+            connection_ids: &req.connection_ids,
+        },
+        &state.ctx.settings.ssrf,
+        state.ctx.settings.share_lateness,
+        now,
+    )?;
+    let ShareRequest {
+        url,
+        title,
+        text,
+        image_url,
+        run_at,
+        not_after,
+        connection_ids,
+    } = parsed;
+    let not_after = Some(not_after);
+    let mut shares = Vec::with_capacity(connection_ids.len());
+    for (i, id) in connection_ids.iter().enumerate() {
         let field = format!("connection_ids[{i}]");
-        if !seen.insert(id.as_str()) {
-            return Err(ApiError::invalid(
-                field,
-                "duplicate_connection",
-                format!("connection `{id}` is listed twice"),
-            ));
-        }
         // Another tenant's connection is indistinguishable from one that does not exist.
         let conn = state
             .ctx
