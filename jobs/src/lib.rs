@@ -2,11 +2,11 @@
 
 pub mod api_keys;
 pub mod connect;
-pub mod context;
-pub mod error_class;
-pub mod fair_share;
+pub(crate) mod context;
+pub(crate) mod error_class;
+pub(crate) mod fair_share;
 pub mod handlers;
-pub mod ids;
+pub(crate) mod ids;
 pub mod metrics;
 pub mod payloads;
 pub mod queue;
@@ -16,7 +16,7 @@ pub mod settings;
 pub mod share_feed;
 pub mod share_request;
 pub mod store;
-pub mod times;
+pub(crate) mod times;
 pub mod vault;
 
 pub use context::Ctx;

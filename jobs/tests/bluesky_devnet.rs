@@ -715,7 +715,10 @@ mod oauth {
             net.alice_handle
         );
         // Removing the connection revokes the session at the PDS: its refresh token is dead.
-        assert_eq!(connect::revoke(&ctx, &row).await, herald_platforms::oauth::Revoked::Revoked);
+        assert_eq!(
+            connect::revoke(&ctx, &row).await,
+            herald_platforms::oauth::Revoked::Revoked
+        );
         let err = bsky.refresh(&row.account(), &creds).await.unwrap_err();
         assert!(
             matches!(err, herald_platforms::PlatformError::InvalidGrant { .. }),
