@@ -179,13 +179,9 @@ fn check(
         }
         (None, None) => None,
     };
-    let label = req
+    // The limit is on what was sent (the document's maxLength), before trimming.
+    if req
         .label
-        .as_deref()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned);
-    if label
         .as_deref()
         .is_some_and(|l| l.chars().count() > MAX_LABEL)
     {
@@ -195,6 +191,12 @@ fn check(
             format!("`label` is longer than {MAX_LABEL} characters"),
         ));
     }
+    let label = req
+        .label
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
     let label = label.or_else(|| (role == ApiKeyRole::Operator).then(|| "operator".to_owned()));
     Ok((
         role,

@@ -65,6 +65,26 @@ impl ShareRequest {
         lateness: Duration,
         now: DateTime<Utc>,
     ) -> Result<Self, Invalid> {
+        // Lengths are limits on what was sent (the document's maxLength), before trimming.
+        for (field, raw, max) in [
+            ("url", Some(body.url), MAX_URL),
+            ("title", body.title, MAX_TITLE),
+            ("text", body.text, MAX_TEXT),
+            ("image_url", body.image_url, MAX_URL),
+        ] {
+            if raw.is_some_and(|r| r.chars().count() > max) {
+                let code = match field {
+                    "title" => "title_too_long",
+                    "text" => "text_too_long",
+                    _ => "invalid_url",
+                };
+                return Err(Invalid::new(
+                    field,
+                    code,
+                    format!("`{field}` is longer than {max} characters"),
+                ));
+            }
+        }
         let url = body.url.trim().to_owned();
         if url.is_empty() {
             return Err(Invalid::new("url", "missing_url", "`url` is required"));
@@ -171,13 +191,6 @@ pub fn parse_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>
 }
 
 fn check_url(ssrf: &SsrfGuard, field: &str, raw: &str) -> Result<(), Invalid> {
-    if raw.chars().count() > MAX_URL {
-        return Err(Invalid::new(
-            field,
-            "invalid_url",
-            format!("`{field}` is longer than {MAX_URL} characters"),
-        ));
-    }
     ssrf.check_url(raw)
         .map(|_| ())
         .map_err(|e| Invalid::new(field, "invalid_url", format!("`{field}`: {e}")))
@@ -231,6 +244,8 @@ mod tests {
             ("connection_ids[1]", "duplicate_connection")
         );
         let ids = vec!["con_a".to_owned()];
+        // 300 characters once trimmed, 301 as sent: over the limit.
+        let long_title = format!(" {}", "t".repeat(MAX_TITLE));
         for (b, field, code) in [
             (
                 ShareRequestBody {
@@ -279,6 +294,14 @@ mod tests {
                 },
                 "connection_ids",
                 "invalid_targets",
+            ),
+            (
+                ShareRequestBody {
+                    title: Some(&long_title),
+                    ..body(&ids)
+                },
+                "title",
+                "title_too_long",
             ),
         ] {
             let err = parse(b).unwrap_err();

@@ -612,4 +612,50 @@ on_every_backend!(
     revocation_goes_to_the_configured_url_and_the_answer_says_whether_it_was_confirmed,
     racing_refreshes_spend_a_rotating_refresh_token_once,
     shares_waiting_on_another_workers_refresh_spend_no_attempt,
+    connections_are_listed_by_the_apps_user_and_by_platform,
 );
+
+/// An app's "my connected accounts" panel: one user's accounts, or one platform's.
+async fn connections_are_listed_by_the_apps_user_and_by_platform(engine: crate::support::Engine) {
+    let (app, _provider) = with_x(engine).await;
+    let x = connect_x(&app).await;
+    let mastodon = app.mastodon_connection().await;
+    let ids = |list: &Value| -> Vec<String> {
+        list["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (query, want) in [
+        ("", vec![&x, &mastodon]),
+        ("?user_id=u-1", vec![&x]),
+        ("?user_id=u-2", vec![]),
+        ("?platform=mastodon", vec![&mastodon]),
+        ("?platform=x&user_id=u-1", vec![&x]),
+        ("?platform=bluesky", vec![]),
+    ] {
+        let (status, list) = app.get(&format!("/v1/connections{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {list}");
+        let mut want: Vec<String> = want.into_iter().cloned().collect();
+        want.sort();
+        assert_eq!(ids(&list), want, "{query}");
+    }
+    let (status, err) = app.get("/v1/connections?platform=myspace").await;
+    assert!(status.is_client_error(), "{status}");
+    assert!(err["error"]["code"].is_string(), "{err}");
+    let (status, err) = app.get("/v1/connections?user_id=").await;
+    assert_eq!(
+        (
+            status,
+            err["error"]["code"].as_str(),
+            err["error"]["field"].as_str()
+        ),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("invalid_user_id"),
+            Some("user_id")
+        )
+    );
+}

@@ -4,7 +4,7 @@ use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     settings::AppPasswords,
-    store::{ConnectionRow, NewConnection, StoredTokens},
+    store::{ConnectionFilter, ConnectionRow, NewConnection, StoredTokens},
 };
 use herald_platforms::{PlatformKind, Platforms};
 use secrecy::SecretString;
@@ -278,6 +278,11 @@ pub struct ListQuery {
     pub needs_reauth: Option<bool>,
     /// Only connections with 3 or more failed token refreshes in the last 24 hours.
     pub refresh_failing: Option<bool>,
+    /// Only the accounts one user of the app connected (the `user_id` given to the connect flow).
+    #[param(min_length = 1, max_length = 255)]
+    pub user_id: Option<String>,
+    /// Only this platform's connections.
+    pub platform: Option<PlatformKind>,
     pub after: Option<String>,
     /// 1 to 200, default 50.
     #[param(minimum = 1, maximum = 200)]
@@ -293,6 +298,16 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<ApiJson<ConnectionList>> {
     let limit = page_limit(q.limit)?;
+    if q.user_id
+        .as_ref()
+        .is_some_and(|u| u.is_empty() || u.chars().count() > 255)
+    {
+        return Err(ApiError::invalid(
+            "user_id",
+            "invalid_user_id",
+            "`user_id` must be 1 to 255 characters",
+        ));
+    }
     let failing_since = q
         .refresh_failing
         .unwrap_or(false)
@@ -302,8 +317,12 @@ pub async fn list(
         .store
         .list_connections(
             &tenant.id,
-            q.needs_reauth,
-            failing_since,
+            &ConnectionFilter {
+                needs_reauth: q.needs_reauth,
+                refresh_failing_since: failing_since,
+                user_id: q.user_id.as_deref(),
+                platform: q.platform.map(PlatformKind::as_str),
+            },
             q.after.as_deref(),
             limit,
         )

@@ -313,8 +313,7 @@ impl Store {
     pub async fn list_connections(
         &self,
         tenant_id: &str,
-        needs_reauth: Option<bool>,
-        refresh_failing_since: Option<DateTime<Utc>>,
+        filter: &ConnectionFilter<'_>,
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ConnectionRow>> {
@@ -323,15 +322,18 @@ impl Store {
              AND ($2 IS NULL OR needs_reauth = $2) AND ($3 IS NULL OR id > $3) \
              AND ($5 IS NULL OR id IN (SELECT connection_id FROM token_refreshes WHERE at >= $5 \
                  AND result NOT IN ('succeeded', 'skipped') GROUP BY connection_id HAVING COUNT(*) >= 3)) \
+             AND ($6 IS NULL OR user_id = $6) AND ($7 IS NULL OR platform = $7) \
              ORDER BY id LIMIT $4"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
             sqlx::query_as(sql)
                 .bind(tenant_id)
-                .bind(needs_reauth)
+                .bind(filter.needs_reauth)
                 .bind(after)
                 .bind(limit)
-                .bind(refresh_failing_since)
+                .bind(filter.refresh_failing_since)
+                .bind(filter.user_id)
+                .bind(filter.platform)
                 .fetch_all(p)
                 .await?
         }))
@@ -445,6 +447,18 @@ impl Store {
         );
         Ok(())
     }
+}
+
+/// Which of a tenant's connections to list; `None` leaves a field out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionFilter<'a> {
+    pub needs_reauth: Option<bool>,
+    /// Only connections with 3 or more failed refreshes since then.
+    pub refresh_failing_since: Option<DateTime<Utc>>,
+    /// The app's own id of the user who connected the account.
+    pub user_id: Option<&'a str>,
+    /// A platform's wire name (`mastodon`, `bluesky`, ...).
+    pub platform: Option<&'a str>,
 }
 
 /// The connections with these ids, in one statement (unknown ids are left out).

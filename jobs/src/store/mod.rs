@@ -23,7 +23,8 @@ pub use app_limits::{Admission, AppKey, AppLimitRow};
 pub use app_passwords::APP_PASSWORD_ERASED;
 pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub use connections::{
-    AUTH_APP_PASSWORD, ConnectionCount, ConnectionRow, NewConnection, StoredTokens,
+    AUTH_APP_PASSWORD, ConnectionCount, ConnectionFilter, ConnectionRow, NewConnection,
+    StoredTokens,
 };
 pub use followers::SyncRun;
 pub use keys::{
