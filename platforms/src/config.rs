@@ -34,6 +34,28 @@ impl PlatformApp {
         }
     }
 
+    /// The app on a platform whose web flow takes the app secret in the token request instead of
+    /// PKCE (LinkedIn, Meta's three), with the operator's endpoints where configured and no
+    /// revocation endpoint unless the operator names one (none of them documents RFC 7009).
+    pub fn secret_flow(
+        &self,
+        default_token_url: &str,
+        default_authorize_url: &str,
+        scopes: &'static str,
+    ) -> crate::oauth::OAuthApp {
+        crate::oauth::OAuthApp {
+            client: self.client(default_token_url),
+            authorize_url: self
+                .authorize_url
+                .clone()
+                .unwrap_or_else(|| default_authorize_url.to_owned()),
+            revoke_url: self.revoke_url.clone(),
+            scopes,
+            pkce: false,
+            auth: oauth2::AuthType::RequestBody,
+        }
+    }
+
     /// Where the platform's API is: `api_base`, else the platform's own.
     pub fn api_base_or(&self, default: &str) -> String {
         self.api_base.clone().unwrap_or_else(|| default.to_owned())

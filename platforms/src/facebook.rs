@@ -4,7 +4,6 @@
 //! connect time, after which `GET /me/accounts` grants one connection per page. The Graph API helpers it shares with Instagram and Threads are in [`super::meta`].
 
 use async_trait::async_trait;
-use oauth2::AuthType;
 use reqwest::Client;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -35,17 +34,11 @@ const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
 /// than PKCE. No revocation unless an operator configures one: `DELETE /{user}/permissions`
 /// would end the user's grant for every page, not the one connection removed.
 pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
-    OAuthApp {
-        client: app.client(DEFAULT_TOKEN_URL),
-        authorize_url: app
-            .authorize_url
-            .clone()
-            .unwrap_or_else(|| format!("https://www.facebook.com/{API_VERSION}/dialog/oauth")),
-        revoke_url: app.revoke_url.clone(),
-        scopes: SCOPES,
-        pkce: false,
-        auth: AuthType::RequestBody,
-    }
+    app.secret_flow(
+        DEFAULT_TOKEN_URL,
+        &format!("https://www.facebook.com/{API_VERSION}/dialog/oauth"),
+        SCOPES,
+    )
 }
 
 #[derive(Debug, Clone)]

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use oauth2::AuthType;
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
@@ -41,17 +40,7 @@ const LITTLE_RESERVED: &[char] = &[
 /// apps only, so the app secret authenticates; it documents no revocation endpoint (an operator
 /// may configure one).
 pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
-    OAuthApp {
-        client: app.client(DEFAULT_TOKEN_URL),
-        authorize_url: app
-            .authorize_url
-            .clone()
-            .unwrap_or_else(|| AUTHORIZE_URL.to_owned()),
-        revoke_url: app.revoke_url.clone(),
-        scopes: SCOPES,
-        pkce: false,
-        auth: AuthType::RequestBody,
-    }
+    app.secret_flow(DEFAULT_TOKEN_URL, AUTHORIZE_URL, SCOPES)
 }
 
 #[derive(Debug, Clone)]

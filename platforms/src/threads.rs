@@ -3,7 +3,6 @@
 //! publish step has an effect, and read-back settles a lost answer.
 
 use async_trait::async_trait;
-use oauth2::AuthType;
 use reqwest::Client;
 use serde::Deserialize;
 
@@ -35,17 +34,7 @@ const READ_BACK_WINDOW: chrono::Duration = chrono::Duration::hours(72);
 /// Herald's Threads app as configured (`HERALD_THREADS_*`): Meta takes the app secret rather than
 /// PKCE, and documents no revocation endpoint (an operator may configure one).
 pub fn oauth_app(app: &PlatformApp) -> OAuthApp {
-    OAuthApp {
-        client: app.client(DEFAULT_TOKEN_URL),
-        authorize_url: app
-            .authorize_url
-            .clone()
-            .unwrap_or_else(|| AUTHORIZE_URL.to_owned()),
-        revoke_url: app.revoke_url.clone(),
-        scopes: SCOPES,
-        pkce: false,
-        auth: AuthType::RequestBody,
-    }
+    app.secret_flow(DEFAULT_TOKEN_URL, AUTHORIZE_URL, SCOPES)
 }
 
 #[derive(Debug, Clone)]
