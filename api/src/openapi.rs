@@ -7,7 +7,7 @@ use utoipa::{
 };
 
 use crate::routes::{
-    connect, connections, health, jobs, keys, oauth_client, ops, platforms, shares,
+    connect, connections, health, jobs, keys, oauth_client, ops, platforms, shares, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -22,12 +22,16 @@ use crate::routes::{
         ops::connections,
         keys::list, keys::create, keys::revoke,
         platforms::list,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::remove,
+        webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::resend,
+        webhooks::replay,
         health::healthz, health::readyz,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
         jobs::JobState, jobs::JobQueueName, jobs::ShareQueueName, keys::KeyScope,
         herald_platforms::PlatformKind, herald_jobs::store::ShareState,
+        herald_jobs::webhooks::EventType,
     )),
     modifiers(&ApiKeyAuth, &CommonResponses),
 )]

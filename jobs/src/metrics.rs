@@ -45,7 +45,9 @@ const fn concat<const N: usize>(a: &[Metric], b: &[Metric]) -> [Metric; N] {
 // oauth_callbacks_total{platform,result}; platform_requests_total{platform,operation,status_class};
 // platform_request_duration_seconds{platform,operation}; api_requests_total{method,route,status};
 // api_request_duration_seconds{method,route}; workers_alive{queue}; sweep_runs_total{sweep,result};
-// build_info{version}.
+// build_info{version}; webhook_deliveries_total{event_type,result};
+// webhook_delivery_latency_seconds{event_type}; webhook_endpoints_disabled;
+// webhook_endpoints_failing_over_1h.
 declare! {
     JOBS_TOTAL = "herald_jobs_total", Counter,
         "Job attempts finished, by queue, platform and outcome (succeeded, retried, rate_limited, parked, failed, outcome_unknown, skipped).";
@@ -87,6 +89,14 @@ declare! {
         "Queue workers running in this process, by queue.";
     SWEEP_RUNS_TOTAL = "herald_sweep_runs_total", Counter,
         "Scheduled sweeps run, by sweep and result.";
+    WEBHOOK_DELIVERIES_TOTAL = "herald_webhook_deliveries_total", Counter,
+        "Webhook delivery attempts by event type and result (delivered, retried, failed: given up or refused for good).";
+    WEBHOOK_DELIVERY_LATENCY_SECONDS = "herald_webhook_delivery_latency_seconds", Histogram,
+        "Time from a webhook event to its delivery being accepted by the receiver, by event type.";
+    WEBHOOK_ENDPOINTS_DISABLED = "herald_webhook_endpoints_disabled", Gauge,
+        "Webhook endpoints disabled (by a 410, by failing for 5 days, or by their tenant), read at scrape time.";
+    WEBHOOK_ENDPOINTS_FAILING_OVER_1H = "herald_webhook_endpoints_failing_over_1h", Gauge,
+        "Enabled webhook endpoints whose every delivery attempt has failed for more than an hour, read at scrape time.";
     BUILD_INFO = "herald_build_info", Gauge,
         "Always 1; the version label says which Herald build is running.";
 }
@@ -125,6 +135,9 @@ pub const CALLBACK_RESULTS: &[&str] = &[
     "exchange_failed",
     "verify_failed",
 ];
+
+/// Results of a webhook delivery attempt, as `herald_webhook_deliveries_total{result}` labels them.
+pub const WEBHOOK_RESULTS: &[&str] = &["delivered", "retried", "failed"];
 
 /// How a connection authenticates, as `herald_connections{auth}` labels it.
 pub const CONNECTION_AUTHS: &[&str] = &["oauth", "app_password"];

@@ -18,6 +18,7 @@ mod recent;
 mod replay;
 mod share_queue;
 mod shares;
+pub(crate) mod webhooks;
 
 pub use app_limits::{Admission, AppKey, AppLimitRow};
 pub use app_passwords::APP_PASSWORD_ERASED;
@@ -34,6 +35,10 @@ pub use keys::{
 pub use lifecycle::{DueFor, TokenWrite};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
+pub use webhooks::{
+    AttemptResult, DeliveryListRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint,
+    Outgoing, RESPONSE_SNIPPET,
+};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Finished, NewShare,
     ShareDepth, ShareRow, ShareState, ShareUpdate,

@@ -466,13 +466,18 @@ impl Store {
              WHERE id = $1 AND state = 'queued' AND attempts = $3 RETURNING {COLUMNS}"
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql)
+            let mut tx = crate::store::Engine::begin_write(p).await?;
+            let row: Option<ShareRow> = sqlx::query_as(sql)
                 .bind(&share.id)
                 .bind(now)
                 .bind(share.attempts)
-                .fetch_optional(p)
-                .await?
+                .fetch_optional(&mut *tx)
+                .await?;
+            super::webhooks::record_share(p, &mut tx, row.as_ref(), now).await?;
+            tx.commit().await?;
+            row
         });
+        crate::webhooks::wake();
         Ok(row.map_or(Claim::Busy, Claim::Settled))
     }
 
@@ -533,13 +538,18 @@ impl Store {
              WHERE id = $1 AND tenant_id = $2 AND state IN ('queued', 'parked') RETURNING {COLUMNS}"
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql)
+            let mut tx = crate::store::Engine::begin_write(p).await?;
+            let row: Option<ShareRow> = sqlx::query_as(sql)
                 .bind(id)
                 .bind(tenant_id)
                 .bind(now)
-                .fetch_optional(p)
-                .await?
+                .fetch_optional(&mut *tx)
+                .await?;
+            super::webhooks::record_share(p, &mut tx, row.as_ref(), now).await?;
+            tx.commit().await?;
+            row
         });
+        crate::webhooks::wake();
         Ok(match row {
             Some(r) => Cancel::Cancelled(r),
             None => match self.tenant_share(tenant_id, id).await? {
@@ -663,6 +673,7 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
                 continue;
             };
             let row = ShareRow::from_row(&found)?;
+            super::webhooks::record_share(p, &mut tx, Some(&row), r.now).await?;
             let next_id: Option<String> = found.try_get("next_id")?;
             // A share resumed after this one may start now that this one is settled.
             let next: Option<ShareRow> = match next_id {
@@ -698,6 +709,7 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
             insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        crate::webhooks::wake();
         rows
     }))
 }

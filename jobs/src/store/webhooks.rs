@@ -1,0 +1,865 @@
+//! Webhook endpoints, the outbox of events, and the delivery rows that are the delivery queue.
+//!
+//! An event is written by [`record`] inside the transaction of the state change that causes it,
+//! with one delivery row per endpoint of the tenant that wants its type; a tenant without
+//! endpoints costs that transaction one indexed read and nothing else. A delivery row is `pending`
+//! (due at `next_attempt_at`), `sending` (claimed under a lease), `delivered` or `failed`.
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use super::{Engine, Pool, Result, Store, with_engine, with_pool};
+use crate::{
+    ids,
+    webhooks::{EventType, NewEvent},
+};
+
+pub(super) const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, \
+    disabled_reason, disabled_at, secret_enc, previous_secret_enc, previous_secret_until, \
+    failing_since, created_at, updated_at";
+
+pub(super) const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_seq, subject, state, \
+    attempts, next_attempt_at, lease_until, last_attempt_at, last_status, last_response, \
+    last_error, delivered_at, created_at, updated_at";
+
+/// A tenant's webhook endpoint; the secrets are vault envelopes.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndpointRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    pub description: Option<String>,
+    /// A JSON array of event types; `None` is every type.
+    pub event_types: Option<String>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub secret_enc: String,
+    pub previous_secret_enc: Option<String>,
+    pub previous_secret_until: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl EndpointRow {
+    /// The types it subscribed to, `None` for every type.
+    pub fn event_types(&self) -> Option<Vec<EventType>> {
+        let raw = self.event_types.as_deref()?;
+        let names: Vec<String> = serde_json::from_str(raw).unwrap_or_default();
+        Some(names.iter().filter_map(|n| EventType::parse(n)).collect())
+    }
+
+    /// Whether the fan-out of an event of type `kind` reaches it (`webhook.test` is only ever
+    /// sent to the endpoint it was asked for).
+    fn wants(types: Option<&str>, kind: EventType) -> bool {
+        kind != EventType::WebhookTest
+            && types.is_none_or(|t| t.contains(&format!("\"{}\"", kind.as_str())))
+    }
+}
+
+/// One event's delivery to one endpoint.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_seq: i64,
+    pub subject: String,
+    pub state: String,
+    /// Attempts made, the one under way included.
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i32>,
+    /// The start of the last response's body (at most [`RESPONSE_SNIPPET`] bytes).
+    pub last_response: Option<String>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A delivery as the tenant lists it, with its event's type.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryListRow {
+    #[sqlx(flatten)]
+    pub delivery: DeliveryRow,
+    pub event_type: String,
+}
+
+/// How much of a response body is kept on the delivery row.
+pub const RESPONSE_SNIPPET: usize = 1024;
+
+/// A claimed delivery with what sending it needs.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub delivery: DeliveryRow,
+    pub event_type: String,
+    pub body: String,
+    pub endpoint: EndpointRow,
+}
+
+/// A new endpoint, its secret already sealed for its row.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<EventType>>,
+    pub secret_enc: String,
+}
+
+/// What a `PATCH` changes (`None`: unchanged; `event_types: Some(None)`: every type).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub description: Option<Option<String>>,
+    pub event_types: Option<Option<Vec<EventType>>>,
+    pub enabled: Option<bool>,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub status: Option<u16>,
+    pub response: Option<String>,
+    pub error: Option<String>,
+    /// The receiver took it (2xx).
+    pub delivered: bool,
+    /// When to try again; `None` with `delivered` false: the delivery has failed for good.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Disable the endpoint, saying why (a 410, or failing for too long).
+    pub disable: Option<String>,
+}
+
+fn types_json(types: &Option<Vec<EventType>>) -> Option<String> {
+    types.as_ref().map(|t| {
+        serde_json::to_string(&t.iter().map(|t| t.as_str()).collect::<Vec<_>>())
+            .expect("a list of names serialises")
+    })
+}
+
+/// The delivery columns of `d` (a query that joins the events).
+fn prefixed_delivery_columns() -> String {
+    DELIVERY_COLUMNS
+        .split(',')
+        .map(|c| format!("d.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The statement text in the placeholder form of engine `P`.
+fn sql_for<P: Engine>(text: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(if P::SQLITE {
+        super::sqlite_sql(text)
+    } else {
+        text.to_owned()
+    })
+}
+
+/// The outbox's writes, on either engine's transaction.
+pub(crate) trait Outbox: Engine {
+    /// Writes `event`, and a delivery to each endpoint of its tenant that wants it, in `tx`.
+    /// `only` limits the deliveries to one endpoint (a test event). Nothing is written for a
+    /// tenant without endpoints. Returns the number of deliveries written.
+    fn record<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Self::Db>,
+        event: &'a NewEvent,
+        only: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<usize>>;
+}
+
+macro_rules! outbox_for {
+    ($pool:ty) => {
+        impl Outbox for $pool {
+            fn record<'a>(
+                tx: &'a mut sqlx::Transaction<'static, Self::Db>,
+                event: &'a NewEvent,
+                only: Option<&'a str>,
+            ) -> BoxFuture<'a, Result<usize>> {
+                Box::pin(async move {
+                    let endpoints: Vec<(String, Option<String>, bool)> = sqlx::query_as(
+                        sql_for::<$pool>(
+                            "SELECT id, event_types, enabled FROM webhook_endpoints WHERE tenant_id = $1",
+                        ),
+                    )
+                    .bind(&event.tenant_id)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    if endpoints.is_empty() {
+                        return Ok(0);
+                    }
+                    let seq: i64 = sqlx::query_scalar(sql_for::<$pool>(
+                        "INSERT INTO webhook_events (id, tenant_id, type, subject, payload, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+                    ))
+                    .bind(&event.id)
+                    .bind(&event.tenant_id)
+                    .bind(event.kind.as_str())
+                    .bind(&event.subject)
+                    .bind(&event.body)
+                    .bind(event.created_at)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    let mut written = 0;
+                    for (endpoint, types, enabled) in &endpoints {
+                        let wanted = match only {
+                            Some(one) => one == endpoint,
+                            None => *enabled && EndpointRow::wants(types.as_deref(), event.kind),
+                        };
+                        if !wanted {
+                            continue;
+                        }
+                        sqlx::query(sql_for::<$pool>(
+                            "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_seq, \
+                             subject, state, next_attempt_at, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)",
+                        ))
+                        .bind(ids::new(ids::DELIVERY))
+                        .bind(endpoint)
+                        .bind(&event.id)
+                        .bind(seq)
+                        .bind(&event.subject)
+                        .bind(event.created_at)
+                        .execute(&mut **tx)
+                        .await?;
+                        written += 1;
+                    }
+                    Ok(written)
+                })
+            }
+        }
+    };
+}
+outbox_for!(sqlx::SqlitePool);
+outbox_for!(sqlx::PgPool);
+
+/// Writes `event` to the outbox in `tx` (see [`Outbox::record`]); `_on` is the pool the
+/// transaction came from, which picks the engine. Call [`crate::webhooks::wake`] after the commit.
+pub(crate) async fn record<P: Outbox>(
+    _on: &P,
+    tx: &mut sqlx::Transaction<'static, P::Db>,
+    event: &NewEvent,
+) -> Result<usize> {
+    P::record(tx, event, None).await
+}
+
+/// Records the event a share's new row announces (none while it is queued or running).
+pub(crate) async fn record_share<P: Outbox>(
+    _on: &P,
+    tx: &mut sqlx::Transaction<'static, P::Db>,
+    row: Option<&super::ShareRow>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if let Some(event) = row.and_then(|r| NewEvent::share(r, now)) {
+        P::record(tx, &event, None).await?;
+    }
+    Ok(())
+}
+
+/// Records a connection's event, if the change happened (`row` is the changed row).
+pub(crate) async fn record_connection<P: Outbox>(
+    _on: &P,
+    tx: &mut sqlx::Transaction<'static, P::Db>,
+    kind: EventType,
+    row: Option<&super::ConnectionRow>,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if let Some(row) = row {
+        P::record(tx, &NewEvent::connection(kind, row, reason, now), None).await?;
+    }
+    Ok(())
+}
+
+/// [`record`] for the one endpoint `only`.
+async fn record_only<P: Outbox>(
+    _on: &P,
+    tx: &mut sqlx::Transaction<'static, P::Db>,
+    event: &NewEvent,
+    only: &str,
+) -> Result<usize> {
+    P::record(tx, event, Some(only)).await
+}
+
+/// How the claim statement differs between the engines (see `share_queue.rs`).
+fn claim_sql(pool: &Pool) -> String {
+    let (due, recheck) = match pool {
+        Pool::Sqlite(_) => ("INDEXED BY webhook_deliveries_due", ""),
+        Pool::Postgres(_) => ("", "AND state = 'pending'"),
+    };
+    // Due, pending, its endpoint enabled, no earlier event of its subject still open for that
+    // endpoint (order), and at most `$4` in flight per endpoint (a dead endpoint holds a few
+    // workers, never all of them). Another process's claim of the same row waits for this one's
+    // row lock on Postgres and then finds it no longer pending.
+    format!(
+        "UPDATE webhook_deliveries SET state = 'sending', attempts = attempts + 1, lease_until = $2, \
+         last_attempt_at = $1, updated_at = $1 \
+         WHERE id IN (SELECT c.id FROM (SELECT d.id, d.next_attempt_at, d.event_seq, \
+           ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.event_seq) AS rn, \
+           (SELECT COUNT(*) FROM webhook_deliveries s WHERE s.endpoint_id = d.endpoint_id \
+            AND s.state = 'sending') AS busy \
+           FROM webhook_deliveries d {due} WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
+           AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled) \
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.endpoint_id = d.endpoint_id \
+             AND b.subject = d.subject AND b.event_seq < d.event_seq \
+             AND b.state IN ('pending', 'sending'))) c \
+         WHERE c.rn + c.busy <= $4 ORDER BY c.next_attempt_at, c.event_seq LIMIT $3) {recheck} \
+         RETURNING {DELIVERY_COLUMNS}"
+    )
+}
+
+impl Store {
+    // --- Endpoints --------------------------------------------------------------------------
+
+    pub async fn create_webhook_endpoint(
+        &self,
+        new: &NewEndpoint,
+        now: DateTime<Utc>,
+    ) -> Result<EndpointRow> {
+        let q = format!(
+            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, \
+             secret_enc, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, TRUE, $6, $7, $7) \
+             RETURNING {ENDPOINT_COLUMNS}"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(&new.id)
+            .bind(&new.tenant_id)
+            .bind(&new.url)
+            .bind(&new.description)
+            .bind(types_json(&new.event_types))
+            .bind(&new.secret_enc)
+            .bind(now)
+            .fetch_one(p)
+            .await?))
+    }
+
+    /// One tenant's endpoint; another tenant's id is simply not found.
+    pub async fn webhook_endpoint(&self, tenant_id: &str, id: &str) -> Result<Option<EndpointRow>> {
+        let q = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_optional(p)
+            .await?))
+    }
+
+    /// A tenant's endpoints, oldest first, paged by id.
+    pub async fn webhook_endpoints(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EndpointRow>> {
+        let q = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(tenant_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(p)
+            .await?))
+    }
+
+    /// Applies a `PATCH`. Enabling clears the reason it was disabled and the failing streak;
+    /// disabling fails its pending deliveries (a replay sends them again).
+    pub async fn update_webhook_endpoint(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        patch: &EndpointPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Option<EndpointRow>> {
+        let q = format!(
+            "UPDATE webhook_endpoints SET url = COALESCE($3, url), \
+             description = CASE WHEN $4 THEN $5 ELSE description END, \
+             event_types = CASE WHEN $6 THEN $7 ELSE event_types END, \
+             enabled = COALESCE($8, enabled), \
+             disabled_reason = CASE WHEN $8 IS NULL THEN disabled_reason WHEN $8 THEN NULL ELSE 'disabled by the tenant' END, \
+             disabled_at = CASE WHEN $8 IS NULL THEN disabled_at WHEN $8 THEN NULL ELSE $9 END, \
+             failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END, \
+             updated_at = $9 WHERE id = $1 AND tenant_id = $2 RETURNING {ENDPOINT_COLUMNS}"
+        );
+        let row: Option<EndpointRow> = with_pool!(&self.pool, &q, |p, sql| {
+            let mut tx = Engine::begin_write(p).await?;
+            let row: Option<EndpointRow> = sqlx::query_as(sql)
+                .bind(id)
+                .bind(tenant_id)
+                .bind(&patch.url)
+                .bind(patch.description.is_some())
+                .bind(patch.description.clone().flatten())
+                .bind(patch.event_types.is_some())
+                .bind(patch.event_types.as_ref().and_then(types_json))
+                .bind(patch.enabled)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if patch.enabled == Some(false) && row.is_some() {
+                fail_pending(&mut tx, p, id, "the endpoint was disabled", now).await?;
+            }
+            tx.commit().await?;
+            row
+        });
+        if patch.enabled == Some(true) {
+            crate::webhooks::wake();
+        }
+        Ok(row)
+    }
+
+    /// Deletes an endpoint and its deliveries (the events stay, for the tenant's other endpoints).
+    pub async fn delete_webhook_endpoint(&self, tenant_id: &str, id: &str) -> Result<bool> {
+        Ok(with_pool!(
+            &self.pool,
+            "DELETE FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2",
+            |p, sql| sqlx::query(sql)
+                .bind(id)
+                .bind(tenant_id)
+                .execute(p)
+                .await?
+                .rows_affected()
+                > 0
+        ))
+    }
+
+    /// Stores a rotated secret: `secret_enc` the new one, `previous_enc` the old one (sealed for
+    /// its own column), which keeps signing until `until`.
+    pub async fn rotate_webhook_secret(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        secret_enc: &str,
+        previous_enc: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<EndpointRow>> {
+        let q = format!(
+            "UPDATE webhook_endpoints SET secret_enc = $3, previous_secret_enc = $4, \
+             previous_secret_until = $5, updated_at = $6 WHERE id = $1 AND tenant_id = $2 \
+             RETURNING {ENDPOINT_COLUMNS}"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(id)
+            .bind(tenant_id)
+            .bind(secret_enc)
+            .bind(previous_enc)
+            .bind(until)
+            .bind(now)
+            .fetch_optional(p)
+            .await?))
+    }
+
+    // --- Events -----------------------------------------------------------------------------
+
+    /// Writes `event` for the one endpoint `endpoint_id` (a `webhook.test`). Returns the
+    /// delivery's id.
+    pub async fn record_event_for(
+        &self,
+        endpoint_id: &str,
+        event: &NewEvent,
+    ) -> Result<Option<String>> {
+        let id: Option<String> = with_pool!(
+            &self.pool,
+            "SELECT id FROM webhook_deliveries WHERE event_id = $1",
+            |p, sql| {
+                let mut tx = Engine::begin_write(p).await?;
+                record_only(p, &mut tx, event, endpoint_id).await?;
+                let id = sqlx::query_scalar(sql)
+                    .bind(&event.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                id
+            }
+        );
+        crate::webhooks::wake();
+        Ok(id)
+    }
+
+    /// Writes `event` to the outbox on its own (a state change with no transaction to join).
+    pub async fn record_event(&self, event: &NewEvent) -> Result<usize> {
+        let n = with_pool!(&self.pool, "", |p, _sql| {
+            let mut tx = Engine::begin_write(p).await?;
+            let n = record(p, &mut tx, event).await?;
+            tx.commit().await?;
+            n
+        });
+        crate::webhooks::wake();
+        Ok(n)
+    }
+
+    // --- The delivery queue -----------------------------------------------------------------
+
+    /// Claims up to `limit` due deliveries (see `claim_sql`), each under a lease until
+    /// `lease_until`, with its attempt counted.
+    pub async fn claim_due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+        per_endpoint: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        if let Pool::Sqlite(p) = &self.pool {
+            // An UPDATE takes SQLite's write lock even when it matches nothing: look first.
+            let any: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM webhook_deliveries INDEXED BY webhook_deliveries_due \
+                 WHERE state = 'pending' AND next_attempt_at <= ?1 LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(p)
+            .await?;
+            if any.is_none() {
+                return Ok(Vec::new());
+            }
+        }
+        let q = claim_sql(&self.pool);
+        let mut rows: Vec<DeliveryRow> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .bind(per_endpoint)
+            .fetch_all(p)
+            .await?);
+        rows.sort_by_key(|r| r.event_seq);
+        Ok(rows)
+    }
+
+    /// Gives back the deliveries whose worker died mid-attempt (lease lapsed): pending again,
+    /// due now. Returns how many.
+    pub async fn release_lapsed_deliveries(&self, now: DateTime<Utc>) -> Result<u64> {
+        if let Pool::Sqlite(p) = &self.pool {
+            let any: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM webhook_deliveries INDEXED BY webhook_deliveries_leased \
+                 WHERE state = 'sending' AND lease_until < ?1 LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(p)
+            .await?;
+            if any.is_none() {
+                return Ok(0);
+            }
+        }
+        Ok(with_pool!(
+            &self.pool,
+            "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, lease_until = NULL, \
+             last_error = 'the worker sending it stopped', updated_at = $1 \
+             WHERE state = 'sending' AND lease_until < $1",
+            |p, sql| sqlx::query(sql).bind(now).execute(p).await?.rows_affected()
+        ))
+    }
+
+    /// The earliest `next_attempt_at` after `now` of a pending delivery.
+    pub async fn next_delivery_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT next_attempt_at FROM webhook_deliveries WHERE state = 'pending' \
+             AND next_attempt_at > $1 ORDER BY next_attempt_at LIMIT 1",
+            |p, sql| sqlx::query_scalar(sql).bind(now).fetch_optional(p).await?
+        ))
+    }
+
+    /// A claimed delivery with its event and endpoint; `None` if the endpoint was deleted.
+    pub async fn outgoing_delivery(&self, delivery: DeliveryRow) -> Result<Option<Outgoing>> {
+        let event: Option<(String, String)> = with_pool!(
+            &self.pool,
+            "SELECT type, payload FROM webhook_events WHERE id = $1",
+            |p, sql| sqlx::query_as(sql)
+                .bind(&delivery.event_id)
+                .fetch_optional(p)
+                .await?
+        );
+        let q = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1");
+        let endpoint: Option<EndpointRow> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(
+            sql
+        )
+        .bind(&delivery.endpoint_id)
+        .fetch_optional(p)
+        .await?);
+        let (Some((event_type, body)), Some(endpoint)) = (event, endpoint) else {
+            return Ok(None);
+        };
+        Ok(Some(Outgoing {
+            delivery,
+            event_type,
+            body,
+            endpoint,
+        }))
+    }
+
+    /// Records attempt `attempt` of a delivery, if this worker still holds it, and what it says
+    /// about the endpoint: a success ends its failing streak; a failure starts one (or continues
+    /// it); `disable` turns it off, failing its other pending deliveries. Returns the row, or
+    /// `None` when the lease was lost.
+    pub async fn finish_delivery(
+        &self,
+        id: &str,
+        attempt: i32,
+        result: &AttemptResult,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeliveryRow>> {
+        let state = match (result.delivered, result.retry_at) {
+            (true, _) => "delivered",
+            (false, Some(_)) if result.disable.is_none() => "pending",
+            _ => "failed",
+        };
+        let retry_at = result.retry_at.filter(|_| state == "pending");
+        let q = format!(
+            "UPDATE webhook_deliveries SET state = $3, next_attempt_at = $4, lease_until = NULL, \
+             last_status = $5, last_response = $6, last_error = $7, \
+             delivered_at = CASE WHEN $3 = 'delivered' THEN $8 ELSE delivered_at END, updated_at = $8 \
+             WHERE id = $1 AND state = 'sending' AND attempts = $2 RETURNING {DELIVERY_COLUMNS}"
+        );
+        let row: Option<DeliveryRow> = with_pool!(&self.pool, &q, |p, sql| {
+            let mut tx = Engine::begin_write(p).await?;
+            let row: Option<DeliveryRow> = sqlx::query_as(sql)
+                .bind(id)
+                .bind(attempt)
+                .bind(state)
+                .bind(retry_at)
+                .bind(result.status.map(i32::from))
+                .bind(&result.response)
+                .bind(&result.error)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = &row {
+                let streak = if result.delivered {
+                    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL"
+                } else {
+                    "UPDATE webhook_endpoints SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL"
+                };
+                sqlx::query(with_engine(p, streak))
+                    .bind(&row.endpoint_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(reason) = &result.disable {
+                    sqlx::query(with_engine(
+                        p,
+                        "UPDATE webhook_endpoints SET enabled = FALSE, disabled_reason = $2, \
+                         disabled_at = $3, updated_at = $3 WHERE id = $1 AND enabled",
+                    ))
+                    .bind(&row.endpoint_id)
+                    .bind(reason)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    fail_pending(&mut tx, p, &row.endpoint_id, reason, now).await?;
+                }
+            }
+            tx.commit().await?;
+            row
+        });
+        if row.is_some() {
+            // The next event of the same subject may be free to go now.
+            crate::webhooks::wake();
+        }
+        Ok(row)
+    }
+
+    /// An endpoint's deliveries, newest first, paged by the previous page's last id.
+    pub async fn webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryListRow>> {
+        let cols = prefixed_delivery_columns();
+        let q = format!(
+            "SELECT {cols}, v.type AS event_type FROM webhook_deliveries d \
+             JOIN webhook_events v ON v.id = d.event_id WHERE d.endpoint_id = $1 \
+             AND ($2 IS NULL OR d.event_seq < (SELECT b.event_seq FROM webhook_deliveries b WHERE b.id = $2)) \
+             ORDER BY d.event_seq DESC LIMIT $3"
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(endpoint_id)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(p)
+            .await?))
+    }
+
+    /// Sends a finished delivery again (same event, same `webhook-id`), due now, with a fresh
+    /// attempt schedule; a pending or sending one is left as it is. `None` if it is not the
+    /// endpoint's.
+    pub async fn resend_delivery(
+        &self,
+        endpoint_id: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeliveryListRow>> {
+        let resent = with_pool!(
+            &self.pool,
+            "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $3, \
+             updated_at = $3 WHERE id = $1 AND endpoint_id = $2 AND state IN ('delivered', 'failed')",
+            |p, sql| sqlx::query(sql)
+                .bind(id)
+                .bind(endpoint_id)
+                .bind(now)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        if resent > 0 {
+            crate::webhooks::wake();
+        }
+        self.webhook_delivery(endpoint_id, id).await
+    }
+
+    /// One of an endpoint's deliveries, with its event's type.
+    pub async fn webhook_delivery(
+        &self,
+        endpoint_id: &str,
+        id: &str,
+    ) -> Result<Option<DeliveryListRow>> {
+        let q = format!(
+            "SELECT {}, v.type AS event_type FROM webhook_deliveries d \
+             JOIN webhook_events v ON v.id = d.event_id WHERE d.id = $1 AND d.endpoint_id = $2",
+            prefixed_delivery_columns()
+        );
+        Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(id)
+            .bind(endpoint_id)
+            .fetch_optional(p)
+            .await?))
+    }
+
+    /// Sends every event of the tenant since `since` that the endpoint subscribes to again, in
+    /// their order: deliveries it never had are created, finished ones are due again, open ones
+    /// are left as they are. At most `limit` events. Returns how many deliveries are due.
+    pub async fn replay_webhook_events(
+        &self,
+        endpoint: &EndpointRow,
+        since: DateTime<Utc>,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let types = endpoint.event_types.clone();
+        let n = with_pool!(
+            &self.pool,
+            "SELECT id, seq, subject, type FROM webhook_events WHERE tenant_id = $1 \
+             AND created_at >= $2 ORDER BY seq LIMIT $3",
+            |p, sql| {
+                let mut tx = Engine::begin_write(p).await?;
+                let events: Vec<(String, i64, String, String)> = sqlx::query_as(sql)
+                    .bind(&endpoint.tenant_id)
+                    .bind(since)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut due = 0u64;
+                for (event_id, seq, subject, kind) in events {
+                    let Some(kind) = EventType::parse(&kind) else {
+                        continue;
+                    };
+                    if !EndpointRow::wants(types.as_deref(), kind) {
+                        continue;
+                    }
+                    let inserted = sqlx::query(with_engine(
+                        p,
+                        "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_seq, \
+                         subject, state, next_attempt_at, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $6) \
+                         ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+                    ))
+                    .bind(ids::new(ids::DELIVERY))
+                    .bind(&endpoint.id)
+                    .bind(&event_id)
+                    .bind(seq)
+                    .bind(&subject)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    let reset = sqlx::query(with_engine(
+                        p,
+                        "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, \
+                         next_attempt_at = $3, updated_at = $3 WHERE endpoint_id = $1 \
+                         AND event_id = $2 AND state IN ('delivered', 'failed')",
+                    ))
+                    .bind(&endpoint.id)
+                    .bind(&event_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    due += inserted + reset;
+                }
+                tx.commit().await?;
+                due
+            }
+        );
+        crate::webhooks::wake();
+        Ok(n)
+    }
+
+    /// Endpoints disabled, and endpoints enabled but failing since before `failing_before`, for
+    /// the gauges.
+    pub async fn webhook_endpoint_counts(
+        &self,
+        failing_before: DateTime<Utc>,
+    ) -> Result<(i64, i64)> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT COALESCE(SUM(CASE WHEN enabled THEN 0 ELSE 1 END), 0), \
+             COALESCE(SUM(CASE WHEN enabled AND failing_since < $1 THEN 1 ELSE 0 END), 0) \
+             FROM webhook_endpoints",
+            |p, sql| sqlx::query_as(sql).bind(failing_before).fetch_one(p).await?
+        ))
+    }
+}
+
+/// Fails an endpoint's pending deliveries, saying why.
+async fn fail_pending<P: FailPending>(
+    tx: &mut sqlx::Transaction<'static, P::Db>,
+    _on: &P,
+    endpoint_id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    P::fail_pending(tx, endpoint_id, reason, now).await
+}
+
+/// [`fail_pending`] on either engine.
+trait FailPending: Engine {
+    fn fail_pending<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Self::Db>,
+        endpoint_id: &'a str,
+        reason: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+macro_rules! fail_pending_for {
+    ($pool:ty) => {
+        impl FailPending for $pool {
+            fn fail_pending<'a>(
+                tx: &'a mut sqlx::Transaction<'static, Self::Db>,
+                endpoint_id: &'a str,
+                reason: &'a str,
+                now: DateTime<Utc>,
+            ) -> BoxFuture<'a, Result<()>> {
+                Box::pin(async move {
+                    sqlx::query(sql_for::<$pool>(
+                        "UPDATE webhook_deliveries SET state = 'failed', next_attempt_at = NULL, \
+                         last_error = $2, updated_at = $3 WHERE endpoint_id = $1 AND state = 'pending'",
+                    ))
+                    .bind(endpoint_id)
+                    .bind(reason)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+fail_pending_for!(sqlx::SqlitePool);
+fail_pending_for!(sqlx::PgPool);
