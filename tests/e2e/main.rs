@@ -21,3 +21,4 @@ mod outage;
 mod platforms;
 mod rate_limits;
 mod sharing;
+mod webhooks;

@@ -3,6 +3,7 @@
 //! `herald_platforms::testing`, which its client tests use too).
 
 pub mod db;
+pub mod receiver;
 
 use std::{future::Future, time::Duration};
 
