@@ -25,6 +25,9 @@ on_every_backend!(
     a_worker_killed_mid_delivery_leaves_it_to_another_that_delivers_it,
     a_dead_endpoint_does_not_delay_another_tenants,
     bad_endpoints_are_refused_and_nothing_is_written,
+    a_share_whose_answer_was_lost_for_good_is_announced_outcome_unknown,
+    the_third_failed_refresh_in_a_day_announces_refresh_failing_once,
+    an_endpoint_failing_for_five_days_is_disabled_with_its_reason,
 );
 
 /// Creates an endpoint with `key`; returns its id and secret.
@@ -555,4 +558,93 @@ async fn bad_endpoints_are_refused_and_nothing_is_written(engine: Engine) {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = app.get(&format!("/v1/webhooks/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn a_share_whose_answer_was_lost_for_good_is_announced_outcome_unknown(engine: Engine) {
+    use herald_jobs::store::{Claim, ShareUpdate};
+    let app = TestApp::spawn_with(engine, false, fast_settings()).await;
+    let receiver = Receiver::start().await;
+    endpoint(&app, &app.key, &receiver.url, None).await;
+    let conn = app.mastodon_connection().await;
+    let share = app.share(&conn, "lost").await;
+    // The fake Mastodon deduplicates a repeated create, as Mastodon does, so Herald never leaves
+    // a Mastodon share in outcome_unknown: the attempt is recorded here as the share job records
+    // it on a platform without idempotency (X, LinkedIn, Facebook), through the same group commit.
+    let store = &app.parts.ctx.store;
+    let now = chrono::Utc::now();
+    let Claim::Run { share: row, .. } = store
+        .claim_share(&share, now, now + chrono::Duration::seconds(30))
+        .await
+        .unwrap()
+    else {
+        panic!("the share could not be claimed")
+    };
+    let lost = ShareUpdate::OutcomeUnknown {
+        message: "timed out after the request was sent; the post may exist".into(),
+    };
+    store
+        .finish_attempt(&share, row.attempts, now, &lost, chrono::Utc::now())
+        .await
+        .unwrap()
+        .expect("this worker held the share");
+    let _worker = app.worker_process(&[]);
+    let got = receiver.first("share.outcome_unknown").await.json();
+    assert_eq!(got["data"]["share_id"], share.as_str());
+    assert_eq!(got["data"]["error"]["class"], "outcome_unknown");
+    assert_eq!(kinds(&receiver.hooks()), ["share.outcome_unknown"]);
+}
+
+async fn the_third_failed_refresh_in_a_day_announces_refresh_failing_once(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let receiver = Receiver::start().await;
+    endpoint(&app, &app.key, &receiver.url, Some(&["connection.refresh_failing"])).await;
+    let conn = app.mastodon_connection().await;
+    let store = &app.parts.ctx.store;
+    let row = store.connection(&conn).await.unwrap().unwrap();
+    // The refresh job records each outcome through this call (a Mastodon token has no refresh
+    // to fail, so the test records them as the job would).
+    let now = chrono::Utc::now();
+    for result in ["transient", "succeeded", "transient", "invalid_grant", "transient"] {
+        store
+            .record_refresh(&row, result, Some("the token endpoint answered 503"), now)
+            .await
+            .unwrap();
+    }
+    let got = receiver.first("connection.refresh_failing").await.json();
+    assert_eq!(got["data"]["connection_id"], conn.as_str());
+    assert!(got["data"]["reason"].as_str().unwrap().starts_with("3 failed token refreshes"));
+    // The fourth failure is the same streak: no second event.
+    let (_, hooks) = app.get("/v1/webhooks").await;
+    let hook = hooks["webhooks"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(deliveries(&app, &app.key, &hook).await.len(), 1);
+}
+
+async fn an_endpoint_failing_for_five_days_is_disabled_with_its_reason(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer::Status(500));
+    let (hook, _) = endpoint(&app, &app.key, &receiver.url, None).await;
+    // Failing since six days ago (the streak a week of 500s would have left).
+    let since = chrono::Utc::now() - chrono::Duration::days(6);
+    let sql = "UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2";
+    match app.parts.ctx.store.pool() {
+        herald_jobs::store::Pool::Sqlite(p) => {
+            sqlx::query(sql).bind(since).bind(&hook).execute(p).await.unwrap();
+        }
+        herald_jobs::store::Pool::Postgres(p) => {
+            sqlx::query(sql).bind(since).bind(&hook).execute(p).await.unwrap();
+        }
+    }
+    app.post(&format!("/v1/webhooks/{hook}/test"), json!({}))
+        .await;
+    let shown = eventually(Duration::from_secs(10), || async {
+        let (_, shown) = app.get(&format!("/v1/webhooks/{hook}")).await;
+        (shown["enabled"] == false).then_some(shown)
+    })
+    .await
+    .expect("the endpoint was never disabled");
+    let reason = shown["disabled_reason"].as_str().unwrap();
+    assert!(reason.starts_with("every delivery has failed since"), "{reason}");
+    assert!(reason.contains("500"), "{reason}");
+    assert_eq!(receiver.hooks().len(), 1);
 }
