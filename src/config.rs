@@ -413,10 +413,9 @@ impl Config {
                 "HERALD_BLUESKY_CLIENT_KEYS is set but HERALD_PUBLIC_URL is not https: Bluesky's authorization servers only fetch https client metadata"
             );
         }
-        let retry_schedule = herald_jobs::webhooks::schedule::parse_schedule(
-            &self.worker.webhook_retry_schedule,
-        )
-        .map_err(|e| anyhow::anyhow!("HERALD_WEBHOOK_RETRY_SCHEDULE: {e}"))?;
+        let retry_schedule =
+            herald_jobs::webhooks::schedule::parse_schedule(&self.worker.webhook_retry_schedule)
+                .map_err(|e| anyhow::anyhow!("HERALD_WEBHOOK_RETRY_SCHEDULE: {e}"))?;
         anyhow::ensure!(
             self.worker.webhook_timeout_secs >= 1,
             "HERALD_WEBHOOK_TIMEOUT_SECS must be at least 1"

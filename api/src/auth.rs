@@ -39,7 +39,11 @@ pub const ROUTE_SCOPES: &[(&str, &str, Scope)] = &[
     ("DELETE", "/v1/webhooks/{id}", Scope::Connect),
     ("POST", "/v1/webhooks/{id}/rotate-secret", Scope::Connect),
     ("POST", "/v1/webhooks/{id}/test", Scope::Connect),
-    ("POST", "/v1/webhooks/{id}/deliveries/{delivery}/resend", Scope::Connect),
+    (
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery}/resend",
+        Scope::Connect,
+    ),
     ("POST", "/v1/webhooks/{id}/replay", Scope::Connect),
     // Operator keys.
     ("GET", "/v1/jobs", Scope::Read),

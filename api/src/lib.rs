@@ -71,11 +71,11 @@ pub fn router(state: ApiState) -> Router {
             "/v1/webhooks/{id}/rotate-secret",
             axum::routing::post(webhooks::rotate_secret),
         )
-        .route("/v1/webhooks/{id}/test", axum::routing::post(webhooks::test))
         .route(
-            "/v1/webhooks/{id}/deliveries",
-            get(webhooks::deliveries),
+            "/v1/webhooks/{id}/test",
+            axum::routing::post(webhooks::test),
         )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route(
             "/v1/webhooks/{id}/deliveries/{delivery}/resend",
             axum::routing::post(webhooks::resend),

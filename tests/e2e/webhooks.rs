@@ -90,7 +90,10 @@ async fn a_share_outcome_reaches_only_its_tenants_endpoint_signed_as_standard_we
     assert_eq!(body["data"]["connection_id"], conn.as_str());
     assert!(body["data"]["post_id"].is_string(), "{body}");
     assert!(body["data"]["post_url"].is_string(), "{body}");
-    assert!(!got.body.contains(&app.mastodon.token), "a token in a webhook");
+    assert!(
+        !got.body.contains(&app.mastodon.token),
+        "a token in a webhook"
+    );
     assert!(got.headers["webhook-signature"].starts_with("v1,"));
 
     assert_eq!(verify(&secret, std::slice::from_ref(&got)), vec![Ok(())]);
@@ -102,10 +105,22 @@ async fn a_share_outcome_reaches_only_its_tenants_endpoint_signed_as_standard_we
         (chrono::Utc::now().timestamp() - 600).to_string(),
     );
     let refused = verify(&secret, &[tampered, old]);
-    assert!(refused[0].as_ref().unwrap_err().contains("No matching signature"), "{refused:?}");
-    assert!(refused[1].as_ref().unwrap_err().contains("too old"), "{refused:?}");
+    assert!(
+        refused[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("No matching signature"),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1].as_ref().unwrap_err().contains("too old"),
+        "{refused:?}"
+    );
     // Another secret does not verify it.
-    let other = verify("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", std::slice::from_ref(&got));
+    let other = verify(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        std::slice::from_ref(&got),
+    );
     assert!(other[0].is_err(), "{other:?}");
 
     // A test event, to this endpoint only.
@@ -184,7 +199,12 @@ async fn each_event_type_fires_once_for_its_cause_in_the_order_it_happened(engin
         .await;
     let later = later["shares"][0]["id"].as_str().unwrap().to_owned();
     let (status, _) = app
-        .call(Method::DELETE, &format!("/v1/shares/{later}"), Some(&app.key), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/shares/{later}"),
+            Some(&app.key),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
 
@@ -201,13 +221,21 @@ async fn each_event_type_fires_once_for_its_cause_in_the_order_it_happened(engin
     .await;
     receiver
         .until("two followers.synced", |got| {
-            got.iter().filter(|h| h.kind() == "followers.synced").count() == 2
+            got.iter()
+                .filter(|h| h.kind() == "followers.synced")
+                .count()
+                == 2
         })
         .await;
 
     // Removed: connection.revoked, the last event.
     let (status, _) = app
-        .call(Method::DELETE, &format!("/v1/connections/{conn}"), Some(&app.key), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/connections/{conn}"),
+            Some(&app.key),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let got = receiver
@@ -247,25 +275,46 @@ async fn each_event_type_fires_once_for_its_cause_in_the_order_it_happened(engin
     assert_eq!(of(&first), ["share.parked", "share.succeeded"]);
     assert_eq!(of(&second), ["share.parked", "share.succeeded"]);
     assert_eq!(of(&late), ["share.parked", "share.expired"]);
-    let failed_event = got.iter().find(|h| h.kind() == "share.failed").unwrap().json();
+    let failed_event = got
+        .iter()
+        .find(|h| h.kind() == "share.failed")
+        .unwrap()
+        .json();
     assert_eq!(failed_event["data"]["error"]["class"], "rejected");
     assert_eq!(failed_event["data"]["error"]["platform_status"], 422);
-    assert!(failed_event["data"]["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("Text is too long"));
+    assert!(
+        failed_event["data"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Text is too long")
+    );
     let connection: Vec<Value> = got
         .iter()
         .filter(|h| h.kind().starts_with("connection."))
         .map(Hook::json)
         .collect();
-    let connection_kinds: Vec<&str> = connection.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let connection_kinds: Vec<&str> = connection
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(
         connection_kinds,
-        ["connection.needs_reauth", "connection.reconnected", "connection.revoked"]
+        [
+            "connection.needs_reauth",
+            "connection.reconnected",
+            "connection.revoked"
+        ]
     );
-    assert!(connection[0]["data"]["reason"].is_string(), "{}", connection[0]);
-    let synced = got.iter().find(|h| h.json()["data"]["relation"] == "followers").unwrap().json();
+    assert!(
+        connection[0]["data"]["reason"].is_string(),
+        "{}",
+        connection[0]
+    );
+    let synced = got
+        .iter()
+        .find(|h| h.json()["data"]["relation"] == "followers")
+        .unwrap()
+        .json();
     assert_eq!(synced["data"]["count"], 3);
     assert_eq!(synced["data"]["gained"], 3);
     assert_eq!(synced["data"]["lost"], 0);
@@ -274,7 +323,8 @@ async fn each_event_type_fires_once_for_its_cause_in_the_order_it_happened(engin
 async fn a_receiver_down_for_a_while_gets_every_event_later_in_order(engine: Engine) {
     let mut settings = fast_settings();
     settings.webhooks.retry_schedule =
-        herald_jobs::webhooks::schedule::parse_schedule("300ms,600ms,1200ms,2400ms,4800ms").unwrap();
+        herald_jobs::webhooks::schedule::parse_schedule("300ms,600ms,1200ms,2400ms,4800ms")
+            .unwrap();
     let app = TestApp::spawn_with(engine, true, settings).await;
     let receiver = Receiver::start().await;
     let (hook, _) = endpoint(&app, &app.key, &receiver.url, None).await;
@@ -290,8 +340,10 @@ async fn a_receiver_down_for_a_while_gets_every_event_later_in_order(engine: Eng
     let first = app.share(&conn, "first").await;
     assert_eq!(app.settled(&first).await["state"], "parked");
     reimport(&app).await;
-    app.share_until(&first, Duration::from_secs(20), |s| s["state"] == "succeeded")
-        .await;
+    app.share_until(&first, Duration::from_secs(20), |s| {
+        s["state"] == "succeeded"
+    })
+    .await;
     let got = receiver
         .until("every event", |got| {
             let ok: Vec<&Hook> = got.iter().skip(4).collect();
@@ -318,11 +370,17 @@ async fn a_receiver_down_for_a_while_gets_every_event_later_in_order(engine: Eng
     );
     let refused: Vec<String> = got.iter().take(4).map(Hook::id).collect();
     for id in refused {
-        assert!(accepted.iter().any(|h| h.id() == id), "{id} was never resent");
+        assert!(
+            accepted.iter().any(|h| h.id() == id),
+            "{id} was never resent"
+        );
     }
     let log = deliveries(&app, &app.key, &hook).await;
     assert!(log.iter().all(|d| d["state"] == "delivered"), "{log:?}");
-    assert!(log.iter().any(|d| d["attempts"].as_i64().unwrap() > 1), "{log:?}");
+    assert!(
+        log.iter().any(|d| d["attempts"].as_i64().unwrap() > 1),
+        "{log:?}"
+    );
     let (_, shown) = app.get(&format!("/v1/webhooks/{hook}")).await;
     assert!(shown["failing_since"].is_null(), "{shown}");
 }
@@ -389,9 +447,7 @@ async fn resend_and_replay_send_the_same_event_again(engine: Engine) {
     assert_eq!(app.settled(&failed).await["state"], "failed");
     let first = app.share(&conn, "one").await;
     let second = app.share(&conn, "two").await;
-    receiver
-        .until("two successes", |got| got.len() == 2)
-        .await;
+    receiver.until("two successes", |got| got.len() == 2).await;
     let log = deliveries(&app, &app.key, &hook).await;
     assert_eq!(log.len(), 2, "only the subscribed type: {log:?}");
     let newest = log[0]["id"].as_str().unwrap();
@@ -429,7 +485,10 @@ async fn resend_and_replay_send_the_same_event_again(engine: Engine) {
     assert_eq!(shares_sorted, expected);
     assert!(verify(&secret, &got).iter().all(Result::is_ok));
     let (status, body) = app
-        .post(&format!("/v1/webhooks/{hook}/replay?since=yesterday"), json!({}))
+        .post(
+            &format!("/v1/webhooks/{hook}/replay?since=yesterday"),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["field"], "since");
@@ -445,7 +504,10 @@ async fn a_rotated_secret_signs_beside_the_new_one(engine: Engine) {
     assert_eq!(status, StatusCode::OK, "{rotated}");
     let new = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
-    assert!(rotated["previous_secret_expires_at"].is_string(), "{rotated}");
+    assert!(
+        rotated["previous_secret_expires_at"].is_string(),
+        "{rotated}"
+    );
     app.post(&format!("/v1/webhooks/{hook}/test"), json!({}))
         .await;
     let got = receiver.first("webhook.test").await;
@@ -474,7 +536,11 @@ async fn a_worker_killed_mid_delivery_leaves_it_to_another_that_delivers_it(engi
     let got = receiver
         .until("the event again", |got| got.len() == 2)
         .await;
-    assert_eq!(got[0].id(), got[1].id(), "the same event, the same webhook-id");
+    assert_eq!(
+        got[0].id(),
+        got[1].id(),
+        "the same event, the same webhook-id"
+    );
     assert_eq!(verify(&secret, &got[1..]), vec![Ok(())]);
     let log = eventually(Duration::from_secs(10), || async {
         let log = deliveries(&app, &app.key, &hook).await;
@@ -521,13 +587,41 @@ async fn bad_endpoints_are_refused_and_nothing_is_written(engine: Engine) {
     settings.ssrf = herald_platforms::ssrf::SsrfGuard::strict();
     let app = TestApp::spawn_with(engine, false, settings).await;
     for (body, field, code) in [
-        (json!({ "url": "https://127.0.0.1/hook" }), "url", "invalid_url"),
-        (json!({ "url": "https://10.1.2.3/hook" }), "url", "invalid_url"),
-        (json!({ "url": "http://hooks.example.com/hook" }), "url", "invalid_url"),
-        (json!({ "url": "https://[::ffff:127.0.0.1]/hook" }), "url", "invalid_url"),
-        (json!({ "url": "https://hooks.example.com/x", "event_types": [] }), "event_types", "invalid_event_types"),
-        (json!({ "url": "https://hooks.example.com/x", "event_types": ["share.posted"] }), "event_types[0]", "unknown_event_type"),
-        (json!({ "url": "https://hooks.example.com/x", "secret": "mine" }), "secret", "unknown_field"),
+        (
+            json!({ "url": "https://127.0.0.1/hook" }),
+            "url",
+            "invalid_url",
+        ),
+        (
+            json!({ "url": "https://10.1.2.3/hook" }),
+            "url",
+            "invalid_url",
+        ),
+        (
+            json!({ "url": "http://hooks.example.com/hook" }),
+            "url",
+            "invalid_url",
+        ),
+        (
+            json!({ "url": "https://[::ffff:127.0.0.1]/hook" }),
+            "url",
+            "invalid_url",
+        ),
+        (
+            json!({ "url": "https://hooks.example.com/x", "event_types": [] }),
+            "event_types",
+            "invalid_event_types",
+        ),
+        (
+            json!({ "url": "https://hooks.example.com/x", "event_types": ["share.posted"] }),
+            "event_types[0]",
+            "unknown_event_type",
+        ),
+        (
+            json!({ "url": "https://hooks.example.com/x", "secret": "mine" }),
+            "secret",
+            "unknown_field",
+        ),
     ] {
         let (status, refused) = app.post("/v1/webhooks", body.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} {refused}");
@@ -537,7 +631,10 @@ async fn bad_endpoints_are_refused_and_nothing_is_written(engine: Engine) {
     let (_, list) = app.get("/v1/webhooks").await;
     assert_eq!(list["webhooks"], json!([]));
     let (status, created) = app
-        .post("/v1/webhooks", json!({ "url": "https://hooks.example.com/x" }))
+        .post(
+            "/v1/webhooks",
+            json!({ "url": "https://hooks.example.com/x" }),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap();
@@ -553,7 +650,12 @@ async fn bad_endpoints_are_refused_and_nothing_is_written(engine: Engine) {
     let (_, shown) = app.get(&format!("/v1/webhooks/{id}")).await;
     assert_eq!(shown["url"], "https://hooks.example.com/x");
     let (status, _) = app
-        .call(Method::DELETE, &format!("/v1/webhooks/{id}"), Some(&app.key), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/webhooks/{id}"),
+            Some(&app.key),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = app.get(&format!("/v1/webhooks/{id}")).await;
@@ -597,14 +699,26 @@ async fn a_share_whose_answer_was_lost_for_good_is_announced_outcome_unknown(eng
 async fn the_third_failed_refresh_in_a_day_announces_refresh_failing_once(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let receiver = Receiver::start().await;
-    endpoint(&app, &app.key, &receiver.url, Some(&["connection.refresh_failing"])).await;
+    endpoint(
+        &app,
+        &app.key,
+        &receiver.url,
+        Some(&["connection.refresh_failing"]),
+    )
+    .await;
     let conn = app.mastodon_connection().await;
     let store = &app.parts.ctx.store;
     let row = store.connection(&conn).await.unwrap().unwrap();
     // The refresh job records each outcome through this call (a Mastodon token has no refresh
     // to fail, so the test records them as the job would).
     let now = chrono::Utc::now();
-    for result in ["transient", "succeeded", "transient", "invalid_grant", "transient"] {
+    for result in [
+        "transient",
+        "succeeded",
+        "transient",
+        "invalid_grant",
+        "transient",
+    ] {
         store
             .record_refresh(&row, result, Some("the token endpoint answered 503"), now)
             .await
@@ -612,7 +726,12 @@ async fn the_third_failed_refresh_in_a_day_announces_refresh_failing_once(engine
     }
     let got = receiver.first("connection.refresh_failing").await.json();
     assert_eq!(got["data"]["connection_id"], conn.as_str());
-    assert!(got["data"]["reason"].as_str().unwrap().starts_with("3 failed token refreshes"));
+    assert!(
+        got["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 failed token refreshes")
+    );
     // The fourth failure is the same streak: no second event.
     let (_, hooks) = app.get("/v1/webhooks").await;
     let hook = hooks["webhooks"][0]["id"].as_str().unwrap().to_owned();
@@ -629,10 +748,20 @@ async fn an_endpoint_failing_for_five_days_is_disabled_with_its_reason(engine: E
     let sql = "UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2";
     match app.parts.ctx.store.pool() {
         herald_jobs::store::Pool::Sqlite(p) => {
-            sqlx::query(sql).bind(since).bind(&hook).execute(p).await.unwrap();
+            sqlx::query(sql)
+                .bind(since)
+                .bind(&hook)
+                .execute(p)
+                .await
+                .unwrap();
         }
         herald_jobs::store::Pool::Postgres(p) => {
-            sqlx::query(sql).bind(since).bind(&hook).execute(p).await.unwrap();
+            sqlx::query(sql)
+                .bind(since)
+                .bind(&hook)
+                .execute(p)
+                .await
+                .unwrap();
         }
     }
     app.post(&format!("/v1/webhooks/{hook}/test"), json!({}))
@@ -644,7 +773,10 @@ async fn an_endpoint_failing_for_five_days_is_disabled_with_its_reason(engine: E
     .await
     .expect("the endpoint was never disabled");
     let reason = shown["disabled_reason"].as_str().unwrap();
-    assert!(reason.starts_with("every delivery has failed since"), "{reason}");
+    assert!(
+        reason.starts_with("every delivery has failed since"),
+        "{reason}"
+    );
     assert!(reason.contains("500"), "{reason}");
     assert_eq!(receiver.hooks().len(), 1);
 }

@@ -35,13 +35,13 @@ pub use keys::{
 pub use lifecycle::{DueFor, TokenWrite};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
-pub use webhooks::{
-    AttemptResult, DeliveryListRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint,
-    Outgoing, RESPONSE_SNIPPET,
-};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Finished, NewShare,
     ShareDepth, ShareRow, ShareState, ShareUpdate,
+};
+pub use webhooks::{
+    AttemptResult, DeliveryListRow, DeliveryRow, EndpointPatch, EndpointRow, NewEndpoint, Outgoing,
+    RESPONSE_SNIPPET,
 };
 
 use std::{str::FromStr, time::Duration};

@@ -575,12 +575,11 @@ impl Store {
                 .await?
         );
         let q = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1");
-        let endpoint: Option<EndpointRow> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(
-            sql
-        )
-        .bind(&delivery.endpoint_id)
-        .fetch_optional(p)
-        .await?);
+        let endpoint: Option<EndpointRow> =
+            with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+                .bind(&delivery.endpoint_id)
+                .fetch_optional(p)
+                .await?);
         let (Some((event_type, body)), Some(endpoint)) = (event, endpoint) else {
             return Ok(None);
         };
@@ -810,7 +809,10 @@ impl Store {
             "SELECT COALESCE(SUM(CASE WHEN enabled THEN 0 ELSE 1 END), 0), \
              COALESCE(SUM(CASE WHEN enabled AND failing_since < $1 THEN 1 ELSE 0 END), 0) \
              FROM webhook_endpoints",
-            |p, sql| sqlx::query_as(sql).bind(failing_before).fetch_one(p).await?
+            |p, sql| sqlx::query_as(sql)
+                .bind(failing_before)
+                .fetch_one(p)
+                .await?
         ))
     }
 }

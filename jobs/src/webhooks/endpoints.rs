@@ -181,7 +181,9 @@ pub async fn rotate(
         return Ok(None);
     };
     let current = ctx.vault.decrypt(send::secret_slot(id), &row.secret_enc)?;
-    let previous_enc = ctx.vault.encrypt(send::previous_secret_slot(id), &current)?;
+    let previous_enc = ctx
+        .vault
+        .encrypt(send::previous_secret_slot(id), &current)?;
     let secret = signing::new_secret();
     let secret_enc = ctx.vault.encrypt(send::secret_slot(id), &secret)?;
     let row = ctx

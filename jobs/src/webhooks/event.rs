@@ -11,9 +11,7 @@ use crate::{
 };
 
 /// Every event type an endpoint can subscribe to.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventType {
     #[serde(rename = "share.succeeded")]
     ShareSucceeded,

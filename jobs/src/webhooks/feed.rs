@@ -201,8 +201,13 @@ async fn fetch(
             lapsed_at = tokio::time::Instant::now() + config.lapsed_every;
             match store.release_lapsed_deliveries(now).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(deliveries = n, "gave back webhook deliveries whose worker stopped"),
-                Err(e) => tracing::warn!(error = %e, "giving back lapsed webhook deliveries failed"),
+                Ok(n) => tracing::info!(
+                    deliveries = n,
+                    "gave back webhook deliveries whose worker stopped"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "giving back lapsed webhook deliveries failed")
+                }
             }
         }
         let claimed = store

@@ -104,15 +104,24 @@ pub async fn run(ctx: &Ctx, client: &DeliveryClient, delivery: DeliveryRow) -> a
 }
 
 /// The secrets that sign now: the current one, and the previous one during its 24 hours.
-fn secrets(ctx: &Ctx, endpoint: &EndpointRow, now: DateTime<Utc>) -> anyhow::Result<Vec<SecretString>> {
+fn secrets(
+    ctx: &Ctx,
+    endpoint: &EndpointRow,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<SecretString>> {
     let mut secrets = vec![
         ctx.vault
             .decrypt(secret_slot(&endpoint.id), &endpoint.secret_enc)?,
     ];
-    if let (Some(prev), Some(until)) = (&endpoint.previous_secret_enc, endpoint.previous_secret_until)
-        && until > now
+    if let (Some(prev), Some(until)) = (
+        &endpoint.previous_secret_enc,
+        endpoint.previous_secret_until,
+    ) && until > now
     {
-        secrets.push(ctx.vault.decrypt(previous_secret_slot(&endpoint.id), prev)?);
+        secrets.push(
+            ctx.vault
+                .decrypt(previous_secret_slot(&endpoint.id), prev)?,
+        );
     }
     Ok(secrets)
 }

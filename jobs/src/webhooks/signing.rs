@@ -13,7 +13,10 @@ const PREFIX: &str = "whsec_";
 
 /// A new signing secret: `whsec_` and 32 random bytes in base64 (the spec asks for 24 to 64).
 pub fn new_secret() -> SecretString {
-    SecretString::from(format!("{PREFIX}{}", B64.encode(rand::random::<[u8; 32]>())))
+    SecretString::from(format!(
+        "{PREFIX}{}",
+        B64.encode(rand::random::<[u8; 32]>())
+    ))
 }
 
 /// The key of a `whsec_...` secret, `None` if it is not one.
@@ -29,7 +32,12 @@ pub fn signature(secrets: &[SecretString], id: &str, timestamp: i64, body: &str)
     secrets
         .iter()
         .filter_map(key)
-        .map(|k| format!("v1,{}", B64.encode(hmac::sign(&k, content.as_bytes()).as_ref())))
+        .map(|k| {
+            format!(
+                "v1,{}",
+                B64.encode(hmac::sign(&k, content.as_bytes()).as_ref())
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
