@@ -151,6 +151,12 @@ pub const DEFERRAL_SCOPES: &[&str] = &["account", "app", "fair_share"];
 pub fn zero_known_series() {
     use crate::payloads::QueueName;
     use herald_platforms::PlatformKind;
+    for event_type in crate::webhooks::EventType::ALL.map(crate::webhooks::EventType::as_str) {
+        for result in WEBHOOK_RESULTS {
+            metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "event_type" => event_type, "result" => *result)
+                .increment(0);
+        }
+    }
     for platform in PlatformKind::ALL.map(PlatformKind::as_str) {
         metrics::counter!(OAUTH_STARTS_TOTAL, "platform" => platform).increment(0);
         // Registered without a sample: exported at zero, so the first prompt cleared is an
@@ -193,6 +199,12 @@ pub const REAUTH_CLEARED_BUCKETS: &[f64] = &[
     259_200.0,
     604_800.0,
     2_592_000.0,
+];
+
+/// Buckets of `herald_webhook_delivery_latency_seconds`: a delivery accepted at once takes well
+/// under a second; one retried waits seconds to days (the schedule spans about three days).
+pub const WEBHOOK_LATENCY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0, 21_600.0, 86_400.0, 259_200.0,
 ];
 
 /// Histogram buckets for job and request durations, in seconds.
