@@ -241,8 +241,8 @@ pub struct WorkerArgs {
     )]
     pub webhook_retry_schedule: String,
 
-    /// Webhook deliveries to one endpoint in flight at once per worker process: a slow or dead
-    /// endpoint holds at most this many of the worker's slots.
+    /// Webhook deliveries to one endpoint in flight at once, across every worker: a slow or
+    /// dead endpoint holds at most this many workers' slots.
     #[arg(long, env = "HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 4)]
     pub webhook_endpoint_concurrency: usize,
 }

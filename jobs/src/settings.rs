@@ -153,8 +153,8 @@ pub struct WebhookSettings {
     /// The delays before attempts 2, 3, ... (Svix's schedule by default; see
     /// `webhooks::schedule`).
     pub retry_schedule: Vec<Duration>,
-    /// Deliveries to one endpoint in flight at once per worker process, so a slow or dead
-    /// endpoint holds only that many of the worker's slots.
+    /// Deliveries to one endpoint in flight at once, across every worker (two claims at the
+    /// same moment may briefly pass it), so a slow or dead endpoint holds only that many slots.
     pub per_endpoint: usize,
     /// An endpoint failing for this long is disabled (5 days).
     pub disable_after: Duration,
