@@ -14,7 +14,7 @@ use crate::routes::{
 #[openapi(
     info(title = "Herald", description = "Durable jobs that publish on behalf of people to social networks."),
     paths(
-        shares::create, shares::get, shares::list, shares::cancel,
+        shares::create, shares::get, shares::list, shares::cancel, shares::edit, shares::retry,
         connections::create, connections::get, connections::list, connections::remove,
         connect::start, connect::callback,
         oauth_client::client_metadata, oauth_client::jwks,

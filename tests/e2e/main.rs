@@ -20,5 +20,6 @@ mod ops;
 mod outage;
 mod platforms;
 mod rate_limits;
+mod share_edits;
 mod sharing;
 mod webhooks;
