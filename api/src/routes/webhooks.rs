@@ -88,7 +88,7 @@ pub struct CreateWebhookRequest {
     #[schema(min_length = 1, max_length = 2000)]
     pub url: String,
     /// The event types to send; leave out for every type.
-    #[schema(min_items = 1)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     pub event_types: Option<Vec<String>>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
@@ -109,7 +109,7 @@ pub struct UpdateWebhookRequest {
     pub url: Option<String>,
     /// `null` for every type.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>, min_items = 1)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     pub event_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, max_length = 500)]

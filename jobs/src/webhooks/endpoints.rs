@@ -46,7 +46,7 @@ fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Inval
 /// An endpoint's URL: the SSRF guard (a name resolving only to private addresses is refused up
 /// front), and https unless private addresses are allowed (tests, local development).
 pub async fn check_url(ssrf: &SsrfGuard, raw: &str) -> Result<String, Invalid> {
-    if raw.len() > MAX_URL {
+    if raw.chars().count() > MAX_URL {
         return Err(invalid(
             "url",
             "invalid_url",
