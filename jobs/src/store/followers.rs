@@ -166,7 +166,7 @@ impl Store {
                     i64::from(row.lost),
                     now,
                 );
-                super::webhooks::record(p, &mut tx, &event).await?;
+                super::webhooks::record(p, &mut tx, std::slice::from_ref(&event)).await?;
             }
             tx.commit().await?;
             row

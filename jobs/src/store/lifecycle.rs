@@ -276,9 +276,8 @@ impl Store {
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
-            for row in &expired {
-                super::webhooks::record_share(p, &mut tx, Some(row), now).await?;
-            }
+            let announced: Vec<&ShareRow> = expired.iter().collect();
+            super::webhooks::record_shares(p, &mut tx, &announced, now).await?;
             let expired = expired.len() as u64;
             let parked: Vec<ShareRow> = sqlx::query_as(sql)
                 .bind(connection_id)

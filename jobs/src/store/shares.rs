@@ -761,6 +761,7 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
         let mut tx = crate::store::Engine::begin_write(p).await?;
         let mut rows = Vec::with_capacity(requests.len());
         let mut attempts = Vec::new();
+        let mut events = Vec::new();
         for r in requests {
             let o = Outcome::of(&r.update);
             let found = sqlx::query(with_engine(p, &q))
@@ -783,7 +784,7 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
                 continue;
             };
             let row = ShareRow::from_row(&found)?;
-            super::webhooks::record_share(p, &mut tx, Some(&row), r.now).await?;
+            events.extend(crate::webhooks::NewEvent::share(&row, r.now));
             let next_id: Option<String> = found.try_get("next_id")?;
             // A share resumed after this one may start now that this one is settled.
             let next: Option<ShareRow> = match next_id {
@@ -818,6 +819,9 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
             });
             insert.build().execute(&mut *tx).await?;
         }
+        // The batch's outcomes tell the tenants' webhooks, in this transaction (one read of
+        // their endpoints for the whole batch).
+        super::webhooks::record(p, &mut tx, &events).await?;
         tx.commit().await?;
         crate::webhooks::wake();
         rows

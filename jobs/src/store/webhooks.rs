@@ -162,71 +162,92 @@ fn sql_for<P: Engine>(text: &str) -> sqlx::AssertSqlSafe<String> {
 
 /// The outbox's writes, on either engine's transaction.
 pub(crate) trait Outbox: Engine {
-    /// Writes `event`, and a delivery to each endpoint of its tenant that wants it, in `tx`.
-    /// `only` limits the deliveries to one endpoint (a test event). Nothing is written for a
-    /// tenant without endpoints. Returns the number of deliveries written.
+    /// Writes `events`, and a delivery of each to every endpoint of its tenant that wants it, in
+    /// `tx`, in order. `only` limits the deliveries to one endpoint (a test event). The tenants'
+    /// endpoints are read in one statement (a batch of outcomes costs one read), and nothing is
+    /// written for a tenant without endpoints. Returns the number of deliveries written.
     fn record<'a>(
         tx: &'a mut sqlx::Transaction<'static, Self::Db>,
-        event: &'a NewEvent,
+        events: &'a [NewEvent],
         only: Option<&'a str>,
     ) -> BoxFuture<'a, Result<usize>>;
 }
+
+/// The endpoints of the tenants in a JSON array (`$1`), on each engine.
+const ENDPOINTS_OF_SQLITE: &str = "SELECT id, tenant_id, event_types, enabled FROM webhook_endpoints \
+    WHERE tenant_id IN (SELECT value FROM json_each($1))";
+const ENDPOINTS_OF_POSTGRES: &str = "SELECT id, tenant_id, event_types, enabled FROM webhook_endpoints \
+    WHERE tenant_id IN (SELECT jsonb_array_elements_text($1::jsonb))";
 
 macro_rules! outbox_for {
     ($pool:ty) => {
         impl Outbox for $pool {
             fn record<'a>(
                 tx: &'a mut sqlx::Transaction<'static, Self::Db>,
-                event: &'a NewEvent,
+                events: &'a [NewEvent],
                 only: Option<&'a str>,
             ) -> BoxFuture<'a, Result<usize>> {
                 Box::pin(async move {
-                    let endpoints: Vec<(String, Option<String>, bool)> = sqlx::query_as(
-                        sql_for::<$pool>(
-                            "SELECT id, event_types, enabled FROM webhook_endpoints WHERE tenant_id = $1",
-                        ),
-                    )
-                    .bind(&event.tenant_id)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                    if endpoints.is_empty() {
+                    if events.is_empty() {
                         return Ok(0);
                     }
-                    let seq: i64 = sqlx::query_scalar(sql_for::<$pool>(
-                        "INSERT INTO webhook_events (id, tenant_id, type, subject, payload, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
-                    ))
-                    .bind(&event.id)
-                    .bind(&event.tenant_id)
-                    .bind(event.kind.as_str())
-                    .bind(&event.subject)
-                    .bind(&event.body)
-                    .bind(event.created_at)
-                    .fetch_one(&mut **tx)
-                    .await?;
+                    let mut tenants: Vec<&str> =
+                        events.iter().map(|e| e.tenant_id.as_str()).collect();
+                    tenants.sort_unstable();
+                    tenants.dedup();
+                    let endpoints_of = if <$pool as Engine>::SQLITE {
+                        ENDPOINTS_OF_SQLITE
+                    } else {
+                        ENDPOINTS_OF_POSTGRES
+                    };
+                    let endpoints: Vec<(String, String, Option<String>, bool)> =
+                        sqlx::query_as(sql_for::<$pool>(endpoints_of))
+                            .bind(serde_json::Value::from(tenants).to_string())
+                            .fetch_all(&mut **tx)
+                            .await?;
                     let mut written = 0;
-                    for (endpoint, types, enabled) in &endpoints {
-                        let wanted = match only {
-                            Some(one) => one == endpoint,
-                            None => *enabled && EndpointRow::wants(types.as_deref(), event.kind),
-                        };
-                        if !wanted {
+                    for event in events {
+                        let mine = || endpoints.iter().filter(|e| e.1 == event.tenant_id);
+                        if mine().next().is_none() {
                             continue;
                         }
-                        sqlx::query(sql_for::<$pool>(
-                            "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_seq, \
-                             subject, state, next_attempt_at, created_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)",
+                        let seq: i64 = sqlx::query_scalar(sql_for::<$pool>(
+                            "INSERT INTO webhook_events (id, tenant_id, type, subject, payload, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
                         ))
-                        .bind(ids::new(ids::DELIVERY))
-                        .bind(endpoint)
                         .bind(&event.id)
-                        .bind(seq)
+                        .bind(&event.tenant_id)
+                        .bind(event.kind.as_str())
                         .bind(&event.subject)
+                        .bind(&event.body)
                         .bind(event.created_at)
-                        .execute(&mut **tx)
+                        .fetch_one(&mut **tx)
                         .await?;
-                        written += 1;
+                        for (endpoint, _, types, enabled) in mine() {
+                            let wanted = match only {
+                                Some(one) => one == endpoint,
+                                None => {
+                                    *enabled && EndpointRow::wants(types.as_deref(), event.kind)
+                                }
+                            };
+                            if !wanted {
+                                continue;
+                            }
+                            sqlx::query(sql_for::<$pool>(
+                                "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_seq, \
+                                 subject, state, next_attempt_at, created_at, updated_at) \
+                                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)",
+                            ))
+                            .bind(ids::new(ids::DELIVERY))
+                            .bind(endpoint)
+                            .bind(&event.id)
+                            .bind(seq)
+                            .bind(&event.subject)
+                            .bind(event.created_at)
+                            .execute(&mut **tx)
+                            .await?;
+                            written += 1;
+                        }
                     }
                     Ok(written)
                 })
@@ -237,27 +258,39 @@ macro_rules! outbox_for {
 outbox_for!(sqlx::SqlitePool);
 outbox_for!(sqlx::PgPool);
 
-/// Writes `event` to the outbox in `tx` (see [`Outbox::record`]); `_on` is the pool the
+/// Writes `events` to the outbox in `tx` (see [`Outbox::record`]); `_on` is the pool the
 /// transaction came from, which picks the engine. Call [`crate::webhooks::wake`] after the commit.
 pub(crate) async fn record<P: Outbox>(
     _on: &P,
     tx: &mut sqlx::Transaction<'static, P::Db>,
-    event: &NewEvent,
+    events: &[NewEvent],
 ) -> Result<usize> {
-    P::record(tx, event, None).await
+    P::record(tx, events, None).await
+}
+
+/// Records the events of shares' new rows (none for a share queued or running).
+pub(crate) async fn record_shares<P: Outbox>(
+    _on: &P,
+    tx: &mut sqlx::Transaction<'static, P::Db>,
+    rows: &[&super::ShareRow],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let events: Vec<NewEvent> = rows
+        .iter()
+        .filter_map(|r| NewEvent::share(r, now))
+        .collect();
+    P::record(tx, &events, None).await?;
+    Ok(())
 }
 
 /// Records the event a share's new row announces (none while it is queued or running).
 pub(crate) async fn record_share<P: Outbox>(
-    _on: &P,
+    on: &P,
     tx: &mut sqlx::Transaction<'static, P::Db>,
     row: Option<&super::ShareRow>,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    if let Some(event) = row.and_then(|r| NewEvent::share(r, now)) {
-        P::record(tx, &event, None).await?;
-    }
-    Ok(())
+    record_shares(on, tx, row.as_slice(), now).await
 }
 
 /// Records a connection's event, if the change happened (`row` is the changed row).
@@ -270,7 +303,8 @@ pub(crate) async fn record_connection<P: Outbox>(
     now: DateTime<Utc>,
 ) -> Result<()> {
     if let Some(row) = row {
-        P::record(tx, &NewEvent::connection(kind, row, reason, now), None).await?;
+        let event = NewEvent::connection(kind, row, reason, now);
+        P::record(tx, std::slice::from_ref(&event), None).await?;
     }
     Ok(())
 }
@@ -282,7 +316,7 @@ async fn record_only<P: Outbox>(
     event: &NewEvent,
     only: &str,
 ) -> Result<usize> {
-    P::record(tx, event, Some(only)).await
+    P::record(tx, std::slice::from_ref(event), Some(only)).await
 }
 
 /// How the claim statement differs between the engines (see `share_queue.rs`).
@@ -486,7 +520,7 @@ impl Store {
     pub async fn record_event(&self, event: &NewEvent) -> Result<usize> {
         let n = with_pool!(&self.pool, "", |p, _sql| {
             let mut tx = Engine::begin_write(p).await?;
-            let n = record(p, &mut tx, event).await?;
+            let n = record(p, &mut tx, std::slice::from_ref(event)).await?;
             tx.commit().await?;
             n
         });
