@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use herald_jobs::payloads::FollowerSyncV1;
+use herald_platforms::testing::x::Failure;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
     on_every_backend,
     support::{
-        Engine, Reply, TestApp, eventually, fast_settings,
+        Engine, FakeX, Reply, TestApp, eventually, fast_settings,
         receiver::{Answer, Hook, Receiver, verify},
     },
 };
@@ -662,34 +663,25 @@ async fn bad_endpoints_are_refused_and_nothing_is_written(engine: Engine) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-async fn a_share_whose_answer_was_lost_for_good_is_announced_outcome_unknown(engine: Engine) {
-    use herald_jobs::store::{Claim, ShareUpdate};
-    let app = TestApp::spawn_with(engine, false, fast_settings()).await;
+/// A Herald with X's fake configured, a receiver, and an X connection made through the connect
+/// flow.
+async fn with_x(engine: Engine) -> (TestApp, FakeX, Receiver, String) {
+    let x = FakeX::start().await;
+    let mut settings = fast_settings();
+    settings.apps.x = Some(x.app());
+    let app = TestApp::spawn_with(engine, true, settings).await;
     let receiver = Receiver::start().await;
+    let conn = crate::connect::connect_x(&app).await;
+    (app, x, receiver, conn)
+}
+
+async fn a_share_whose_answer_was_lost_for_good_is_announced_outcome_unknown(engine: Engine) {
+    let (app, x, receiver, conn) = with_x(engine).await;
     endpoint(&app, &app.key, &receiver.url, None).await;
-    let conn = app.mastodon_connection().await;
+    // X does not deduplicate a repeated create: a post whose answer never came is not retried.
+    x.fail_next(Failure::Hang);
     let share = app.share(&conn, "lost").await;
-    // The fake Mastodon deduplicates a repeated create, as Mastodon does, so Herald never leaves
-    // a Mastodon share in outcome_unknown: the attempt is recorded here as the share job records
-    // it on a platform without idempotency (X, LinkedIn, Facebook), through the same group commit.
-    let store = &app.parts.ctx.store;
-    let now = chrono::Utc::now();
-    let Claim::Run { share: row, .. } = store
-        .claim_share(&share, now, now + chrono::Duration::seconds(30))
-        .await
-        .unwrap()
-    else {
-        panic!("the share could not be claimed")
-    };
-    let lost = ShareUpdate::OutcomeUnknown {
-        message: "timed out after the request was sent; the post may exist".into(),
-    };
-    store
-        .finish_attempt(&share, row.attempts, now, &lost, chrono::Utc::now())
-        .await
-        .unwrap()
-        .expect("this worker held the share");
-    let _worker = app.worker_process(&[]);
+    assert_eq!(app.settled(&share).await["state"], "outcome_unknown");
     let got = receiver.first("share.outcome_unknown").await.json();
     assert_eq!(got["data"]["share_id"], share.as_str());
     assert_eq!(got["data"]["error"]["class"], "outcome_unknown");
@@ -697,44 +689,30 @@ async fn a_share_whose_answer_was_lost_for_good_is_announced_outcome_unknown(eng
 }
 
 async fn the_third_failed_refresh_in_a_day_announces_refresh_failing_once(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let receiver = Receiver::start().await;
-    endpoint(
+    use herald_jobs::handlers::refresh::{Refresh, refresh_connection};
+    let (app, x, receiver, conn) = with_x(engine).await;
+    let (hook, _) = endpoint(
         &app,
         &app.key,
         &receiver.url,
         Some(&["connection.refresh_failing"]),
     )
     .await;
-    let conn = app.mastodon_connection().await;
-    let store = &app.parts.ctx.store;
-    let row = store.connection(&conn).await.unwrap().unwrap();
-    // The refresh job records each outcome through this call (a Mastodon token has no refresh
-    // to fail, so the test records them as the job would).
-    let now = chrono::Utc::now();
-    for result in [
-        "transient",
-        "succeeded",
-        "transient",
-        "invalid_grant",
-        "transient",
-    ] {
-        store
-            .record_refresh(&row, result, Some("the token endpoint answered 503"), now)
-            .await
-            .unwrap();
+    // X's token endpoint answers slower than the platform timeout: each refresh fails, transient.
+    x.slow_refreshes(Duration::from_secs(3));
+    for _ in 0..4 {
+        let r = refresh_connection(&app.parts.ctx, &conn).await.unwrap();
+        assert!(matches!(r, Refresh::Transient(_)), "{r:?}");
     }
     let got = receiver.first("connection.refresh_failing").await.json();
     assert_eq!(got["data"]["connection_id"], conn.as_str());
+    assert_eq!(got["data"]["platform"], "x");
+    let reason = got["data"]["reason"].as_str().unwrap();
     assert!(
-        got["data"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("3 failed token refreshes")
+        reason.starts_with("3 failed token refreshes in 24 hours"),
+        "{reason}"
     );
     // The fourth failure is the same streak: no second event.
-    let (_, hooks) = app.get("/v1/webhooks").await;
-    let hook = hooks["webhooks"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(deliveries(&app, &app.key, &hook).await.len(), 1);
 }
 

@@ -90,11 +90,11 @@ pub struct DeliveryListRow {
 }
 
 /// How much of a response body is kept on the delivery row.
-pub const RESPONSE_SNIPPET: usize = 1024;
+pub(crate) const RESPONSE_SNIPPET: usize = 1024;
 
 /// A claimed delivery with what sending it needs.
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     pub delivery: DeliveryRow,
     pub event_type: String,
     pub body: String,
@@ -103,7 +103,7 @@ pub struct Outgoing {
 
 /// A new endpoint, its secret already sealed for its row.
 #[derive(Debug, Clone)]
-pub struct NewEndpoint {
+pub(crate) struct NewEndpoint {
     pub id: String,
     pub tenant_id: String,
     pub url: String,
@@ -114,7 +114,7 @@ pub struct NewEndpoint {
 
 /// What a `PATCH` changes (`None`: unchanged; `event_types: Some(None)`: every type).
 #[derive(Debug, Clone, Default)]
-pub struct EndpointPatch {
+pub(crate) struct EndpointPatch {
     pub url: Option<String>,
     pub description: Option<Option<String>>,
     pub event_types: Option<Option<Vec<EventType>>>,
@@ -123,7 +123,7 @@ pub struct EndpointPatch {
 
 /// How one attempt ended.
 #[derive(Debug, Clone)]
-pub struct AttemptResult {
+pub(crate) struct AttemptResult {
     pub status: Option<u16>,
     pub response: Option<String>,
     pub error: Option<String>,
@@ -349,7 +349,7 @@ fn claim_sql(pool: &Pool) -> String {
 impl Store {
     // --- Endpoints --------------------------------------------------------------------------
 
-    pub async fn create_webhook_endpoint(
+    pub(crate) async fn create_webhook_endpoint(
         &self,
         new: &NewEndpoint,
         now: DateTime<Utc>,
@@ -404,7 +404,7 @@ impl Store {
 
     /// Applies a `PATCH`. Enabling clears the reason it was disabled and the failing streak;
     /// disabling fails its pending deliveries (a replay sends them again).
-    pub async fn update_webhook_endpoint(
+    pub(crate) async fn update_webhook_endpoint(
         &self,
         tenant_id: &str,
         id: &str,
@@ -464,7 +464,7 @@ impl Store {
 
     /// Stores a rotated secret: `secret_enc` the new one, `previous_enc` the old one (sealed for
     /// its own column), which keeps signing until `until`.
-    pub async fn rotate_webhook_secret(
+    pub(crate) async fn rotate_webhook_secret(
         &self,
         tenant_id: &str,
         id: &str,
@@ -516,23 +516,11 @@ impl Store {
         Ok(id)
     }
 
-    /// Writes `event` to the outbox on its own (a state change with no transaction to join).
-    pub async fn record_event(&self, event: &NewEvent) -> Result<usize> {
-        let n = with_pool!(&self.pool, "", |p, _sql| {
-            let mut tx = Engine::begin_write(p).await?;
-            let n = record(p, &mut tx, std::slice::from_ref(event)).await?;
-            tx.commit().await?;
-            n
-        });
-        crate::webhooks::wake();
-        Ok(n)
-    }
-
     // --- The delivery queue -----------------------------------------------------------------
 
     /// Claims up to `limit` due deliveries (see `claim_sql`), each under a lease until
     /// `lease_until`, with its attempt counted.
-    pub async fn claim_due_deliveries(
+    pub(crate) async fn claim_due_deliveries(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
@@ -566,7 +554,7 @@ impl Store {
 
     /// Gives back the deliveries whose worker died mid-attempt (lease lapsed): pending again,
     /// due now. Returns how many.
-    pub async fn release_lapsed_deliveries(&self, now: DateTime<Utc>) -> Result<u64> {
+    pub(crate) async fn release_lapsed_deliveries(&self, now: DateTime<Utc>) -> Result<u64> {
         if let Pool::Sqlite(p) = &self.pool {
             let any: Option<i64> = sqlx::query_scalar(
                 "SELECT 1 FROM webhook_deliveries INDEXED BY webhook_deliveries_leased \
@@ -589,7 +577,10 @@ impl Store {
     }
 
     /// The earliest `next_attempt_at` after `now` of a pending delivery.
-    pub async fn next_delivery_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    pub(crate) async fn next_delivery_due(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
         Ok(with_pool!(
             &self.pool,
             "SELECT next_attempt_at FROM webhook_deliveries WHERE state = 'pending' \
@@ -599,7 +590,10 @@ impl Store {
     }
 
     /// A claimed delivery with its event and endpoint; `None` if the endpoint was deleted.
-    pub async fn outgoing_delivery(&self, delivery: DeliveryRow) -> Result<Option<Outgoing>> {
+    pub(crate) async fn outgoing_delivery(
+        &self,
+        delivery: DeliveryRow,
+    ) -> Result<Option<Outgoing>> {
         let event: Option<(String, String)> = with_pool!(
             &self.pool,
             "SELECT type, payload FROM webhook_events WHERE id = $1",
@@ -629,7 +623,7 @@ impl Store {
     /// about the endpoint: a success ends its failing streak; a failure starts one (or continues
     /// it); `disable` turns it off, failing its other pending deliveries. Returns the row, or
     /// `None` when the lease was lost.
-    pub async fn finish_delivery(
+    pub(crate) async fn finish_delivery(
         &self,
         id: &str,
         attempt: i32,
@@ -834,7 +828,7 @@ impl Store {
 
     /// Endpoints disabled, and endpoints enabled but failing since before `failing_before`, for
     /// the gauges.
-    pub async fn webhook_endpoint_counts(
+    pub(crate) async fn webhook_endpoint_counts(
         &self,
         failing_before: DateTime<Utc>,
     ) -> Result<(i64, i64)> {

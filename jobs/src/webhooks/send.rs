@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The column slots of an endpoint's secrets (the vault binds each ciphertext to its slot).
-pub fn secret_slot(endpoint_id: &str) -> Slot<'_> {
+pub(crate) fn secret_slot(endpoint_id: &str) -> Slot<'_> {
     Slot {
         table: "webhook_endpoints",
         row: endpoint_id,
@@ -28,7 +28,7 @@ pub fn secret_slot(endpoint_id: &str) -> Slot<'_> {
     }
 }
 
-pub fn previous_secret_slot(endpoint_id: &str) -> Slot<'_> {
+pub(crate) fn previous_secret_slot(endpoint_id: &str) -> Slot<'_> {
     Slot {
         table: "webhook_endpoints",
         row: endpoint_id,
