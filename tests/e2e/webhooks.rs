@@ -29,6 +29,7 @@ on_every_backend!(
     a_share_whose_answer_was_lost_for_good_is_announced_outcome_unknown,
     the_third_failed_refresh_in_a_day_announces_refresh_failing_once,
     an_endpoint_failing_for_five_days_is_disabled_with_its_reason,
+    a_huge_or_endless_answer_is_read_only_in_part_and_never_holds_a_worker,
 );
 
 /// Creates an endpoint with `key`; returns its id and secret.
@@ -757,4 +758,40 @@ async fn an_endpoint_failing_for_five_days_is_disabled_with_its_reason(engine: E
     );
     assert!(reason.contains("500"), "{reason}");
     assert_eq!(receiver.hooks().len(), 1);
+}
+
+async fn a_huge_or_endless_answer_is_read_only_in_part_and_never_holds_a_worker(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let receiver = Receiver::start().await;
+    // An endless body, then a 200 whose body stops after a byte: both took the event.
+    receiver.script([Answer::Endless, Answer::Trickle]);
+    let (hook, _) = endpoint(&app, &app.key, &receiver.url, None).await;
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        let (status, _) = app
+            .post(&format!("/v1/webhooks/{hook}/test"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let log = eventually(Duration::from_secs(15), || async {
+        let log = deliveries(&app, &app.key, &hook).await;
+        log.iter().all(|d| d["state"] == "delivered").then_some(log)
+    })
+    .await
+    .expect("the deliveries were never recorded");
+    // The trickle is cut at the 2 s timeout; nothing waits for the endless body to end.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let (trickled, endless) = (&log[0], &log[1]);
+    assert_eq!(
+        endless["last_response"].as_str().unwrap().len(),
+        1024,
+        "{endless}"
+    );
+    assert_eq!(endless["attempts"], 1);
+    assert_eq!(trickled["last_response"], "x", "{trickled}");
+    assert_eq!(trickled["attempts"], 1);
 }

@@ -174,33 +174,12 @@ async fn attempt_once(ctx: &Ctx, client: &reqwest::Client, out: &Outgoing) -> At
             signing::signature(&secrets, event_id, timestamp, &out.body),
         )
         .body(out.body.clone());
-    let sent = tokio::time::timeout(settings.timeout, async {
-        let mut res = request.send().await?;
-        let status = res.status().as_u16();
-        let retry_after = res
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        // Only the start of the body: a huge answer is not read (the connection is dropped).
-        let mut body = Vec::new();
-        while body.len() < RESPONSE_SNIPPET {
-            match res.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                _ => break,
-            }
-        }
-        body.truncate(RESPONSE_SNIPPET);
-        let body = String::from_utf8_lossy(&body).replace('\0', "");
-        Ok::<_, reqwest::Error>(Answer {
-            status,
-            retry_after,
-            body,
-        })
-    })
-    .await;
-    let answer = match sent {
-        Ok(Ok(a)) => a,
+    // One deadline for the whole attempt: the answer's status and headers, then as much of the
+    // start of its body as arrives in the time left. A receiver that answered 2xx took the
+    // event, however slowly its body trickles.
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    let mut res = match tokio::time::timeout_at(deadline, request.send()).await {
+        Ok(Ok(res)) => res,
         Ok(Err(e)) => {
             let what = if e.is_timeout() {
                 "timed out"
@@ -215,6 +194,30 @@ async fn attempt_once(ctx: &Ctx, client: &reqwest::Client, out: &Outgoing) -> At
             let error = format!("no answer within {:?}", settings.timeout);
             return retry_or_give_up(settings, out, None, None, error, None, now);
         }
+    };
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Only the start of the body: the rest of a huge answer is never read (the connection is
+    // dropped with the response).
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout_at(deadline, async {
+        while body.len() < RESPONSE_SNIPPET {
+            match res.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    body.truncate(RESPONSE_SNIPPET);
+    let answer = Answer {
+        status,
+        retry_after,
+        body: String::from_utf8_lossy(&body).replace('\0', ""),
     };
     let response = Some(answer.body);
     match answer.status {

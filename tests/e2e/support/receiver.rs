@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    convert::Infallible,
     io::Write,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -12,12 +13,13 @@ use std::{
 
 use axum::{
     Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
 };
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::eventually;
@@ -53,6 +55,10 @@ pub enum Answer {
     RetryAfter(u16, u64),
     /// Never answers (the request is recorded first).
     Hang,
+    /// 200 with a body that never ends (a KiB at a time, as fast as it is read).
+    Endless,
+    /// 200, then one byte of body and nothing more, ever.
+    Trickle,
 }
 
 #[derive(Default)]
@@ -144,6 +150,17 @@ async fn receive(
         )
             .into_response(),
         Answer::Hang => std::future::pending().await,
+        Answer::Endless => {
+            let chunk = Bytes::from(vec![b'x'; 1024]);
+            let endless = futures::stream::repeat_with(move || Ok::<_, Infallible>(chunk.clone()));
+            (StatusCode::OK, Body::from_stream(endless)).into_response()
+        }
+        Answer::Trickle => {
+            let once =
+                futures::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"x")) });
+            let trickle = once.chain(futures::stream::pending());
+            (StatusCode::OK, Body::from_stream(trickle)).into_response()
+        }
     }
 }
 
