@@ -36,6 +36,8 @@ CREATE TABLE webhook_events (
     created_at  TEXT NOT NULL
 );
 CREATE INDEX webhook_events_by_tenant ON webhook_events (tenant_id, created_at);
+-- Events past the retention (30 days) are pruned once none of their deliveries is left.
+CREATE INDEX webhook_events_by_time ON webhook_events (created_at);
 
 CREATE TABLE webhook_deliveries (
     id               TEXT PRIMARY KEY,
@@ -64,3 +66,6 @@ CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (lease_until)
 CREATE INDEX webhook_deliveries_open ON webhook_deliveries (endpoint_id, subject, event_seq)
     WHERE state IN ('pending', 'sending');
 CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, event_seq);
+CREATE INDEX webhook_deliveries_by_event ON webhook_deliveries (event_id);
+CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (created_at)
+    WHERE state IN ('delivered', 'failed');

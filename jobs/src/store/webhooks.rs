@@ -826,6 +826,39 @@ impl Store {
         Ok(n)
     }
 
+    /// Deletes up to `limit` finished deliveries created before `before`, then up to `limit`
+    /// events from before then that no delivery is left of. Returns how many rows went.
+    pub(crate) async fn prune_webhook_history(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<u64> {
+        let deliveries = with_pool!(
+            &self.pool,
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+             WHERE state IN ('delivered', 'failed') AND created_at < $1 LIMIT $2)",
+            |p, sql| sqlx::query(sql)
+                .bind(before)
+                .bind(limit)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        let events = with_pool!(
+            &self.pool,
+            "DELETE FROM webhook_events WHERE seq IN (SELECT e.seq FROM webhook_events e \
+             WHERE e.created_at < $1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
+             WHERE d.event_id = e.id) LIMIT $2)",
+            |p, sql| sqlx::query(sql)
+                .bind(before)
+                .bind(limit)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        Ok(deliveries + events)
+    }
+
     /// Endpoints disabled, and endpoints enabled but failing since before `failing_before`, for
     /// the gauges.
     pub(crate) async fn webhook_endpoint_counts(
@@ -893,3 +926,69 @@ macro_rules! fail_pending_for {
 }
 fail_pending_for!(sqlx::SqlitePool);
 fail_pending_for!(sqlx::PgPool);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    async fn store() -> (Store, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("{}.db", ids::new("herald-webhooks-test")));
+        let store = Store::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        (store, path)
+    }
+
+    #[tokio::test]
+    async fn history_past_the_retention_is_pruned_and_recent_history_stays() {
+        let (store, path) = store().await;
+        let now = Utc::now();
+        let tenant = store.ensure_tenant("acme", now).await.unwrap();
+        let endpoint = store
+            .create_webhook_endpoint(
+                &NewEndpoint {
+                    id: ids::new(ids::WEBHOOK_ENDPOINT),
+                    tenant_id: tenant.clone(),
+                    url: "https://hooks.example.com/x".into(),
+                    description: None,
+                    event_types: None,
+                    secret_enc: "sealed".into(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let old = NewEvent::test(&tenant, &endpoint.id, now - chrono::Duration::days(31));
+        let recent = NewEvent::test(&tenant, &endpoint.id, now);
+        for event in [&old, &recent] {
+            store.record_event_for(&endpoint.id, event).await.unwrap();
+        }
+        let Pool::Sqlite(p) = store.pool() else {
+            unreachable!()
+        };
+        // Both delivered; the old one's delivery still pending would be kept.
+        sqlx::query("UPDATE webhook_deliveries SET state = 'delivered'")
+            .execute(p)
+            .await
+            .unwrap();
+        let pruned = store
+            .prune_webhook_history(now - chrono::Duration::days(30), 1000)
+            .await
+            .unwrap();
+        assert_eq!(pruned, 2, "the old event and its delivery");
+        let left: Vec<String> = sqlx::query_scalar("SELECT id FROM webhook_events")
+            .fetch_all(p)
+            .await
+            .unwrap();
+        assert_eq!(left, vec![recent.id.clone()]);
+        let log = store
+            .webhook_deliveries(&endpoint.id, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].delivery.event_id, recent.id);
+        let _ = std::fs::remove_file(path);
+    }
+}

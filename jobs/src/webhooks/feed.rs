@@ -36,6 +36,12 @@ use crate::{
     store::{DeliveryRow, Pool, Store},
 };
 
+/// How long events and finished deliveries are kept: the delivery log's and a replay's reach.
+pub const RETENTION: chrono::Duration = chrono::Duration::days(30);
+/// How often a fetcher prunes what is older, and how many rows one statement deletes at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const PRUNE_BATCH: i64 = 1000;
+
 /// A delivery this worker holds the lease of.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -185,6 +191,7 @@ async fn fetch(
 ) {
     let lease = chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::MAX);
     let mut lapsed_at = tokio::time::Instant::now();
+    let mut prune_at = tokio::time::Instant::now() + PRUNE_EVERY;
     let mut failures = 0u32;
     let mut due = super::wakeups();
     loop {
@@ -209,6 +216,10 @@ async fn fetch(
                     tracing::warn!(error = %e, "giving back lapsed webhook deliveries failed")
                 }
             }
+        }
+        if tokio::time::Instant::now() >= prune_at {
+            prune_at = tokio::time::Instant::now() + PRUNE_EVERY;
+            prune(&store, now - RETENTION).await;
         }
         let claimed = store
             .claim_due_deliveries(now, now + lease, want as i64, config.per_endpoint as i64)
@@ -258,6 +269,21 @@ async fn fetch(
         }
         if wait(&mut stop, &mut due, pause, false).await {
             return;
+        }
+    }
+}
+
+/// Deletes events and finished deliveries from before `before`, a batch per statement, so the
+/// tables stay bounded and no statement holds SQLite's write lock for long.
+async fn prune(store: &Store, before: chrono::DateTime<Utc>) {
+    loop {
+        match store.prune_webhook_history(before, PRUNE_BATCH).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning old webhook events failed");
+                return;
+            }
         }
     }
 }
