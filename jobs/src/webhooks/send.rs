@@ -70,23 +70,23 @@ pub async fn run(ctx: &Ctx, client: &DeliveryClient, delivery: DeliveryRow) -> a
         }
     };
     let now = Utc::now();
-    let recorded = ctx
+    let Some(recorded) = ctx
         .store
         .finish_delivery(&id, attempt, &result, now)
-        .await?;
-    if recorded.is_none() {
+        .await?
+    else {
         // The lease lapsed and another worker took the delivery over; its outcome stands.
         return Ok(());
-    }
-    let outcome = if result.delivered {
-        let latency = (now - out.delivery.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::histogram!(m::WEBHOOK_DELIVERY_LATENCY_SECONDS, "event_type" => out.event_type.clone())
-            .record(latency);
-        "delivered"
-    } else if result.retry_at.is_some() && result.disable.is_none() {
-        "retried"
-    } else {
-        "failed"
+    };
+    let outcome = match recorded.state.as_str() {
+        "delivered" => {
+            let latency = (now - out.delivery.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!(m::WEBHOOK_DELIVERY_LATENCY_SECONDS, "event_type" => out.event_type.clone())
+                .record(latency);
+            "delivered"
+        }
+        "pending" => "retried",
+        _ => "failed",
     };
     metrics::counter!(m::WEBHOOK_DELIVERIES_TOTAL, "event_type" => out.event_type.clone(), "result" => outcome)
         .increment(1);
@@ -149,17 +149,12 @@ async fn attempt_once(ctx: &Ctx, client: &reqwest::Client, out: &Outgoing) -> At
     }
     let secrets = match secrets(ctx, &out.endpoint, now) {
         Ok(s) => s,
-        // A key missing from HERALD_ENCRYPTION_KEYS: worth trying again once it is back.
+        // A key missing from HERALD_ENCRYPTION_KEYS: worth trying again once it is back. The
+        // operator's log says which; the tenant's delivery log does not name Herald's keys.
         Err(e) => {
-            return retry_or_give_up(
-                settings,
-                out,
-                None,
-                None,
-                format!("the signing secret cannot be read: {e}"),
-                None,
-                now,
-            );
+            warn!(webhook.endpoint = %out.endpoint.id, error = %format!("{e:#}"), "a webhook signing secret cannot be decrypted");
+            let error = "the signing secret cannot be read on Herald's side".to_owned();
+            return retry_or_give_up(settings, out, None, None, error, None, now);
         }
     };
     let timestamp = now.timestamp();
