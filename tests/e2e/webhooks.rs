@@ -30,6 +30,7 @@ on_every_backend!(
     the_third_failed_refresh_in_a_day_announces_refresh_failing_once,
     an_endpoint_failing_for_five_days_is_disabled_with_its_reason,
     a_huge_or_endless_answer_is_read_only_in_part_and_never_holds_a_worker,
+    two_worker_processes_send_each_event_once,
 );
 
 /// Creates an endpoint with `key`; returns its id and secret.
@@ -794,4 +795,48 @@ async fn a_huge_or_endless_answer_is_read_only_in_part_and_never_holds_a_worker(
     assert_eq!(endless["attempts"], 1);
     assert_eq!(trickled["last_response"], "x", "{trickled}");
     assert_eq!(trickled["attempts"], 1);
+}
+
+async fn two_worker_processes_send_each_event_once(engine: Engine) {
+    // This process's workers and a `herald worker` beside them claim from the same rows.
+    let app = TestApp::spawn(engine).await;
+    let _other = app.worker_process(&[]);
+    let receiver = Receiver::start().await;
+    let (hook, _) = endpoint(&app, &app.key, &receiver.url, None).await;
+    for _ in 0..12 {
+        app.post(&format!("/v1/webhooks/{hook}/test"), json!({}))
+            .await;
+    }
+    let conn = app.mastodon_connection().await;
+    let mut shares = Vec::new();
+    for i in 0..12 {
+        shares.push(app.share(&conn, &format!("post {i}")).await);
+    }
+    let got = receiver.until("24 events", |got| got.len() >= 24).await;
+    // Settle: nothing more arrives once every delivery is recorded.
+    eventually(Duration::from_secs(15), || async {
+        let log = deliveries(&app, &app.key, &hook).await;
+        (log.len() == 24 && log.iter().all(|d| d["state"] == "delivered")).then_some(())
+    })
+    .await
+    .expect("not every delivery was recorded as delivered");
+    let got = if receiver.hooks().len() > got.len() {
+        receiver.hooks()
+    } else {
+        got
+    };
+    let mut ids: Vec<String> = got.iter().map(Hook::id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "an event was sent twice");
+    assert_eq!(got.len(), 24);
+    // The test events share one subject (the endpoint): they arrive in the order they were made.
+    let tests: Vec<String> = got
+        .iter()
+        .filter(|h| h.kind() == "webhook.test")
+        .map(Hook::id)
+        .collect();
+    let mut sorted = tests.clone();
+    sorted.sort();
+    assert_eq!(tests, sorted, "test events out of order");
 }

@@ -321,28 +321,38 @@ async fn record_only<P: Outbox>(
 
 /// How the claim statement differs between the engines (see `share_queue.rs`).
 fn claim_sql(pool: &Pool) -> String {
-    let (due, recheck) = match pool {
-        Pool::Sqlite(_) => ("INDEXED BY webhook_deliveries_due", ""),
-        Pool::Postgres(_) => ("", "AND state = 'pending'"),
-    };
     // Due, pending, its endpoint enabled, no earlier event of its subject still open for that
     // endpoint (order), and at most `$4` in flight per endpoint (a dead endpoint holds a few
-    // workers, never all of them). Another process's claim of the same row waits for this one's
-    // row lock on Postgres and then finds it no longer pending.
+    // workers, never all of them).
+    let candidates = |due: &str| {
+        format!(
+            "SELECT c.id FROM (SELECT d.id, d.next_attempt_at, d.event_seq, \
+               ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.event_seq) AS rn, \
+               (SELECT COUNT(*) FROM webhook_deliveries s WHERE s.endpoint_id = d.endpoint_id \
+                AND s.state = 'sending') AS busy \
+               FROM webhook_deliveries d {due} WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
+               AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled) \
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.endpoint_id = d.endpoint_id \
+                 AND b.subject = d.subject AND b.event_seq < d.event_seq \
+                 AND b.state IN ('pending', 'sending'))) c \
+             WHERE c.rn + c.busy <= $4 ORDER BY c.next_attempt_at, c.event_seq LIMIT $3"
+        )
+    };
+    let chosen = match pool {
+        // One writer at a time; told which index to read, as the share claim is.
+        Pool::Sqlite(_) => candidates("INDEXED BY webhook_deliveries_due"),
+        // Rows another process is claiming at this moment are skipped rather than waited for
+        // (no deadlock between two claims), and each row is checked again once locked. A window
+        // function cannot sit beside FOR UPDATE, hence the outer select.
+        Pool::Postgres(_) => format!(
+            "SELECT l.id FROM webhook_deliveries l WHERE l.id IN ({}) AND l.state = 'pending' \
+             FOR UPDATE SKIP LOCKED",
+            candidates("")
+        ),
+    };
     format!(
         "UPDATE webhook_deliveries SET state = 'sending', attempts = attempts + 1, lease_until = $2, \
-         last_attempt_at = $1, updated_at = $1 \
-         WHERE id IN (SELECT c.id FROM (SELECT d.id, d.next_attempt_at, d.event_seq, \
-           ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.event_seq) AS rn, \
-           (SELECT COUNT(*) FROM webhook_deliveries s WHERE s.endpoint_id = d.endpoint_id \
-            AND s.state = 'sending') AS busy \
-           FROM webhook_deliveries d {due} WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
-           AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled) \
-           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.endpoint_id = d.endpoint_id \
-             AND b.subject = d.subject AND b.event_seq < d.event_seq \
-             AND b.state IN ('pending', 'sending'))) c \
-         WHERE c.rn + c.busy <= $4 ORDER BY c.next_attempt_at, c.event_seq LIMIT $3) {recheck} \
-         RETURNING {DELIVERY_COLUMNS}"
+         last_attempt_at = $1, updated_at = $1 WHERE id IN ({chosen}) RETURNING {DELIVERY_COLUMNS}"
     )
 }
 
