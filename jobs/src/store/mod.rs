@@ -16,6 +16,7 @@ mod lifecycle;
 mod ops;
 mod recent;
 mod replay;
+mod runs;
 mod share_queue;
 mod shares;
 
@@ -26,7 +27,7 @@ pub use connections::{
     AUTH_APP_PASSWORD, ConnectionCount, ConnectionFilter, ConnectionRow, NewConnection,
     StoredTokens,
 };
-pub use followers::SyncRun;
+pub use followers::{FollowerChangeRow, FollowerRow, SyncRun};
 pub use keys::{
     ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, LAST_USED_EVERY, NewApiKey, Scope,
     Scopes,
@@ -34,6 +35,7 @@ pub use keys::{
 pub use lifecycle::{DueFor, TokenWrite};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
+pub use runs::{QueuedRun, SyncRunState};
 pub use shares::{
     AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Finished, NewShare,
     ShareDepth, ShareRow, ShareState, ShareUpdate,
