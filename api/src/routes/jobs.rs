@@ -62,8 +62,15 @@ pub enum JobState {
     Finished,
 }
 
-const REFRESH_RESULTS: [&str; 4] = ["succeeded", "invalid_grant", "transient", "skipped"];
-const SYNC_STATES: [&str; 2] = ["running", "finished"];
+const REFRESH_RESULTS: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "invalid_grant",
+    "transient",
+    "skipped",
+];
+const SYNC_STATES: [&str; 4] = ["queued", "running", "finished", "skipped"];
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplayView {
@@ -110,8 +117,9 @@ pub struct JobQuery {
     /// `share` (the default; refresh and follower-sync runs are listed per connection).
     #[param(value_type = Option<JobQueueName>)]
     pub queue: Option<String>,
-    /// A share's state on the `share` queue; a run's result on `refresh` (`succeeded`,
-    /// `invalid_grant`, `transient`, `skipped`) and `follower_sync` (`running`, `finished`).
+    /// A share's state on the `share` queue; a run's state on `refresh` (`queued`, `running`,
+    /// `succeeded`, `invalid_grant`, `transient`, `skipped`) and `follower_sync` (`queued`,
+    /// `running`, `finished`, `skipped`).
     #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     #[param(value_type = Option<herald_platforms::PlatformKind>)]
@@ -510,6 +518,7 @@ async fn replay_run(state: &ApiState, id: &str) -> ApiResult<(StatusCode, ApiJso
         let job = RefreshV1 {
             connection_id: run.connection_id.clone(),
             retry: 0,
+            run: None,
         };
         queue
             .enqueue(&job, now, &replay_key::<RefreshV1>(&run.connection_id, now))
@@ -519,6 +528,7 @@ async fn replay_run(state: &ApiState, id: &str) -> ApiResult<(StatusCode, ApiJso
             connection_id: run.connection_id.clone(),
             resume: false,
             retry: 0,
+            run: None,
         };
         queue
             .enqueue(
