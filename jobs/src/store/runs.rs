@@ -140,8 +140,9 @@ impl Store {
         Ok(())
     }
 
-    /// The connection's follower sync that is queued or running (its oldest open run), or a new
-    /// one: a queued run per relation, due at `due`, named by the first's id.
+    /// The connection's follower sync that is queued or running (its first open run: ids grow
+    /// with time, so that is the followers run until it finishes), or a new one: a queued run per
+    /// relation, due at `due`, named by the first's id.
     pub async fn queue_sync_runs(
         &self,
         connection_id: &str,
@@ -152,7 +153,7 @@ impl Store {
         Ok(with_pool!(
             &self.pool,
             "SELECT id, state FROM follower_sync_runs WHERE connection_id = $1 \
-             AND state IN ('queued', 'running') ORDER BY started_at, id LIMIT 1",
+             AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
             |p, sql| {
                 let mut tx = Engine::begin_write(p).await?;
                 if !is_sqlite(p) {
