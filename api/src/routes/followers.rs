@@ -110,7 +110,7 @@ async fn connection_id(state: &ApiState, tenant: &Tenant, id: &str) -> ApiResult
 
 /// A connection's followers or follows as the last sync found them, newest first, with the
 /// counts of both lists. Platforms that list no followers have empty lists.
-#[utoipa::path(get, path = "/v1/connections/{id}/followers", tag = "connections",
+#[utoipa::path(get, path = "/v1/connections/{id}/followers", tag = "connections", operation_id = "list_followers",
     params(("id" = String, Path), FollowerQuery),
     responses((status = 200, body = FollowerList), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
@@ -218,7 +218,7 @@ pub struct FollowerChangeQuery {
 
 /// The accounts each finished follower-sync run gained and lost, newest run first. A
 /// connection's first run gains every account it finds.
-#[utoipa::path(get, path = "/v1/connections/{id}/follower-changes", tag = "connections",
+#[utoipa::path(get, path = "/v1/connections/{id}/follower-changes", tag = "connections", operation_id = "list_follower_changes",
     params(("id" = String, Path), FollowerChangeQuery),
     responses((status = 200, body = FollowerChangeList), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
