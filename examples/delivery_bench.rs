@@ -297,6 +297,7 @@ async fn drain(
                 image_url: None,
                 run_at: now,
                 not_after: None,
+                duplicate_key: None,
             })
             .collect();
         let created = writer
@@ -309,6 +310,7 @@ async fn drain(
                     idempotency_key: None,
                     request_hash: String::new(),
                     shares,
+                    duplicates_since: None,
                 },
                 now,
             )

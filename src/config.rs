@@ -104,6 +104,11 @@ pub struct SharesArgs {
     /// A share not run within this many seconds of its publish time expires.
     #[arg(long, env = "HERALD_SHARE_LATENESS_SECS", default_value_t = 86_400)]
     pub share_lateness_secs: u64,
+    /// A share of the same normalized URL and text to the same connection within this many
+    /// seconds of an earlier one is refused (409 `already_shared`) unless the request says
+    /// `allow_duplicate`; 0 turns the guard off.
+    #[arg(long, env = "HERALD_DUPLICATE_WINDOW_SECS", default_value_t = 172_800)]
+    pub duplicate_window_secs: u64,
 }
 
 /// Calls to platforms and user-supplied URLs (`serve`, `api`, `worker`).
@@ -404,6 +409,7 @@ impl Config {
             platform_timeout: Duration::from_secs(self.platform.platform_timeout_secs),
             lease: Duration::from_secs(self.worker.lease_secs),
             share_lateness: Duration::from_secs(self.shares.share_lateness_secs),
+            duplicate_window: Duration::from_secs(self.shares.duplicate_window_secs),
             redelivery_grace: Duration::from_secs(self.worker.redelivery_grace_secs),
             reconcile_every: Duration::from_secs(self.worker.reconcile_secs.max(1)),
             concurrency: self.worker.concurrency,

@@ -25,6 +25,8 @@ pub const ROUTE_SCOPES: &[(&str, &str, Scope)] = &[
     ("GET", "/v1/shares/{id}", Scope::Read),
     ("POST", "/v1/shares", Scope::Share),
     ("DELETE", "/v1/shares/{id}", Scope::Share),
+    ("PATCH", "/v1/shares/{id}", Scope::Share),
+    ("POST", "/v1/shares/{id}/retry", Scope::Share),
     ("GET", "/v1/connections", Scope::Read),
     ("GET", "/v1/connections/{id}", Scope::Read),
     ("POST", "/v1/connections", Scope::Connect),

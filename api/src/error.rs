@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// With `already_shared`: the earlier share of the same post.
+    pub share_id: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -30,6 +32,9 @@ pub struct ErrorDetail {
     /// The request field at fault (`url`, `connection_ids[1]`, `extras.instance_url`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `already_shared`: the earlier share of the same post to that connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
 }
 
 impl ApiError {
@@ -39,6 +44,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            share_id: None,
         }
     }
 
@@ -53,6 +59,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: Some(field.into()),
+            share_id: None,
         }
     }
 
@@ -167,6 +174,7 @@ impl ApiError {
             code,
             message: text,
             field,
+            share_id: None,
         }
     }
 }
@@ -190,6 +198,7 @@ impl From<PathRejection> for ApiError {
             code: "invalid_field",
             message: text,
             field,
+            share_id: None,
         }
     }
 }
@@ -248,6 +257,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message: self.message,
                 field: self.field,
+                share_id: self.share_id,
             },
         };
         (self.status, Json(body)).into_response()

@@ -37,7 +37,11 @@ pub fn router(state: ApiState) -> Router {
     };
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
-        .route("/v1/shares/{id}", get(shares::get).delete(shares::cancel))
+        .route(
+            "/v1/shares/{id}",
+            get(shares::get).delete(shares::cancel).patch(shares::edit),
+        )
+        .route("/v1/shares/{id}/retry", axum::routing::post(shares::retry))
         .route(
             "/v1/connections",
             get(connections::list).post(connections::create),

@@ -15,7 +15,7 @@ use crate::routes::{
 #[openapi(
     info(title = "Herald", description = "Durable jobs that publish on behalf of people to social networks."),
     paths(
-        shares::create, shares::get, shares::list, shares::cancel,
+        shares::create, shares::get, shares::list, shares::cancel, shares::edit, shares::retry,
         connections::create, connections::get, connections::list, connections::remove,
         connection_runs::refresh, connection_runs::sync, followers::list, followers::changes,
         connect::start, connect::callback,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::{
     Ctx,
     payloads::ShareV1,
-    store::{JobFilter, Replay},
+    store::{JobFilter, Replay, Replayer},
 };
 
 /// What happened to one job in a replay.
@@ -27,21 +27,9 @@ pub async fn replay_one(
     by_key: &str,
     force: Option<&str>,
 ) -> anyhow::Result<ReplayResult> {
-    let lateness = chrono::Duration::from_std(ctx.settings.share_lateness)?;
-    let out = ctx
-        .store
-        .replay_share(id, by_key, force, lateness, Utc::now())
-        .await?;
+    let out = requeue(ctx, id, Replayer::Operator, by_key, force).await?;
     let (result, state) = match out {
-        Replay::Replayed(row) => {
-            let job = ShareV1 {
-                share_id: row.id.clone(),
-            };
-            ctx.queue
-                .enqueue(&job, row.run_at, &row.delivery_key())
-                .await?;
-            ("replayed", Some(row.state))
-        }
+        Replay::Replayed(row) => ("replayed", Some(row.state)),
         Replay::NeedsForce(row) => ("needs_force", Some(row.state)),
         Replay::NotReplayable(row) => ("not_replayable", Some(row.state)),
         Replay::NotFound => ("not_found", None),
@@ -51,6 +39,30 @@ pub async fn replay_one(
         result: result.into(),
         state,
     })
+}
+
+/// Puts one share back in the queue for `by` (see [`Replayer`]) and pushes its delivery.
+pub async fn requeue(
+    ctx: &Ctx,
+    id: &str,
+    by: Replayer<'_>,
+    by_key: &str,
+    force: Option<&str>,
+) -> anyhow::Result<Replay> {
+    let lateness = chrono::Duration::from_std(ctx.settings.share_lateness)?;
+    let out = ctx
+        .store
+        .replay_share(id, by, by_key, force, lateness, Utc::now())
+        .await?;
+    if let Replay::Replayed(row) = &out {
+        let job = ShareV1 {
+            share_id: row.id.clone(),
+        };
+        ctx.queue
+            .enqueue(&job, row.run_at, &row.delivery_key())
+            .await?;
+    }
+    Ok(out)
 }
 
 /// Replays every share job matching the filter (at most `limit`), or lists them on a dry run.

@@ -114,6 +114,10 @@ pub struct Settings {
     pub lease: Duration,
     /// A share not run within this long after it was due expires (unless the request sets its own).
     pub share_lateness: Duration,
+    /// A share of the same normalized URL and text to the same connection within this long of an
+    /// earlier one is refused (409 `already_shared`) unless the request allows it; zero turns the
+    /// guard off.
+    pub duplicate_window: Duration,
     /// A share due for longer than this without being picked up is pushed to the queue again.
     pub redelivery_grace: Duration,
     /// How often the reconciler looks for lost deliveries and lapsed leases.
@@ -170,6 +174,7 @@ impl Default for Settings {
             platform_timeout: Duration::from_secs(30),
             lease: Duration::from_secs(90),
             share_lateness: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(48 * 3600),
             redelivery_grace: Duration::from_secs(120),
             reconcile_every: Duration::from_secs(30),
             concurrency: 16,

@@ -56,21 +56,31 @@ pub struct ShareRequest {
     pub connection_ids: Vec<String>,
 }
 
-impl ShareRequest {
-    /// `lateness`: how long after `run_at` a share may still go out when the body names no
-    /// `not_after`.
+/// What a share posts, its own rules checked: lengths as sent, trimmed, URLs through the SSRF
+/// guard. Shared by `POST /v1/shares` and `PATCH /v1/shares/{id}` (which checks the share as it
+/// would be after the edit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareContent {
+    pub url: String,
+    pub title: Option<String>,
+    pub text: Option<String>,
+    pub image_url: Option<String>,
+}
+
+impl ShareContent {
     pub fn parse(
-        body: ShareRequestBody<'_>,
+        url: &str,
+        title: Option<&str>,
+        text: Option<&str>,
+        image_url: Option<&str>,
         ssrf: &SsrfGuard,
-        lateness: Duration,
-        now: DateTime<Utc>,
     ) -> Result<Self, Invalid> {
         // Lengths are limits on what was sent (the document's maxLength), before trimming.
         for (field, raw, max) in [
-            ("url", Some(body.url), MAX_URL),
-            ("title", body.title, MAX_TITLE),
-            ("text", body.text, MAX_TEXT),
-            ("image_url", body.image_url, MAX_URL),
+            ("url", Some(url), MAX_URL),
+            ("title", title, MAX_TITLE),
+            ("text", text, MAX_TEXT),
+            ("image_url", image_url, MAX_URL),
         ] {
             if raw.is_some_and(|r| r.chars().count() > max) {
                 let code = match field {
@@ -85,57 +95,107 @@ impl ShareRequest {
                 ));
             }
         }
-        let url = body.url.trim().to_owned();
+        let url = url.trim().to_owned();
         if url.is_empty() {
             return Err(Invalid::new("url", "missing_url", "`url` is required"));
         }
         check_url(ssrf, "url", &url)?;
-        let title = trimmed(body.title);
-        if title
-            .as_ref()
-            .is_some_and(|t| t.chars().count() > MAX_TITLE)
-        {
-            return Err(Invalid::new(
-                "title",
-                "title_too_long",
-                format!("`title` is longer than {MAX_TITLE} characters"),
-            ));
-        }
-        let text = trimmed(body.text);
-        if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT) {
-            return Err(Invalid::new(
-                "text",
-                "text_too_long",
-                format!("`text` is longer than {MAX_TEXT} characters"),
-            ));
-        }
-        let image_url = trimmed(body.image_url);
+        let image_url = trimmed(image_url);
         if let Some(img) = &image_url {
             check_url(ssrf, "image_url", img)?;
         }
-        let publish_at = parse_time("publish_at", body.publish_at)?;
-        if publish_at.is_some_and(|t| t < now - chrono::Duration::seconds(60)) {
-            return Err(Invalid::new(
-                "publish_at",
-                "publish_at_in_past",
-                "`publish_at` is in the past",
-            ));
-        }
-        let run_at = publish_at.unwrap_or(now).max(now);
-        let not_after = parse_time("not_after", body.not_after)?;
-        if not_after.is_some_and(|t| t <= run_at) {
-            return Err(Invalid::new(
-                "not_after",
-                "not_after_before_publish",
-                "`not_after` must be later than the publish time",
-            ));
-        }
-        let not_after = not_after.unwrap_or_else(|| {
-            times::add_capped(
+        Ok(Self {
+            url,
+            title: trimmed(title),
+            text: trimmed(text),
+            image_url,
+        })
+    }
+
+    /// The duplicate guard's key of this content ([`duplicate_key`]).
+    pub fn duplicate_key(&self) -> String {
+        duplicate_key(&self.url, self.text.as_deref())
+    }
+}
+
+/// A publish time as requested: a minute of clock skew is forgiven, and an earlier time means now.
+pub fn publish_time(
+    publish_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Invalid> {
+    if publish_at.is_some_and(|t| t < now - chrono::Duration::seconds(60)) {
+        return Err(Invalid::new(
+            "publish_at",
+            "publish_at_in_past",
+            "`publish_at` is in the past",
+        ));
+    }
+    Ok(publish_at.unwrap_or(now).max(now))
+}
+
+/// `not_after` must leave the share a moment to run.
+pub fn check_not_after(not_after: DateTime<Utc>, run_at: DateTime<Utc>) -> Result<(), Invalid> {
+    if not_after <= run_at {
+        return Err(Invalid::new(
+            "not_after",
+            "not_after_before_publish",
+            "`not_after` must be later than the publish time",
+        ));
+    }
+    Ok(())
+}
+
+/// A queued share's new schedule: `publish_at` and `not_after` as the edit gives them (absent:
+/// unchanged). A moved publish time moves an unchanged `not_after` with it, so the share keeps as
+/// long a window to run in as it had.
+pub fn reschedule(
+    run_at: DateTime<Utc>,
+    not_after: Option<DateTime<Utc>>,
+    publish_at: Option<DateTime<Utc>>,
+    new_not_after: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), Invalid> {
+    let new_run_at = match publish_at {
+        Some(t) => publish_time(Some(t), now)?,
+        None => run_at,
+    };
+    let new_not_after = match (new_not_after, not_after) {
+        (Some(t), _) => Some(t),
+        (None, Some(old)) => Some(times::add_capped(old, new_run_at - run_at)),
+        (None, None) => None,
+    };
+    if let Some(t) = new_not_after {
+        check_not_after(t, new_run_at.max(now))?;
+    }
+    Ok((new_run_at, new_not_after))
+}
+
+impl ShareRequest {
+    /// `lateness`: how long after `run_at` a share may still go out when the body names no
+    /// `not_after`.
+    pub fn parse(
+        body: ShareRequestBody<'_>,
+        ssrf: &SsrfGuard,
+        lateness: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Self, Invalid> {
+        let ShareContent {
+            url,
+            title,
+            text,
+            image_url,
+        } = ShareContent::parse(body.url, body.title, body.text, body.image_url, ssrf)?;
+        let run_at = publish_time(parse_time("publish_at", body.publish_at)?, now)?;
+        let not_after = match parse_time("not_after", body.not_after)? {
+            Some(t) => {
+                check_not_after(t, run_at)?;
+                t
+            }
+            None => times::add_capped(
                 run_at,
                 chrono::Duration::from_std(lateness).unwrap_or_default(),
-            )
-        });
+            ),
+        };
         let ids = body.connection_ids;
         if ids.is_empty() || ids.len() > MAX_TARGETS {
             return Err(Invalid::new(
@@ -164,6 +224,49 @@ impl ShareRequest {
             connection_ids: ids.to_vec(),
         })
     }
+}
+
+/// Query parameters that only say where a click came from: two links differing only in them are
+/// the same link to the duplicate guard.
+const TRACKING_PARAMS: &[&str] = &[
+    "fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid", "igshid",
+];
+
+/// What the duplicate guard compares: a digest of the link and the text as a reader would see
+/// them. The URL loses its fragment, its `utm_*` and click-id parameters and the case of its
+/// scheme and host (and a default port); the text its outer whitespace and the width of inner
+/// runs of whitespace. Case and everything else in the text count.
+pub fn duplicate_key(url: &str, text: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let url = match url::Url::parse(url.trim()) {
+        Ok(mut u) => {
+            u.set_fragment(None);
+            let kept: Vec<(String, String)> = u
+                .query_pairs()
+                .filter(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    !k.starts_with("utm_") && !TRACKING_PARAMS.contains(&k.as_str())
+                })
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                u.set_query(None);
+            } else {
+                u.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            u.to_string()
+        }
+        Err(_) => url.trim().to_owned(),
+    };
+    let text = text
+        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let digest = Sha256::new()
+        .chain_update(url.as_bytes())
+        .chain_update([0u8])
+        .chain_update(text.as_bytes())
+        .finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// An RFC 3339 time within the years Herald stores.
@@ -223,6 +326,32 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         ShareRequest::parse(body, &SsrfGuard::default(), Duration::from_secs(3600), now)
+    }
+
+    #[test]
+    fn the_duplicate_key_sees_the_link_and_text_a_reader_sees() {
+        let key = |u: &str, t: Option<&str>| duplicate_key(u, t);
+        let base = key("https://blog.example/post?id=7", Some("New post"));
+        assert_eq!(
+            base,
+            key(
+                "HTTPS://Blog.Example:443/post?utm_source=x&id=7&fbclid=abc#top",
+                Some("  New \n post ")
+            )
+        );
+        assert_ne!(
+            base,
+            key("https://blog.example/post?id=8", Some("New post"))
+        );
+        assert_ne!(
+            base,
+            key("https://blog.example/post?id=7", Some("new post"))
+        );
+        assert_ne!(base, key("https://blog.example/post?id=7", None));
+        assert_eq!(
+            key("https://a.example/", None),
+            key("https://a.example", Some("  "))
+        );
     }
 
     #[test]

@@ -22,12 +22,12 @@ use crate::{
 pub(crate) const RETURN_URL: &str = "https://app.example/after";
 const X_USER: &str = "2244994945";
 
-async fn with_x(engine: crate::support::Engine) -> (TestApp, FakeX) {
+pub(crate) async fn with_x(engine: crate::support::Engine) -> (TestApp, FakeX) {
     with_x_and(engine, fast_settings()).await
 }
 
 /// Herald with `settings` and its X app at the local X.
-async fn with_x_and(
+pub(crate) async fn with_x_and(
     engine: crate::support::Engine,
     mut settings: herald_jobs::Settings,
 ) -> (TestApp, FakeX) {

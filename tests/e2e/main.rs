@@ -21,4 +21,5 @@ mod ops;
 mod outage;
 mod platforms;
 mod rate_limits;
+mod share_edits;
 mod sharing;

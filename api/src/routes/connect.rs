@@ -104,6 +104,7 @@ pub async fn start(
                 message: "the Mastodon instance did not register Herald's app; try again later"
                     .into(),
                 field: Some("instance_url".into()),
+                share_id: None,
             }
         }
         StartError::Upstream {
@@ -117,6 +118,7 @@ pub async fn start(
                 code,
                 message,
                 field: Some(field.into()),
+                share_id: None,
             }
         }
         StartError::Internal(e) => ApiError::from_anyhow(e),
@@ -163,6 +165,7 @@ pub async fn callback(
             message: "this sign-in link is unknown or was already used; start connecting again"
                 .into(),
             field: Some("state".into()),
+            share_id: None,
         }),
     }
 }

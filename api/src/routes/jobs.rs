@@ -330,24 +330,6 @@ pub struct ReplayRequest {
     pub reason: Option<String>,
 }
 
-fn force_reason(force: bool, reason: Option<&str>) -> ApiResult<Option<String>> {
-    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-    match (force, reason) {
-        (true, None) => Err(ApiError::invalid(
-            "reason",
-            "reason_required",
-            "`force` needs a `reason`: the share may already be posted",
-        )),
-        (true, Some(r)) if r.len() > 500 => Err(ApiError::invalid(
-            "reason",
-            "reason_too_long",
-            "`reason` is longer than 500 characters",
-        )),
-        (true, Some(r)) => Ok(Some(r.to_owned())),
-        (false, _) => Ok(None),
-    }
-}
-
 /// Replay one job: a new attempt, linked to the old ones.
 #[utoipa::path(post, path = "/v1/jobs/{id}/replay", tag = "operators", params(("id" = String, Path)), request_body = ReplayRequest,
     responses(
@@ -361,18 +343,11 @@ pub async fn replay_one(
     ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, ApiJson<ReplayResult>)> {
-    // The body is optional: an empty one is a plain replay.
-    let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayRequest::default()
-    } else {
-        let v = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
-        super::decode_json(v)?
-    };
+    let req: ReplayRequest = super::optional_json(&body)?;
     if id.starts_with("rfr_") || id.starts_with("fsr_") {
         return replay_run(&state, &id).await;
     }
-    let force = force_reason(req.force, req.reason.as_deref())?;
+    let force = super::force_reason(req.force, req.reason.as_deref())?;
     let out = replay::replay_one(&state.ctx, &id, &op.key_id, force.as_deref())
         .await
         .map_err(ApiError::from_anyhow)?;
@@ -464,7 +439,7 @@ pub async fn replay_bulk(
             ));
         }
     };
-    let force = force_reason(req.force, req.reason.as_deref())?;
+    let force = super::force_reason(req.force, req.reason.as_deref())?;
     let jobs = replay::replay_matching(
         &state.ctx,
         &f,

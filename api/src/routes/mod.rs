@@ -34,6 +34,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A body that may be left out (an empty one is `T::default()`), else JSON read like [`ApiJson`].
+pub(crate) fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let v = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_json",
+            e.to_string(),
+        )
+    })?;
+    decode_json(v)
+}
+
+/// A replay or retry of a share whose outcome is unknown needs `force` and a reason, which is
+/// kept: the share may already be posted.
+pub(crate) fn force_reason(force: bool, reason: Option<&str>) -> Result<Option<String>, ApiError> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    match (force, reason) {
+        (true, None) => Err(ApiError::invalid(
+            "reason",
+            "reason_required",
+            "`force` needs a `reason`: the share may already be posted",
+        )),
+        (true, Some(r)) if r.chars().count() > 500 => Err(ApiError::invalid(
+            "reason",
+            "reason_too_long",
+            "`reason` is longer than 500 characters",
+        )),
+        (true, Some(r)) => Ok(Some(r.to_owned())),
+        (false, _) => Ok(None),
+    }
+}
+
 /// Checks a parsed body for NUL characters, then reads it into `T`, naming the field at fault.
 pub(crate) fn decode_json<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     if let Some(field) = find_nul(&v, String::new()) {
@@ -126,6 +161,7 @@ pub(crate) async fn reject_nul_in_path_and_query(
                 code: "invalid_field",
                 message: text,
                 field,
+                share_id: None,
             }
             .into_response();
         }

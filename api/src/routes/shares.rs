@@ -1,4 +1,4 @@
-//! `/v1/shares`: enqueue, inspect, list by URL, cancel.
+//! `/v1/shares`: enqueue, inspect, list, edit, retry, cancel.
 
 use axum::{
     extract::State,
@@ -7,15 +7,19 @@ use axum::{
 use chrono::{DateTime, Utc};
 use herald_jobs::{
     payloads::ShareV1,
-    share_request::{ShareRequest, ShareRequestBody},
-    store::{AttemptRow, Cancel, CreateOutcome, CreateShares, NewShare, ShareRow, ShareState},
+    replay,
+    share_request::{self, ShareContent, ShareRequest, ShareRequestBody},
+    store::{
+        AttemptRow, Cancel, ConnectionRow, CreateOutcome, CreateShares, Edit, NewShare, Replay,
+        Replayer, ShareEdit, ShareFilter, ShareRow, ShareState,
+    },
 };
-use herald_platforms::PostRequest;
+use herald_platforms::{Platform, PostRequest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery, page_limit};
+use super::{ApiJson, ApiPath, ApiQuery, page_limit, parse_time};
 use crate::{
     ApiState,
     auth::Tenant,
@@ -48,6 +52,11 @@ pub struct CreateShareRequest {
     /// The connections to post to (1 to 50, no repeats).
     #[schema(min_items = 1, max_items = 50)]
     pub connection_ids: Vec<String>,
+    /// Post even if the same link and text went to a target within the duplicate window
+    /// (`HERALD_DUPLICATE_WINDOW_SECS`, 48 h by default); otherwise such a request is refused
+    /// with 409 `already_shared`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_duplicate: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -212,6 +221,13 @@ pub async fn create(
         not_after,
         connection_ids,
     } = parsed;
+    let content = ShareContent {
+        url,
+        title,
+        text,
+        image_url,
+    };
+    let duplicate_key = content.duplicate_key();
     let not_after = Some(not_after);
     let mut shares = Vec::with_capacity(connection_ids.len());
     for (i, id) in connection_ids.iter().enumerate() {
@@ -239,34 +255,27 @@ pub async fn create(
                 format!("{kind} is not configured on this Herald"),
             )
         })?;
-        let probe = PostRequest {
-            share_id: String::new(),
-            url: url.clone(),
-            title: title.clone(),
-            text: text.clone(),
-            image_url: image_url.clone(),
-            idempotency_key: String::new(),
-            checkpoint: Default::default(),
-        };
-        platform.validate(&conn.account(), &probe).map_err(|inv| {
-            let field = if inv.field == "text" {
-                "text".to_owned()
-            } else {
-                format!("{field}.{}", inv.field)
-            };
-            ApiError::invalid(field, inv.code, inv.message)
-        })?;
+        validate_for(platform.as_ref(), &conn, &content, &field)?;
         shares.push(NewShare {
             connection_id: conn.id,
             platform: kind.as_str().to_owned(),
-            url: url.clone(),
-            title: title.clone(),
-            body: text.clone(),
-            image_url: image_url.clone(),
+            url: content.url.clone(),
+            title: content.title.clone(),
+            body: content.text.clone(),
+            image_url: content.image_url.clone(),
             run_at,
             not_after,
+            duplicate_key: Some(duplicate_key.clone()),
         });
     }
+    let window = state.ctx.settings.duplicate_window;
+    // A window reaching before any share could exist is the same as one reaching back to 1970.
+    let duplicates_since = (!req.allow_duplicate && !window.is_zero()).then(|| {
+        chrono::Duration::from_std(window)
+            .ok()
+            .and_then(|w| now.checked_sub_signed(w))
+            .map_or(DateTime::UNIX_EPOCH, |t| t.max(DateTime::UNIX_EPOCH))
+    });
 
     let canonical = serde_json::to_vec(&serde_json::to_value(&req).map_err(ApiError::internal)?)
         .map_err(ApiError::internal)?;
@@ -279,6 +288,7 @@ pub async fn create(
         idempotency_key,
         request_hash,
         shares,
+        duplicates_since,
     };
     // The write and the pushes after it run on a task of their own: a client that hangs up
     // drops this handler, and that must not cut the enqueue between the commit and the push.
@@ -306,6 +316,28 @@ pub async fn create(
                 "unknown_connection",
                 format!("no connection `{id}`"),
             ));
+        }
+        CreateOutcome::AlreadyShared {
+            connection_id,
+            share_id,
+        } => {
+            let i = req
+                .connection_ids
+                .iter()
+                .position(|c| *c == connection_id)
+                .unwrap_or(0);
+            return Err(ApiError {
+                field: Some(format!("connection_ids[{i}]")),
+                share_id: Some(share_id),
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_shared",
+                    format!(
+                        "this link and text went to `{connection_id}` within the duplicate window; \
+                         see `share_id`, or send `allow_duplicate: true` to post it again"
+                    ),
+                )
+            });
         }
         CreateOutcome::KeyReused => {
             return Err(ApiError::invalid(
@@ -354,6 +386,22 @@ pub async fn get(
 pub struct ListQuery {
     /// Only shares of this URL (the "already shared" indicator).
     pub url: Option<String>,
+    /// Only shares in this state.
+    #[param(value_type = Option<ShareState>)]
+    pub state: Option<String>,
+    /// Only shares to this connection.
+    pub connection_id: Option<String>,
+    /// Only shares to the connections of this user of your app.
+    pub user_id: Option<String>,
+    /// Only shares to this platform.
+    #[param(value_type = Option<herald_platforms::PlatformKind>)]
+    pub platform: Option<String>,
+    /// Only shares created at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub created_since: Option<String>,
+    /// Only shares created before this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub created_before: Option<String>,
     /// Page: shares older than this share id.
     pub before: Option<String>,
     /// 1 to 200, default 50.
@@ -361,19 +409,53 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-/// The tenant's shares, newest first, optionally of one URL.
+impl ListQuery {
+    fn filter(&self) -> ApiResult<ShareFilter> {
+        let state = match self.state.as_deref() {
+            None => None,
+            Some(s) => Some(ShareState::parse(s).ok_or_else(|| {
+                ApiError::invalid("state", "invalid_state", format!("unknown state `{s}`"))
+            })?),
+        };
+        if let Some(p) = self.platform.as_deref()
+            && herald_platforms::PlatformKind::parse(p).is_none()
+        {
+            return Err(ApiError::invalid(
+                "platform",
+                "unknown_platform",
+                format!("unknown platform `{p}`"),
+            ));
+        }
+        Ok(ShareFilter {
+            url: self.url.clone(),
+            state,
+            connection_id: self.connection_id.clone(),
+            user_id: self.user_id.clone(),
+            platform: self.platform.clone(),
+            created_since: parse_time("created_since", self.created_since.as_deref())?,
+            created_before: parse_time("created_before", self.created_before.as_deref())?,
+        })
+    }
+}
+
+/// The tenant's shares, newest first. Every filter given narrows the list.
 #[utoipa::path(get, path = "/v1/shares", tag = "shares", params(ListQuery),
-    responses((status = 200, body = ShareList)), security(("api_key" = [])))]
+    responses(
+        (status = 200, body = ShareList),
+        (status = 422, description = "A filter is invalid; `field` names it", body = crate::error::ErrorBody),
+    ),
+    security(("api_key" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
     tenant: Tenant,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<ApiJson<ShareList>> {
     let limit = page_limit(q.limit)?;
+    let filter = q.filter()?;
     let rows = state
         .ctx
         .store
-        .list_shares(&tenant.id, q.url.as_deref(), q.before.as_deref(), limit)
+        .list_shares(&tenant.id, &filter, q.before.as_deref(), limit)
         .await?;
     let next_before = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id.clone()))
@@ -386,6 +468,185 @@ pub async fn list(
         shares,
         next_before,
     }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Required to retry a share in `outcome_unknown`: it may already be posted.
+    #[serde(default)]
+    pub force: bool,
+    /// Why (up to 500 characters); required with `force`, kept with the share's history.
+    pub reason: Option<String>,
+}
+
+/// Retry a `failed` or `expired` share: queued again now, with a fresh attempt budget and a
+/// fresh lateness window. An `outcome_unknown` share may already be posted: it is retried only
+/// with `force` and a `reason`.
+#[utoipa::path(post, path = "/v1/shares/{id}/retry", tag = "shares", params(("id" = String, Path)),
+    request_body(content = RetryRequest, description = "Optional; an empty body is a plain retry"),
+    responses(
+        (status = 202, description = "Queued again", body = ShareView),
+        (status = 400, description = "Malformed JSON", body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "`needs_force` (outcome unknown) or `share_not_retryable` (queued, running, succeeded, parked or cancelled)", body = crate::error::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = crate::error::ErrorBody),
+    ), security(("api_key" = [])))]
+pub async fn retry(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, ApiJson<ShareView>)> {
+    let req: RetryRequest = super::optional_json(&body)?;
+    let force = super::force_reason(req.force, req.reason.as_deref())?;
+    let out = replay::requeue(
+        &state.ctx,
+        &id,
+        Replayer::Tenant(&tenant.id),
+        &tenant.key_id,
+        force.as_deref(),
+    )
+    .await
+    .map_err(ApiError::from_anyhow)?;
+    match out {
+        Replay::Replayed(row) => Ok((StatusCode::ACCEPTED, ApiJson(ShareView::from_row(row)?))),
+        Replay::NotFound => Err(ApiError::not_found("share")),
+        Replay::NeedsForce(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "needs_force",
+            "this share's outcome is unknown and it may already be posted: retry with `force` and a `reason`",
+        )),
+        Replay::NotReplayable(row) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "share_not_retryable",
+            format!(
+                "the share is {}; only failed or expired shares are retried",
+                row.state
+            ),
+        )),
+    }
+}
+
+/// An edit of a share that has not started. Absent fields keep their value; `""` removes a
+/// title or text.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditShareRequest {
+    #[schema(min_length = 1, pattern = "\\S", max_length = 2048)]
+    pub url: Option<String>,
+    #[schema(max_length = 300)]
+    pub title: Option<String>,
+    #[schema(max_length = 10000)]
+    pub text: Option<String>,
+    /// A new publish time (RFC 3339). Without `not_after`, the share's latest time moves with it.
+    #[schema(format = DateTime)]
+    pub publish_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub not_after: Option<String>,
+}
+
+/// Reschedule a share or edit its text, title or URL before it starts.
+///
+/// Only a share that is `queued` and was never picked up by a worker can be edited; the edit is
+/// checked like a new share (including the target platform's length rules) and is a
+/// compare-and-set, so a worker claiming the share at the same moment either runs the edited
+/// share or the edit is refused with 409 `share_not_editable`.
+#[utoipa::path(patch, path = "/v1/shares/{id}", tag = "shares", params(("id" = String, Path)),
+    request_body = EditShareRequest,
+    responses(
+        (status = 200, description = "Edited", body = ShareView),
+        (status = 400, description = "Malformed JSON", body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "Already started or finished (`share_not_editable`)", body = crate::error::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = crate::error::ErrorBody),
+    ), security(("api_key" = [])))]
+pub async fn edit(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<EditShareRequest>,
+) -> ApiResult<ApiJson<ShareView>> {
+    let publish_at = parse_time("publish_at", req.publish_at.as_deref())?;
+    let not_after = parse_time("not_after", req.not_after.as_deref())?;
+    // Another edit between the read and the write makes the write miss: read and check again.
+    for _ in 0..3 {
+        let now = Utc::now();
+        let share = state
+            .ctx
+            .store
+            .tenant_share(&tenant.id, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("share"))?;
+        if !share.editable() {
+            return Err(not_editable(&share));
+        }
+        let content = ShareContent::parse(
+            req.url.as_deref().unwrap_or(&share.url),
+            req.title.as_deref().or(share.title.as_deref()),
+            req.text.as_deref().or(share.body.as_deref()),
+            share.image_url.as_deref(),
+            &state.ctx.settings.ssrf,
+        )?;
+        let (run_at, not_after) =
+            share_request::reschedule(share.run_at, share.not_after, publish_at, not_after, now)?;
+        let conn = state
+            .ctx
+            .store
+            .connection(&share.connection_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("share"))?;
+        if let Some(platform) = conn
+            .platform_kind()
+            .and_then(|k| state.ctx.platforms.get(k))
+        {
+            validate_for(platform.as_ref(), &conn, &content, "connection_id")?;
+        }
+        let edit = ShareEdit {
+            duplicate_key: Some(content.duplicate_key()),
+            url: content.url,
+            title: content.title,
+            body: content.text,
+            run_at,
+            not_after,
+        };
+        match state
+            .ctx
+            .store
+            .edit_share(&tenant.id, &id, share.edits, &edit, now)
+            .await?
+        {
+            Edit::Edited(row) => {
+                // A new publish time needs a delivery at that time (on Redis; on the store's
+                // engines the push only wakes the fetcher). The old one finds it not due.
+                enqueue(&state.ctx, std::slice::from_ref(&row));
+                return Ok(ApiJson(ShareView::from_row(row)?));
+            }
+            Edit::Started(row) => return Err(not_editable(&row)),
+            Edit::NotFound => return Err(ApiError::not_found("share")),
+            Edit::Changed => continue,
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "share_edit_conflict",
+        "the share was edited by another request at the same time; read it and try again",
+    ))
+}
+
+fn not_editable(share: &ShareRow) -> ApiError {
+    let why = if share.state == "queued" {
+        "has already been picked up by a worker".to_owned()
+    } else {
+        format!("is {}", share.state)
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "share_not_editable",
+        format!("the share {why}; only a share that has not started can be edited"),
+    )
 }
 
 /// Cancel a share that has not run (queued or parked).
@@ -414,6 +675,33 @@ pub async fn cancel(
         )),
         Cancel::NotFound => Err(ApiError::not_found("share")),
     }
+}
+
+/// Checks the content against the target platform's own rules (Mastodon's 500 characters, ...),
+/// naming the field under `target` (`connection_ids[0]`), except `text`, which is the body's.
+fn validate_for(
+    platform: &dyn Platform,
+    conn: &ConnectionRow,
+    content: &ShareContent,
+    target: &str,
+) -> ApiResult<()> {
+    let probe = PostRequest {
+        share_id: String::new(),
+        url: content.url.clone(),
+        title: content.title.clone(),
+        text: content.text.clone(),
+        image_url: content.image_url.clone(),
+        idempotency_key: String::new(),
+        checkpoint: Default::default(),
+    };
+    platform.validate(&conn.account(), &probe).map_err(|inv| {
+        let field = if inv.field == "text" {
+            "text".to_owned()
+        } else {
+            format!("{target}.{}", inv.field)
+        };
+        ApiError::invalid(field, inv.code, inv.message)
+    })
 }
 
 /// Pushes committed shares to the queue on a task of its own, so a slow or unreachable queue does

@@ -34,11 +34,11 @@ pub use keys::{
 };
 pub use lifecycle::{DueFor, TokenWrite};
 pub use ops::OpsConnectionFilter;
-pub use replay::{JobFilter, Replay, ReplayRow, RunRow};
+pub use replay::{JobFilter, Replay, ReplayRow, Replayer, RunRow};
 pub use runs::{QueuedRun, SyncRunState};
 pub use shares::{
-    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Finished, NewShare,
-    ShareDepth, ShareRow, ShareState, ShareUpdate,
+    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Edit, Finished, NewShare,
+    ShareDepth, ShareEdit, ShareFilter, ShareRow, ShareState, ShareUpdate,
 };
 
 use std::{str::FromStr, time::Duration};

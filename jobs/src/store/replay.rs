@@ -25,6 +25,25 @@ pub struct ReplayRow {
     pub replayed_at: DateTime<Utc>,
 }
 
+/// Who asks for a replay, which decides what may be replayed.
+#[derive(Debug, Clone, Copy)]
+pub enum Replayer<'a> {
+    /// An operator: any tenant's failed, parked, expired or cancelled share.
+    Operator,
+    /// A tenant retrying its own share: failed or expired. A parked share resumes when its
+    /// account reconnects, and a cancelled one was the tenant's own choice.
+    Tenant(&'a str),
+}
+
+impl Replayer<'_> {
+    fn may_replay(self, state: &str) -> bool {
+        match self {
+            Self::Operator => matches!(state, "failed" | "parked" | "expired" | "cancelled"),
+            Self::Tenant(_) => matches!(state, "failed" | "expired"),
+        }
+    }
+}
+
 /// What a replay found.
 #[derive(Debug)]
 pub enum Replay {
@@ -74,22 +93,27 @@ impl Store {
     }
 
     /// Puts a finished share back in the queue with a fresh attempt budget, linked to its history
-    /// by a replay record. `force` (a reason) is required for `outcome_unknown`, which may already
-    /// be posted; the reason is stored.
+    /// by a replay record (`by_key`: the API key that asked). `force` (a reason) is required for
+    /// `outcome_unknown`, which may already be posted; the reason is stored.
     pub async fn replay_share(
         &self,
         id: &str,
+        by: Replayer<'_>,
         by_key: &str,
         force: Option<&str>,
         lateness: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<Replay> {
-        let Some(share) = self.share(id).await? else {
+        let share = match by {
+            Replayer::Operator => self.share(id).await?,
+            Replayer::Tenant(tenant_id) => self.tenant_share(tenant_id, id).await?,
+        };
+        let Some(share) = share else {
             return Ok(Replay::NotFound);
         };
         let state = share.state.clone();
         match state.as_str() {
-            "failed" | "parked" | "expired" | "cancelled" => {}
+            s if by.may_replay(s) => {}
             "outcome_unknown" if force.is_some() => {}
             "outcome_unknown" => return Ok(Replay::NeedsForce(share)),
             _ => return Ok(Replay::NotReplayable(share)),

@@ -17,7 +17,7 @@ use crate::{error_class::ErrorClass, ids};
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
     last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from, checkpoint, \
-    after_share_id";
+    after_share_id, edits";
 
 /// A queued share may start: it waits for no share parked before it (`shares` is the row under
 /// test, `p` its predecessor). Written as a correlated lookup by primary key, evaluated only for
@@ -103,6 +103,9 @@ pub struct ShareRow {
     /// A share resumed after a reconnect starts only once this one (parked before it) is no
     /// longer queued or running, so an account's parked shares keep their order.
     pub after_share_id: Option<String>,
+    /// How many times the tenant edited it: the version `PATCH /v1/shares/{id}` compares.
+    #[sqlx(default)]
+    pub edits: i32,
 }
 
 impl ShareRow {
@@ -118,6 +121,11 @@ impl ShareRow {
 
     /// The queue's idempotency key for the delivery of this share's next attempt: the same for
     /// every push of one scheduled run, different for the next run.
+    /// Not started: queued and never claimed, so nothing of it has reached a platform.
+    pub fn editable(&self) -> bool {
+        self.state == ShareState::Queued.as_str() && self.first_sent_at.is_none()
+    }
+
     pub fn delivery_key(&self) -> String {
         format!(
             "share:{}:{}:{}",
@@ -152,6 +160,9 @@ pub struct NewShare {
     pub image_url: Option<String>,
     pub run_at: DateTime<Utc>,
     pub not_after: Option<DateTime<Utc>>,
+    /// `share_request::duplicate_key` of its URL and text, kept so later requests can be
+    /// checked against it.
+    pub duplicate_key: Option<String>,
 }
 
 /// A whole share request: written in one transaction with its idempotency key.
@@ -162,6 +173,10 @@ pub struct CreateShares {
     /// A digest of the request body: the same key with another body is refused.
     pub request_hash: String,
     pub shares: Vec<NewShare>,
+    /// The duplicate guard: refuse a target that has a share of the same duplicate key created
+    /// since this time and not failed, cancelled or expired. `None`: the guard is off, or the
+    /// request allows duplicates.
+    pub duplicates_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -174,6 +189,48 @@ pub enum CreateOutcome {
     /// This target connection was removed (or is not the tenant's) by the time of the write;
     /// nothing was written.
     ConnectionGone(String),
+    /// This target already has this post from within the duplicate window; nothing was written.
+    AlreadyShared {
+        connection_id: String,
+        share_id: String,
+    },
+}
+
+/// Which of a tenant's shares to list; every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct ShareFilter {
+    pub url: Option<String>,
+    pub state: Option<ShareState>,
+    pub connection_id: Option<String>,
+    /// Shares to the connections of this user of the tenant's app.
+    pub user_id: Option<String>,
+    pub platform: Option<String>,
+    /// Created at or after.
+    pub created_since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// A share as a tenant's edit leaves it (every field, the unchanged ones as they were).
+#[derive(Debug, Clone)]
+pub struct ShareEdit {
+    pub url: String,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub duplicate_key: Option<String>,
+}
+
+/// What an edit found.
+#[derive(Debug)]
+pub enum Edit {
+    Edited(ShareRow),
+    /// Claimed by a worker, or finished: too late to edit.
+    Started(ShareRow),
+    /// Edited by another request since it was read: read it again.
+    Changed,
+    NotFound,
 }
 
 /// What a worker may do with a share it was handed.
@@ -360,22 +417,33 @@ impl Store {
             .await?))
     }
 
-    /// A tenant's shares, newest first, optionally of one URL; paged by id (ids are time-ordered).
+    /// A tenant's shares matching the filter, newest first; paged by id (ids are time-ordered).
     pub async fn list_shares(
         &self,
         tenant_id: &str,
-        url: Option<&str>,
+        f: &ShareFilter,
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ShareRow>> {
         let q = format!(
             "SELECT {COLUMNS} FROM shares WHERE tenant_id = $1 AND ($2 IS NULL OR url = $2) \
-             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+             AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR connection_id = $4) \
+             AND ($5 IS NULL OR connection_id IN \
+                  (SELECT c.id FROM connections c WHERE c.tenant_id = $1 AND c.user_id = $5)) \
+             AND ($6 IS NULL OR platform = $6) AND ($7 IS NULL OR created_at >= $7) \
+             AND ($8 IS NULL OR created_at < $8) AND ($9 IS NULL OR id < $9) \
+             ORDER BY id DESC LIMIT $10"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
             sqlx::query_as(sql)
                 .bind(tenant_id)
-                .bind(url)
+                .bind(f.url.as_deref())
+                .bind(f.state.map(ShareState::as_str))
+                .bind(f.connection_id.as_deref())
+                .bind(f.user_id.as_deref())
+                .bind(f.platform.as_deref())
+                .bind(f.created_since)
+                .bind(f.created_before)
                 .bind(before)
                 .bind(limit)
                 .fetch_all(p)
@@ -546,6 +614,48 @@ impl Store {
                 Some(r) => Cancel::TooLate(r),
                 None => Cancel::NotFound,
             },
+        })
+    }
+
+    /// Edits a share that has not started (queued, never claimed), as a compare-and-set on its
+    /// edit count: a worker claiming it at the same moment, or another edit, wins or loses as a
+    /// whole. The caller validated `edit` against the share as read, `edits` times edited.
+    pub async fn edit_share(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        edits: i32,
+        edit: &ShareEdit,
+        now: DateTime<Utc>,
+    ) -> Result<Edit> {
+        let q = format!(
+            "UPDATE shares SET url = $4, title = $5, body = $6, run_at = $7, not_after = $8, \
+             duplicate_key = $9, edits = edits + 1, updated_at = $10 \
+             WHERE id = $1 AND tenant_id = $2 AND edits = $3 AND state = 'queued' \
+             AND first_sent_at IS NULL RETURNING {COLUMNS}"
+        );
+        let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
+            sqlx::query_as(sql)
+                .bind(id)
+                .bind(tenant_id)
+                .bind(edits)
+                .bind(&edit.url)
+                .bind(&edit.title)
+                .bind(&edit.body)
+                .bind(edit.run_at)
+                .bind(edit.not_after)
+                .bind(&edit.duplicate_key)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+        });
+        if let Some(r) = row {
+            return Ok(Edit::Edited(r));
+        }
+        Ok(match self.tenant_share(tenant_id, id).await? {
+            None => Edit::NotFound,
+            Some(r) if !r.editable() => Edit::Started(r),
+            Some(_) => Edit::Changed,
         })
     }
 
@@ -906,6 +1016,10 @@ pub(crate) fn create_batch(
     })
 }
 
+fn is_sqlite<P: crate::store::Engine + ?Sized>(_on: &P) -> bool {
+    P::SQLITE
+}
+
 fn new_rows(req: &CreateShares, now: DateTime<Utc>) -> Vec<ShareRow> {
     req.shares
         .iter()
@@ -935,6 +1049,7 @@ fn new_rows(req: &CreateShares, now: DateTime<Utc>) -> Vec<ShareRow> {
             budget_from: 0,
             checkpoint: None,
             after_share_id: None,
+            edits: 0,
         })
         .collect()
 }
@@ -974,8 +1089,12 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
     // The caller validated against a connection it may have read seconds ago: it must still be
     // the tenant's and not removed as of this write.
     let live = "SELECT 1 FROM connections WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL";
-    let insert = "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at) \
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12)";
+    let duplicate_lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+    let duplicate_find = "SELECT id FROM shares WHERE connection_id = $1 AND duplicate_key = $2 \
+                          AND created_at >= $3 AND state NOT IN ('failed', 'cancelled', 'expired') \
+                          ORDER BY created_at DESC LIMIT 1";
+    let insert = "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at, duplicate_key) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12, $13)";
     Ok(with_pool!(pool, insert, |p, _sql| {
         let mut tx = crate::store::Engine::begin_write(p).await?;
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -1000,6 +1119,52 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
                 outcomes.push(CreateOutcome::ConnectionGone((*gone).to_owned()));
                 continue;
             }
+            if let Some(since) = req.duplicates_since {
+                // A repeated request is answered from its key before it could count as its own
+                // duplicate.
+                if let Some(key) = &req.idempotency_key {
+                    let seen: Option<(String, String)> = sqlx::query_as(with_engine(p, key_read))
+                        .bind(&req.tenant_id)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(seen) = seen {
+                        outcomes.push(replay!(tx, p, req, seen, &select));
+                        continue;
+                    }
+                }
+                let mut earlier = None;
+                for r in req.shares.iter() {
+                    let Some(dup) = &r.duplicate_key else {
+                        continue;
+                    };
+                    if !is_sqlite(p) {
+                        // Two transactions checking the same post at once would both find
+                        // nothing; SQLite's one writer rules that out, Postgres needs the lock.
+                        sqlx::query(with_engine(p, duplicate_lock))
+                            .bind(format!("{}:{dup}", r.connection_id))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let found: Option<String> = sqlx::query_scalar(with_engine(p, duplicate_find))
+                        .bind(&r.connection_id)
+                        .bind(dup)
+                        .bind(since)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(share_id) = found {
+                        earlier = Some((r.connection_id.clone(), share_id));
+                        break;
+                    }
+                }
+                if let Some((connection_id, share_id)) = earlier {
+                    outcomes.push(CreateOutcome::AlreadyShared {
+                        connection_id,
+                        share_id,
+                    });
+                    continue;
+                }
+            }
             if let Some(key) = &req.idempotency_key {
                 let fresh = sqlx::query(with_engine(p, key_insert))
                     .bind(&req.tenant_id)
@@ -1021,7 +1186,7 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
                     continue;
                 }
             }
-            for r in &rows {
+            for (r, new) in rows.iter().zip(&req.shares) {
                 sqlx::query(with_engine(p, insert))
                     .bind(&r.id)
                     .bind(&r.tenant_id)
@@ -1035,6 +1200,7 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
                     .bind(r.run_at)
                     .bind(r.not_after)
                     .bind(now)
+                    .bind(&new.duplicate_key)
                     .execute(&mut *tx)
                     .await?;
             }

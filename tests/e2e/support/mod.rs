@@ -49,6 +49,9 @@ pub fn fast_settings() -> Settings {
         platform_timeout: Duration::from_millis(1500),
         lease: Duration::from_secs(3),
         share_lateness: Duration::from_secs(3600),
+        // Most tests post the same link again and again; the guard's own tests
+        // (tests/e2e/share_edits.rs) turn it on.
+        duplicate_window: Duration::ZERO,
         redelivery_grace: Duration::from_secs(2),
         reconcile_every: Duration::from_millis(500),
         concurrency: 4,
