@@ -104,6 +104,26 @@ pub struct JobView {
     pub replays: Option<Vec<ReplayView>>,
 }
 
+/// One job as `GET /v1/jobs/{id}` answers: a share, or a refresh or follower-sync run (`rfr_…`,
+/// `fsr_…`).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)] // Documentation only: the handler answers one or the other.
+pub enum AnyJob {
+    Share(JobView),
+    Run(RunView),
+}
+
+/// `GET /v1/jobs`: shares (`queue=share`, the default) or runs (`queue=refresh`,
+/// `queue=follower_sync`).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Documentation only.
+pub enum AnyJobList {
+    Shares(JobList),
+    Runs(RunList),
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
@@ -207,7 +227,7 @@ fn view(row: herald_jobs::store::ShareRow) -> ApiResult<JobView> {
 
 /// Jobs across tenants, newest change first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "operators", params(JobQuery),
-    responses((status = 200, body = JobList), (status = 403, description = "Not an operator key", body = crate::error::ErrorBody)),
+    responses((status = 200, body = AnyJobList), (status = 403, description = "Not an operator key", body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
@@ -281,7 +301,7 @@ pub async fn list(
 
 /// One job with its attempts and replays.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "operators", params(("id" = String, Path)),
-    responses((status = 200, body = JobView), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = AnyJob), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
 pub async fn get(
     State(state): State<ApiState>,
