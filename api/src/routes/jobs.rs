@@ -115,13 +115,14 @@ pub enum AnyJob {
 }
 
 /// `GET /v1/jobs`: shares (`queue=share`, the default) or runs (`queue=refresh`,
-/// `queue=follower_sync`).
+/// `queue=follower_sync`). One list whose items are either, rather than either list: an empty
+/// page would be both.
 #[derive(ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // Documentation only.
-pub enum AnyJobList {
-    Shares(JobList),
-    Runs(RunList),
+#[allow(dead_code)] // Documentation only: the handler answers a `JobList` or a `RunList`.
+pub struct AnyJobList {
+    jobs: Vec<AnyJob>,
+    /// Pass as `before` for the next page.
+    next_before: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
