@@ -25,9 +25,9 @@ use crate::{
 /// A refresh or follower sync asked for.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct QueuedRunView {
-    /// The run: `rfr_…` (a refresh) or `fsr_…` (a follower sync, named by its first relation's
-    /// run). Operators open it at `GET /v1/jobs/{id}`; the changes a sync finds name it in
-    /// `GET /v1/connections/{id}/follower-changes`.
+    /// The run: `rfr_…` (a refresh) or `fsr_…` (a follower sync: its followers run, or the
+    /// follows run once that one has finished). Operators open it at `GET /v1/jobs/{id}`; the
+    /// changes a sync finds name their run in `GET /v1/connections/{id}/follower-changes`.
     #[schema(example = "rfr_0193a4c2-7d2e-7c3a-9f00-1b2c3d4e5f60")]
     pub run_id: String,
     pub connection_id: String,

@@ -29,9 +29,9 @@ pub fn run_key(run: &str) -> String {
 }
 
 /// Queues a follower sync of a connection due at `due`, or finds the one already queued or
-/// running (paused included), and pushes the job of a new one. `key` names the push of a sync
-/// found already queued (a sweep's, so a job lost with its queue is pushed again); `None` pushes
-/// nothing for it.
+/// running (paused included), and pushes the job of a new one. `key_if_found` pushes a job for a
+/// sync found open too, under that key (the sweep's: a paused or lost sync goes on); `None`
+/// pushes nothing for it (the API: a second request queues nothing).
 pub async fn queue_sync(
     ctx: &Ctx,
     connection_id: &str,
