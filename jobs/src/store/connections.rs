@@ -62,7 +62,7 @@ impl ConnectionRow {
     }
 
     /// A Bluesky connection that logs in with an app password.
-    pub fn is_app_password(&self) -> bool {
+    pub(crate) fn is_app_password(&self) -> bool {
         self.auth == AUTH_APP_PASSWORD
     }
 
@@ -71,7 +71,8 @@ impl ConnectionRow {
     }
 
     /// Whether Herald holds what renewing the access token takes: a refresh token, or on
-    /// Instagram and Threads the long-lived access token itself.
+    /// Instagram and Threads the long-lived access token itself. (The API asks too, before it
+    /// queues a refresh.)
     pub fn can_refresh(&self) -> bool {
         self.has_refresh_token()
             || self
@@ -145,7 +146,7 @@ pub struct StoredTokens {
 }
 
 /// `connections.auth` of a Bluesky app-password connection.
-pub const AUTH_APP_PASSWORD: &str = "app_password";
+pub(crate) const AUTH_APP_PASSWORD: &str = "app_password";
 
 /// `extras.auth` when it names one of the two ways a connection authenticates.
 fn explicit_auth(extras: &serde_json::Map<String, serde_json::Value>) -> Option<&str> {
@@ -160,7 +161,7 @@ impl NewConnection {
     /// leaves a Bluesky app-password connection: the rule `connections.auth` is written with,
     /// and the one the Bluesky client follows (`extras.auth`, else OAuth when a DPoP key or a
     /// refresh token is stored).
-    pub fn is_app_password(&self, existing: Option<&ConnectionRow>) -> bool {
+    pub(crate) fn is_app_password(&self, existing: Option<&ConnectionRow>) -> bool {
         if self.platform != PlatformKind::Bluesky {
             return false;
         }
@@ -275,7 +276,7 @@ impl Store {
 
     /// The connections with these ids, in one statement (the share feed reads a batch's
     /// connections at once).
-    pub async fn connections_by_ids(&self, ids: &[&str]) -> Result<Vec<ConnectionRow>> {
+    pub(crate) async fn connections_by_ids(&self, ids: &[&str]) -> Result<Vec<ConnectionRow>> {
         connections_in(&self.pool, ids).await
     }
 
@@ -441,7 +442,7 @@ impl Store {
     }
 
     /// Stores the name the platform gives the account (from a verify).
-    pub async fn set_display_name(&self, id: &str, name: Option<&str>) -> Result<()> {
+    pub(crate) async fn set_display_name(&self, id: &str, name: Option<&str>) -> Result<()> {
         with_pool!(
             &self.pool,
             "UPDATE connections SET display_name = $2 WHERE id = $1",
@@ -454,7 +455,7 @@ impl Store {
 
     /// Records that the platform rate-limited this account until `until` (never shortening a
     /// longer wait already recorded).
-    pub async fn set_rate_limited(&self, id: &str, until: DateTime<Utc>) -> Result<()> {
+    pub(crate) async fn set_rate_limited(&self, id: &str, until: DateTime<Utc>) -> Result<()> {
         with_pool!(
             &self.pool,
             "UPDATE connections SET rate_limited_until = $2 WHERE id = $1 AND (rate_limited_until IS NULL OR rate_limited_until < $2)",

@@ -24,7 +24,7 @@ pub struct QueuedRun {
 
 /// What a follower-sync job should do about the run it was queued for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncRunState {
+pub(crate) enum SyncRunState {
     /// Still to run (or to continue).
     Open,
     /// Finished or skipped by an earlier delivery of the job: nothing to do.
@@ -41,7 +41,7 @@ fn is_sqlite<P: Engine>(_: &P) -> bool {
 
 impl Store {
     /// The connection's refresh run that is queued or running, or a new queued one (due now).
-    pub async fn queue_refresh_run(
+    pub(crate) async fn queue_refresh_run(
         &self,
         connection_id: &str,
         platform: &str,
@@ -97,7 +97,7 @@ impl Store {
 
     /// Marks a queued refresh run as running. False when it is no longer queued or running (an
     /// earlier delivery of its job settled it): the job has nothing to do.
-    pub async fn claim_refresh_run(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
+    pub(crate) async fn claim_refresh_run(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
         Ok(with_pool!(
             &self.pool,
             "UPDATE token_refreshes SET result = 'running', at = $2 \
@@ -116,7 +116,7 @@ impl Store {
 
     /// Settles a refresh run still queued or running with `result` (a run already settled keeps
     /// its outcome).
-    pub async fn settle_refresh_run(
+    pub(crate) async fn settle_refresh_run(
         &self,
         id: &str,
         result: &str,
@@ -143,7 +143,7 @@ impl Store {
     /// The connection's follower sync that is queued or running (its first open run: ids grow
     /// with time, so that is the followers run until it finishes), or a new one: a queued run per
     /// relation, due at `due`, named by the first's id.
-    pub async fn queue_sync_runs(
+    pub(crate) async fn queue_sync_runs(
         &self,
         connection_id: &str,
         relations: &[&str],
@@ -200,7 +200,7 @@ impl Store {
     }
 
     /// Whether the sync a job was queued for is still to run.
-    pub async fn sync_run_state(&self, id: &str) -> Result<SyncRunState> {
+    pub(crate) async fn sync_run_state(&self, id: &str) -> Result<SyncRunState> {
         let state: Option<String> = with_pool!(
             &self.pool,
             "SELECT state FROM follower_sync_runs WHERE id = $1",
@@ -214,7 +214,7 @@ impl Store {
 
     /// Ends the connection's open follower-sync runs that cannot run (the connection was removed,
     /// or its platform lists no followers), saying why.
-    pub async fn skip_open_sync_runs(
+    pub(crate) async fn skip_open_sync_runs(
         &self,
         connection_id: &str,
         reason: &str,
@@ -237,7 +237,7 @@ impl Store {
     }
 
     /// Whether the connection has a follower sync queued, running or paused.
-    pub async fn has_open_sync_runs(&self, connection_id: &str) -> Result<bool> {
+    pub(crate) async fn has_open_sync_runs(&self, connection_id: &str) -> Result<bool> {
         let n: i64 = with_pool!(
             &self.pool,
             "SELECT COUNT(*) FROM follower_sync_runs WHERE connection_id = $1 AND state IN ('queued', 'running')",
