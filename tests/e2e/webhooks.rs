@@ -218,6 +218,7 @@ async fn each_event_type_fires_once_for_its_cause_in_the_order_it_happened(engin
             connection_id: conn.clone(),
             resume: false,
             retry: 0,
+            run: None,
         },
         "sync-1",
     )

@@ -85,7 +85,11 @@ pub struct WebhookList {
 pub struct CreateWebhookRequest {
     /// Where events are POSTed: https (http and private addresses only where the deployment
     /// allows them, `HERALD_SSRF_ALLOW_PRIVATE`).
-    #[schema(min_length = 1, max_length = 2000, example = "https://hooks.example.com/herald")]
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        example = "https://hooks.example.com/herald"
+    )]
     pub url: String,
     /// The event types to send; leave out for every type.
     #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]

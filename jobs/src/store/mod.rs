@@ -16,6 +16,7 @@ mod lifecycle;
 mod ops;
 mod recent;
 mod replay;
+mod runs;
 mod share_queue;
 mod shares;
 pub(crate) mod webhooks;
@@ -25,11 +26,12 @@ pub use app_passwords::APP_PASSWORD_ERASED;
 pub use connections::{
     ConnectionCount, ConnectionFilter, ConnectionRow, NewConnection, StoredTokens,
 };
-pub use followers::SyncRun;
+pub use followers::{FollowerChangeRow, FollowerRow, SyncRun};
 pub use keys::{ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, Scope, Scopes};
 pub use lifecycle::{DueFor, TokenWrite};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, Replayer, RunRow};
+pub use runs::QueuedRun;
 pub use shares::{
     AttemptRow, Cancel, CreateOutcome, CreateShares, Edit, Finished, NewShare, ShareEdit,
     ShareFilter, ShareRow, ShareState,
@@ -40,6 +42,7 @@ pub use webhooks::{DeliveryListRow, DeliveryRow, EndpointRow};
 pub(crate) use app_limits::Admission;
 pub(crate) use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub(crate) use keys::NewApiKey;
+pub(crate) use runs::SyncRunState;
 pub(crate) use shares::{Claim, Deferral, ShareUpdate};
 pub(crate) use webhooks::{AttemptResult, EndpointPatch, NewEndpoint, Outgoing, RESPONSE_SNIPPET};
 

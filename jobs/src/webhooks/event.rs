@@ -172,6 +172,7 @@ impl NewEvent {
             "platform": row.platform,
             "platform_account_id": row.platform_account_id,
             "handle": row.handle,
+            "display_name": row.display_name,
             "user_id": row.user_id,
         });
         if let Some(reason) = reason {
