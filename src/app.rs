@@ -142,6 +142,11 @@ pub fn prometheus() -> PrometheusHandle {
                     m::REAUTH_CLEARED_BUCKETS,
                 )
                 .expect("buckets are not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(m::WEBHOOK_DELIVERY_LATENCY_SECONDS.into()),
+                    m::WEBHOOK_LATENCY_BUCKETS,
+                )
+                .expect("buckets are not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             // Histogram samples wait in the recorder until drained; a scrape drains them, and

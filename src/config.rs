@@ -230,6 +230,26 @@ pub struct WorkerArgs {
     /// seconds, before it is looked at again (never past the app's window end).
     #[arg(long, env = "HERALD_FAIR_SHARE_RECHECK_SECS", default_value_t = 600)]
     pub fair_share_recheck_secs: u64,
+
+    /// The longest one webhook delivery may take, in seconds, the start of the response's body
+    /// included.
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_SECS", default_value_t = 15)]
+    pub webhook_timeout_secs: u64,
+
+    /// The delays before a failed webhook delivery's attempts 2, 3, ... (`ms`, `s`, `m`, `h`,
+    /// `d`); the delivery fails for good after the last. Each gets ±20 % jitter, and a longer
+    /// `Retry-After` wins.
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h,10h,10h,10h,10h"
+    )]
+    pub webhook_retry_schedule: String,
+
+    /// Webhook deliveries to one endpoint in flight at once, across every worker: a slow or
+    /// dead endpoint holds at most this many workers' slots.
+    #[arg(long, env = "HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 4)]
+    pub webhook_endpoint_concurrency: usize,
 }
 
 /// What one process runs with: the groups its command takes, the defaults for the others.
@@ -398,7 +418,24 @@ impl Config {
                 "HERALD_BLUESKY_CLIENT_KEYS is set but HERALD_PUBLIC_URL is not https: Bluesky's authorization servers only fetch https client metadata"
             );
         }
+        let retry_schedule =
+            herald_jobs::webhooks::schedule::parse_schedule(&self.worker.webhook_retry_schedule)
+                .map_err(|e| anyhow::anyhow!("HERALD_WEBHOOK_RETRY_SCHEDULE: {e}"))?;
+        anyhow::ensure!(
+            self.worker.webhook_timeout_secs >= 1,
+            "HERALD_WEBHOOK_TIMEOUT_SECS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.worker.webhook_endpoint_concurrency >= 1,
+            "HERALD_WEBHOOK_ENDPOINT_CONCURRENCY must be at least 1"
+        );
         Ok(Settings {
+            webhooks: herald_jobs::settings::WebhookSettings {
+                timeout: Duration::from_secs(self.worker.webhook_timeout_secs),
+                retry_schedule,
+                per_endpoint: self.worker.webhook_endpoint_concurrency,
+                ..Default::default()
+            },
             bluesky,
             retry: RetryPolicy {
                 max_attempts: self.worker.max_attempts,

@@ -33,7 +33,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     use routes::{
         connect, connection_runs, connections, followers, health, jobs, keys, metrics,
-        oauth_client, ops, platforms, shares,
+        oauth_client, ops, platforms, shares, webhooks,
     };
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
@@ -76,6 +76,30 @@ pub fn router(state: ApiState) -> Router {
         .route(
             herald_platforms::bluesky::oauth::JWKS_PATH,
             get(oauth_client::jwks),
+        )
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::remove),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            axum::routing::post(webhooks::rotate_secret),
+        )
+        .route(
+            "/v1/webhooks/{id}/test",
+            axum::routing::post(webhooks::test),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery}/resend",
+            axum::routing::post(webhooks::resend),
+        )
+        .route(
+            "/v1/webhooks/{id}/replay",
+            axum::routing::post(webhooks::replay),
         )
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/replay", axum::routing::post(jobs::replay_bulk))

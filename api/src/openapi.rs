@@ -8,7 +8,7 @@ use utoipa::{
 
 use crate::routes::{
     connect, connection_runs, connections, followers, health, jobs, keys, oauth_client, ops,
-    platforms, shares,
+    platforms, shares, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -24,12 +24,16 @@ use crate::routes::{
         ops::connections,
         keys::list, keys::create, keys::revoke,
         platforms::list,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::remove,
+        webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::resend,
+        webhooks::replay,
         health::healthz, health::readyz,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::error::ErrorDetail,
         jobs::JobState, jobs::JobQueueName, jobs::ShareQueueName, keys::KeyScope,
         herald_platforms::PlatformKind, herald_jobs::store::ShareState,
+        herald_jobs::webhooks::EventType,
     )),
     modifiers(&ApiKeyAuth, &CommonResponses),
 )]

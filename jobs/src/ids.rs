@@ -7,6 +7,9 @@ pub const API_KEY: &str = "key";
 pub const CONNECTION: &str = "con";
 pub const SHARE: &str = "shr";
 pub const ATTEMPT: &str = "att";
+pub const WEBHOOK_ENDPOINT: &str = "whe";
+pub const EVENT: &str = "evt";
+pub const DELIVERY: &str = "whd";
 
 /// A new id with the given prefix, a UUIDv7 in simple hex form.
 pub fn new(prefix: &str) -> String {

@@ -18,6 +18,7 @@ pub mod share_request;
 pub mod store;
 pub(crate) mod times;
 pub mod vault;
+pub mod webhooks;
 
 pub use context::Ctx;
 pub use settings::Settings;

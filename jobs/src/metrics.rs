@@ -45,7 +45,9 @@ const fn concat<const N: usize>(a: &[Metric], b: &[Metric]) -> [Metric; N] {
 // oauth_callbacks_total{platform,result}; platform_requests_total{platform,operation,status_class};
 // platform_request_duration_seconds{platform,operation}; api_requests_total{method,route,status};
 // api_request_duration_seconds{method,route}; workers_alive{queue}; sweep_runs_total{sweep,result};
-// build_info{version}.
+// build_info{version}; webhook_deliveries_total{event_type,result};
+// webhook_delivery_latency_seconds{event_type}; webhook_endpoints_disabled;
+// webhook_endpoints_failing_over_1h.
 declare! {
     JOBS_TOTAL = "herald_jobs_total", Counter,
         "Job attempts finished, by queue, platform and outcome (succeeded, retried, rate_limited, parked, failed, outcome_unknown, skipped).";
@@ -87,6 +89,14 @@ declare! {
         "Queue workers running in this process, by queue.";
     SWEEP_RUNS_TOTAL = "herald_sweep_runs_total", Counter,
         "Scheduled sweeps run, by sweep and result.";
+    WEBHOOK_DELIVERIES_TOTAL = "herald_webhook_deliveries_total", Counter,
+        "Webhook delivery attempts by event type and result (delivered, retried, failed: given up or refused for good).";
+    WEBHOOK_DELIVERY_LATENCY_SECONDS = "herald_webhook_delivery_latency_seconds", Histogram,
+        "Time from a webhook event to its delivery being accepted by the receiver, by event type.";
+    WEBHOOK_ENDPOINTS_DISABLED = "herald_webhook_endpoints_disabled", Gauge,
+        "Webhook endpoints disabled (by a 410, by failing for 5 days, or by their tenant), read at scrape time.";
+    WEBHOOK_ENDPOINTS_FAILING_OVER_1H = "herald_webhook_endpoints_failing_over_1h", Gauge,
+        "Enabled webhook endpoints whose every delivery attempt has failed for more than an hour, read at scrape time.";
     BUILD_INFO = "herald_build_info", Gauge,
         "Always 1; the version label says which Herald build is running.";
 }
@@ -126,6 +136,9 @@ pub(crate) const CALLBACK_RESULTS: &[&str] = &[
     "verify_failed",
 ];
 
+/// Results of a webhook delivery attempt, as `herald_webhook_deliveries_total{result}` labels them.
+pub const WEBHOOK_RESULTS: &[&str] = &["delivered", "retried", "failed"];
+
 /// How a connection authenticates, as `herald_connections{auth}` labels it.
 pub(crate) const CONNECTION_AUTHS: &[&str] = &["oauth", "app_password"];
 
@@ -138,6 +151,12 @@ pub(crate) const DEFERRAL_SCOPES: &[&str] = &["account", "app", "fair_share"];
 pub fn zero_known_series() {
     use crate::payloads::QueueName;
     use herald_platforms::PlatformKind;
+    for event_type in crate::webhooks::EventType::ALL.map(crate::webhooks::EventType::as_str) {
+        for result in WEBHOOK_RESULTS {
+            metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "event_type" => event_type, "result" => *result)
+                .increment(0);
+        }
+    }
     for platform in PlatformKind::ALL.map(PlatformKind::as_str) {
         metrics::counter!(OAUTH_STARTS_TOTAL, "platform" => platform).increment(0);
         // Registered without a sample: exported at zero, so the first prompt cleared is an
@@ -181,6 +200,12 @@ pub const REAUTH_CLEARED_BUCKETS: &[f64] = &[
     259_200.0,
     604_800.0,
     2_592_000.0,
+];
+
+/// Buckets of `herald_webhook_delivery_latency_seconds`: a delivery accepted at once takes well
+/// under a second; one retried waits seconds to days (the schedule spans about three days).
+pub const WEBHOOK_LATENCY_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0, 21_600.0, 86_400.0, 259_200.0,
 ];
 
 /// Histogram buckets for job and request durations, in seconds.

@@ -146,6 +146,40 @@ pub struct Settings {
     /// looked at again (at most until the app's window reopens), in case others leave budget
     /// unused.
     pub fair_share_recheck: Duration,
+    pub webhooks: WebhookSettings,
+}
+
+/// How webhooks are delivered (`HERALD_WEBHOOK_*`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// The longest one delivery may take, the response's body included (15 s).
+    pub timeout: Duration,
+    /// The delays before attempts 2, 3, ... (Svix's schedule by default; see
+    /// `webhooks::schedule`).
+    pub retry_schedule: Vec<Duration>,
+    /// Deliveries to one endpoint in flight at once, across every worker (two claims at the
+    /// same moment may briefly pass it), so a slow or dead endpoint holds only that many slots.
+    pub per_endpoint: usize,
+    /// An endpoint failing for this long is disabled (5 days).
+    pub disable_after: Duration,
+}
+
+impl WebhookSettings {
+    /// How long a claim holds a delivery: twice the timeout, so a live worker never loses it.
+    pub fn lease(&self) -> Duration {
+        self.timeout * 2
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(15),
+            retry_schedule: crate::webhooks::schedule::default_schedule(),
+            per_endpoint: 4,
+            disable_after: Duration::from_secs(5 * 86_400),
+        }
+    }
 }
 
 impl Settings {
@@ -189,6 +223,7 @@ impl Default for Settings {
             oauth_state_ttl: Duration::from_secs(600),
             bluesky: BlueskySettings::default(),
             fair_share_recheck: Duration::from_secs(600),
+            webhooks: WebhookSettings::default(),
         }
     }
 }

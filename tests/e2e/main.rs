@@ -23,3 +23,4 @@ mod platforms;
 mod rate_limits;
 mod share_edits;
 mod sharing;
+mod webhooks;

@@ -65,6 +65,12 @@ fn panel_queries() -> Vec<(String, String)> {
 }
 
 async fn workload(app: &TestApp, x: &FakeX) {
+    // The tenant's webhook endpoint hears every outcome below.
+    let receiver = crate::support::receiver::Receiver::start().await;
+    let (status, hook) = app
+        .post("/v1/webhooks", json!({ "url": receiver.url }))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{hook}");
     // Mastodon: a success, a rejection, an outage retried, a rate limit, dead credentials.
     let conn = app.mastodon_connection().await;
     app.mastodon.script([
@@ -141,6 +147,7 @@ async fn workload(app: &TestApp, x: &FakeX) {
         }
         other => panic!("the refresh after the revocation was {other:?}"),
     }
+    receiver.first("share.succeeded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

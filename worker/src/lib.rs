@@ -16,6 +16,10 @@ use herald_jobs::{
     payloads::{FollowerSyncV1, Job, QueueName, RefreshV1, ShareV1},
     queue::{PostgresQueue, RedisJobQueue, SqliteQueue, Wakeups},
     share_feed::{ClaimedShare, FeedConfig, ShareFeed},
+    webhooks::{
+        self,
+        feed::{ClaimedDelivery, DeliveryFeed, DeliveryFeedConfig},
+    },
 };
 
 /// The queue backend the workers consume from.
@@ -51,6 +55,20 @@ async fn claimed_share_job(job: ClaimedShare, ctx: Data<Ctx>) -> Result<(), BoxD
     handlers::share::run_claimed(&ctx, job)
         .await
         .map_err(|e| logged(QueueName::Share, &id, e))
+}
+
+async fn webhook_delivery_job(
+    job: ClaimedDelivery,
+    ctx: Data<Ctx>,
+    client: Data<webhooks::send::DeliveryClient>,
+) -> Result<(), BoxDynError> {
+    let id = job.delivery.id.clone();
+    webhooks::send::run(&ctx, &client, job.delivery)
+        .await
+        .map_err(|e| {
+            tracing::error!(webhook.delivery = %id, error = %format!("{e:#}"), "webhook delivery job failed");
+            e.into()
+        })
 }
 
 async fn refresh_job(job: RefreshV1, ctx: Data<Ctx>) -> Result<(), BoxDynError> {
@@ -151,6 +169,33 @@ macro_rules! share_feed_worker {
     }};
 }
 
+/// The webhook delivery queue's worker, on every backend: the delivery rows are the queue
+/// (`herald_jobs::webhooks::feed` says why).
+macro_rules! webhook_feed_worker {
+    ($monitor:expr, $ctx:expr) => {{
+        let ctx = $ctx.clone();
+        let concurrency = ctx.settings.concurrency;
+        let client = webhooks::send::DeliveryClient::new(&ctx);
+        $monitor.register(move |_run: usize| {
+            let hooks = &ctx.settings.webhooks;
+            let config = DeliveryFeedConfig {
+                lease: hooks.lease(),
+                batch: concurrency.clamp(1, FEED_BATCH),
+                per_endpoint: hooks.per_endpoint.max(1),
+                poll: FALLBACK_POLL,
+                lapsed_every: ctx.settings.reconcile_every,
+            };
+            WorkerBuilder::new(worker_name("webhook"))
+                .backend(DeliveryFeed::new(ctx.store.clone(), config))
+                .data(ctx.clone())
+                .data(client.clone())
+                .catch_panic()
+                .concurrency(concurrency)
+                .build(webhook_delivery_job)
+        })
+    }};
+}
+
 /// One job type's worker on Herald's Redis backend, which blocks on its stream: no poll.
 macro_rules! redis_worker {
     ($monitor:expr, $q:expr, $ctx:expr, $args:ty, $handler:expr) => {{
@@ -218,6 +263,7 @@ pub async fn run(
             queued_jobs!(redis_worker, m, q, ctx)
         }
     };
+    let monitor = webhook_feed_worker!(monitor, ctx);
     let monitor = cron_worker!(
         monitor,
         ctx,

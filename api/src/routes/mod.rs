@@ -10,6 +10,7 @@ pub mod oauth_client;
 pub mod ops;
 pub mod platforms;
 pub mod shares;
+pub mod webhooks;
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Request},

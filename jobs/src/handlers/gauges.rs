@@ -1,4 +1,5 @@
-//! Gauges read at scrape time from the store: queue depth and age, connections, reauth population.
+//! Gauges read at scrape time from the store: queue depth and age, connections, reauth population,
+//! webhook endpoints disabled or failing.
 //! Each query uses an index on active rows, so a scrape costs time in proportion to the work in
 //! flight, not to history.
 
@@ -56,5 +57,12 @@ pub async fn refresh(ctx: &Ctx) -> anyhow::Result<()> {
             .map_or(0, |(_, n)| *n);
         metrics::gauge!(m::CONNECTIONS_REFRESH_FAILING, "platform" => kind.as_str()).set(f as f64);
     }
+
+    let (disabled, failing) = ctx
+        .store
+        .webhook_endpoint_counts(now - chrono::Duration::hours(1))
+        .await?;
+    metrics::gauge!(m::WEBHOOK_ENDPOINTS_DISABLED).set(disabled as f64);
+    metrics::gauge!(m::WEBHOOK_ENDPOINTS_FAILING_OVER_1H).set(failing as f64);
     Ok(())
 }

@@ -49,22 +49,51 @@ impl Store {
     /// until it is reconnected with OAuth. The token generation moves on, so a login in flight
     /// cannot write anything back. False if it no longer holds one.
     pub async fn erase_app_password(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
-        Ok(with_pool!(
+        // A connection not flagged before announces `connection.needs_reauth`, in the same
+        // transaction.
+        let newly = format!(
+            "UPDATE connections SET access_token_enc = NULL, token_generation = token_generation + 1, \
+             needs_reauth = TRUE, last_error = $3, updated_at = $2, needs_reauth_since = $2 \
+             WHERE id = $1 AND auth = 'app_password' AND revoked_at IS NULL AND access_token_enc IS NOT NULL \
+             AND NOT needs_reauth RETURNING {COLUMNS}"
+        );
+        let erased = with_pool!(
             &self.pool,
             "UPDATE connections SET access_token_enc = NULL, token_generation = token_generation + 1, \
              needs_reauth = TRUE, last_error = $3, updated_at = $2, \
              needs_reauth_since = CASE WHEN needs_reauth THEN COALESCE(needs_reauth_since, $2) ELSE $2 END \
              WHERE id = $1 AND auth = 'app_password' AND revoked_at IS NULL AND access_token_enc IS NOT NULL",
             |p, sql| {
-                sqlx::query(sql)
+                let mut tx = super::Engine::begin_write(p).await?;
+                let flagged: Option<ConnectionRow> = sqlx::query_as(super::with_engine(p, &newly))
                     .bind(id)
                     .bind(now)
                     .bind(APP_PASSWORD_ERASED)
-                    .execute(p)
-                    .await?
-                    .rows_affected()
-                    == 1
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let erased = flagged.is_some()
+                    || sqlx::query(sql)
+                        .bind(id)
+                        .bind(now)
+                        .bind(APP_PASSWORD_ERASED)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                super::webhooks::record_connection(
+                    p,
+                    &mut tx,
+                    crate::webhooks::EventType::ConnectionNeedsReauth,
+                    flagged.as_ref(),
+                    Some(APP_PASSWORD_ERASED),
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                erased
             }
-        ))
+        );
+        crate::webhooks::wake();
+        Ok(erased)
     }
 }

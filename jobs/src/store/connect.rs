@@ -298,21 +298,34 @@ impl Store {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = with_pool!(
-            &self.pool,
+        let q = format!(
             "UPDATE connections SET revoked_at = $3, access_token_enc = NULL, refresh_token_enc = NULL, \
              dpop_key_enc = NULL, token_generation = token_generation + 1, refresh_lock_until = NULL, \
-             refresh_lock_owner = NULL, updated_at = $3 WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL",
-            |p, sql| {
-                sqlx::query(sql)
-                    .bind(id)
-                    .bind(tenant_id)
-                    .bind(now)
-                    .execute(p)
-                    .await?
-                    .rows_affected()
-            }
+             refresh_lock_owner = NULL, updated_at = $3 WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL \
+             RETURNING {}",
+            super::connections::COLUMNS
         );
-        Ok(done > 0)
+        let done = with_pool!(&self.pool, &q, |p, sql| {
+            let mut tx = super::Engine::begin_write(p).await?;
+            let removed: Option<super::ConnectionRow> = sqlx::query_as(sql)
+                .bind(id)
+                .bind(tenant_id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            super::webhooks::record_connection(
+                p,
+                &mut tx,
+                crate::webhooks::EventType::ConnectionRevoked,
+                removed.as_ref(),
+                None,
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            removed.is_some()
+        });
+        crate::webhooks::wake();
+        Ok(done)
     }
 }

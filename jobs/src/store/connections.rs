@@ -352,19 +352,45 @@ impl Store {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        // A connection flagged just now (not already flagged) announces it to the tenant's
+        // webhooks, in the same transaction.
+        let newly = format!(
+            "UPDATE connections SET needs_reauth = TRUE, last_error = $2, updated_at = $3, \
+             needs_reauth_since = $3 WHERE id = $1 AND NOT needs_reauth RETURNING {COLUMNS}"
+        );
         with_pool!(
             &self.pool,
             "UPDATE connections SET needs_reauth = TRUE, last_error = $2, updated_at = $3, \
              needs_reauth_since = CASE WHEN needs_reauth THEN COALESCE(needs_reauth_since, $3) ELSE $3 END WHERE id = $1",
             |p, sql| {
-                sqlx::query(sql)
+                let mut tx = super::Engine::begin_write(p).await?;
+                let flagged: Option<ConnectionRow> = sqlx::query_as(super::with_engine(p, &newly))
                     .bind(id)
                     .bind(reason)
                     .bind(now)
-                    .execute(p)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                if flagged.is_none() {
+                    sqlx::query(sql)
+                        .bind(id)
+                        .bind(reason)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                super::webhooks::record_connection(
+                    p,
+                    &mut tx,
+                    crate::webhooks::EventType::ConnectionNeedsReauth,
+                    flagged.as_ref(),
+                    Some(reason),
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
             }
         );
+        crate::webhooks::wake();
         Ok(())
     }
 

@@ -170,7 +170,11 @@ impl Store {
         let q = format!(
             "UPDATE follower_sync_runs SET state = 'finished', lost = $2, cursor = NULL, updated_at = $3, finished_at = $3 WHERE id = $1 RETURNING {RUN_COLUMNS}"
         );
-        Ok(with_pool!(&self.pool, &q, |p, sql| {
+        let conn_q = format!(
+            "SELECT {} FROM connections WHERE id = $1",
+            super::connections::COLUMNS
+        );
+        let done = with_pool!(&self.pool, &q, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
             for (change, which) in [
                 ("gained", "first_seen_run = $3"),
@@ -203,9 +207,35 @@ impl Store {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
+            // `followers.synced`, with the counts as this transaction leaves them.
+            let conn: Option<super::ConnectionRow> = sqlx::query_as(with_engine(p, &conn_q))
+                .bind(&run.connection_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(conn) = conn {
+                let count: i64 = sqlx::query_scalar(with_engine(
+                    p,
+                    "SELECT COUNT(*) FROM followers WHERE connection_id = $1 AND relation = $2",
+                ))
+                .bind(&run.connection_id)
+                .bind(&run.relation)
+                .fetch_one(&mut *tx)
+                .await?;
+                let event = crate::webhooks::NewEvent::followers_synced(
+                    &conn,
+                    &run.relation,
+                    count,
+                    i64::from(row.gained),
+                    i64::from(row.lost),
+                    now,
+                );
+                super::webhooks::record(p, &mut tx, std::slice::from_ref(&event)).await?;
+            }
             tx.commit().await?;
             row
-        }))
+        });
+        crate::webhooks::wake();
+        Ok(done)
     }
 
     /// Notes why a run paused (a rate limit, dead credentials); it resumes from its checkpoint.

@@ -19,6 +19,10 @@ pub enum TokenWrite {
     Stale,
 }
 
+/// Failed refreshes in 24 hours that make a connection "refresh failing" (the gauge's and the
+/// alert's threshold too).
+const REFRESH_FAILING_AT: i64 = 3;
+
 impl Store {
     /// Takes the refresh lease on a connection if nobody holds a live one. Returns the token
     /// generation read under the lease.
@@ -145,6 +149,7 @@ impl Store {
             &self.pool,
             "INSERT INTO token_refreshes (id, connection_id, platform, result, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
             |p, sql| {
+                let mut tx = super::Engine::begin_write(p).await?;
                 sqlx::query(sql)
                     .bind(ids::new("rfr"))
                     .bind(&conn.id)
@@ -152,10 +157,39 @@ impl Store {
                     .bind(result)
                     .bind(message)
                     .bind(now)
-                    .execute(p)
+                    .execute(&mut *tx)
                     .await?;
+                // The failure that makes three in 24 hours announces `connection.refresh_failing`
+                // (the threshold of the gauge and the alert), once per crossing.
+                if !matches!(result, "succeeded" | "skipped") {
+                    let failures: i64 = sqlx::query_scalar(with_engine(
+                        p,
+                        "SELECT COUNT(*) FROM token_refreshes WHERE connection_id = $1 AND at >= $2 \
+                         AND result NOT IN ('succeeded', 'skipped')",
+                    ))
+                    .bind(&conn.id)
+                    .bind(now - chrono::Duration::hours(24))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let crossed = (failures == REFRESH_FAILING_AT).then_some(conn);
+                    let reason = format!(
+                        "{REFRESH_FAILING_AT} failed token refreshes in 24 hours; the last: {}",
+                        message.unwrap_or(result)
+                    );
+                    super::webhooks::record_connection(
+                        p,
+                        &mut tx,
+                        crate::webhooks::EventType::ConnectionRefreshFailing,
+                        crossed,
+                        Some(&reason),
+                        now,
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
             }
         );
+        crate::webhooks::wake();
         Ok(())
     }
 
@@ -187,21 +221,49 @@ impl Store {
         verified_generation: i64,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        Ok(with_pool!(
+        // Clearing a flag that was set is a reconnect, announced to the tenant's webhooks in the
+        // same transaction.
+        let reconnect = format!(
+            "UPDATE connections SET needs_reauth = FALSE, needs_reauth_since = NULL, last_error = NULL, updated_at = $3 \
+             WHERE id = $1 AND token_generation = $2 AND needs_reauth RETURNING {}",
+            super::connections::COLUMNS
+        );
+        let cleared = with_pool!(
             &self.pool,
             "UPDATE connections SET needs_reauth = FALSE, needs_reauth_since = NULL, last_error = NULL, updated_at = $3 \
              WHERE id = $1 AND token_generation = $2",
             |p, sql| {
-                sqlx::query(sql)
+                let mut tx = super::Engine::begin_write(p).await?;
+                let reconnected: Option<ConnectionRow> = sqlx::query_as(with_engine(p, &reconnect))
                     .bind(id)
                     .bind(verified_generation)
                     .bind(now)
-                    .execute(p)
-                    .await?
-                    .rows_affected()
-                    == 1
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let cleared = reconnected.is_some()
+                    || sqlx::query(sql)
+                        .bind(id)
+                        .bind(verified_generation)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                super::webhooks::record_connection(
+                    p,
+                    &mut tx,
+                    crate::webhooks::EventType::ConnectionReconnected,
+                    reconnected.as_ref(),
+                    None,
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                cleared
             }
-        ))
+        );
+        crate::webhooks::wake();
+        Ok(cleared)
     }
 
     /// Puts a connection's parked shares back in the queue in their original order; those past
@@ -224,19 +286,21 @@ impl Store {
             "UPDATE shares SET state = 'queued', run_at = $2, after_share_id = $3, updated_at = $4 \
              WHERE id = $1 AND state = 'parked' RETURNING {cols}"
         );
+        let expire = format!(
+            "UPDATE shares SET state = 'expired', last_error_class = 'expired', \
+             last_error = 'parked past its lateness limit', updated_at = $2, finished_at = $2 \
+             WHERE connection_id = $1 AND state = 'parked' AND not_after <= $2 RETURNING {cols}"
+        );
         let (rows, expired) = with_pool!(&self.pool, &select, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
-            let expired = sqlx::query(with_engine(
-                p,
-                "UPDATE shares SET state = 'expired', last_error_class = 'expired', \
-                last_error = 'parked past its lateness limit', updated_at = $2, finished_at = $2 \
-                WHERE connection_id = $1 AND state = 'parked' AND not_after <= $2",
-            ))
-            .bind(connection_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let expired: Vec<ShareRow> = sqlx::query_as(with_engine(p, &expire))
+                .bind(connection_id)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+            let announced: Vec<&ShareRow> = expired.iter().collect();
+            super::webhooks::record_shares(p, &mut tx, &announced, now).await?;
+            let expired = expired.len() as u64;
             let parked: Vec<ShareRow> = sqlx::query_as(sql)
                 .bind(connection_id)
                 .fetch_all(&mut *tx)
@@ -258,6 +322,7 @@ impl Store {
             tx.commit().await?;
             (rows, expired)
         });
+        crate::webhooks::wake();
         Ok((rows, expired))
     }
 

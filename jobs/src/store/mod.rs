@@ -19,6 +19,7 @@ mod replay;
 mod runs;
 mod share_queue;
 mod shares;
+pub(crate) mod webhooks;
 
 pub use app_limits::{AppKey, AppLimitRow};
 pub use app_passwords::APP_PASSWORD_ERASED;
@@ -35,6 +36,7 @@ pub use shares::{
     AttemptRow, Cancel, CreateOutcome, CreateShares, Edit, Finished, NewShare, ShareEdit,
     ShareFilter, ShareRow, ShareState,
 };
+pub use webhooks::{DeliveryListRow, DeliveryRow, EndpointRow};
 
 // The store's own vocabulary for the handlers and connect flows of this crate.
 pub(crate) use app_limits::Admission;
@@ -42,6 +44,7 @@ pub(crate) use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, Ta
 pub(crate) use keys::NewApiKey;
 pub(crate) use runs::SyncRunState;
 pub(crate) use shares::{Claim, Deferral, ShareUpdate};
+pub(crate) use webhooks::{AttemptResult, EndpointPatch, NewEndpoint, Outgoing, RESPONSE_SNIPPET};
 
 use std::{str::FromStr, time::Duration};
 

@@ -174,13 +174,19 @@ impl Store {
              updated_at = $3, finished_at = $3 \
              WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}"
         );
-        Ok(super::with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql)
+        let row = super::with_pool!(&self.pool, &q, |p, sql| {
+            let mut tx = super::Engine::begin_write(p).await?;
+            let row: Option<ShareRow> = sqlx::query_as(sql)
                 .bind(id)
                 .bind(attempt)
                 .bind(now)
-                .fetch_optional(p)
-                .await?
-        }))
+                .fetch_optional(&mut *tx)
+                .await?;
+            super::webhooks::record_share(p, &mut tx, row.as_ref(), now).await?;
+            tx.commit().await?;
+            row
+        });
+        crate::webhooks::wake();
+        Ok(row)
     }
 }

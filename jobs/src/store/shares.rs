@@ -534,13 +534,18 @@ impl Store {
              WHERE id = $1 AND state = 'queued' AND attempts = $3 RETURNING {COLUMNS}"
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql)
+            let mut tx = crate::store::Engine::begin_write(p).await?;
+            let row: Option<ShareRow> = sqlx::query_as(sql)
                 .bind(&share.id)
                 .bind(now)
                 .bind(share.attempts)
-                .fetch_optional(p)
-                .await?
+                .fetch_optional(&mut *tx)
+                .await?;
+            super::webhooks::record_share(p, &mut tx, row.as_ref(), now).await?;
+            tx.commit().await?;
+            row
         });
+        crate::webhooks::wake();
         Ok(row.map_or(Claim::Busy, |_| Claim::Settled))
     }
 
@@ -601,13 +606,18 @@ impl Store {
              WHERE id = $1 AND tenant_id = $2 AND state IN ('queued', 'parked') RETURNING {COLUMNS}"
         );
         let row: Option<ShareRow> = with_pool!(&self.pool, &q, |p, sql| {
-            sqlx::query_as(sql)
+            let mut tx = crate::store::Engine::begin_write(p).await?;
+            let row: Option<ShareRow> = sqlx::query_as(sql)
                 .bind(id)
                 .bind(tenant_id)
                 .bind(now)
-                .fetch_optional(p)
-                .await?
+                .fetch_optional(&mut *tx)
+                .await?;
+            super::webhooks::record_share(p, &mut tx, row.as_ref(), now).await?;
+            tx.commit().await?;
+            row
         });
+        crate::webhooks::wake();
         Ok(match row {
             Some(r) => Cancel::Cancelled(r),
             None => match self.tenant_share(tenant_id, id).await? {
@@ -751,6 +761,7 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
         let mut tx = crate::store::Engine::begin_write(p).await?;
         let mut rows = Vec::with_capacity(requests.len());
         let mut attempts = Vec::new();
+        let mut events = Vec::new();
         for r in requests {
             let o = Outcome::of(&r.update);
             let found = sqlx::query(with_engine(p, &q))
@@ -773,6 +784,7 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
                 continue;
             };
             let row = ShareRow::from_row(&found)?;
+            events.extend(crate::webhooks::NewEvent::share(&row, r.now));
             let next_id: Option<String> = found.try_get("next_id")?;
             // A share resumed after this one may start now that this one is settled.
             let next: Option<ShareRow> = match next_id {
@@ -807,7 +819,11 @@ async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<
             });
             insert.build().execute(&mut *tx).await?;
         }
+        // The batch's outcomes tell the tenants' webhooks, in this transaction (one read of
+        // their endpoints for the whole batch).
+        super::webhooks::record(p, &mut tx, &events).await?;
         tx.commit().await?;
+        crate::webhooks::wake();
         rows
     }))
 }

@@ -3,6 +3,7 @@
 //! `herald_platforms::testing`, which its client tests use too).
 
 pub mod db;
+pub mod receiver;
 
 use std::{future::Future, time::Duration};
 
@@ -67,6 +68,13 @@ pub fn fast_settings() -> Settings {
         oauth_state_ttl: Duration::from_secs(600),
         bluesky: Default::default(),
         fair_share_recheck: Duration::from_millis(500),
+        webhooks: herald_jobs::settings::WebhookSettings {
+            timeout: Duration::from_secs(2),
+            retry_schedule: herald_jobs::webhooks::schedule::parse_schedule("100ms,200ms,400ms")
+                .unwrap(),
+            per_endpoint: 1,
+            ..Default::default()
+        },
     }
 }
 
