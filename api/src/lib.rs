@@ -32,7 +32,8 @@ pub struct ApiState {
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     use routes::{
-        connect, connections, health, jobs, keys, metrics, oauth_client, ops, platforms, shares,
+        connect, connections, health, jobs, keys, media, metrics, oauth_client, ops, platforms,
+        shares,
     };
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
@@ -55,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/connect/{platform}/callback", get(connect::callback))
         .route("/v1/platforms", get(platforms::list))
+        .route("/v1/media/{sha256}", get(media::get))
         .route(
             herald_platforms::bluesky::oauth::CLIENT_METADATA_PATH,
             get(oauth_client::client_metadata),

@@ -7,7 +7,7 @@ use utoipa::{
 };
 
 use crate::routes::{
-    connect, connections, health, jobs, keys, oauth_client, ops, platforms, shares,
+    connect, connections, health, jobs, keys, media, oauth_client, ops, platforms, shares,
 };
 
 #[derive(OpenApi)]
@@ -22,6 +22,7 @@ use crate::routes::{
         ops::connections,
         keys::list, keys::create, keys::revoke,
         platforms::list,
+        media::get,
         health::healthz, health::readyz,
     ),
     components(schemas(

@@ -101,6 +101,9 @@ impl Default for BlueskySettings {
     }
 }
 
+/// `HERALD_MEDIA_MAX_BYTES` when unset: Mastodon's 16 MiB, the most any platform takes.
+pub const DEFAULT_MEDIA_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// `HERALD_PUBLIC_URL` when unset: the default listen address.
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
@@ -146,6 +149,11 @@ pub struct Settings {
     /// looked at again (at most until the app's window reopens), in case others leave budget
     /// unused.
     pub fair_share_recheck: Duration,
+    /// `HERALD_MEDIA_MAX_BYTES`: the largest image fetched at enqueue (each platform's own limit
+    /// is then checked; 16 MiB is the largest any of them takes).
+    pub media_max_bytes: usize,
+    /// `HERALD_MEDIA_FETCH_TIMEOUT_SECS`: how long fetching one image at enqueue may take.
+    pub media_fetch_timeout: Duration,
 }
 
 impl Settings {
@@ -189,6 +197,8 @@ impl Default for Settings {
             oauth_state_ttl: Duration::from_secs(600),
             bluesky: BlueskySettings::default(),
             fair_share_recheck: Duration::from_secs(600),
+            media_max_bytes: DEFAULT_MEDIA_MAX_BYTES,
+            media_fetch_timeout: Duration::from_secs(10),
         }
     }
 }

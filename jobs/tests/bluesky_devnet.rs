@@ -183,6 +183,7 @@ async fn a_share_lands_on_the_pds_with_text_facets_and_card_and_a_retry_does_not
             net.bob_handle
         )),
         image_url: None,
+        media: Vec::new(),
         idempotency_key: share_id.clone(),
         checkpoint: Default::default(),
     };
@@ -320,6 +321,7 @@ async fn the_pds_counts_graphemes_as_the_client_does() {
             title: None,
             text: None,
             image_url: None,
+            media: Vec::new(),
             idempotency_key: "shr_x".into(),
             checkpoint: Default::default(),
         };
@@ -458,6 +460,7 @@ mod oauth {
             queue: Arc::new(SqliteQueue::new(pool, Wakeups::new())),
             vault: Arc::new(KeyRing::parse(&KeyRing::generate_spec()).unwrap()),
             platforms: Platforms::default().with(Arc::new(bsky)),
+            http: http::client(&settings.ssrf, settings.platform_timeout),
             settings: Arc::new(settings),
         };
         (ctx, tenant)
@@ -573,6 +576,7 @@ mod oauth {
             title: None,
             text: Some(text.into()),
             image_url: None,
+            media: Vec::new(),
             idempotency_key: id,
             checkpoint: Default::default(),
         }

@@ -158,6 +158,7 @@ impl Platform for Facebook {
             refresh: false,
             followers: false,
             requires_image: false,
+            checkpoint_settles_outcome: false,
         }
     }
 

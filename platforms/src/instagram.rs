@@ -13,6 +13,7 @@ use crate::{
     config::PlatformApp,
     error::PlatformError,
     kind::PlatformKind,
+    media::{ImageType, MediaRules},
     meta::{
         container::{self, ContainerFlow, ContainerWait, Created},
         graph::{Graph, ListedPost, Since, caption, checked_id, token},
@@ -137,6 +138,7 @@ impl Platform for Instagram {
             refresh: true,
             followers: false,
             requires_image: true,
+            checkpoint_settles_outcome: true,
         }
     }
 
@@ -156,11 +158,24 @@ impl Platform for Instagram {
             .await
     }
 
+    /// One JPEG of at most 8 MiB (Meta's image container); carousels and alt text are not
+    /// posted by Herald yet, so a share with more, or with alt text, is refused.
+    fn media_rules(&self) -> MediaRules {
+        MediaRules {
+            max_images: 1,
+            max_alt: None,
+            types: &[ImageType::Jpeg],
+            max_bytes: 8 * 1024 * 1024,
+            max_pixels: None,
+        }
+    }
+
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {
-        if post
-            .image_url
-            .as_deref()
-            .is_none_or(|u| u.trim().is_empty())
+        if post.media.is_empty()
+            && post
+                .image_url
+                .as_deref()
+                .is_none_or(|u| u.trim().is_empty())
         {
             return Err(Invalid {
                 field: "image_url",
@@ -217,9 +232,13 @@ impl Platform for Instagram {
     ) -> Result<Published, PlatformError> {
         let id = Self::user_id(account)?;
         let token = token(creds)?;
+        // The image Herald captured at enqueue, served under a signed URL: Meta fetches it
+        // itself, and the source URL may have changed or gone since.
         let image_url = post
-            .image_url
-            .as_deref()
+            .media
+            .first()
+            .and_then(|m| m.public_url.as_deref())
+            .or(post.image_url.as_deref())
             .ok_or_else(|| PlatformError::Rejected {
                 status: 0,
                 reason: "Instagram posts need an image".into(),
@@ -301,6 +320,7 @@ mod tests {
             title: None,
             text: Some(text.into()),
             image_url: image.map(Into::into),
+            media: Vec::new(),
             idempotency_key: "k".into(),
             checkpoint: Default::default(),
         }

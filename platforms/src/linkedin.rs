@@ -276,6 +276,7 @@ impl Platform for Linkedin {
             refresh: true,
             followers: false,
             requires_image: false,
+            checkpoint_settles_outcome: false,
         }
     }
 

@@ -155,6 +155,7 @@ impl Platform for Threads {
             refresh: true,
             followers: false,
             requires_image: false,
+            checkpoint_settles_outcome: true,
         }
     }
 

@@ -407,6 +407,7 @@ impl Platform for X {
             refresh: true,
             followers: true,
             requires_image: false,
+            checkpoint_settles_outcome: false,
         }
     }
 
@@ -587,6 +588,7 @@ mod tests {
             title: None,
             text: Some(text.into()),
             image_url: None,
+            media: Vec::new(),
             idempotency_key: "k".into(),
             checkpoint: Default::default(),
         }

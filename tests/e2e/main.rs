@@ -15,6 +15,7 @@ mod dashboards;
 mod delivery;
 mod keys;
 mod lifecycle;
+mod media;
 mod observability;
 mod ops;
 mod outage;

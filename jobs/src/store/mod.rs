@@ -13,6 +13,7 @@ mod followers;
 mod group_commit;
 mod keys;
 mod lifecycle;
+mod media;
 mod ops;
 mod recent;
 mod replay;
@@ -32,6 +33,7 @@ pub use keys::{
     Scopes,
 };
 pub use lifecycle::{DueFor, TokenWrite};
+pub use media::{NewBlob, NewShareMedia, ShareMediaRow};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, Replayer, RunRow};
 pub use shares::{

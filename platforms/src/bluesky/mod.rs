@@ -485,6 +485,7 @@ impl Platform for Bluesky {
             refresh: true,
             followers: true,
             requires_image: false,
+            checkpoint_settles_outcome: false,
         }
     }
 

@@ -50,6 +50,7 @@ impl Server {
             title: Some("A title".into()),
             text: Some(text.into()),
             image_url: None,
+            media: Vec::new(),
             idempotency_key: id.into(),
             checkpoint: Default::default(),
         }

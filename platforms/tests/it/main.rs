@@ -6,5 +6,6 @@ mod bluesky;
 mod facebook;
 mod instagram;
 mod linkedin;
+mod mastodon;
 mod threads;
 mod x;

@@ -67,6 +67,8 @@ pub fn fast_settings() -> Settings {
         oauth_state_ttl: Duration::from_secs(600),
         bluesky: Default::default(),
         fair_share_recheck: Duration::from_millis(500),
+        media_max_bytes: herald_jobs::settings::DEFAULT_MEDIA_MAX_BYTES,
+        media_fetch_timeout: Duration::from_secs(5),
     }
 }
 
