@@ -4,7 +4,12 @@
 
 use herald_platforms::{
     ssrf::SsrfGuard,
-    testing::{ImageHost, png},
+    testing::{
+        ImageHost,
+        atproto::{APP_PASSWORD, DID, FakeAtproto, HANDLE},
+        mastodon::Reply,
+        png,
+    },
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,6 +24,8 @@ on_every_backend!(
     image_url_alone_is_posted_to_mastodon_as_one_image,
     every_refusal_names_the_field_the_platform_and_the_reason_and_writes_nothing,
     blobs_are_shared_and_removed_once_no_unfinished_share_needs_them,
+    images_reach_bluesky_with_alt_text_and_each_target_applies_its_own_limits,
+    a_retry_after_a_refused_status_reuses_the_uploaded_media,
 );
 
 async fn share_with(app: &TestApp, body: Value) -> (StatusCode, Value) {
@@ -286,4 +293,98 @@ async fn blobs_are_shared_and_removed_once_no_unfinished_share_needs_them(engine
     );
     assert_eq!(store.prune_media(later).await.unwrap(), 1);
     assert!(!store.media_blob_exists(&sha).await.unwrap());
+}
+
+async fn images_reach_bluesky_with_alt_text_and_each_target_applies_its_own_limits(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let net = FakeAtproto::start().await;
+    let (status, imported) = app
+        .post(
+            "/v1/connections",
+            json!({
+                "platform": "bluesky", "platform_account_id": DID, "handle": HANDLE,
+                "access_token": APP_PASSWORD,
+                "extras": { "pds_url": net.pds, "auth": "app_password" },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{imported}");
+    let bsky = imported["id"].as_str().unwrap().to_owned();
+    let masto = app.mastodon_connection().await;
+    let host = ImageHost::start().await;
+    let (a, b) = (png(1200, 800, 1), png(800, 1200, 2));
+    let media = json!([
+        { "url": host.put("a.png", "image/png", a.clone()), "alt": "A kite" },
+        { "url": host.put("b.png", "image/png", b.clone()), "alt": "The field" },
+    ]);
+    let (status, body) = share_with(
+        &app,
+        json!({ "url": format!("{}/page", net.web), "text": "Two pictures", "media": media, "connection_ids": [bsky] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = app.settled(body["shares"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    {
+        let pds = net.world();
+        let embed = &pds.create_bodies[0]["record"]["embed"];
+        assert_eq!(embed["$type"], "app.bsky.embed.images");
+        for (i, (bytes, alt)) in [(&a, "A kite"), (&b, "The field")].into_iter().enumerate() {
+            let img = &embed["images"][i];
+            let cid = img["image"]["ref"]["$link"].as_str().unwrap();
+            assert_eq!(&pds.blob_store[cid].1, bytes);
+            assert_eq!(img["alt"], alt);
+        }
+    }
+
+    // Over Bluesky's 1,000,000 bytes but within Mastodon's 16 MiB: Bluesky refuses, by name.
+    let mut big = png(2000, 2000, 3);
+    big.resize(1_100_000, 0);
+    let big = host.put("big.png", "image/png", big);
+    let (status, err) = share_with(
+        &app,
+        json!({ "url": "https://blog.example/p", "media": [{ "url": big }], "connection_ids": [masto, bsky] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["code"], "image_too_large");
+    assert_eq!(err["error"]["field"], "media[0]");
+    assert_eq!(err["error"]["platform"], "bluesky");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection_ids[1]"),
+        "{err}"
+    );
+}
+
+async fn a_retry_after_a_refused_status_reuses_the_uploaded_media(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let conn = app.mastodon_connection().await;
+    app.mastodon.script([Reply::Unavailable]);
+    let host = ImageHost::start().await;
+    let (status, body) = share_with(
+        &app,
+        json!({
+            "url": "https://blog.example/p",
+            "media": [
+                { "url": host.put("a.png", "image/png", png(10, 10, 1)), "alt": "one" },
+                { "url": host.put("b.png", "image/png", png(10, 10, 2)), "alt": "two" },
+            ],
+            "connection_ids": [conn],
+        }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = app.settled(body["shares"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let uploads = app.mastodon.uploads();
+    assert_eq!(uploads.len(), 2, "the retry reused both uploads");
+    assert!(
+        uploads
+            .iter()
+            .all(|u| u.status_id.as_deref() == done["post"]["id"].as_str())
+    );
 }
