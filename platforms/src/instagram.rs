@@ -13,9 +13,9 @@ use crate::{
     config::PlatformApp,
     error::PlatformError,
     kind::PlatformKind,
-    media::{ImageType, MediaRules},
+    media::{Count, ImageType, MediaRules},
     meta::{
-        container::{self, ContainerFlow, ContainerWait, Created},
+        container::{self, ContainerFlow, ContainerWait, Created, ImageContainers},
         graph::{Graph, ListedPost, Since, caption, checked_id, token},
     },
     oauth::{CodeToken, Granted, OAuthApp},
@@ -158,12 +158,13 @@ impl Platform for Instagram {
             .await
     }
 
-    /// One JPEG of at most 8 MiB (Meta's image container); carousels and alt text are not
-    /// posted by Herald yet, so a share with more, or with alt text, is refused.
+    /// JPEG only, at most 8 MiB each; several images are a carousel of up to 10; alt text
+    /// (`alt_text`, since March 2025) has no documented limit, and Herald holds it to the
+    /// 1,000 characters Threads documents.
     fn media_rules(&self) -> MediaRules {
         MediaRules {
-            max_images: 1,
-            max_alt: None,
+            max_images: 10,
+            max_alt: Some((1000, Count::Chars)),
             types: &[ImageType::Jpeg],
             max_bytes: 8 * 1024 * 1024,
             max_pixels: None,
@@ -232,17 +233,11 @@ impl Platform for Instagram {
     ) -> Result<Published, PlatformError> {
         let id = Self::user_id(account)?;
         let token = token(creds)?;
-        // The image Herald captured at enqueue, served under a signed URL: Meta fetches it
-        // itself, and the source URL may have changed or gone since.
-        let image_url = post
-            .media
-            .first()
-            .and_then(|m| m.public_url.as_deref())
-            .or(post.image_url.as_deref())
-            .ok_or_else(|| PlatformError::Rejected {
-                status: 0,
-                reason: "Instagram posts need an image".into(),
-            })?;
+        let flow = ContainerFlow {
+            publish_edge: &format!("{id}/media_publish"),
+            status_fields: "status_code,status",
+            wait: self.wait,
+        };
         let create = async {
             container::check_quota(
                 &self.graph,
@@ -252,6 +247,32 @@ impl Platform for Instagram {
             .await?;
             // Creating a container publishes nothing, so a lost answer here is only transient.
             let caption = caption(post);
+            if !post.media.is_empty() {
+                // The images Herald captured at enqueue, by signed URL: Meta fetches them
+                // itself, and the source URLs may have changed or gone since.
+                let c = ImageContainers {
+                    edge: &format!("{id}/media"),
+                    text_field: "caption",
+                    names_image_type: false,
+                };
+                return container::create_image_container(
+                    &self.graph,
+                    c,
+                    flow,
+                    token,
+                    &caption,
+                    &post.media,
+                )
+                .await;
+            }
+            // A client called with a bare image URL (no capture): Meta fetches it as it is.
+            let image_url = post
+                .image_url
+                .as_deref()
+                .ok_or_else(|| PlatformError::Rejected {
+                    status: 0,
+                    reason: "Instagram posts need an image".into(),
+                })?;
             let form = [
                 ("image_url", image_url),
                 ("caption", caption.as_str()),
@@ -262,11 +283,6 @@ impl Platform for Instagram {
                 .post_form("create_container", false, &format!("{id}/media"), &form)
                 .await?;
             Ok::<_, PlatformError>(container.id)
-        };
-        let flow = ContainerFlow {
-            publish_edge: &format!("{id}/media_publish"),
-            status_fields: "status_code,status",
-            wait: self.wait,
         };
         let read_back = self.find_published(account, creds, post);
         container::share_through_container(&self.graph, flow, token, post, create, read_back).await

@@ -7,5 +7,6 @@ mod facebook;
 mod instagram;
 mod linkedin;
 mod mastodon;
+mod meta_images;
 mod threads;
 mod x;
