@@ -110,6 +110,9 @@ fn respond(s: &AppState, seen: &Seen, lost: &mut bool) -> Response {
         (MetaApi::Facebook, "POST", [page, "feed"]) if *page == PAGE_ID => {
             page_post(&mut g, seen, kind)
         }
+        (MetaApi::Facebook, "POST", [page, "photos"]) if *page == PAGE_ID => {
+            page_photo(&mut g, seen, kind)
+        }
         (MetaApi::Instagram, "GET", [u]) if *u == user || *u == "me" => {
             Json(json!({ "id": user, "username": "herald.cafe", "followers_count": 1284 }))
                 .into_response()
@@ -234,7 +237,25 @@ fn page_post(g: &mut Inner, seen: &Seen, kind: TokenKind) -> Response {
         return res;
     }
     let (message, link) = (seen.param("message"), seen.param("link"));
-    if message.is_none() && link.is_none() {
+    // `attached_media[i]={"media_fbid": id}`: unpublished page photos not used before.
+    let attached: Vec<String> = (0..)
+        .map_while(|i| seen.param(&format!("attached_media[{i}]")))
+        .filter_map(|v| serde_json::from_str::<Value>(v).ok())
+        .filter_map(|v| v["media_fbid"].as_str().map(str::to_owned))
+        .collect();
+    let usable = |id: &String| {
+        g.photos
+            .get(id)
+            .is_some_and(|p| p["published"] == false && p["used"] == false)
+    };
+    if !attached.iter().all(usable) {
+        return graph_error(
+            100,
+            None,
+            "(#100) param attached_media must be unpublished photos",
+        );
+    }
+    if message.is_none() && link.is_none() && attached.is_empty() {
         return graph_error(100, None, "(#100) Missing message or attachment");
     }
     if g.posts
@@ -244,8 +265,16 @@ fn page_post(g: &mut Inner, seen: &Seen, kind: TokenKind) -> Response {
         return graph_error(506, None, "(#506) Duplicate status message");
     }
     let id = format!("{PAGE_ID}_{}", g.mint_id());
+    let mut photos = Vec::with_capacity(attached.len());
+    for a in &attached {
+        if let Some(p) = g.photos.get_mut(a) {
+            p["used"] = true.into();
+            photos.push(json!({ "url": p["url"], "alt_text": p["alt_text"] }));
+        }
+    }
     g.posts.push(json!({
         "id": id, "text": message, "link": link, "created": Utc::now().timestamp(),
+        "photos": photos,
     }));
     // The Pages API answers the new post's id, and (read-after-write) what `fields` asks of it.
     let mut answer = json!({ "id": id });
@@ -409,5 +438,29 @@ fn carousel(g: &mut Inner, seen: &Seen, text_field: &str, max: usize) -> Respons
         c.media_type = "CAROUSEL";
         c.children = children;
     }
+    Json(json!({ "id": id })).into_response()
+}
+
+/// `POST /{page}/photos`: a photo Facebook fetches from `url`; `published=false` keeps it off the
+/// page until a post attaches it. `alt_text_custom` is its alt text. Queued failures are left
+/// for the post that attaches the photos.
+fn page_photo(g: &mut Inner, seen: &Seen, kind: TokenKind) -> Response {
+    if kind != TokenKind::Page {
+        return graph_error(200, None, "(#200) Requires pages_manage_posts");
+    }
+    let Some(url) = seen
+        .param("url")
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+    else {
+        return graph_error(324, None, "(#324) Requires upload file");
+    };
+    let id = g.mint_id();
+    let photo = json!({
+        "url": url,
+        "alt_text": seen.param("alt_text_custom"),
+        "published": seen.param("published") != Some("false"),
+        "used": false,
+    });
+    g.photos.insert(id.clone(), photo);
     Json(json!({ "id": id })).into_response()
 }

@@ -301,6 +301,8 @@ pub(super) struct Inner {
     pub(super) quota_used: usize,
     pub(super) script: VecDeque<Failure>,
     pub(super) counter: u64,
+    /// Page photos by id: `{url, alt_text, published, used}`.
+    pub(super) photos: HashMap<String, Value>,
 }
 
 impl Inner {
