@@ -51,6 +51,9 @@ struct Grant {
     revoked: bool,
 }
 
+/// An image's content type and bytes.
+type Uploaded = (String, Vec<u8>);
+
 #[derive(Default)]
 struct Inner {
     /// code → redirect URI it was issued for; taken on exchange.
@@ -62,7 +65,7 @@ struct Inner {
     /// Created posts: the request body with the URN and `createdAt` assigned.
     posts: Vec<Value>,
     /// Registered images by URN: (owner, content type and bytes once uploaded).
-    images: HashMap<String, (String, Option<(String, Vec<u8>)>)>,
+    images: HashMap<String, (String, Option<Uploaded>)>,
     script: VecDeque<Failure>,
     counter: u64,
 }
@@ -184,7 +187,7 @@ impl FakeLinkedin {
     }
 
     /// An uploaded image's content type and bytes, by URN.
-    pub fn image(&self, urn: &str) -> Option<(String, Vec<u8>)> {
+    pub fn image(&self, urn: &str) -> Option<Uploaded> {
         self.inner
             .lock()
             .unwrap()
