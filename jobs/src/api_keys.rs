@@ -52,7 +52,7 @@ fn invalid(field: impl Into<String>, code: &'static str, message: impl Into<Stri
 }
 
 /// A span such as `90s`, `15m`, `12h` or `30d`.
-pub fn parse_span(spec: &str) -> Option<chrono::Duration> {
+pub(crate) fn parse_span(spec: &str) -> Option<chrono::Duration> {
     let spec = spec.trim();
     let at = spec.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = spec.split_at(at);

@@ -118,7 +118,7 @@ pub const REFRESH_RESULTS: &[&str] = &[
     "stale",
 ];
 /// Results of an OAuth callback, as `herald_oauth_callbacks_total{result}` labels them.
-pub const CALLBACK_RESULTS: &[&str] = &[
+pub(crate) const CALLBACK_RESULTS: &[&str] = &[
     "succeeded",
     "denied",
     "invalid_state",
@@ -127,10 +127,10 @@ pub const CALLBACK_RESULTS: &[&str] = &[
 ];
 
 /// How a connection authenticates, as `herald_connections{auth}` labels it.
-pub const CONNECTION_AUTHS: &[&str] = &["oauth", "app_password"];
+pub(crate) const CONNECTION_AUTHS: &[&str] = &["oauth", "app_password"];
 
 /// Scopes of a rate-limit deferral, as `herald_rate_limit_deferrals_total{scope}` labels them.
-pub const DEFERRAL_SCOPES: &[&str] = &["account", "app", "fair_share"];
+pub(crate) const DEFERRAL_SCOPES: &[&str] = &["account", "app", "fair_share"];
 
 /// Creates the counters whose label values are known in advance at zero, so Prometheus sees them
 /// before their first increment and `rate()` counts that increment (a series that first appears
@@ -165,7 +165,8 @@ pub fn zero_known_series() {
 
 /// How long a reauthorize prompt stays unanswered before `herald_connections_needing_reauth_over_48h`
 /// counts it (the Bluesky plan's target: 90 % cleared within 48 hours).
-pub const REAUTH_PROMPT_TARGET: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
+pub(crate) const REAUTH_PROMPT_TARGET: std::time::Duration =
+    std::time::Duration::from_secs(48 * 3600);
 
 /// Buckets of `herald_reauth_cleared_seconds`: minutes to weeks, with 48 h (172800) among them
 /// so the share cleared within the target is one bucket over the count.

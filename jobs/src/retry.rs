@@ -34,7 +34,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait before the attempt that follows attempt `attempt` (1-based), or `None` when the
     /// budget is spent.
-    pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
+    pub(crate) fn delay_after(&self, attempt: u32) -> Option<Duration> {
         if attempt >= self.max_attempts {
             return None;
         }

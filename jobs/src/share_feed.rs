@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// The Postgres channel a trigger notifies when a share becomes queued.
-pub const CHANNEL: &str = "herald_share_queued";
+pub(crate) const CHANNEL: &str = "herald_share_queued";
 
 /// A share this worker holds the lease of.
 #[derive(Debug, Clone)]

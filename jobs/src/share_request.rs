@@ -8,9 +8,9 @@ use herald_platforms::{PlatformKind, ssrf::SsrfGuard};
 
 use crate::times;
 
-pub const MAX_TARGETS: usize = 50;
-pub const MAX_URL: usize = 2048;
-pub const MAX_TITLE: usize = 300;
+pub(crate) const MAX_TARGETS: usize = 50;
+pub(crate) const MAX_URL: usize = 2048;
+pub(crate) const MAX_TITLE: usize = 300;
 pub const MAX_TEXT: usize = 10_000;
 /// Images one request may carry; each target's own limit is checked against its platform.
 pub const MAX_MEDIA: usize = 20;
@@ -201,7 +201,7 @@ impl ShareContent {
 }
 
 /// A publish time as requested: a minute of clock skew is forgiven, and an earlier time means now.
-pub fn publish_time(
+pub(crate) fn publish_time(
     publish_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, Invalid> {
@@ -216,7 +216,10 @@ pub fn publish_time(
 }
 
 /// `not_after` must leave the share a moment to run.
-pub fn check_not_after(not_after: DateTime<Utc>, run_at: DateTime<Utc>) -> Result<(), Invalid> {
+pub(crate) fn check_not_after(
+    not_after: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+) -> Result<(), Invalid> {
     if not_after <= run_at {
         return Err(Invalid::new(
             "not_after",

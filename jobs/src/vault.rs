@@ -32,7 +32,7 @@ pub enum VaultError {
 
 /// Where a ciphertext lives; it becomes the AEAD associated data.
 #[derive(Debug, Clone, Copy)]
-pub struct Slot<'a> {
+pub(crate) struct Slot<'a> {
     pub table: &'a str,
     pub row: &'a str,
     pub column: &'a str,
@@ -110,7 +110,11 @@ impl KeyRing {
         &self.keys[0].id
     }
 
-    pub fn encrypt(&self, slot: Slot<'_>, plaintext: &SecretString) -> Result<String, VaultError> {
+    pub(crate) fn encrypt(
+        &self,
+        slot: Slot<'_>,
+        plaintext: &SecretString,
+    ) -> Result<String, VaultError> {
         let key = &self.keys[0];
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let aad = slot.aad();
@@ -129,7 +133,11 @@ impl KeyRing {
         Ok(format!("v1.{}.{}", key.id, B64.encode(blob)))
     }
 
-    pub fn decrypt(&self, slot: Slot<'_>, envelope: &str) -> Result<SecretString, VaultError> {
+    pub(crate) fn decrypt(
+        &self,
+        slot: Slot<'_>,
+        envelope: &str,
+    ) -> Result<SecretString, VaultError> {
         let (key_id, blob) = parse_envelope(envelope)?;
         let key = self
             .keys
@@ -150,7 +158,8 @@ impl KeyRing {
     }
 
     /// Whether the envelope is already under the primary key (rotation skips those).
-    pub fn is_current(&self, envelope: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_current(&self, envelope: &str) -> bool {
         parse_envelope(envelope).is_ok_and(|(id, _)| id == self.keys[0].id)
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{error::is_transient, keys::GROUP, scripts, worker::Shared};
+use crate::{consumer::Shared, error::is_transient, keys::GROUP, scripts};
 
 /// Where a delivery came from; travels in the task's extensions.
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 mod ack;
 mod config;
 mod connection;
+mod consumer;
 mod error;
 mod keys;
 mod listing;

@@ -22,9 +22,10 @@ use tokio::sync::mpsc;
 use crate::{
     Config, Error, JobId, RedisConn,
     ack::{AckLayer, AckMsg},
+    consumer::Shared,
     keys::{Keys, validate_queue_name},
     push::{NewJob, push},
-    worker::{Runtime, Shared},
+    worker::Runtime,
 };
 
 /// The apalis backend of one queue: give it to `WorkerBuilder::backend`, or push to it

@@ -2,86 +2,22 @@
 //! connection), one acker and one heartbeat task, started on the first poll.
 
 use serde::de::DeserializeOwned;
-use std::{
-    collections::HashSet,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
 use crate::{
-    Config, RedisConn,
     ack::{AckMsg, run_acker},
-    keys::{GROUP, Keys},
+    consumer::{Shared, reconnect_backoff},
+    keys::GROUP,
     scripts,
 };
 
 mod fetcher;
 mod heartbeat;
-
-/// What the worker's tasks share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub conn: RedisConn,
-    pub keys: Keys,
-    pub config: Config,
-    /// Consumer name in the stream group: the worker name plus a per-start suffix, so a
-    /// restarted process that reuses a name never inherits the deliveries of the old one.
-    pub consumer: String,
-    pub healthy: Arc<AtomicBool>,
-    /// Entry ids delivered to this process and not yet settled. After a reconnect, the
-    /// consumer's other pending entries are reads whose reply was lost with the connection:
-    /// the lease is renewed for the whole consumer, so only this tells them apart.
-    pub held: Mutex<HashSet<Arc<str>>>,
-}
-
-impl Shared {
-    pub fn hold(&self, entry_id: &Arc<str>) {
-        self.held.lock().expect("held set").insert(entry_id.clone());
-    }
-
-    pub fn holds(&self, entry_id: &str) -> bool {
-        self.held.lock().expect("held set").contains(entry_id)
-    }
-
-    pub fn settled<'a>(&self, entry_ids: impl IntoIterator<Item = &'a str>) {
-        let mut held = self.held.lock().expect("held set");
-        for id in entry_ids {
-            held.remove(id);
-        }
-    }
-
-    pub fn mark_healthy(&self, up: bool) {
-        if self.healthy.swap(up, Ordering::Relaxed) != up {
-            if up {
-                tracing::info!(queue = %self.config.queue, "redis reachable again");
-            } else {
-                tracing::warn!(queue = %self.config.queue, "redis unreachable; retrying");
-            }
-        }
-    }
-}
-
-/// Delays between reconnection attempts: 50 ms doubling to 5 s, jittered, forever.
-pub(crate) fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter_seed(seed)
-        .without_max_times()
-        .build()
-}
 
 /// Running background tasks of one worker.
 pub(crate) struct Runtime<T> {

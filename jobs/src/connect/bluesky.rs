@@ -1,6 +1,7 @@
 //! Bluesky's connect flow: the AT Protocol OAuth profile (PAR + PKCE S256 + DPoP, `iss` and `sub`
-//! checks), which the `oauth2` crate does not cover. The identity steps live in
-//! `herald_platforms::bluesky::identity`, the client and its token requests in
+//! checks), which the `oauth2` crate does not cover. This file keeps the flow's order and what
+//! it stores; the protocol's steps are the platform's: who the sign-in is for and every identity
+//! lookup in `herald_platforms::bluesky::identity`, the client, PAR and token requests in
 //! `herald_platforms::bluesky::oauth`.
 
 use chrono::Utc;
@@ -11,7 +12,7 @@ use url::Url;
 use herald_platforms::{
     Account, Credentials, PlatformError, PlatformKind,
     bluesky::{
-        identity::{Directory, ResolveError, ServerMetadata, is_valid_did},
+        identity::{Directory, ResolveError, ServerMetadata, SignInTarget},
         jwt::{self, EsKey},
         oauth,
     },
@@ -39,78 +40,8 @@ fn unresolved(field: &'static str, e: ResolveError) -> StartError {
     invalid(field, e.code, e.message)
 }
 
-/// Who the flow is for, as far as it is known before the user signs in.
-struct Target {
-    did: Option<String>,
-    handle: Option<String>,
-    pds: Option<String>,
-    issuer: String,
-    /// What the user typed, handed to the authorization server as `login_hint`.
-    hint: Option<String>,
-}
-
-/// A handle or DID: resolved to the PDS and its authorization server. The DID document must list
-/// a typed handle (`alsoKnownAs`), so a resolver answering with another DID is caught.
-async fn from_account(dir: &Directory, raw: &str) -> Result<Target, StartError> {
-    let typed = raw.trim().trim_start_matches('@').to_ascii_lowercase();
-    if typed.is_empty() || typed.len() > 253 {
-        return Err(invalid(
-            "handle",
-            "invalid_handle",
-            "`handle` must be a Bluesky handle or a DID",
-        ));
-    }
-    let (did, handle) = if typed.starts_with("did:") {
-        if !is_valid_did(&typed) {
-            return Err(invalid(
-                "handle",
-                "invalid_did",
-                format!("`{typed}` is not a valid DID"),
-            ));
-        }
-        (typed.clone(), None)
-    } else {
-        let did = dir
-            .resolve_handle(&typed)
-            .await
-            .map_err(|e| unresolved("handle", e))?;
-        (did, Some(typed.clone()))
-    };
-    let doc = dir
-        .did_document(&did)
-        .await
-        .map_err(|e| unresolved("handle", e))?;
-    if let Some(h) = &handle
-        && !doc.lists_handle(h)
-    {
-        return Err(invalid(
-            "handle",
-            "handle_mismatch",
-            format!("`{h}` resolved to {did}, whose DID document does not list that handle"),
-        ));
-    }
-    let pds = doc.pds().ok_or_else(|| {
-        invalid(
-            "handle",
-            "no_pds",
-            format!("the DID document of {did} names no PDS"),
-        )
-    })?;
-    let issuer = dir
-        .auth_server_of(&pds)
-        .await
-        .map_err(|e| unresolved("handle", e))?;
-    Ok(Target {
-        handle: handle.or_else(|| doc.handle()),
-        did: Some(did),
-        pds: Some(pds),
-        issuer,
-        hint: Some(typed),
-    })
-}
-
-/// A PDS or entryway URL: its authorization server (a PDS names one; an entryway is one).
-async fn from_server(ctx: &Ctx, dir: &Directory, raw: &str) -> Result<Target, StartError> {
+/// A PDS or entryway URL, as the app sent it.
+async fn from_server(ctx: &Ctx, dir: &Directory, raw: &str) -> Result<SignInTarget, StartError> {
     if raw.len() > MAX_URL {
         return Err(invalid(
             "server_url",
@@ -123,18 +54,7 @@ async fn from_server(ctx: &Ctx, dir: &Directory, raw: &str) -> Result<Target, St
         .ssrf
         .check_url(raw.trim())
         .map_err(|e| invalid("server_url", "invalid_url", format!("`server_url`: {e}")))?;
-    let origin = url.origin().ascii_serialization();
-    let issuer = match dir.auth_server_of(&origin).await {
-        Ok(issuer) => issuer,
-        Err(_) => origin,
-    };
-    Ok(Target {
-        did: None,
-        handle: None,
-        pds: None,
-        issuer,
-        hint: None,
-    })
+    Ok(dir.sign_in_target_at(&url).await)
 }
 
 fn upstream(e: PlatformError) -> StartError {
@@ -161,7 +81,10 @@ pub(super) async fn start(
         req.handle.filter(|h| !h.trim().is_empty()),
         req.server_url.filter(|u| !u.trim().is_empty()),
     ) {
-        (Some(handle), None) => from_account(&dir, handle).await?,
+        (Some(handle), None) => dir
+            .sign_in_target(handle)
+            .await
+            .map_err(|e| unresolved("handle", e))?,
         (None, Some(server)) => from_server(ctx, &dir, server).await?,
         (Some(_), Some(_)) => {
             return Err(invalid(

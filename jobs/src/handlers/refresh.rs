@@ -278,10 +278,10 @@ pub async fn enqueue_reconnect_check(ctx: &Ctx, conn: &ConnectionRow) -> anyhow:
 }
 
 /// Whether a token expiring at `expires_at` should be refreshed before use.
-pub fn expires_soon(ctx: &Ctx, expires_at: Option<chrono::DateTime<Utc>>) -> bool {
+pub(crate) fn expires_soon(ctx: &Ctx, expires_at: Option<chrono::DateTime<Utc>>) -> bool {
     let skew = chrono::Duration::from_std(ctx.settings.refresh_skew).unwrap_or_default();
     expires_at.is_some_and(|t| t - Utc::now() < skew)
 }
 
 /// How long a share waits for another worker's refresh of its connection.
-pub const WAIT_FOR_REFRESH: Duration = Duration::from_secs(2);
+pub(crate) const WAIT_FOR_REFRESH: Duration = Duration::from_secs(2);

@@ -72,7 +72,7 @@ pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
             let key = format!("{}:early:{}", share.delivery_key(), now.timestamp_millis());
             push(ctx, &share, &key).await
         }
-        Claim::Busy | Claim::Settled(_) | Claim::Gone => Ok(()),
+        Claim::Busy | Claim::Settled | Claim::Gone => Ok(()),
     }
 }
 

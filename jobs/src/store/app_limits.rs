@@ -99,7 +99,7 @@ impl AppLimitRow {
 
 /// Whether a share may call the platform now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Go,
     /// The app's limit is reached (the platform said so, or the window's budget is spent): every
     /// tenant waits until then.
@@ -123,7 +123,7 @@ pub struct AppKey<'a> {
 impl Store {
     /// Decides whether `tenant_id`'s share may call the platform app now, and if so counts the
     /// call. `recheck` bounds how long a tenant over its share waits before it is looked at again.
-    pub async fn admit_app_call(
+    pub(crate) async fn admit_app_call(
         &self,
         app: AppKey<'_>,
         share_id: &str,
@@ -256,7 +256,7 @@ impl Store {
 
     /// Records what an answer said of the app's budget in its window. A report of a window that
     /// has already ended is ignored (an answer that came back late).
-    pub async fn report_app_budget(
+    pub(crate) async fn report_app_budget(
         &self,
         app: AppKey<'_>,
         report: &AppBudget,
@@ -292,7 +292,7 @@ impl Store {
     /// The platform said the app's limit is reached: no tenant's share calls it until `until`,
     /// when a new window opens. Where the platform never said the budget, the calls Herald made in
     /// this window before (the one refused excluded) are taken as the budget from now on.
-    pub async fn close_app_window(
+    pub(crate) async fn close_app_window(
         &self,
         app: AppKey<'_>,
         until: DateTime<Utc>,

@@ -16,7 +16,7 @@ const STATE_COLUMNS: &str = "state_hash, tenant_id, user_id, platform, return_ur
 
 /// A started flow, as stored. The verifier stays encrypted until [`OAuthState::verifier`].
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OAuthState {
+pub(crate) struct OAuthState {
     pub state_hash: String,
     pub tenant_id: String,
     pub user_id: String,
@@ -24,9 +24,7 @@ pub struct OAuthState {
     pub return_url: String,
     pub instance_url: Option<String>,
     pub pkce_verifier_enc: Option<String>,
-    pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    pub consumed_at: Option<DateTime<Utc>>,
     /// Bluesky: the session's DPoP private key, encrypted.
     pub dpop_key_enc: Option<String>,
     /// Bluesky: the account as resolved at the start (no DID when it started from a server URL).
@@ -70,7 +68,7 @@ fn state_slot<'a>(hash: &'a str, column: &'a str) -> Slot<'a> {
 
 /// What an AT Protocol flow remembers besides the verifier.
 #[derive(Debug, Clone, Default)]
-pub struct AtprotoFlow<'a> {
+pub(crate) struct AtprotoFlow<'a> {
     pub dpop_key: Option<&'a SecretString>,
     pub account_did: Option<&'a str>,
     pub account_handle: Option<&'a str>,
@@ -80,7 +78,7 @@ pub struct AtprotoFlow<'a> {
 
 /// What to store when a flow starts.
 #[derive(Debug, Clone)]
-pub struct NewOAuthState<'a> {
+pub(crate) struct NewOAuthState<'a> {
     pub state_hash: &'a str,
     pub tenant_id: &'a str,
     pub user_id: &'a str,
@@ -95,7 +93,7 @@ pub struct NewOAuthState<'a> {
 
 /// How taking a state went.
 #[derive(Debug)]
-pub enum TakenState {
+pub(crate) enum TakenState {
     /// Unused until now, and now used.
     Fresh(Box<OAuthState>),
     /// Known, but already used: a replay.
@@ -105,15 +103,12 @@ pub enum TakenState {
 
 /// A Mastodon app registered on one instance for one tenant.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct MastodonApp {
+pub(crate) struct MastodonApp {
     pub id: String,
-    pub tenant_id: String,
-    pub instance_url: String,
     pub client_id: String,
     pub client_secret_enc: String,
     pub redirect_uri: String,
     pub scopes: String,
-    pub created_at: DateTime<Utc>,
 }
 
 impl MastodonApp {
@@ -135,7 +130,7 @@ fn app_slot(id: &str) -> Slot<'_> {
 impl Store {
     /// Stores a started flow, and drops states that expired more than a day ago (kept that long so
     /// a late or replayed callback still finds where to send the browser back).
-    pub async fn insert_oauth_state(
+    pub(crate) async fn insert_oauth_state(
         &self,
         new: &NewOAuthState<'_>,
         vault: &KeyRing,
@@ -189,7 +184,7 @@ impl Store {
 
     /// Marks a state used, by compare-and-set: of two callbacks with the same state, one gets
     /// `Fresh` and the other `Used`. Expiry and platform are the caller's to check.
-    pub async fn take_oauth_state(
+    pub(crate) async fn take_oauth_state(
         &self,
         state_hash: &str,
         now: DateTime<Utc>,
@@ -213,7 +208,7 @@ impl Store {
         Ok(known.map_or(TakenState::Unknown, |s| TakenState::Used(Box::new(s))))
     }
 
-    pub async fn mastodon_app(
+    pub(crate) async fn mastodon_app(
         &self,
         instance_url: &str,
         tenant_id: &str,
@@ -233,7 +228,7 @@ impl Store {
     /// Caches a registered app. If another request registered one for the same instance and tenant
     /// first, that one is kept and returned (the other registration is simply never used).
     #[allow(clippy::too_many_arguments)]
-    pub async fn save_mastodon_app(
+    pub(crate) async fn save_mastodon_app(
         &self,
         tenant_id: &str,
         instance_url: &str,
@@ -272,7 +267,7 @@ impl Store {
     }
 
     /// Forgets a cached app (registered for a redirect URI or scopes no longer in use).
-    pub async fn delete_mastodon_app(&self, id: &str) -> Result<()> {
+    pub(crate) async fn delete_mastodon_app(&self, id: &str) -> Result<()> {
         with_pool!(
             &self.pool,
             "DELETE FROM mastodon_apps WHERE id = $1",
@@ -284,7 +279,7 @@ impl Store {
     }
 
     /// Records which of the app's users connected the account.
-    pub async fn set_connection_user(&self, id: &str, user_id: &str) -> Result<()> {
+    pub(crate) async fn set_connection_user(&self, id: &str, user_id: &str) -> Result<()> {
         with_pool!(
             &self.pool,
             "UPDATE connections SET user_id = $2 WHERE id = $1",

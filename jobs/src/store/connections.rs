@@ -60,7 +60,7 @@ impl ConnectionRow {
     }
 
     /// A Bluesky connection that logs in with an app password.
-    pub fn is_app_password(&self) -> bool {
+    pub(crate) fn is_app_password(&self) -> bool {
         self.auth == AUTH_APP_PASSWORD
     }
 
@@ -70,7 +70,7 @@ impl ConnectionRow {
 
     /// Whether Herald holds what renewing the access token takes: a refresh token, or on
     /// Instagram and Threads the long-lived access token itself.
-    pub fn can_refresh(&self) -> bool {
+    pub(crate) fn can_refresh(&self) -> bool {
         self.has_refresh_token()
             || self
                 .platform_kind()
@@ -141,7 +141,7 @@ pub struct StoredTokens {
 }
 
 /// `connections.auth` of a Bluesky app-password connection.
-pub const AUTH_APP_PASSWORD: &str = "app_password";
+pub(crate) const AUTH_APP_PASSWORD: &str = "app_password";
 
 /// `extras.auth` when it names one of the two ways a connection authenticates.
 fn explicit_auth(extras: &serde_json::Map<String, serde_json::Value>) -> Option<&str> {
@@ -156,7 +156,7 @@ impl NewConnection {
     /// leaves a Bluesky app-password connection: the rule `connections.auth` is written with,
     /// and the one the Bluesky client follows (`extras.auth`, else OAuth when a DPoP key or a
     /// refresh token is stored).
-    pub fn is_app_password(&self, existing: Option<&ConnectionRow>) -> bool {
+    pub(crate) fn is_app_password(&self, existing: Option<&ConnectionRow>) -> bool {
         if self.platform != PlatformKind::Bluesky {
             return false;
         }
@@ -270,7 +270,7 @@ impl Store {
 
     /// The connections with these ids, in one statement (the share feed reads a batch's
     /// connections at once).
-    pub async fn connections_by_ids(&self, ids: &[&str]) -> Result<Vec<ConnectionRow>> {
+    pub(crate) async fn connections_by_ids(&self, ids: &[&str]) -> Result<Vec<ConnectionRow>> {
         connections_in(&self.pool, ids).await
     }
 
@@ -437,7 +437,7 @@ impl Store {
 
     /// Records that the platform rate-limited this account until `until` (never shortening a
     /// longer wait already recorded).
-    pub async fn set_rate_limited(&self, id: &str, until: DateTime<Utc>) -> Result<()> {
+    pub(crate) async fn set_rate_limited(&self, id: &str, until: DateTime<Utc>) -> Result<()> {
         with_pool!(
             &self.pool,
             "UPDATE connections SET rate_limited_until = $2 WHERE id = $1 AND (rate_limited_until IS NULL OR rate_limited_until < $2)",

@@ -29,7 +29,7 @@ const RUN_COLUMNS: &str = "id, connection_id, relation, state, cursor, pages, se
 
 impl Store {
     /// The unfinished run of this connection and relation, if any.
-    pub async fn find_open_sync_run(
+    pub(crate) async fn find_open_sync_run(
         &self,
         connection_id: &str,
         relation: &str,
@@ -46,7 +46,7 @@ impl Store {
 
     /// The unfinished run of this connection and relation, or a new one. A run left by a crash or
     /// a rate limit resumes from its checkpoint.
-    pub async fn open_sync_run(
+    pub(crate) async fn open_sync_run(
         &self,
         connection_id: &str,
         relation: &str,
@@ -70,7 +70,7 @@ impl Store {
 
     /// Upserts one page and moves the checkpoint past it, in one transaction: a crash repeats at
     /// most this page. Returns how many accounts were new.
-    pub async fn record_sync_page(
+    pub(crate) async fn record_sync_page(
         &self,
         run: &SyncRun,
         accounts: &[FollowerAccount],
@@ -121,7 +121,11 @@ impl Store {
     }
 
     /// Ends a run: accounts not seen in it are lost (deleted and counted).
-    pub async fn finish_sync_run(&self, run: &SyncRun, now: DateTime<Utc>) -> Result<SyncRun> {
+    pub(crate) async fn finish_sync_run(
+        &self,
+        run: &SyncRun,
+        now: DateTime<Utc>,
+    ) -> Result<SyncRun> {
         let q = format!(
             "UPDATE follower_sync_runs SET state = 'finished', lost = $2, cursor = NULL, updated_at = $3, finished_at = $3 WHERE id = $1 RETURNING {RUN_COLUMNS}"
         );
@@ -146,7 +150,7 @@ impl Store {
     }
 
     /// Notes why a run paused (a rate limit, dead credentials); it resumes from its checkpoint.
-    pub async fn pause_sync_run(
+    pub(crate) async fn pause_sync_run(
         &self,
         run: &SyncRun,
         reason: &str,

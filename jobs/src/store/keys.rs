@@ -29,7 +29,7 @@ use crate::ids;
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// `last_used_at` is written at most this often per key and process, off the request's path.
-pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 /// Rows kept in memory at most (unknown key ids are remembered too, so a flood of made-up ids
 /// costs one read each per [`KEY_CACHE_TTL`]); past it, expired entries go first, then all.
@@ -122,7 +122,7 @@ impl Scopes {
     }
 
     /// What a key of this role could do before keys had scopes, and gets unless told otherwise.
-    pub fn default_for(role: ApiKeyRole) -> Self {
+    pub(crate) fn default_for(role: ApiKeyRole) -> Self {
         match role {
             ApiKeyRole::Tenant => Self::of(&[Scope::Read, Scope::Share, Scope::Connect]),
             ApiKeyRole::Operator => Self::of(&[Scope::Read, Scope::Admin]),
@@ -130,12 +130,13 @@ impl Scopes {
     }
 
     /// The scopes a key of this role may hold (the same as the defaults).
-    pub fn allowed_for(role: ApiKeyRole) -> Self {
+    pub(crate) fn allowed_for(role: ApiKeyRole) -> Self {
         Self::default_for(role)
     }
 
     /// Scopes separated by commas or spaces (`read,share`). The unknown word is the error.
-    pub fn parse_list(list: &str) -> Result<Self, String> {
+    #[cfg(test)]
+    pub(crate) fn parse_list(list: &str) -> Result<Self, String> {
         let mut out = Self::default();
         for word in list
             .split(|c: char| c == ',' || c.is_whitespace())
@@ -256,7 +257,7 @@ const KEY_COLUMNS: &str = "k.id, k.role, k.tenant_id, t.name AS tenant_name, k.s
 
 /// A key to create.
 #[derive(Debug, Clone)]
-pub struct NewApiKey {
+pub(crate) struct NewApiKey {
     pub role: ApiKeyRole,
     /// Required for a tenant key, absent for an operator key.
     pub tenant_id: Option<String>,
@@ -409,27 +410,12 @@ impl Store {
         ))
     }
 
-    /// Creates a key with its role's default scopes and no expiry, and returns it in full; this
-    /// is the only time the secret exists in clear.
-    pub async fn create_api_key(
-        &self,
-        role: ApiKeyRole,
-        tenant_id: Option<&str>,
-        label: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<String> {
-        let new = NewApiKey {
-            role,
-            tenant_id: tenant_id.map(str::to_owned),
-            label: label.map(str::to_owned),
-            scopes: Scopes::default_for(role),
-            expires_at: None,
-        };
-        Ok(self.create_key(&new, now).await?.key)
-    }
-
     /// Creates a key; the caller has checked the scopes against the role.
-    pub async fn create_key(&self, new: &NewApiKey, now: DateTime<Utc>) -> Result<CreatedKey> {
+    pub(crate) async fn create_key(
+        &self,
+        new: &NewApiKey,
+        now: DateTime<Utc>,
+    ) -> Result<CreatedKey> {
         let key_id = ids::new(ids::API_KEY);
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);

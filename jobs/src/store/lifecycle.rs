@@ -22,7 +22,7 @@ pub enum TokenWrite {
 impl Store {
     /// Takes the refresh lease on a connection if nobody holds a live one. Returns the token
     /// generation read under the lease.
-    pub async fn acquire_refresh_lock(
+    pub(crate) async fn acquire_refresh_lock(
         &self,
         id: &str,
         owner: &str,
@@ -45,7 +45,7 @@ impl Store {
         ))
     }
 
-    pub async fn release_refresh_lock(&self, id: &str, owner: &str) -> Result<()> {
+    pub(crate) async fn release_refresh_lock(&self, id: &str, owner: &str) -> Result<()> {
         with_pool!(
             &self.pool,
             "UPDATE connections SET refresh_lock_until = NULL, refresh_lock_owner = NULL WHERE id = $1 AND refresh_lock_owner = $2",
@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Records one refresh outcome (`succeeded`, `invalid_grant`, `transient`, `skipped`).
-    pub async fn record_refresh(
+    pub(crate) async fn record_refresh(
         &self,
         conn: &ConnectionRow,
         result: &str,
@@ -139,7 +139,7 @@ impl Store {
 
     /// Connections with at least `threshold` failed refreshes since `since`, by platform. Reads
     /// only the failures in the window (a partial index), not all connections.
-    pub async fn refresh_failing_counts(
+    pub(crate) async fn refresh_failing_counts(
         &self,
         since: DateTime<Utc>,
         threshold: i64,
@@ -159,7 +159,7 @@ impl Store {
     }
 
     /// Clears `needs_reauth` after a successful verify, if the tokens are still the ones verified.
-    pub async fn clear_needs_reauth(
+    pub(crate) async fn clear_needs_reauth(
         &self,
         id: &str,
         verified_generation: i64,
@@ -185,7 +185,7 @@ impl Store {
     /// Puts a connection's parked shares back in the queue in their original order; those past
     /// their lateness limit become `expired`. Returns the resumed rows (oldest first) and how many
     /// expired.
-    pub async fn resume_parked(
+    pub(crate) async fn resume_parked(
         &self,
         connection_id: &str,
         now: DateTime<Utc>,
@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// Live, unflagged connections of one platform, paged by id (the follower-sync sweep).
-    pub async fn connections_of_platform(
+    pub(crate) async fn connections_of_platform(
         &self,
         platform: &str,
         after_id: Option<&str>,
@@ -300,7 +300,7 @@ impl Store {
     }
 
     /// Claims one tick of a sweep for this process: true for exactly one caller per tick.
-    pub async fn claim_sweep_tick(
+    pub(crate) async fn claim_sweep_tick(
         &self,
         sweep: &str,
         tick: &str,

@@ -20,26 +20,27 @@ mod replay;
 mod share_queue;
 mod shares;
 
-pub use app_limits::{Admission, AppKey, AppLimitRow};
+pub use app_limits::{AppKey, AppLimitRow};
 pub use app_passwords::APP_PASSWORD_ERASED;
-pub use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub use connections::{
-    AUTH_APP_PASSWORD, ConnectionCount, ConnectionFilter, ConnectionRow, NewConnection,
-    StoredTokens,
+    ConnectionCount, ConnectionFilter, ConnectionRow, NewConnection, StoredTokens,
 };
 pub use followers::SyncRun;
-pub use keys::{
-    ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, LAST_USED_EVERY, NewApiKey, Scope,
-    Scopes,
-};
+pub use keys::{ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, Scope, Scopes};
 pub use lifecycle::{DueFor, TokenWrite};
 pub use media::{NewBlob, NewShareMedia, ShareMediaRow};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, Replayer, RunRow};
 pub use shares::{
-    AttemptRow, Cancel, Claim, CreateOutcome, CreateShares, Deferral, Edit, Finished, NewShare,
-    ShareDepth, ShareEdit, ShareFilter, ShareRow, ShareState, ShareUpdate,
+    AttemptRow, Cancel, CreateOutcome, CreateShares, Edit, Finished, NewShare, ShareEdit,
+    ShareFilter, ShareRow, ShareState,
 };
+
+// The store's own vocabulary for the handlers and connect flows of this crate.
+pub(crate) use app_limits::Admission;
+pub(crate) use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
+pub(crate) use keys::NewApiKey;
+pub(crate) use shares::{Claim, Deferral, ShareUpdate};
 
 use std::{str::FromStr, time::Duration};
 
@@ -123,10 +124,10 @@ pub(crate) fn sqlite_sql(text: &str) -> String {
 }
 
 /// How long a query waits for a Postgres connection before the store counts as unavailable.
-pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long the API trusts a connection it read for validating a share (see `recent.rs`).
-pub const RECENT_CONNECTION_TTL: Duration = Duration::from_secs(5);
+pub(crate) const RECENT_CONNECTION_TTL: Duration = Duration::from_secs(5);
 
 /// Grouped writes of one kind that may run at once on Postgres (`group_commit.rs`).
 const GROUP_COMMIT_LANES_PG: usize = 4;

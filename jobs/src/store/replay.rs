@@ -95,7 +95,7 @@ impl Store {
     /// Puts a finished share back in the queue with a fresh attempt budget, linked to its history
     /// by a replay record (`by_key`: the API key that asked). `force` (a reason) is required for
     /// `outcome_unknown`, which may already be posted; the reason is stored.
-    pub async fn replay_share(
+    pub(crate) async fn replay_share(
         &self,
         id: &str,
         by: Replayer<'_>,

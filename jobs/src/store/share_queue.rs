@@ -76,7 +76,7 @@ impl Store {
     /// `running` under a lease until `lease_until`, with its attempt counted, exactly as
     /// [`Store::claim_share`] does for one. A share resumed after a reconnect is skipped while
     /// the one parked before it has not finished.
-    pub async fn claim_due_shares(
+    pub(crate) async fn claim_due_shares(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
@@ -97,7 +97,7 @@ impl Store {
 
     /// Claims up to `limit` shares whose worker's lease lapsed (the worker died mid-attempt).
     /// Each gets a new lease and a new attempt; the caller treats them as recovered.
-    pub async fn claim_lapsed_shares(
+    pub(crate) async fn claim_lapsed_shares(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
@@ -153,7 +153,7 @@ impl Store {
 
     /// The earliest `run_at` after `now` of a queued share: when the next claim can find work
     /// without being woken.
-    pub async fn next_share_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    pub(crate) async fn next_share_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
         let q = next_due_sql(&self.pool);
         Ok(super::with_pool!(&self.pool, &q, |p, sql| {
             sqlx::query_scalar(sql).bind(now).fetch_optional(p).await?
@@ -162,7 +162,7 @@ impl Store {
 
     /// A claimed share that turned out to be past its lateness limit: `expired`, with the
     /// attempt the claim counted given back (nothing was tried).
-    pub async fn expire_claimed(
+    pub(crate) async fn expire_claimed(
         &self,
         id: &str,
         attempt: i32,

@@ -113,7 +113,7 @@ pub struct ShareRow {
 
 impl ShareRow {
     /// Attempts made since the share was created or last replayed.
-    pub fn attempts_in_budget(&self) -> u32 {
+    pub(crate) fn attempts_in_budget(&self) -> u32 {
         (self.attempts - self.budget_from).max(0) as u32
     }
 
@@ -242,7 +242,7 @@ pub enum Edit {
 
 /// What a worker may do with a share it was handed.
 #[derive(Debug)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// This worker holds the lease. `recovered` says a previous attempt's worker vanished
     /// mid-call, so that attempt may have reached the platform.
     Run {
@@ -256,13 +256,13 @@ pub enum Claim {
     /// Another worker holds a live lease, or won the race for it.
     Busy,
     /// Nothing to do: a final state, parked, cancelled, or expired just now.
-    Settled(ShareRow),
+    Settled,
     Gone,
 }
 
 /// How an attempt ended.
 #[derive(Debug, Clone)]
-pub enum ShareUpdate {
+pub(crate) enum ShareUpdate {
     Succeeded {
         post_id: String,
         post_url: Option<String>,
@@ -295,7 +295,7 @@ pub enum ShareUpdate {
 
 /// Whose rate limit holds a share back without a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deferral {
+pub(crate) enum Deferral {
     /// The account's own limit.
     Account,
     /// The platform app's limit, which every tenant shares.
@@ -318,7 +318,7 @@ impl Deferral {
     }
 
     /// Whether this is a platform's rate limit (counted in `herald_rate_limit_deferrals_total`).
-    pub fn is_rate_limit(self) -> bool {
+    pub(crate) fn is_rate_limit(self) -> bool {
         !matches!(self, Self::Refresh)
     }
 
@@ -384,7 +384,7 @@ pub enum Cancel {
 
 /// Share counts for the queue-depth gauges.
 #[derive(Debug, Clone, Default)]
-pub struct ShareDepth {
+pub(crate) struct ShareDepth {
     pub ready: i64,
     pub scheduled: i64,
     pub running: i64,
@@ -467,7 +467,7 @@ impl Store {
     }
 
     /// Takes the lease on a share for one attempt, if it is this worker's to run.
-    pub async fn claim_share(
+    pub(crate) async fn claim_share(
         &self,
         id: &str,
         now: DateTime<Utc>,
@@ -504,7 +504,7 @@ impl Store {
                 return Ok(Claim::Busy);
             }
             ShareState::Running => true,
-            _ => return Ok(Claim::Settled(share)),
+            _ => return Ok(Claim::Settled),
         };
         // A resumed share waits for the one parked before it (see `after_share_id`); the worker
         // that finishes that one delivers this one next.
@@ -548,13 +548,13 @@ impl Store {
                 .fetch_optional(p)
                 .await?
         });
-        Ok(row.map_or(Claim::Busy, Claim::Settled))
+        Ok(row.map_or(Claim::Busy, |_| Claim::Settled))
     }
 
     /// Records how attempt `attempt` ended, if this worker still holds the share. Returns the new
     /// row, or `None` when another worker took the share over (this outcome is then dropped).
     /// Outcomes that workers record at the same moment share one transaction (`group_commit.rs`).
-    pub async fn finish_attempt(
+    pub(crate) async fn finish_attempt(
         &self,
         id: &str,
         attempt: i32,
@@ -574,7 +574,7 @@ impl Store {
 
     /// Stores the checkpoint of attempt `attempt` if this worker still holds the share. `false`
     /// means another worker took it over: the step the checkpoint protects must not run.
-    pub async fn save_checkpoint(
+    pub(crate) async fn save_checkpoint(
         &self,
         id: &str,
         attempt: i32,
@@ -668,7 +668,7 @@ impl Store {
 
     /// Shares whose delivery may have been lost: due for longer than the grace period, or running
     /// under a lease that lapsed. The reconciler pushes them again under their delivery key.
-    pub async fn shares_needing_delivery(
+    pub(crate) async fn shares_needing_delivery(
         &self,
         now: DateTime<Utc>,
         due_before: DateTime<Utc>,
@@ -689,7 +689,7 @@ impl Store {
     }
 
     /// Counts for the queue gauges, from the partial index on active shares.
-    pub async fn share_depth(&self, now: DateTime<Utc>) -> Result<ShareDepth> {
+    pub(crate) async fn share_depth(&self, now: DateTime<Utc>) -> Result<ShareDepth> {
         let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = with_pool!(
             &self.pool,
             "SELECT state, SUM(CASE WHEN run_at <= $1 THEN 1 ELSE 0 END), COUNT(*), MIN(CASE WHEN run_at <= $1 THEN run_at END) FROM shares WHERE state IN ('queued', 'running') GROUP BY state",

@@ -38,6 +38,18 @@ fn fail(code: &'static str, message: impl Into<String>) -> ResolveError {
     }
 }
 
+/// Who a sign-in is for, as far as it is known before the user signs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInTarget {
+    pub did: Option<String>,
+    pub handle: Option<String>,
+    pub pds: Option<String>,
+    /// The authorization server (an origin).
+    pub issuer: String,
+    /// What the user typed, handed to the authorization server as `login_hint`.
+    pub hint: Option<String>,
+}
+
 /// Where identities are looked up.
 #[derive(Debug, Clone)]
 pub struct Directory {
@@ -291,6 +303,64 @@ impl Directory {
             ));
         }
         Ok(issuer.trim_end_matches('/').to_owned())
+    }
+
+    /// Who a sign-in is for, from a handle or DID as the user typed it: the DID, the PDS and its
+    /// authorization server. The DID document must list a typed handle (`alsoKnownAs`), so a
+    /// resolver answering with another DID is caught.
+    pub async fn sign_in_target(&self, typed: &str) -> Result<SignInTarget, ResolveError> {
+        let typed = typed.trim().trim_start_matches('@').to_ascii_lowercase();
+        if typed.is_empty() || typed.len() > 253 {
+            return Err(fail(
+                "invalid_handle",
+                "`handle` must be a Bluesky handle or a DID",
+            ));
+        }
+        let (did, handle) = if typed.starts_with("did:") {
+            if !is_valid_did(&typed) {
+                return Err(fail("invalid_did", format!("`{typed}` is not a valid DID")));
+            }
+            (typed.clone(), None)
+        } else {
+            (self.resolve_handle(&typed).await?, Some(typed.clone()))
+        };
+        let doc = self.did_document(&did).await?;
+        if let Some(h) = &handle
+            && !doc.lists_handle(h)
+        {
+            return Err(fail(
+                "handle_mismatch",
+                format!("`{h}` resolved to {did}, whose DID document does not list that handle"),
+            ));
+        }
+        let pds = doc
+            .pds()
+            .ok_or_else(|| fail("no_pds", format!("the DID document of {did} names no PDS")))?;
+        let issuer = self.auth_server_of(&pds).await?;
+        Ok(SignInTarget {
+            handle: handle.or_else(|| doc.handle()),
+            did: Some(did),
+            pds: Some(pds),
+            issuer,
+            hint: Some(typed),
+        })
+    }
+
+    /// Who a sign-in is for, from a PDS or entryway URL (checked by the caller): nobody yet, at
+    /// the authorization server the PDS names, or the entryway itself.
+    pub async fn sign_in_target_at(&self, server: &Url) -> SignInTarget {
+        let origin = server.origin().ascii_serialization();
+        let issuer = match self.auth_server_of(&origin).await {
+            Ok(issuer) => issuer,
+            Err(_) => origin,
+        };
+        SignInTarget {
+            did: None,
+            handle: None,
+            pds: None,
+            issuer,
+            hint: None,
+        }
     }
 
     /// The authorization server's metadata, refused unless it offers what Herald needs.

@@ -9,7 +9,7 @@ use redis::{Value, aio::MultiplexedConnection};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use super::{Shared, reconnect_backoff};
+use crate::consumer::{Shared, reconnect_backoff};
 use crate::{
     ack::{AckMsg, Delivery, Outcome, Settlement},
     error::is_transient,

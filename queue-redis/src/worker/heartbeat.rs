@@ -2,7 +2,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Shared, reclaim_call};
+use super::reclaim_call;
+use crate::consumer::Shared;
 use crate::error::is_transient;
 
 /// Renews this worker's lease and takes back the jobs of workers whose lease lapsed,
