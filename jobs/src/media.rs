@@ -134,7 +134,7 @@ pub fn to_store(items: &[MediaItem], fetched: &[Fetched]) -> (Vec<NewShareMedia>
 
 /// A share's images as the platform client takes them, or the reason they cannot be posted (a
 /// blob removed after the share finished once: a later retry cannot post what it no longer has).
-pub fn images(
+pub(crate) fn images(
     ctx: &Ctx,
     rows: Vec<ShareMediaRow>,
     now: DateTime<Utc>,

@@ -27,7 +27,7 @@ pub struct NewShareMedia {
 /// One image of a share as stored; `bytes` is `None` once its blob was removed (the share
 /// finished before).
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ShareMediaRow {
+pub(crate) struct ShareMediaRow {
     pub position: i32,
     pub sha256: String,
     pub alt: Option<String>,
@@ -50,7 +50,7 @@ pub(super) const INSERT_SHARE_MEDIA: &str = "INSERT INTO share_media (share_id, 
 
 impl Store {
     /// A share's images, in order, with their bytes while the blob is kept.
-    pub async fn share_media(&self, share_id: &str) -> Result<Vec<ShareMediaRow>> {
+    pub(crate) async fn share_media(&self, share_id: &str) -> Result<Vec<ShareMediaRow>> {
         Ok(with_pool!(
             &self.pool,
             "SELECT m.position, m.sha256, m.alt, m.source_url, b.content_type, b.bytes, b.width, b.height \

@@ -28,7 +28,7 @@ pub use connections::{
 pub use followers::SyncRun;
 pub use keys::{ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, Scope, Scopes};
 pub use lifecycle::{DueFor, TokenWrite};
-pub use media::{NewBlob, NewShareMedia, ShareMediaRow};
+pub use media::{NewBlob, NewShareMedia};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, Replayer, RunRow};
 pub use shares::{
@@ -40,6 +40,7 @@ pub use shares::{
 pub(crate) use app_limits::Admission;
 pub(crate) use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub(crate) use keys::NewApiKey;
+pub(crate) use media::ShareMediaRow;
 pub(crate) use shares::{Claim, Deferral, ShareUpdate};
 
 use std::{str::FromStr, time::Duration};
