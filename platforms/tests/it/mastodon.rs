@@ -142,3 +142,12 @@ async fn the_instances_refusals_of_an_upload_are_classified() {
         }
     }
 }
+
+#[test]
+fn the_solid_test_png_is_a_whole_valid_png() {
+    let png = herald_platforms::testing::solid_png(3, 2, [1, 2, 3]);
+    assert_eq!(
+        herald_platforms::media::inspect(&png).unwrap(),
+        (herald_platforms::media::ImageType::Png, 3, 2)
+    );
+}
