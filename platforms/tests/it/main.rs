@@ -7,6 +7,7 @@ mod facebook;
 mod instagram;
 mod linkedin;
 mod mastodon;
+mod media;
 mod meta_images;
 mod threads;
 mod x;
