@@ -73,6 +73,10 @@ async fn images_reach_mastodon_as_captured_with_alt_text_in_order_even_after_the
     assert_eq!(uploads[0].description.as_deref(), Some("A kite"));
     assert_eq!(uploads[1].bytes, b);
     assert_eq!(uploads[1].description, None);
+    assert_eq!(
+        done["media"],
+        json!([{ "url": url_a, "alt": "A kite" }, { "url": url_b, "alt": null }])
+    );
     let status = &app.mastodon.statuses()[0];
     assert_eq!(
         status["media_attachments"],

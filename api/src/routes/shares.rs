@@ -131,6 +131,17 @@ pub struct ShareView {
     /// Each attempt, oldest first (only on `GET /v1/shares/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt_history: Option<Vec<AttemptView>>,
+    /// Its images as requested, in order, each captured when the share was accepted (only on
+    /// `GET /v1/shares/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<Vec<MediaView>>,
+}
+
+/// One image of a share: where it was fetched from, and its alt text.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MediaView {
+    pub url: String,
+    pub alt: Option<String>,
 }
 
 impl ShareView {
@@ -161,6 +172,7 @@ impl ShareView {
             updated_at: r.updated_at,
             finished_at: r.finished_at,
             attempt_history: None,
+            media: None,
         })
     }
 }
@@ -426,8 +438,19 @@ pub async fn get(
         .await?
         .ok_or_else(|| ApiError::not_found("share"))?;
     let attempts = state.ctx.store.share_attempts(&row.id).await?;
+    let media = if row.media_count > 0 {
+        state.ctx.store.share_media_list(&row.id).await?
+    } else {
+        Vec::new()
+    };
     let mut view = ShareView::from_row(row)?;
     view.attempt_history = Some(attempts.into_iter().map(AttemptView::from).collect());
+    view.media = Some(
+        media
+            .into_iter()
+            .map(|(url, alt)| MediaView { url, alt })
+            .collect(),
+    );
     Ok(ApiJson(view))
 }
 

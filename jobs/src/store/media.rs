@@ -60,6 +60,15 @@ impl Store {
         ))
     }
 
+    /// A share's images as requested, in order: (source URL, alt text).
+    pub async fn share_media_list(&self, share_id: &str) -> Result<Vec<(String, Option<String>)>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT source_url, alt FROM share_media WHERE share_id = $1 ORDER BY position",
+            |p, sql| sqlx::query_as(sql).bind(share_id).fetch_all(p).await?
+        ))
+    }
+
     /// One blob's type and bytes (the signed media URLs serve them).
     pub async fn media_blob(&self, sha256: &str) -> Result<Option<(String, Vec<u8>)>> {
         Ok(with_pool!(
