@@ -26,6 +26,7 @@ on_every_backend!(
     blobs_are_shared_and_removed_once_no_unfinished_share_needs_them,
     images_reach_bluesky_with_alt_text_and_each_target_applies_its_own_limits,
     a_retry_after_a_refused_status_reuses_the_uploaded_media,
+    a_failed_share_retried_after_its_images_were_removed_says_so,
 );
 
 async fn share_with(app: &TestApp, body: Value) -> (StatusCode, Value) {
@@ -390,5 +391,50 @@ async fn a_retry_after_a_refused_status_reuses_the_uploaded_media(engine: Engine
         uploads
             .iter()
             .all(|u| u.status_id.as_deref() == done["post"]["id"].as_str())
+    );
+}
+
+/// Blobs stay while a share may still post; a failed share is finished, and once its images are
+/// removed a tenant's retry fails saying why rather than posting without them.
+async fn a_failed_share_retried_after_its_images_were_removed_says_so(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let conn = app.mastodon_connection().await;
+    app.mastodon
+        .script([Reply::Unprocessable("Validation failed: Text is too long")]);
+    let host = ImageHost::start().await;
+    let (status, body) = share_with(
+        &app,
+        json!({
+            "url": "https://blog.example/p",
+            "media": [{ "url": host.put("a.png", "image/png", png(10, 10, 7)), "alt": "one" }],
+            "connection_ids": [conn],
+        }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["shares"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.settled(&id).await["state"], "failed");
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    assert_eq!(app.parts.ctx.store.prune_media(later).await.unwrap(), 1);
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/shares/{id}/retry"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = app
+        .share_until(&id, std::time::Duration::from_secs(20), |s| {
+            s["state"] == "failed" && s["attempts"] == 2
+        })
+        .await;
+    let message = done["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no longer stored"), "{done}");
+    assert_eq!(
+        app.mastodon.statuses().len(),
+        0,
+        "nothing posted without its image"
     );
 }
