@@ -31,6 +31,12 @@ pub const ROUTE_SCOPES: &[(&str, &str, Scope)] = &[
     ("GET", "/v1/connections/{id}", Scope::Read),
     ("POST", "/v1/connections", Scope::Connect),
     ("DELETE", "/v1/connections/{id}", Scope::Connect),
+    // Asking for a refresh or a sync manages the account's credentials and calls the platform
+    // on the user's behalf: a connection's business, not posting and not a read.
+    ("POST", "/v1/connections/{id}/refresh", Scope::Connect),
+    ("POST", "/v1/connections/{id}/sync", Scope::Connect),
+    ("GET", "/v1/connections/{id}/followers", Scope::Read),
+    ("GET", "/v1/connections/{id}/follower-changes", Scope::Read),
     ("POST", "/v1/connect/{platform}", Scope::Connect),
     ("GET", "/v1/platforms", Scope::Read),
     // Operator keys.

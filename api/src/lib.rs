@@ -32,8 +32,8 @@ pub struct ApiState {
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     use routes::{
-        connect, connections, health, jobs, keys, media, metrics, oauth_client, ops, platforms,
-        shares,
+        connect, connection_runs, connections, followers, health, jobs, keys, media, metrics,
+        oauth_client, ops, platforms, shares,
     };
     Router::new()
         .route("/v1/shares", get(shares::list).post(shares::create))
@@ -49,6 +49,19 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/connections/{id}",
             get(connections::get).delete(connections::remove),
+        )
+        .route(
+            "/v1/connections/{id}/refresh",
+            axum::routing::post(connection_runs::refresh),
+        )
+        .route(
+            "/v1/connections/{id}/sync",
+            axum::routing::post(connection_runs::sync),
+        )
+        .route("/v1/connections/{id}/followers", get(followers::list))
+        .route(
+            "/v1/connections/{id}/follower-changes",
+            get(followers::changes),
         )
         .route(
             "/v1/connect/{platform}",

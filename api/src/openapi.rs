@@ -7,7 +7,8 @@ use utoipa::{
 };
 
 use crate::routes::{
-    connect, connections, health, jobs, keys, media, oauth_client, ops, platforms, shares,
+    connect, connection_runs, connections, followers, health, jobs, keys, media, oauth_client, ops,
+    platforms, shares,
 };
 
 #[derive(OpenApi)]
@@ -16,6 +17,7 @@ use crate::routes::{
     paths(
         shares::create, shares::get, shares::list, shares::cancel, shares::edit, shares::retry,
         connections::create, connections::get, connections::list, connections::remove,
+        connection_runs::refresh, connection_runs::sync, followers::list, followers::changes,
         connect::start, connect::callback,
         oauth_client::client_metadata, oauth_client::jwks,
         jobs::list, jobs::get, jobs::replay_one, jobs::replay_bulk,

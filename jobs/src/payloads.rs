@@ -55,6 +55,11 @@ pub struct RefreshV1 {
     /// Which try this is after transient failures (0 for the first).
     #[serde(default)]
     pub retry: u32,
+    /// The queued run (`rfr_…`) this job executes and settles; a job whose run is already
+    /// settled has nothing to do. Absent on a reconnect check and on jobs from before runs were
+    /// queued (optional, so both wire forms read the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 /// Sync one connection's followers and follows.
@@ -68,6 +73,10 @@ pub struct FollowerSyncV1 {
     /// Which try this is after transient failures (0 for the first).
     #[serde(default)]
     pub retry: u32,
+    /// The queued sync (its first run, `fsr_…`) this job executes; a job whose sync already
+    /// finished has nothing to do. Absent on resumes, which continue whatever is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl Job for ShareV1 {
@@ -105,11 +114,13 @@ mod tests {
         let refresh = RefreshV1 {
             connection_id: "con_1".into(),
             retry: 0,
+            run: Some("rfr_1".into()),
         };
         let sync = FollowerSyncV1 {
             connection_id: "con_1".into(),
             resume: false,
             retry: 0,
+            run: None,
         };
         assert_eq!(version_of(&share), ShareV1::VERSION);
         assert_eq!(version_of(&refresh), RefreshV1::VERSION);
@@ -129,5 +140,22 @@ mod tests {
         assert_eq!(json, r#"{"v":"1","share_id":"shr_1"}"#);
         let back: ShareV1 = serde_json::from_str(&json).unwrap();
         assert_eq!(back.share_id, "shr_1");
+    }
+
+    #[test]
+    fn a_refresh_pushed_before_runs_were_queued_still_reads() {
+        let old: RefreshV1 =
+            serde_json::from_str(r#"{"v":"1","connection_id":"con_1","retry":2}"#).unwrap();
+        assert_eq!(old.run, None);
+        let json = serde_json::to_string(&RefreshV1 {
+            connection_id: "con_1".into(),
+            retry: 0,
+            run: Some("rfr_1".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"v":"1","connection_id":"con_1","retry":0,"run":"rfr_1"}"#
+        );
     }
 }

@@ -83,6 +83,7 @@ impl Instagram {
 struct IgUser {
     id: String,
     username: Option<String>,
+    name: Option<String>,
     followers_count: Option<u64>,
 }
 
@@ -216,10 +217,16 @@ impl Platform for Instagram {
         let id = Self::user_id(account)?;
         let u: IgUser = self
             .graph
-            .fields("verify", id, "id,username,followers_count", token(creds)?)
+            .fields(
+                "verify",
+                id,
+                "id,username,name,followers_count",
+                token(creds)?,
+            )
             .await?;
         Ok(Profile {
             handle: u.username.unwrap_or_else(|| u.id.clone()),
+            display_name: crate::types::display_name(u.name),
             platform_account_id: u.id,
             followers_count: u.followers_count,
         })

@@ -111,6 +111,7 @@ fn link_count(text: &str, attachment: &str) -> usize {
 struct Me {
     id: String,
     username: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -220,11 +221,12 @@ impl Platform for Threads {
     ) -> Result<Profile, PlatformError> {
         let me: Me = self
             .graph
-            .fields("verify", "me", "id,username", token(creds)?)
+            .fields("verify", "me", "id,username,name", token(creds)?)
             .await?;
         // The follower count is an insight (`threads_manage_insights`), not a profile field.
         Ok(Profile {
             handle: me.username.unwrap_or_else(|| me.id.clone()),
+            display_name: crate::types::display_name(me.name),
             platform_account_id: me.id,
             followers_count: None,
         })

@@ -149,7 +149,14 @@ pub struct AppBudget {
 pub struct Profile {
     pub platform_account_id: String,
     pub handle: String,
+    /// What the platform shows as the account's name, where it gives one (never empty).
+    pub display_name: Option<String>,
     pub followers_count: Option<u64>,
+}
+
+/// A name the platform gave, or `None` for a missing or blank one.
+pub fn display_name(name: Option<String>) -> Option<String> {
+    name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty())
 }
 
 /// A fresh token set from a refresh or a long-lived token exchange.

@@ -64,6 +64,7 @@ async fn stored(app: &TestApp, tenant: &str, did: &str, auth: &str, pds: &str) -
         } else {
             "other.test".into()
         },
+        display_name: None,
         extras,
         scopes: Vec::new(),
         tokens: StoredTokens {

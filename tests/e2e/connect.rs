@@ -521,6 +521,7 @@ async fn racing_refreshes_spend_a_rotating_refresh_token_once(engine: crate::sup
     let job = RefreshV1 {
         connection_id: id.clone(),
         retry: 0,
+        run: None,
     };
     let (a, b) = tokio::join!(refresh::run(ctx, &job), refresh::run(ctx, &job));
     a.unwrap();

@@ -124,6 +124,7 @@ async fn sync(app: &TestApp, conn: &str, key: &str) {
         connection_id: conn.to_owned(),
         resume: false,
         retry: 0,
+        run: None,
     };
     app.enqueue(&job, key).await;
 }

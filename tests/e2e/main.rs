@@ -13,6 +13,7 @@ mod connect;
 mod contract;
 mod dashboards;
 mod delivery;
+mod followers;
 mod keys;
 mod lifecycle;
 mod media;

@@ -98,6 +98,7 @@ async fn workload(app: &TestApp, x: &FakeX) {
         connection_id: other.clone(),
         resume: false,
         retry: 0,
+        run: None,
     };
     app.enqueue(&sync, "obs-sync").await;
 

@@ -72,6 +72,7 @@ async fn three_refresh_failures_in_a_day_are_found_through_the_runbooks_route(en
     let job = RefreshV1 {
         connection_id: id.clone(),
         retry: 0,
+        run: None,
     };
     app.enqueue(&job, &format!("refresh:{id}:test")).await;
     let found = eventually(Duration::from_secs(30), || async {

@@ -33,6 +33,10 @@ pub struct CreateConnectionRequest {
     pub platform_account_id: String,
     #[schema(min_length = 1, pattern = "\\S", max_length = 255)]
     pub handle: String,
+    /// The account's name as the platform shows it, if the app knows it (shown as
+    /// `display_name`; absent or blank keeps the one stored).
+    #[schema(max_length = 255)]
+    pub display_name: Option<String>,
     #[schema(min_length = 1, pattern = "\\S", max_length = 16384)]
     pub access_token: String,
     #[schema(max_length = 16384)]
@@ -55,6 +59,10 @@ pub struct ConnectionView {
     pub platform: String,
     pub platform_account_id: String,
     pub handle: String,
+    /// What the platform calls the account (a person's or page's name), where it gives one:
+    /// taken from the platform when the account is connected through `/v1/connect`, or from
+    /// the import. Absent where neither gave one.
+    pub display_name: Option<String>,
     #[schema(value_type = Object)]
     pub extras: serde_json::Value,
     pub scopes: Vec<String>,
@@ -95,6 +103,7 @@ impl ConnectionView {
             platform: r.platform,
             platform_account_id: r.platform_account_id,
             handle: r.handle,
+            display_name: r.display_name,
             token_expires_at: r.token_expires_at,
             needs_reauth: r.needs_reauth,
             needs_reauth_since: r.needs_reauth_since,
@@ -153,6 +162,24 @@ pub async fn create(
     })?;
     let platform_account_id = required("platform_account_id", &req.platform_account_id, MAX_ID)?;
     let handle = required("handle", &req.handle, MAX_ID)?;
+    // The limit counts what was sent, as the document's `maxLength` does.
+    if req
+        .display_name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_ID)
+    {
+        return Err(ApiError::invalid(
+            "display_name",
+            "field_too_long",
+            format!("`display_name` is longer than {MAX_ID} characters"),
+        ));
+    }
+    let display_name = req
+        .display_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
     let access_token = required("access_token", &req.access_token, MAX_TOKEN)?;
     let refresh_token = match req
         .refresh_token
@@ -207,6 +234,7 @@ pub async fn create(
         platform,
         platform_account_id,
         handle,
+        display_name,
         extras,
         scopes: req
             .scopes

@@ -62,8 +62,15 @@ pub enum JobState {
     Finished,
 }
 
-const REFRESH_RESULTS: [&str; 4] = ["succeeded", "invalid_grant", "transient", "skipped"];
-const SYNC_STATES: [&str; 2] = ["running", "finished"];
+const REFRESH_RESULTS: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "invalid_grant",
+    "transient",
+    "skipped",
+];
+const SYNC_STATES: [&str; 4] = ["queued", "running", "finished", "skipped"];
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplayView {
@@ -97,6 +104,27 @@ pub struct JobView {
     pub replays: Option<Vec<ReplayView>>,
 }
 
+/// One job as `GET /v1/jobs/{id}` answers: a share, or a refresh or follower-sync run (`rfr_…`,
+/// `fsr_…`).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)] // Documentation only: the handler answers one or the other.
+pub enum AnyJob {
+    Share(JobView),
+    Run(RunView),
+}
+
+/// `GET /v1/jobs`: shares (`queue=share`, the default) or runs (`queue=refresh`,
+/// `queue=follower_sync`). One list whose items are either, rather than either list: an empty
+/// page would be both.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documentation only: the handler answers a `JobList` or a `RunList`.
+pub struct AnyJobList {
+    jobs: Vec<AnyJob>,
+    /// Pass as `before` for the next page.
+    next_before: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
@@ -110,8 +138,9 @@ pub struct JobQuery {
     /// `share` (the default; refresh and follower-sync runs are listed per connection).
     #[param(value_type = Option<JobQueueName>)]
     pub queue: Option<String>,
-    /// A share's state on the `share` queue; a run's result on `refresh` (`succeeded`,
-    /// `invalid_grant`, `transient`, `skipped`) and `follower_sync` (`running`, `finished`).
+    /// A share's state on the `share` queue; a run's state on `refresh` (`queued`, `running`,
+    /// `succeeded`, `invalid_grant`, `transient`, `skipped`) and `follower_sync` (`queued`,
+    /// `running`, `finished`, `skipped`).
     #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     #[param(value_type = Option<herald_platforms::PlatformKind>)]
@@ -199,7 +228,7 @@ fn view(row: herald_jobs::store::ShareRow) -> ApiResult<JobView> {
 
 /// Jobs across tenants, newest change first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "operators", params(JobQuery),
-    responses((status = 200, body = JobList), (status = 403, description = "Not an operator key", body = crate::error::ErrorBody)),
+    responses((status = 200, body = AnyJobList), (status = 403, description = "Not an operator key", body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
@@ -273,7 +302,7 @@ pub async fn list(
 
 /// One job with its attempts and replays.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "operators", params(("id" = String, Path)),
-    responses((status = 200, body = JobView), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = AnyJob), (status = 404, body = crate::error::ErrorBody)),
     security(("api_key" = [])))]
 pub async fn get(
     State(state): State<ApiState>,
@@ -485,6 +514,7 @@ async fn replay_run(state: &ApiState, id: &str) -> ApiResult<(StatusCode, ApiJso
         let job = RefreshV1 {
             connection_id: run.connection_id.clone(),
             retry: 0,
+            run: None,
         };
         queue
             .enqueue(&job, now, &replay_key::<RefreshV1>(&run.connection_id, now))
@@ -494,6 +524,7 @@ async fn replay_run(state: &ApiState, id: &str) -> ApiResult<(StatusCode, ApiJso
             connection_id: run.connection_id.clone(),
             resume: false,
             retry: 0,
+            run: None,
         };
         queue
             .enqueue(

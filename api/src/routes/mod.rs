@@ -1,5 +1,7 @@
 pub mod connect;
+pub mod connection_runs;
 pub mod connections;
+pub mod followers;
 pub mod health;
 pub mod jobs;
 pub mod keys;

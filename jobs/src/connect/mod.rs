@@ -510,6 +510,7 @@ async fn store(
         platform,
         platform_account_id: profile.platform_account_id,
         handle: profile.handle,
+        display_name: profile.display_name,
         extras: account.extras,
         scopes: scopes.to_vec(),
         tokens: StoredTokens {

@@ -1,21 +1,86 @@
 //! One follower sync: both relations of a connection, page by page from the run's checkpoint.
 //! Memory is one page; a crash repeats at most one page; a rate limit or an outage pauses the run
-//! and the job comes back later to resume it.
+//! and the job comes back later to resume it. A sync is queued as a run per relation before its
+//! job is pushed (`queue_sync`), and the job names the first, so a sync already done is not run
+//! again by a second delivery of its job.
 
 use anyhow::Context as _;
 use chrono::Utc;
 use herald_platforms::{PlatformError, Relation};
 use tracing::{info, warn};
 
-use crate::{Ctx, metrics as m, payloads::FollowerSyncV1};
+use crate::{
+    Ctx, metrics as m,
+    payloads::FollowerSyncV1,
+    store::{QueuedRun, SyncRunState},
+};
 
 const QUEUE: &str = "follower_sync";
+
+/// The relations a sync walks, in order, by their stored names.
+const RELATIONS: [(Relation, &str); 2] = [
+    (Relation::Followers, "followers"),
+    (Relation::Follows, "follows"),
+];
+
+/// The push key of a queued sync: one job per sync.
+pub fn run_key(run: &str) -> String {
+    format!("follower_sync:run:{run}")
+}
+
+/// Queues a follower sync of a connection due at `due`, or finds the one already queued or
+/// running (paused included), and pushes the job of a new one. `key_if_found` pushes a job for a
+/// sync found open too, under that key (the sweep's: a paused or lost sync goes on); `None`
+/// pushes nothing for it (the API: a second request queues nothing).
+pub async fn queue_sync(
+    ctx: &Ctx,
+    connection_id: &str,
+    due: chrono::DateTime<Utc>,
+    key_if_found: Option<&str>,
+) -> anyhow::Result<QueuedRun> {
+    let relations = RELATIONS.map(|(_, name)| name);
+    let queued = ctx
+        .store
+        .queue_sync_runs(connection_id, &relations, due)
+        .await?;
+    let key = if queued.created {
+        run_key(&queued.id)
+    } else if let Some(key) = key_if_found {
+        key.to_owned()
+    } else {
+        return Ok(queued);
+    };
+    let job = FollowerSyncV1 {
+        connection_id: connection_id.to_owned(),
+        resume: false,
+        retry: 0,
+        run: Some(queued.id.clone()),
+    };
+    if let Err(e) = ctx.queue.enqueue(&job, due, &key).await {
+        if queued.created {
+            // Nothing will run it: end it so the next request queues one again.
+            ctx.store
+                .skip_open_sync_runs(connection_id, "the job could not be queued", Utc::now())
+                .await?;
+        }
+        return Err(e.into());
+    }
+    Ok(queued)
+}
 
 pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
     let Some(conn) = ctx.store.connection(&job.connection_id).await? else {
         return Ok(());
     };
+    if let Some(id) = &job.run
+        && ctx.store.sync_run_state(id).await? == SyncRunState::Done
+    {
+        return Ok(()); // an earlier delivery of this job ran its sync
+    }
     if conn.revoked_at.is_some() {
+        ctx.store
+            .skip_open_sync_runs(&conn.id, "the connection was removed", Utc::now())
+            .await?;
         return Ok(());
     }
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
@@ -33,16 +98,15 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
         return Ok(());
     }
     if !platform.capabilities().followers {
+        ctx.store
+            .skip_open_sync_runs(&conn.id, "this platform lists no followers", Utc::now())
+            .await?;
         return Ok(());
     }
     let creds = conn.credentials(&ctx.vault).context("decrypting tokens")?;
     let account = conn.account();
     let mut resumed = false;
-    for relation in [Relation::Followers, Relation::Follows] {
-        let rel = match relation {
-            Relation::Followers => "followers",
-            Relation::Follows => "follows",
-        };
+    for (relation, rel) in RELATIONS {
         // A resume continues the paused run and the relations after it; those before it finished.
         let mut run = match (
             job.resume && !resumed,
@@ -53,6 +117,7 @@ pub async fn run(ctx: &Ctx, job: &FollowerSyncV1) -> anyhow::Result<()> {
             (false, None) => ctx.store.open_sync_run(&conn.id, rel, Utc::now()).await?,
         };
         resumed = true;
+        ctx.store.start_sync_run(&mut run, Utc::now()).await?;
         loop {
             if run.pages > 0 && run.cursor.is_none() {
                 break; // the last page was stored; only the finish was lost
@@ -139,6 +204,7 @@ async fn again(
         connection_id: job.connection_id.clone(),
         resume: true,
         retry,
+        run: None,
     };
     let key = format!(
         "follower_sync:{}:resume:{}",

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use crate::{
     Ctx, metrics as m,
-    payloads::{RefreshV1, ShareV1},
-    store::{ConnectionRow, StoredTokens, TokenWrite},
+    payloads::{FollowerSyncV1, RefreshV1, ShareV1},
+    store::{ConnectionRow, QueuedRun, StoredTokens, TokenWrite},
 };
 
 /// How one refresh went.
@@ -38,8 +38,14 @@ fn count(platform: &str, result: &'static str) {
     metrics::counter!(m::TOKEN_REFRESHES_TOTAL, "platform" => platform.to_owned(), "result" => result).increment(1);
 }
 
-/// Refreshes one connection's tokens, single-flight.
+/// Refreshes one connection's tokens, single-flight, recording the outcome as a run of its own
+/// (a share's just-in-time refresh).
 pub async fn refresh_connection(ctx: &Ctx, connection_id: &str) -> anyhow::Result<Refresh> {
+    refresh(ctx, connection_id, None).await
+}
+
+/// [`refresh_connection`], recording the outcome as `run`'s when there is one.
+async fn refresh(ctx: &Ctx, connection_id: &str, run: Option<&str>) -> anyhow::Result<Refresh> {
     let now = Utc::now();
     let owner = crate::ids::new("lock");
     let lease = ctx.settings.platform_timeout * 2;
@@ -50,7 +56,7 @@ pub async fn refresh_connection(ctx: &Ctx, connection_id: &str) -> anyhow::Resul
     else {
         return Ok(Refresh::Busy);
     };
-    let result = refresh_locked(ctx, connection_id, generation).await;
+    let result = refresh_locked(ctx, connection_id, generation, run).await;
     // On success the token write already released the lease; this covers every other path.
     ctx.store
         .release_refresh_lock(connection_id, &owner)
@@ -62,6 +68,7 @@ async fn refresh_locked(
     ctx: &Ctx,
     connection_id: &str,
     generation: i64,
+    run: Option<&str>,
 ) -> anyhow::Result<Refresh> {
     // Read the tokens under the lease: a refresh token rotated by the previous holder is the one
     // to spend now.
@@ -72,7 +79,17 @@ async fn refresh_locked(
     let Some(platform) = conn.platform_kind().and_then(|k| ctx.platforms.get(k)) else {
         return Ok(Refresh::Skipped);
     };
-    if conn.revoked_at.is_some() || conn.needs_reauth || !conn.can_refresh() {
+    let unusable = if conn.revoked_at.is_some() {
+        Some("the connection was removed")
+    } else if conn.needs_reauth {
+        Some("the connection needs reauth: the user must reconnect")
+    } else if !conn.can_refresh() {
+        Some("no refresh token is stored for this connection")
+    } else {
+        None
+    };
+    if let Some(why) = unusable {
+        settle_skipped(ctx, run, why).await?;
         count(&platform_name, "skipped");
         return Ok(Refresh::Skipped);
     }
@@ -80,7 +97,7 @@ async fn refresh_locked(
         // A token that expires on a platform with no refresh: the user will have to reconnect.
         let message = "this platform offers no token refresh";
         ctx.store
-            .record_refresh(&conn, "skipped", Some(message), Utc::now())
+            .record_refresh(&conn, run, "skipped", Some(message), Utc::now())
             .await?;
         count(&platform_name, "skipped");
         return Ok(Refresh::Skipped);
@@ -113,7 +130,7 @@ async fn refresh_locked(
             {
                 TokenWrite::Stored { .. } => {
                     ctx.store
-                        .record_refresh(&conn, "succeeded", None, now)
+                        .record_refresh(&conn, run, "succeeded", None, now)
                         .await?;
                     count(&platform_name, "succeeded");
                     info!(connection.id = %conn.id, platform = %platform_name, outcome = "succeeded", "token refreshed");
@@ -127,6 +144,7 @@ async fn refresh_locked(
                 TokenWrite::Stale => {
                     // Tokens were replaced while we refreshed (a reconnect): theirs are newer.
                     warn!(connection.id = %conn.id, "refreshed tokens dropped: the connection's tokens changed meanwhile");
+                    settle_skipped(ctx, run, "the connection's tokens changed meanwhile (a reconnect); the newer ones were kept").await?;
                     count(&platform_name, "stale");
                     Ok(Refresh::Skipped)
                 }
@@ -138,20 +156,21 @@ async fn refresh_locked(
             );
             ctx.store.mark_needs_reauth(&conn.id, &message, now).await?;
             ctx.store
-                .record_refresh(&conn, "invalid_grant", Some(&message), now)
+                .record_refresh(&conn, run, "invalid_grant", Some(&message), now)
                 .await?;
             count(&platform_name, "invalid_grant");
             warn!(connection.id = %conn.id, platform = %platform_name, outcome = "invalid_grant", "refresh refused; connection needs reauth");
             Ok(Refresh::Dead(message))
         }
         Err(PlatformError::Unsupported(_)) => {
+            settle_skipped(ctx, run, "this platform offers no token refresh").await?;
             count(&platform_name, "skipped");
             Ok(Refresh::Skipped)
         }
         Err(e) => {
             let message = e.to_string();
             ctx.store
-                .record_refresh(&conn, "transient", Some(&message), now)
+                .record_refresh(&conn, run, "transient", Some(&message), now)
                 .await?;
             count(&platform_name, "transient");
             warn!(connection.id = %conn.id, platform = %platform_name, outcome = "transient", error.message = %message, "refresh failed; will retry");
@@ -160,42 +179,129 @@ async fn refresh_locked(
     }
 }
 
-/// Runs one `refresh` job.
+/// A queued run that ends without a refresh says why, unless its outcome is already recorded.
+async fn settle_skipped(ctx: &Ctx, run: Option<&str>, why: &str) -> anyhow::Result<()> {
+    if let Some(run) = run {
+        ctx.store
+            .settle_refresh_run(run, "skipped", why, Utc::now())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs one `refresh` job: its queued run, if it carries one.
 pub async fn run(ctx: &Ctx, job: &RefreshV1) -> anyhow::Result<()> {
     let Some(conn) = ctx.store.connection(&job.connection_id).await? else {
         return Ok(());
     };
+    let run = job.run.as_deref();
+    if let Some(id) = run
+        && !ctx.store.claim_refresh_run(id, Utc::now()).await?
+    {
+        return Ok(()); // an earlier delivery of this job settled its run
+    }
     if conn.revoked_at.is_some() {
-        return Ok(());
+        return settle_skipped(ctx, run, "the connection was removed").await;
     }
     if conn.needs_reauth {
+        if run.is_some() {
+            // Flagged since the run was queued; only freshly stored tokens (the reconnect
+            // check, a job without a run) can clear that.
+            return settle_skipped(
+                ctx,
+                run,
+                "the connection needs reauth: the user must reconnect",
+            )
+            .await;
+        }
         return reconnect_check(ctx, &conn, job).await;
     }
-    match refresh_connection(ctx, &conn.id).await? {
-        Refresh::Transient(_) => retry_later(ctx, job).await,
-        // Busy: the holder's refresh serves this job too.
-        Refresh::Refreshed(_) | Refresh::Busy | Refresh::Dead(_) | Refresh::Skipped => Ok(()),
+    match refresh(ctx, &conn.id, run).await? {
+        Refresh::Transient(_) => retry_later(ctx, job, &conn.platform).await,
+        // The holder's refresh serves this job too (if the holder is this run's other
+        // delivery, its outcome replaces this one).
+        Refresh::Busy => {
+            settle_skipped(
+                ctx,
+                run,
+                "another refresh of this connection was under way and served this one",
+            )
+            .await
+        }
+        Refresh::Refreshed(_) | Refresh::Dead(_) | Refresh::Skipped => Ok(()),
     }
 }
 
-async fn retry_later(ctx: &Ctx, job: &RefreshV1) -> anyhow::Result<()> {
+async fn retry_later(ctx: &Ctx, job: &RefreshV1, platform: &str) -> anyhow::Result<()> {
     let next = job.retry + 1;
     let Some(delay) = ctx.settings.retry.delay_after(next) else {
         warn!(connection.id = %job.connection_id, "refresh retries exhausted; the next sweep tries again");
         return Ok(());
     };
+    let run_at = Utc::now() + chrono::Duration::from_std(delay)?;
+    if job.run.is_none() {
+        // A reconnect check (or a job from before runs were queued) tries again as itself.
+        let again = RefreshV1 {
+            connection_id: job.connection_id.clone(),
+            retry: next,
+            run: None,
+        };
+        let key = format!(
+            "refresh:{}:retry:{next}:{}",
+            job.connection_id,
+            run_at.timestamp_millis()
+        );
+        ctx.queue.enqueue(&again, run_at, &key).await?;
+        return Ok(());
+    }
+    // The retry is a run of its own, queued now, so a request meanwhile finds it.
+    let queued = ctx
+        .store
+        .queue_refresh_run(&job.connection_id, platform, run_at)
+        .await?;
+    if !queued.created {
+        return Ok(()); // a refresh asked for meanwhile serves as the retry
+    }
     let again = RefreshV1 {
         connection_id: job.connection_id.clone(),
         retry: next,
+        run: Some(queued.id.clone()),
     };
-    let run_at = Utc::now() + chrono::Duration::from_std(delay)?;
-    let key = format!(
-        "refresh:{}:retry:{next}:{}",
-        job.connection_id,
-        run_at.timestamp_millis()
-    );
-    ctx.queue.enqueue(&again, run_at, &key).await?;
+    ctx.queue
+        .enqueue(&again, run_at, &run_key(&queued.id))
+        .await?;
     Ok(())
+}
+
+/// The push key of a queued refresh run: one job per run.
+pub fn run_key(run: &str) -> String {
+    format!("refresh:run:{run}")
+}
+
+/// Queues a refresh of a connection now, or finds the one already queued or running, and pushes
+/// the job of a new run.
+pub async fn queue_refresh(ctx: &Ctx, conn: &ConnectionRow) -> anyhow::Result<QueuedRun> {
+    let queued = ctx
+        .store
+        .queue_refresh_run(&conn.id, &conn.platform, Utc::now())
+        .await?;
+    if queued.created {
+        let job = RefreshV1 {
+            connection_id: conn.id.clone(),
+            retry: 0,
+            run: Some(queued.id.clone()),
+        };
+        if let Err(e) = ctx
+            .queue
+            .enqueue(&job, Utc::now(), &run_key(&queued.id))
+            .await
+        {
+            // Nothing will run it: settle it so the next request queues one again.
+            settle_skipped(ctx, Some(&queued.id), "the job could not be queued").await?;
+            return Err(e.into());
+        }
+    }
+    Ok(queued)
 }
 
 /// Fresh tokens were stored for a flagged connection: verify them with a real call, then clear
@@ -227,7 +333,7 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
             ctx.store.mark_needs_reauth(&conn.id, &message, now).await?;
             Ok(())
         }
-        Ok(_) => {
+        Ok(profile) => {
             if !ctx
                 .store
                 .clear_needs_reauth(&conn.id, conn.token_generation, now)
@@ -250,6 +356,25 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
                     .enqueue(&job, share.run_at, &share.delivery_key())
                     .await?;
             }
+            if profile.display_name.is_some() {
+                ctx.store
+                    .set_display_name(&conn.id, profile.display_name.as_deref())
+                    .await?;
+            }
+            // A follower sync the flag stopped (or queued while it was set) goes on now.
+            if ctx.store.has_open_sync_runs(&conn.id).await? {
+                let sync = FollowerSyncV1 {
+                    connection_id: conn.id.clone(),
+                    resume: true,
+                    retry: 0,
+                    run: None,
+                };
+                let key = format!(
+                    "follower_sync:{}:reconnect:{}",
+                    conn.id, conn.token_generation
+                );
+                ctx.queue.enqueue(&sync, now, &key).await?;
+            }
             Ok(())
         }
         Err(PlatformError::Unauthorized { reason } | PlatformError::InvalidGrant { reason }) => {
@@ -262,7 +387,7 @@ async fn reconnect_check(ctx: &Ctx, conn: &ConnectionRow, job: &RefreshV1) -> an
                 .await?;
             Ok(())
         }
-        Err(_) => retry_later(ctx, job).await,
+        Err(_) => retry_later(ctx, job, &conn.platform).await,
     }
 }
 
@@ -271,6 +396,7 @@ pub async fn enqueue_reconnect_check(ctx: &Ctx, conn: &ConnectionRow) -> anyhow:
     let job = RefreshV1 {
         connection_id: conn.id.clone(),
         retry: 0,
+        run: None,
     };
     let key = format!("reconnect:{}:{}", conn.id, conn.token_generation);
     ctx.queue.enqueue(&job, Utc::now(), &key).await?;

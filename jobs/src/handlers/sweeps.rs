@@ -5,11 +5,7 @@
 use chrono::Utc;
 use herald_platforms::PlatformKind;
 
-use crate::{
-    Ctx, metrics as m,
-    payloads::{FollowerSyncV1, RefreshV1},
-    store::DueFor,
-};
+use crate::{Ctx, metrics as m, payloads::RefreshV1, store::DueFor};
 
 const PAGE: i64 = 500;
 
@@ -55,15 +51,18 @@ pub async fn refresh_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option<usize
                     let Some((last, _, last_at)) = due.last().cloned() else {
                         break;
                     };
-                    for (id, _platform, _) in &due {
+                    for (id, platform, _) in &due {
+                        // A refresh already queued or running (asked for through the API, or a
+                        // retry) is the one pushed: one run, and one job per run, so a
+                        // connection due in both passes is queued once.
+                        let run = ctx.store.queue_refresh_run(id, platform, now).await?;
                         let job = RefreshV1 {
                             connection_id: id.clone(),
                             retry: 0,
+                            run: Some(run.id.clone()),
                         };
-                        // One key per connection and tick: a connection due in both passes is
-                        // queued once.
                         ctx.queue
-                            .enqueue(&job, now, &format!("refresh:{id}:sweep:{tick}"))
+                            .enqueue(&job, now, &super::refresh::run_key(&run.id))
                             .await?;
                         pushed += 1;
                     }
@@ -109,14 +108,15 @@ pub async fn follower_sync_sweep(ctx: &Ctx, tick: &str) -> anyhow::Result<Option
                         .connections_of_platform(kind.as_str(), after.as_deref(), PAGE)
                         .await?;
                     for id in &ids {
-                        let job = FollowerSyncV1 {
-                            connection_id: id.clone(),
-                            resume: false,
-                            retry: 0,
-                        };
-                        ctx.queue
-                            .enqueue(&job, now, &format!("follower_sync:{id}:{tick}"))
-                            .await?;
+                        // A sync already queued or paused is pushed again under this tick's
+                        // key: it goes on now, as a sweep's sync always resumed a paused one.
+                        super::follower_sync::queue_sync(
+                            ctx,
+                            id,
+                            now,
+                            Some(&format!("follower_sync:{id}:{tick}")),
+                        )
+                        .await?;
                         pushed += 1;
                     }
                     if (ids.len() as i64) < PAGE {

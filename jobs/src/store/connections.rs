@@ -13,7 +13,7 @@ use crate::{
 pub(super) const COLUMNS: &str = "id, tenant_id, platform, platform_account_id, handle, extras, scopes, \
     access_token_enc, refresh_token_enc, dpop_key_enc, token_expires_at, token_generation, \
     needs_reauth, last_error, created_at, updated_at, revoked_at, rate_limited_until, user_id, \
-    needs_reauth_since, auth";
+    needs_reauth_since, auth, display_name";
 
 /// A connection as stored; token columns hold vault envelopes, never clear text.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -43,6 +43,8 @@ pub struct ConnectionRow {
     pub needs_reauth_since: Option<DateTime<Utc>>,
     /// `app_password` (a Bluesky app password) or `oauth` (every other connection).
     pub auth: String,
+    /// What the platform calls the account, where it gives a name.
+    pub display_name: Option<String>,
 }
 
 impl ConnectionRow {
@@ -69,8 +71,9 @@ impl ConnectionRow {
     }
 
     /// Whether Herald holds what renewing the access token takes: a refresh token, or on
-    /// Instagram and Threads the long-lived access token itself.
-    pub(crate) fn can_refresh(&self) -> bool {
+    /// Instagram and Threads the long-lived access token itself. (The API asks too, before it
+    /// queues a refresh.)
+    pub fn can_refresh(&self) -> bool {
         self.has_refresh_token()
             || self
                 .platform_kind()
@@ -126,6 +129,8 @@ pub struct NewConnection {
     pub platform: PlatformKind,
     pub platform_account_id: String,
     pub handle: String,
+    /// The platform's name for the account; `None` keeps the one stored.
+    pub display_name: Option<String>,
     pub extras: serde_json::Map<String, serde_json::Value>,
     pub scopes: Vec<String>,
     pub tokens: StoredTokens,
@@ -235,7 +240,7 @@ impl Store {
                 token_generation = token_generation + 1, revoked_at = NULL, updated_at = $9, \
                 auth = CASE WHEN platform <> 'bluesky' THEN 'oauth' WHEN $10 IS NOT NULL THEN $10 \
                     WHEN COALESCE($7, dpop_key_enc) IS NOT NULL OR COALESCE($6, refresh_token_enc) IS NOT NULL THEN 'oauth' \
-                    ELSE 'app_password' END WHERE id = $1"))
+                    ELSE 'app_password' END, display_name = COALESCE($11, display_name) WHERE id = $1"))
                 .bind(&id)
                 .bind(&new.handle)
                 .bind(&extras)
@@ -246,6 +251,7 @@ impl Store {
                 .bind(t.expires_at)
                 .bind(now)
                 .bind(explicit_auth(&new.extras))
+                .bind(&new.display_name)
                 .execute(&mut *tx)
                 .await?;
                 let row: ConnectionRow = sqlx::query_as(crate::store::with_engine(p, &select))
@@ -321,7 +327,7 @@ impl Store {
             "SELECT {COLUMNS} FROM connections WHERE tenant_id = $1 AND revoked_at IS NULL \
              AND ($2 IS NULL OR needs_reauth = $2) AND ($3 IS NULL OR id > $3) \
              AND ($5 IS NULL OR id IN (SELECT connection_id FROM token_refreshes WHERE at >= $5 \
-                 AND result NOT IN ('succeeded', 'skipped') GROUP BY connection_id HAVING COUNT(*) >= 3)) \
+                 AND result IN ('invalid_grant', 'transient') GROUP BY connection_id HAVING COUNT(*) >= 3)) \
              AND ($6 IS NULL OR user_id = $6) AND ($7 IS NULL OR platform = $7) \
              ORDER BY id LIMIT $4"
         );
@@ -433,6 +439,18 @@ impl Store {
                 return Ok(changed);
             }
         }
+    }
+
+    /// Stores the name the platform gives the account (from a verify).
+    pub(crate) async fn set_display_name(&self, id: &str, name: Option<&str>) -> Result<()> {
+        with_pool!(
+            &self.pool,
+            "UPDATE connections SET display_name = $2 WHERE id = $1",
+            |p, sql| {
+                sqlx::query(sql).bind(id).bind(name).execute(p).await?;
+            }
+        );
+        Ok(())
     }
 
     /// Records that the platform rate-limited this account until `until` (never shortening a

@@ -1,6 +1,7 @@
 //! Follower sync runs: a checkpointed walk through a connection's followers (or follows), upserted
 //! page by page so memory never grows with the follower count. Accounts seen in a run carry its id;
-//! at the end, those not seen are the ones lost.
+//! at the end, those not seen are the ones lost, and those it saw first the ones gained: both are
+//! kept in `follower_changes`, written with the run's finish.
 
 use chrono::{DateTime, Utc};
 use herald_platforms::FollowerAccount;
@@ -25,17 +26,39 @@ pub struct SyncRun {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// One account a connection follows or is followed by, as last synced.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FollowerRow {
+    pub platform_account_id: String,
+    pub handle: String,
+    pub first_seen_at: DateTime<Utc>,
+}
+
+/// An account a finished run gained or lost.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FollowerChangeRow {
+    pub seq: i64,
+    pub run_id: String,
+    pub relation: String,
+    /// `gained` or `lost`.
+    pub change: String,
+    pub platform_account_id: String,
+    pub handle: String,
+    /// When the run finished.
+    pub at: DateTime<Utc>,
+}
+
 const RUN_COLUMNS: &str = "id, connection_id, relation, state, cursor, pages, seen, gained, lost, last_error, started_at, updated_at, finished_at";
 
 impl Store {
-    /// The unfinished run of this connection and relation, if any.
+    /// The unfinished run (queued, running or paused) of this connection and relation, if any.
     pub(crate) async fn find_open_sync_run(
         &self,
         connection_id: &str,
         relation: &str,
     ) -> Result<Option<SyncRun>> {
         let q = format!(
-            "SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state = 'running' ORDER BY started_at DESC LIMIT 1"
+            "SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 AND state IN ('queued', 'running') ORDER BY started_at DESC LIMIT 1"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
             .bind(connection_id)
@@ -68,6 +91,23 @@ impl Store {
             .await?))
     }
 
+    /// A queued run starts now (a run already running is left as it is).
+    pub(crate) async fn start_sync_run(&self, run: &mut SyncRun, now: DateTime<Utc>) -> Result<()> {
+        if run.state != "queued" {
+            return Ok(());
+        }
+        with_pool!(
+            &self.pool,
+            "UPDATE follower_sync_runs SET state = 'running', started_at = $2, updated_at = $2 WHERE id = $1 AND state = 'queued'",
+            |p, sql| {
+                sqlx::query(sql).bind(&run.id).bind(now).execute(p).await?;
+            }
+        );
+        run.state = "running".into();
+        run.started_at = now;
+        Ok(())
+    }
+
     /// Upserts one page and moves the checkpoint past it, in one transaction: a crash repeats at
     /// most this page. Returns how many accounts were new.
     pub(crate) async fn record_sync_page(
@@ -79,8 +119,8 @@ impl Store {
     ) -> Result<i64> {
         let gained = with_pool!(
             &self.pool,
-            "INSERT INTO followers (connection_id, relation, platform_account_id, handle, first_seen_at, last_seen_run) \
-            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (connection_id, relation, platform_account_id) \
+            "INSERT INTO followers (connection_id, relation, platform_account_id, handle, first_seen_at, last_seen_run, first_seen_run) \
+            VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (connection_id, relation, platform_account_id) \
             DO UPDATE SET handle = excluded.handle, last_seen_run = excluded.last_seen_run",
             |p, sql| {
                 let mut tx = crate::store::Engine::begin_write(p).await?;
@@ -120,7 +160,8 @@ impl Store {
         Ok(gained)
     }
 
-    /// Ends a run: accounts not seen in it are lost (deleted and counted).
+    /// Ends a run: accounts not seen in it are lost (deleted and counted); what it gained and lost
+    /// is kept in `follower_changes`.
     pub(crate) async fn finish_sync_run(
         &self,
         run: &SyncRun,
@@ -131,6 +172,24 @@ impl Store {
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {
             let mut tx = crate::store::Engine::begin_write(p).await?;
+            for (change, which) in [
+                ("gained", "first_seen_run = $3"),
+                ("lost", "last_seen_run <> $3"),
+            ] {
+                let record = format!(
+                    "INSERT INTO follower_changes (connection_id, run_id, relation, change, platform_account_id, handle, at) \
+                     SELECT connection_id, $3, relation, $4, platform_account_id, handle, $5 FROM followers \
+                     WHERE connection_id = $1 AND relation = $2 AND {which} ORDER BY platform_account_id"
+                );
+                sqlx::query(with_engine(p, &record))
+                    .bind(&run.connection_id)
+                    .bind(&run.relation)
+                    .bind(&run.id)
+                    .bind(change)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let lost = sqlx::query(with_engine(p, "DELETE FROM followers WHERE connection_id = $1 AND relation = $2 AND last_seen_run <> $3"))
                 .bind(&run.connection_id)
                 .bind(&run.relation)
@@ -196,5 +255,83 @@ impl Store {
                     .await?
             }
         ))
+    }
+
+    /// How many accounts of each relation are stored for a connection.
+    pub async fn follower_counts(&self, connection_id: &str) -> Result<Vec<(String, i64)>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT relation, COUNT(*) FROM followers WHERE connection_id = $1 GROUP BY relation",
+            |p, sql| sqlx::query_as(sql).bind(connection_id).fetch_all(p).await?
+        ))
+    }
+
+    /// One page of a connection's followers (or follows), newest first, after the
+    /// `(first_seen_at, platform_account_id)` of the previous page's last.
+    pub async fn followers_page(
+        &self,
+        connection_id: &str,
+        relation: &str,
+        before: Option<&(DateTime<Utc>, String)>,
+        limit: i64,
+    ) -> Result<Vec<FollowerRow>> {
+        let (at, id) = before.map_or((None, None), |(a, i)| (Some(*a), Some(i.as_str())));
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT platform_account_id, handle, first_seen_at FROM followers \
+             WHERE connection_id = $1 AND relation = $2 \
+             AND ($3 IS NULL OR (first_seen_at, platform_account_id) < ($3, $4)) \
+             ORDER BY first_seen_at DESC, platform_account_id DESC LIMIT $5",
+            |p, sql| sqlx::query_as(sql)
+                .bind(connection_id)
+                .bind(relation)
+                .bind(at)
+                .bind(id)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        ))
+    }
+
+    /// What finished runs gained and lost, newest first, from runs finished at or after `since`,
+    /// before the `seq` of the previous page's last.
+    pub async fn follower_changes(
+        &self,
+        connection_id: &str,
+        since: Option<DateTime<Utc>>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<FollowerChangeRow>> {
+        Ok(with_pool!(
+            &self.pool,
+            "SELECT seq, run_id, relation, change, platform_account_id, handle, at FROM follower_changes \
+             WHERE connection_id = $1 AND ($2 IS NULL OR at >= $2) AND ($3 IS NULL OR seq < $3) \
+             ORDER BY seq DESC LIMIT $4",
+            |p, sql| sqlx::query_as(sql)
+                .bind(connection_id)
+                .bind(since)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        ))
+    }
+
+    /// When the last finished run of this relation finished (what a followers page is as of).
+    pub async fn last_synced_at(
+        &self,
+        connection_id: &str,
+        relation: &str,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let q = format!(
+            "SELECT {RUN_COLUMNS} FROM follower_sync_runs WHERE connection_id = $1 AND relation = $2 \
+             AND state = 'finished' ORDER BY finished_at DESC LIMIT 1"
+        );
+        let last: Option<SyncRun> = with_pool!(&self.pool, &q, |p, sql| sqlx::query_as(sql)
+            .bind(connection_id)
+            .bind(relation)
+            .fetch_optional(p)
+            .await?);
+        Ok(last.and_then(|r| r.finished_at))
     }
 }

@@ -111,14 +111,36 @@ impl Store {
         )
     }
 
-    /// Records one refresh outcome (`succeeded`, `invalid_grant`, `transient`, `skipped`).
+    /// Records one refresh outcome (`succeeded`, `invalid_grant`, `transient`, `skipped`): as the
+    /// outcome of `run` (the queued run a job executes), else as a run of its own (a share's
+    /// just-in-time refresh).
     pub(crate) async fn record_refresh(
         &self,
         conn: &ConnectionRow,
+        run: Option<&str>,
         result: &str,
         message: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        if let Some(run) = run {
+            let settled = with_pool!(
+                &self.pool,
+                "UPDATE token_refreshes SET result = $2, message = $3, at = $4 WHERE id = $1",
+                |p, sql| {
+                    sqlx::query(sql)
+                        .bind(run)
+                        .bind(result)
+                        .bind(message)
+                        .bind(now)
+                        .execute(p)
+                        .await?
+                        .rows_affected()
+                }
+            );
+            if settled == 1 {
+                return Ok(());
+            }
+        }
         with_pool!(
             &self.pool,
             "INSERT INTO token_refreshes (id, connection_id, platform, result, message, at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -147,7 +169,7 @@ impl Store {
         Ok(with_pool!(
             &self.pool,
             "SELECT platform, COUNT(*) FROM (SELECT connection_id, MIN(platform) AS platform FROM token_refreshes \
-            WHERE at >= $1 AND result NOT IN ('succeeded', 'skipped') GROUP BY connection_id HAVING COUNT(*) >= $2) failing GROUP BY platform",
+            WHERE at >= $1 AND result IN ('invalid_grant', 'transient') GROUP BY connection_id HAVING COUNT(*) >= $2) failing GROUP BY platform",
             |p, sql| {
                 sqlx::query_as(sql)
                     .bind(since)

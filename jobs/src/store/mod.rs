@@ -17,6 +17,7 @@ mod media;
 mod ops;
 mod recent;
 mod replay;
+mod runs;
 mod share_queue;
 mod shares;
 
@@ -25,12 +26,13 @@ pub use app_passwords::APP_PASSWORD_ERASED;
 pub use connections::{
     ConnectionCount, ConnectionFilter, ConnectionRow, NewConnection, StoredTokens,
 };
-pub use followers::SyncRun;
+pub use followers::{FollowerChangeRow, FollowerRow, SyncRun};
 pub use keys::{ApiKeyRole, ApiKeyRow, AuthedKey, CreatedKey, KEY_CACHE_TTL, Scope, Scopes};
 pub use lifecycle::{DueFor, TokenWrite};
 pub use media::{NewBlob, NewShareMedia};
 pub use ops::OpsConnectionFilter;
 pub use replay::{JobFilter, Replay, ReplayRow, Replayer, RunRow};
+pub use runs::QueuedRun;
 pub use shares::{
     AttemptRow, Cancel, CreateOutcome, CreateShares, Edit, Finished, NewShare, ShareEdit,
     ShareFilter, ShareRow, ShareState,
@@ -41,6 +43,7 @@ pub(crate) use app_limits::Admission;
 pub(crate) use connect::{AtprotoFlow, MastodonApp, NewOAuthState, OAuthState, TakenState};
 pub(crate) use keys::NewApiKey;
 pub(crate) use media::ShareMediaRow;
+pub(crate) use runs::SyncRunState;
 pub(crate) use shares::{Claim, Deferral, ShareUpdate};
 
 use std::{str::FromStr, time::Duration};

@@ -26,7 +26,7 @@ impl Store {
              AND ($1 IS NULL OR needs_reauth = $1) AND ($2 IS NULL OR platform = $2) \
              AND ($3 IS NULL OR id > $3) \
              AND ($5 IS NULL OR id IN (SELECT connection_id FROM token_refreshes WHERE at >= $5 \
-                 AND result NOT IN ('succeeded', 'skipped') GROUP BY connection_id HAVING COUNT(*) >= 3)) \
+                 AND result IN ('invalid_grant', 'transient') GROUP BY connection_id HAVING COUNT(*) >= 3)) \
              ORDER BY id LIMIT $4"
         );
         Ok(with_pool!(&self.pool, &q, |p, sql| {

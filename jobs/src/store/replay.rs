@@ -164,8 +164,8 @@ pub struct RunRow {
     pub id: String,
     pub connection_id: String,
     pub platform: String,
-    /// Refresh: `succeeded`, `invalid_grant`, `transient`, `skipped`. Follower sync: `running`
-    /// (in progress or paused) or `finished`.
+    /// Refresh: `queued`, `running`, then `succeeded`, `invalid_grant`, `transient` or `skipped`.
+    /// Follower sync: `queued`, `running` (in progress or paused), then `finished` or `skipped`.
     pub state: String,
     pub message: Option<String>,
     pub started_at: DateTime<Utc>,
@@ -182,7 +182,8 @@ impl Store {
     ) -> Result<Vec<RunRow>> {
         Ok(with_pool!(
             &self.pool,
-            "SELECT id, connection_id, platform, result AS state, message, at AS started_at, at AS finished_at \
+            "SELECT id, connection_id, platform, result AS state, message, at AS started_at, \
+            CASE WHEN result IN ('queued', 'running') THEN NULL ELSE at END AS finished_at \
             FROM token_refreshes WHERE ($1 IS NULL OR result = $1) AND ($2 IS NULL OR platform = $2) AND ($3 IS NULL OR at >= $3) \
             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5",
             |p, sql| {
@@ -230,7 +231,8 @@ impl Store {
         let rows = if id.starts_with("rfr_") {
             with_pool!(
                 &self.pool,
-                "SELECT id, connection_id, platform, result AS state, message, at AS started_at, at AS finished_at FROM token_refreshes WHERE id = $1",
+                "SELECT id, connection_id, platform, result AS state, message, at AS started_at, \
+            CASE WHEN result IN ('queued', 'running') THEN NULL ELSE at END AS finished_at FROM token_refreshes WHERE id = $1",
                 |p, sql| {
                     sqlx::query_as::<_, RunRow>(sql)
                         .bind(id)

@@ -533,24 +533,27 @@ impl Platform for Bluesky {
             return Err(a.classify());
         }
         let me: ActorRef = a.json(false)?;
-        // The count is an AppView figure: nice to have, never a reason to fail the check.
+        // The profile is an AppView record: nice to have, never a reason to fail the check.
         let profile_url = xrpc::url(&pds, "app.bsky.actor.getProfile");
-        let followers_count = match self
+        let profile = match self
             .call(&pds, account, creds, "get_profile", false, |c| {
                 c.get(&profile_url).query(&[("actor", &me.did)])
             })
             .await
         {
-            Ok(p) if p.ok() => p
-                .json::<Value>(false)
-                .ok()
-                .and_then(|v| v.get("followersCount")?.as_u64()),
+            Ok(p) if p.ok() => p.json::<Value>(false).ok(),
             _ => None,
         };
+        let field = |name: &str| profile.as_ref().and_then(|v| v.get(name));
         Ok(Profile {
             platform_account_id: me.did,
             handle: me.handle,
-            followers_count,
+            display_name: crate::types::display_name(
+                field("displayName")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            ),
+            followers_count: field("followersCount").and_then(Value::as_u64),
         })
     }
 

@@ -260,8 +260,10 @@ impl Platform for Facebook {
             .graph
             .fields("verify", page, "id,name", token(creds)?)
             .await?;
+        let display_name = crate::types::display_name(p.name);
         Ok(Profile {
-            handle: p.name.unwrap_or_else(|| p.id.clone()),
+            handle: display_name.clone().unwrap_or_else(|| p.id.clone()),
+            display_name,
             platform_account_id: p.id,
             followers_count: None,
         })

@@ -336,8 +336,10 @@ impl Platform for Linkedin {
             status: None,
             reason: format!("unreadable userinfo: {e}"),
         })?;
+        let display_name = crate::types::display_name(u.name);
         Ok(Profile {
-            handle: u.name.unwrap_or_else(|| u.sub.clone()),
+            handle: display_name.clone().unwrap_or_else(|| u.sub.clone()),
+            display_name,
             platform_account_id: u.sub,
             followers_count: None,
         })

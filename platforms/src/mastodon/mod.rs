@@ -163,6 +163,7 @@ struct Status {
 struct MastodonAccount {
     id: String,
     acct: String,
+    display_name: Option<String>,
     followers_count: Option<u64>,
 }
 
@@ -314,6 +315,7 @@ impl Platform for Mastodon {
         Ok(Profile {
             platform_account_id: a.id,
             handle: a.acct,
+            display_name: crate::types::display_name(a.display_name),
             followers_count: a.followers_count,
         })
     }

@@ -264,7 +264,7 @@ async fn verify(State((_inner, token)): State<AppState>, headers: HeaderMap) -> 
     if !authorized(&headers, &token) {
         return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
     }
-    Json(json!({ "id": "109", "username": "alice", "acct": "alice", "followers_count": 3 }))
+    Json(json!({ "id": "109", "username": "alice", "acct": "alice", "display_name": "Alice Liddell", "followers_count": 3 }))
         .into_response()
 }
 

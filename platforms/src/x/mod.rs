@@ -349,6 +349,7 @@ struct Created {
 struct User {
     id: String,
     username: String,
+    name: Option<String>,
     public_metrics: Option<PublicMetrics>,
 }
 
@@ -457,6 +458,7 @@ impl Platform for X {
         Ok(Profile {
             platform_account_id: u.data.id,
             handle: u.data.username,
+            display_name: crate::types::display_name(u.data.name),
             followers_count: u.data.public_metrics.and_then(|m| m.followers_count),
         })
     }

@@ -356,12 +356,16 @@ async fn verify_reads_the_account_and_read_back_matches_the_caption() {
     let acct = account(USER, json!({}));
     let profile = ig(&fake).verify(&acct, &creds(&token, None)).await.unwrap();
     assert_eq!(
-        (profile.handle.as_str(), profile.followers_count),
-        ("herald.cafe", Some(1284))
+        (
+            profile.handle.as_str(),
+            profile.display_name.as_deref(),
+            profile.followers_count
+        ),
+        ("herald.cafe", Some("Herald Café"), Some(1284))
     );
     assert_eq!(
         fake.recorder.all()[0].q("fields"),
-        Some("id,username,followers_count")
+        Some("id,username,name,followers_count")
     );
     let found = ig(&fake)
         .find_published(&acct, &creds(&token, None), &post())

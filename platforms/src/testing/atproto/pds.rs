@@ -285,7 +285,7 @@ fn call(
             Json(json!({ "did": sub, "handle": handle, "active": true })).into_response()
         }
         "app.bsky.actor.getProfile" => {
-            Json(json!({ "did": sub, "handle": handle, "followersCount": 3 })).into_response()
+            Json(json!({ "did": sub, "handle": handle, "displayName": "Alice on Bluesky", "followersCount": 3 })).into_response()
         }
         "com.atproto.repo.uploadBlob" => {
             let mime = headers

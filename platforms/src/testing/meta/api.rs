@@ -114,11 +114,11 @@ fn respond(s: &AppState, seen: &Seen, lost: &mut bool) -> Response {
             page_photo(&mut g, seen, kind)
         }
         (MetaApi::Instagram, "GET", [u]) if *u == user || *u == "me" => {
-            Json(json!({ "id": user, "username": "herald.cafe", "followers_count": 1284 }))
+            Json(json!({ "id": user, "username": "herald.cafe", "name": "Herald Café", "followers_count": 1284 }))
                 .into_response()
         }
         (MetaApi::Threads, "GET", ["me"]) => {
-            Json(json!({ "id": user, "username": "herald" })).into_response()
+            Json(json!({ "id": user, "username": "herald", "name": "Herald" })).into_response()
         }
         (MetaApi::Instagram, "GET", [u, "content_publishing_limit"])
         | (MetaApi::Threads, "GET", [u, "threads_publishing_limit"])
