@@ -53,35 +53,49 @@ pub fn check_declared(
     })
 }
 
-/// Fetches each distinct image once, in the order given; the answer is in the items' order.
+/// Images fetched at once by one request: a request of many images waits for the slowest few,
+/// not for their sum.
+const FETCHES_AT_ONCE: usize = 4;
+
+/// Fetches each distinct image once, a few at a time; the answer is in the items' order.
 pub async fn capture(ctx: &Ctx, items: &[MediaItem]) -> Result<Vec<Fetched>, Invalid> {
-    let mut by_url: HashMap<&str, Fetched> = HashMap::new();
-    let mut out = Vec::with_capacity(items.len());
+    use futures::{StreamExt, TryStreamExt};
+    // Owned, so the fetches are futures of their own (a borrowed item in a stream's closure is
+    // not general enough for a handler's `Send` future).
+    let mut distinct: Vec<MediaItem> = Vec::new();
     for item in items {
-        if let Some(f) = by_url.get(item.url.as_str()) {
-            out.push(f.clone());
-            continue;
+        if !distinct.iter().any(|d| d.url == item.url) {
+            distinct.push(item.clone());
         }
-        let fetched = media::fetch(
-            &ctx.http,
-            &ctx.settings.ssrf,
-            &item.url,
-            ctx.settings.media_max_bytes,
-            ctx.settings.media_fetch_timeout,
-        )
-        .await
-        .map_err(|e| {
-            let field = if item.field == "image_url" {
-                item.field.clone()
-            } else {
-                format!("{}.url", item.field)
-            };
-            Invalid::new(field.clone(), e.code(), format!("`{field}`: {e}"))
-        })?;
-        by_url.insert(&item.url, fetched.clone());
-        out.push(fetched);
     }
-    Ok(out)
+    let fetched: Vec<(String, Fetched)> = futures::stream::iter(distinct)
+        .map(|item| {
+            let ctx = ctx.clone();
+            async move {
+                media::fetch(
+                    &ctx.http,
+                    &ctx.settings.ssrf,
+                    &item.url,
+                    ctx.settings.media_max_bytes,
+                    ctx.settings.media_fetch_timeout,
+                )
+                .await
+                .map(|f| (item.url.clone(), f))
+                .map_err(|e| {
+                    let field = if item.field == "image_url" {
+                        item.field.clone()
+                    } else {
+                        format!("{}.url", item.field)
+                    };
+                    Invalid::new(field.clone(), e.code(), format!("`{field}`: {e}"))
+                })
+            }
+        })
+        .buffered(FETCHES_AT_ONCE)
+        .try_collect()
+        .await?;
+    let by_url: HashMap<String, Fetched> = fetched.into_iter().collect();
+    Ok(items.iter().map(|i| by_url[&i.url].clone()).collect())
 }
 
 /// Each fetched image against one target's rules (type, bytes, pixels).
