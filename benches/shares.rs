@@ -299,9 +299,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
-/// Posts `n` shares from `clients` connections, or at `rate` per second when given. Returns each
-/// share's id with the moment its request was sent, and each request's latency in ms.
+/// Posts `n` shares from `clients` connections, or at `rate` per second when given, each of a
+/// link of its own under `phase` (the duplicate guard is on, as by default). Returns each share's
+/// id with the moment its request was sent, and each request's latency in ms.
 async fn enqueue(
+    phase: &'static str,
     h: &Herald,
     http: &reqwest::Client,
     conns: &[String],
@@ -337,7 +339,7 @@ async fn enqueue(
                         format!("bench-{i}-{}", uuid::Uuid::new_v4().simple()),
                     )
                     .json(
-                        &json!({ "url": format!("https://blog.example/{i}"), "text": "bench",
+                        &json!({ "url": format!("https://blog.example/{phase}/{i}"), "text": "bench",
                                    "connection_ids": [conns[i % conns.len()]] }),
                     )
                     .send()
@@ -484,7 +486,7 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
     let api_cpu = cpu_secs(api.0.id());
     let profile = Profile::start(backend, "api", api.0.id())?;
     let t = Instant::now();
-    let (_, latencies) = enqueue(&h, &http, &conns, n, clients, None).await?;
+    let (_, latencies) = enqueue("api", &h, &http, &conns, n, clients, None).await?;
     drop(profile);
     let secs = t.elapsed().as_secs_f64();
     let api_cpu = cpu_secs(api.0.id()) - api_cpu;
@@ -573,6 +575,7 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
     if rate > 0.0 && seconds > 0.0 {
         let offered = (rate * seconds) as usize;
         let (shares, _) = enqueue(
+            "latency",
             &h,
             &http,
             &conns,

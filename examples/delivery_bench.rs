@@ -298,6 +298,7 @@ async fn drain(
                 run_at: now,
                 not_after: None,
                 duplicate_key: None,
+                media: Vec::new(),
             })
             .collect();
         let created = writer
@@ -311,6 +312,7 @@ async fn drain(
                     request_hash: String::new(),
                     shares,
                     duplicates_since: None,
+                    blobs: Vec::new(),
                 },
                 now,
             )

@@ -116,6 +116,7 @@ pub async fn connect(
         };
     let ctx = Ctx {
         platforms: platforms(&settings),
+        http: http::client(&settings.ssrf, settings.media_fetch_timeout),
         store,
         queue,
         vault: Arc::new(vault),

@@ -109,6 +109,13 @@ pub struct SharesArgs {
     /// `allow_duplicate`; 0 turns the guard off.
     #[arg(long, env = "HERALD_DUPLICATE_WINDOW_SECS", default_value_t = 172_800)]
     pub duplicate_window_secs: u64,
+    /// The largest image fetched at enqueue, in bytes (each target platform's own limit is then
+    /// checked: Bluesky 1,000,000, Instagram 8 MiB, Mastodon 16 MiB).
+    #[arg(long, env = "HERALD_MEDIA_MAX_BYTES", default_value_t = herald_jobs::settings::DEFAULT_MEDIA_MAX_BYTES)]
+    pub media_max_bytes: usize,
+    /// How long fetching one image at enqueue may take, in seconds.
+    #[arg(long, env = "HERALD_MEDIA_FETCH_TIMEOUT_SECS", default_value_t = 10)]
+    pub media_fetch_timeout_secs: u64,
 }
 
 /// Calls to platforms and user-supplied URLs (`serve`, `api`, `worker`).
@@ -447,6 +454,8 @@ impl Config {
             lease: Duration::from_secs(self.worker.lease_secs),
             share_lateness: Duration::from_secs(self.shares.share_lateness_secs),
             duplicate_window: Duration::from_secs(self.shares.duplicate_window_secs),
+            media_max_bytes: self.shares.media_max_bytes,
+            media_fetch_timeout: Duration::from_secs(self.shares.media_fetch_timeout_secs.max(1)),
             redelivery_grace: Duration::from_secs(self.worker.redelivery_grace_secs),
             reconcile_every: Duration::from_secs(self.worker.reconcile_secs.max(1)),
             concurrency: self.worker.concurrency,

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// With `already_shared`: the earlier share of the same post.
     pub share_id: Option<String>,
+    /// With a refusal of one target's rules (an image it cannot take): that target's platform.
+    pub platform: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -35,6 +37,10 @@ pub struct ErrorDetail {
     /// With `already_shared`: the earlier share of the same post to that connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub share_id: Option<String>,
+    /// With a refusal of one target's rules (`too_many_images`, `alt_text_too_long`, ...): the
+    /// platform of the target that refuses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 impl ApiError {
@@ -45,6 +51,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             share_id: None,
+            platform: None,
         }
     }
 
@@ -60,6 +67,7 @@ impl ApiError {
             message: message.into(),
             field: Some(field.into()),
             share_id: None,
+            platform: None,
         }
     }
 
@@ -175,6 +183,7 @@ impl ApiError {
             message: text,
             field,
             share_id: None,
+            platform: None,
         }
     }
 }
@@ -199,6 +208,7 @@ impl From<PathRejection> for ApiError {
             message: text,
             field,
             share_id: None,
+            platform: None,
         }
     }
 }
@@ -258,6 +268,7 @@ impl IntoResponse for ApiError {
                 message: self.message,
                 field: self.field,
                 share_id: self.share_id,
+                platform: self.platform,
             },
         };
         (self.status, Json(body)).into_response()
@@ -268,6 +279,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl From<herald_jobs::share_request::Invalid> for ApiError {
     fn from(e: herald_jobs::share_request::Invalid) -> Self {
-        Self::invalid(e.field, e.code, e.message)
+        Self {
+            platform: e.platform.map(|p| p.as_str().to_owned()),
+            ..Self::invalid(e.field, e.code, e.message)
+        }
     }
 }

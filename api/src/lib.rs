@@ -32,7 +32,7 @@ pub struct ApiState {
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     use routes::{
-        connect, connection_runs, connections, followers, health, jobs, keys, metrics,
+        connect, connection_runs, connections, followers, health, jobs, keys, media, metrics,
         oauth_client, ops, platforms, shares, webhooks,
     };
     Router::new()
@@ -69,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/connect/{platform}/callback", get(connect::callback))
         .route("/v1/platforms", get(platforms::list))
+        .route("/v1/media/{sha256}", get(media::get))
         .route(
             herald_platforms::bluesky::oauth::CLIENT_METADATA_PATH,
             get(oauth_client::client_metadata),

@@ -7,7 +7,7 @@ use utoipa::{
 };
 
 use crate::routes::{
-    connect, connection_runs, connections, followers, health, jobs, keys, oauth_client, ops,
+    connect, connection_runs, connections, followers, health, jobs, keys, media, oauth_client, ops,
     platforms, shares, webhooks,
 };
 
@@ -27,6 +27,7 @@ use crate::routes::{
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::remove,
         webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::resend,
         webhooks::replay,
+        media::get,
         health::healthz, health::readyz,
     ),
     components(schemas(

@@ -14,4 +14,7 @@ pub struct Ctx {
     pub vault: Arc<KeyRing>,
     pub platforms: Platforms,
     pub settings: Arc<Settings>,
+    /// The guarded HTTP client for user-supplied URLs fetched by Herald itself (a share's images
+    /// at enqueue): the SSRF guard's resolver, no redirects of its own.
+    pub http: reqwest::Client,
 }

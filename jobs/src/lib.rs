@@ -7,6 +7,7 @@ pub(crate) mod error_class;
 pub(crate) mod fair_share;
 pub mod handlers;
 pub(crate) mod ids;
+pub mod media;
 pub mod metrics;
 pub mod payloads;
 pub mod queue;

@@ -101,6 +101,9 @@ impl Default for BlueskySettings {
     }
 }
 
+/// `HERALD_MEDIA_MAX_BYTES` when unset: Mastodon's 16 MiB, the most any platform takes.
+pub const DEFAULT_MEDIA_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// `HERALD_PUBLIC_URL` when unset: the default listen address.
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
@@ -147,6 +150,11 @@ pub struct Settings {
     /// unused.
     pub fair_share_recheck: Duration,
     pub webhooks: WebhookSettings,
+    /// `HERALD_MEDIA_MAX_BYTES`: the largest image fetched at enqueue (each platform's own limit
+    /// is then checked; 16 MiB is the largest any of them takes).
+    pub media_max_bytes: usize,
+    /// `HERALD_MEDIA_FETCH_TIMEOUT_SECS`: how long fetching one image at enqueue may take.
+    pub media_fetch_timeout: Duration,
 }
 
 /// How webhooks are delivered (`HERALD_WEBHOOK_*`).
@@ -224,6 +232,8 @@ impl Default for Settings {
             bluesky: BlueskySettings::default(),
             fair_share_recheck: Duration::from_secs(600),
             webhooks: WebhookSettings::default(),
+            media_max_bytes: DEFAULT_MEDIA_MAX_BYTES,
+            media_fetch_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use chrono::{DateTime, Utc};
-use herald_platforms::ssrf::SsrfGuard;
+use herald_platforms::{PlatformKind, ssrf::SsrfGuard};
 
 use crate::times;
 
@@ -12,6 +12,10 @@ pub(crate) const MAX_TARGETS: usize = 50;
 pub(crate) const MAX_URL: usize = 2048;
 pub(crate) const MAX_TITLE: usize = 300;
 pub const MAX_TEXT: usize = 10_000;
+/// Images one request may carry; each target's own limit is checked against its platform.
+pub const MAX_MEDIA: usize = 20;
+/// The longest alt text taken at all; each platform's own limit is lower.
+pub const MAX_ALT: usize = 5_000;
 
 /// A field at fault: the API answers 422 with `code` and `field`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,14 +23,21 @@ pub struct Invalid {
     pub field: String,
     pub code: &'static str,
     pub message: String,
+    /// The target platform whose rules refuse it, when it is one target's refusal.
+    pub platform: Option<PlatformKind>,
 }
 
 impl Invalid {
-    fn new(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        field: impl Into<String>,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             code,
             message: message.into(),
+            platform: None,
         }
     }
 }
@@ -38,6 +49,8 @@ pub struct ShareRequestBody<'a> {
     pub title: Option<&'a str>,
     pub text: Option<&'a str>,
     pub image_url: Option<&'a str>,
+    /// `media`: each image's URL and alt text, in order.
+    pub media: &'a [(&'a str, Option<&'a str>)],
     pub publish_at: Option<&'a str>,
     pub not_after: Option<&'a str>,
     pub connection_ids: &'a [String],
@@ -51,9 +64,78 @@ pub struct ShareRequest {
     pub title: Option<String>,
     pub text: Option<String>,
     pub image_url: Option<String>,
+    /// The images to capture: `media` as sent, or `image_url` as one image without alt text.
+    pub media: Vec<MediaItem>,
     pub run_at: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
     pub connection_ids: Vec<String>,
+}
+
+/// One image as requested: where to fetch it, and its alt text (trimmed; empty is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaItem {
+    pub url: String,
+    pub alt: Option<String>,
+    /// The request field it came from (`media[2]`, or `image_url`).
+    pub field: String,
+}
+
+/// `media` (or `image_url`, as one image without alt text): at most [`MAX_MEDIA`] images, each
+/// URL through the SSRF guard, each alt text at most [`MAX_ALT`] characters as sent.
+pub fn parse_media(
+    image_url: Option<&str>,
+    media: &[(&str, Option<&str>)],
+    ssrf: &SsrfGuard,
+) -> Result<Vec<MediaItem>, Invalid> {
+    if let Some(url) = trimmed(image_url) {
+        if !media.is_empty() {
+            return Err(Invalid::new(
+                "image_url",
+                "image_url_with_media",
+                "send the images in `media` (with their alt text), or one in `image_url`, not both",
+            ));
+        }
+        return Ok(vec![MediaItem {
+            url,
+            alt: None,
+            field: "image_url".into(),
+        }]);
+    }
+    if media.len() > MAX_MEDIA {
+        return Err(Invalid::new(
+            "media",
+            "too_many_images",
+            format!("`media` holds at most {MAX_MEDIA} images"),
+        ));
+    }
+    media
+        .iter()
+        .enumerate()
+        .map(|(i, (url, alt))| {
+            let field = format!("media[{i}]");
+            if url.chars().count() > MAX_URL {
+                return Err(Invalid::new(
+                    format!("{field}.url"),
+                    "invalid_url",
+                    format!("`{field}.url` is longer than {MAX_URL} characters"),
+                ));
+            }
+            if alt.is_some_and(|a| a.chars().count() > MAX_ALT) {
+                return Err(Invalid::new(
+                    format!("{field}.alt"),
+                    "alt_text_too_long",
+                    format!("`{field}.alt` is longer than {MAX_ALT} characters"),
+                ));
+            }
+            let url = url.trim().to_owned();
+            check_url(ssrf, &format!("{field}.url"), &url)?;
+            Ok(MediaItem {
+                url,
+                alt: trimmed(*alt),
+                field,
+            })
+        })
+        .collect()
 }
 
 /// What a share posts, its own rules checked: lengths as sent, trimmed, URLs through the SSRF
@@ -188,6 +270,7 @@ impl ShareRequest {
             text,
             image_url,
         } = ShareContent::parse(body.url, body.title, body.text, body.image_url, ssrf)?;
+        let media = parse_media(body.image_url, body.media, ssrf)?;
         let run_at = publish_time(parse_time("publish_at", body.publish_at)?, now)?;
         let not_after = match parse_time("not_after", body.not_after)? {
             Some(t) => {
@@ -222,6 +305,7 @@ impl ShareRequest {
             title,
             text,
             image_url,
+            media,
             run_at,
             not_after,
             connection_ids: ids.to_vec(),
@@ -318,6 +402,7 @@ mod tests {
             title: Some("  "),
             text: Some(" Read this "),
             image_url: None,
+            media: &[],
             publish_at: None,
             not_after: None,
             connection_ids: ids,

@@ -183,6 +183,7 @@ async fn a_share_lands_on_the_pds_with_text_facets_and_card_and_a_retry_does_not
             net.bob_handle
         )),
         image_url: None,
+        media: Vec::new(),
         idempotency_key: share_id.clone(),
         checkpoint: Default::default(),
     };
@@ -300,6 +301,77 @@ async fn a_share_lands_on_the_pds_with_text_facets_and_card_and_a_retry_does_not
 }
 
 #[tokio::test]
+async fn two_images_with_alt_text_land_on_the_pds_in_order_and_their_blobs_read_back() {
+    use herald_platforms::{
+        media::{Image, ImageType, sha256_hex},
+        testing::solid_png,
+    };
+    let net = devnet();
+    let (account, creds) = alice();
+    let image = |w: u32, h: u32, rgb: [u8; 3], alt: &str| {
+        let bytes = solid_png(w, h, rgb);
+        Image {
+            sha256: sha256_hex(&bytes),
+            kind: ImageType::Png,
+            bytes: bytes.into(),
+            width: w,
+            height: h,
+            alt: Some(alt.to_owned()),
+            public_url: None,
+        }
+    };
+    let images = vec![
+        image(40, 30, [200, 30, 30], "A red field, wider than tall"),
+        image(30, 40, [30, 30, 200], "A blue field, taller than wide 🦋"),
+    ];
+    let share_id = format!("shr_{}", uuid::Uuid::now_v7().simple());
+    let post = PostRequest {
+        share_id: share_id.clone(),
+        url: "https://blog.example/two-pictures".into(),
+        title: None,
+        text: Some("Two pictures".into()),
+        image_url: None,
+        media: images.clone(),
+        idempotency_key: share_id.clone(),
+        checkpoint: Default::default(),
+    };
+    client().share(&account, &creds, &post).await.unwrap();
+
+    let rkey = bluesky::tid::record_key(&share_id);
+    let (status, got) = xrpc_get(
+        "com.atproto.repo.getRecord",
+        &[
+            ("repo", &net.alice_did),
+            ("collection", "app.bsky.feed.post"),
+            ("rkey", &rkey),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    let embed = &got["value"]["embed"];
+    assert_eq!(embed["$type"], "app.bsky.embed.images", "{got}");
+    let stored = embed["images"].as_array().unwrap();
+    assert_eq!(stored.len(), 2);
+    for (s, img) in stored.iter().zip(&images) {
+        assert_eq!(s["alt"], img.alt.clone().unwrap());
+        assert_eq!(
+            s["aspectRatio"],
+            json!({ "width": img.width, "height": img.height })
+        );
+        assert_eq!(s["image"]["mimeType"], "image/png");
+        let cid = s["image"]["ref"]["$link"].as_str().unwrap();
+        let blob = reqwest::Client::new()
+            .get(format!("{}/xrpc/com.atproto.sync.getBlob", net.pds_url))
+            .query(&[("did", net.alice_did.as_str()), ("cid", cid)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(blob.status().as_u16(), 200);
+        assert_eq!(blob.bytes().await.unwrap().as_ref(), img.bytes.as_ref());
+    }
+}
+
+#[tokio::test]
 async fn the_pds_counts_graphemes_as_the_client_does() {
     let net = devnet();
     let token = login(&net.alice_did, &net.alice_app_password).await;
@@ -320,6 +392,7 @@ async fn the_pds_counts_graphemes_as_the_client_does() {
             title: None,
             text: None,
             image_url: None,
+            media: Vec::new(),
             idempotency_key: "shr_x".into(),
             checkpoint: Default::default(),
         };
@@ -458,6 +531,7 @@ mod oauth {
             queue: Arc::new(SqliteQueue::new(pool, Wakeups::new())),
             vault: Arc::new(KeyRing::parse(&KeyRing::generate_spec()).unwrap()),
             platforms: Platforms::default().with(Arc::new(bsky)),
+            http: http::client(&settings.ssrf, settings.platform_timeout),
             settings: Arc::new(settings),
         };
         (ctx, tenant)
@@ -573,6 +647,7 @@ mod oauth {
             title: None,
             text: Some(text.into()),
             image_url: None,
+            media: Vec::new(),
             idempotency_key: id,
             checkpoint: Default::default(),
         }

@@ -13,8 +13,9 @@ use crate::{
     config::PlatformApp,
     error::PlatformError,
     kind::PlatformKind,
+    media::{Count, ImageType, MediaRules},
     meta::{
-        container::{self, ContainerFlow, ContainerWait, Created},
+        container::{self, ContainerFlow, ContainerWait, Created, ImageContainers},
         graph::{Graph, ListedPost, Since, caption, checked_id, token},
     },
     oauth::{CodeToken, Granted, OAuthApp},
@@ -138,6 +139,7 @@ impl Platform for Instagram {
             refresh: true,
             followers: false,
             requires_image: true,
+            checkpoint_settles_outcome: true,
         }
     }
 
@@ -157,11 +159,25 @@ impl Platform for Instagram {
             .await
     }
 
+    /// JPEG only, at most 8 MiB each; several images are a carousel of up to 10; alt text
+    /// (`alt_text`, since March 2025) has no documented limit, and Herald holds it to the
+    /// 1,000 characters Threads documents.
+    fn media_rules(&self) -> MediaRules {
+        MediaRules {
+            max_images: 10,
+            max_alt: Some((1000, Count::Chars)),
+            types: &[ImageType::Jpeg],
+            max_bytes: 8 * 1024 * 1024,
+            max_pixels: None,
+        }
+    }
+
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {
-        if post
-            .image_url
-            .as_deref()
-            .is_none_or(|u| u.trim().is_empty())
+        if post.media.is_empty()
+            && post
+                .image_url
+                .as_deref()
+                .is_none_or(|u| u.trim().is_empty())
         {
             return Err(Invalid {
                 field: "image_url",
@@ -224,13 +240,11 @@ impl Platform for Instagram {
     ) -> Result<Published, PlatformError> {
         let id = Self::user_id(account)?;
         let token = token(creds)?;
-        let image_url = post
-            .image_url
-            .as_deref()
-            .ok_or_else(|| PlatformError::Rejected {
-                status: 0,
-                reason: "Instagram posts need an image".into(),
-            })?;
+        let flow = ContainerFlow {
+            publish_edge: &format!("{id}/media_publish"),
+            status_fields: "status_code,status",
+            wait: self.wait,
+        };
         let create = async {
             container::check_quota(
                 &self.graph,
@@ -240,6 +254,32 @@ impl Platform for Instagram {
             .await?;
             // Creating a container publishes nothing, so a lost answer here is only transient.
             let caption = caption(post);
+            if !post.media.is_empty() {
+                // The images Herald captured at enqueue, by signed URL: Meta fetches them
+                // itself, and the source URLs may have changed or gone since.
+                let c = ImageContainers {
+                    edge: &format!("{id}/media"),
+                    text_field: "caption",
+                    names_image_type: false,
+                };
+                return container::create_image_container(
+                    &self.graph,
+                    c,
+                    flow,
+                    token,
+                    &caption,
+                    &post.media,
+                )
+                .await;
+            }
+            // A client called with a bare image URL (no capture): Meta fetches it as it is.
+            let image_url = post
+                .image_url
+                .as_deref()
+                .ok_or_else(|| PlatformError::Rejected {
+                    status: 0,
+                    reason: "Instagram posts need an image".into(),
+                })?;
             let form = [
                 ("image_url", image_url),
                 ("caption", caption.as_str()),
@@ -250,11 +290,6 @@ impl Platform for Instagram {
                 .post_form("create_container", false, &format!("{id}/media"), &form)
                 .await?;
             Ok::<_, PlatformError>(container.id)
-        };
-        let flow = ContainerFlow {
-            publish_edge: &format!("{id}/media_publish"),
-            status_fields: "status_code,status",
-            wait: self.wait,
         };
         let read_back = self.find_published(account, creds, post);
         container::share_through_container(&self.graph, flow, token, post, create, read_back).await
@@ -308,6 +343,7 @@ mod tests {
             title: None,
             text: Some(text.into()),
             image_url: image.map(Into::into),
+            media: Vec::new(),
             idempotency_key: "k".into(),
             checkpoint: Default::default(),
         }

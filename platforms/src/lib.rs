@@ -9,6 +9,7 @@ pub mod instagram;
 mod kind;
 pub mod linkedin;
 pub mod mastodon;
+pub mod media;
 pub mod meta;
 pub mod metrics;
 pub mod oauth;

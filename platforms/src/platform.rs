@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use crate::{
     error::PlatformError,
     kind::PlatformKind,
+    media::MediaRules,
     oauth::{self, CodeToken, Granted, OAuthApp, Revoked},
     types::{
         Account, Credentials, FollowerPage, Invalid, PostRequest, Profile, Published, Relation,
@@ -34,6 +35,11 @@ pub struct Capabilities {
     pub refresh: bool,
     pub followers: bool,
     pub requires_image: bool,
+    /// A saved checkpoint tells what a lost answer did (Instagram's and Threads' container can be
+    /// read: published or not), so a share with one may be tried again after an unknown outcome.
+    /// Where the checkpoint only holds uploads (Mastodon's media ids, Bluesky's blobs), it says
+    /// nothing about the post, and the platform's own duplicate protection decides.
+    pub checkpoint_settles_outcome: bool,
 }
 
 /// One platform's client. Implementations hold no per-account state.
@@ -42,6 +48,12 @@ pub trait Platform: Send + Sync + 'static {
     fn kind(&self) -> PlatformKind;
 
     fn capabilities(&self) -> Capabilities;
+
+    /// The images Herald posts to this platform: how many, which types and sizes, how much alt
+    /// text. By default none: a share with images to such a target is refused at enqueue.
+    fn media_rules(&self) -> MediaRules {
+        MediaRules::NONE
+    }
 
     /// Checks a share against the platform's rules before anything is written.
     fn validate(&self, account: &Account, post: &PostRequest) -> Result<(), Invalid>;

@@ -47,6 +47,7 @@ mod tests {
             title: None,
             text: Some(text.into()),
             image_url: None,
+            media: Vec::new(),
             idempotency_key: "k".into(),
             checkpoint: Default::default(),
         }

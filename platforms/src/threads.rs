@@ -10,8 +10,9 @@ use crate::{
     config::PlatformApp,
     error::PlatformError,
     kind::PlatformKind,
+    media::{Count, ImageType, MediaRules},
     meta::{
-        container::{self, ContainerFlow, ContainerWait, Created},
+        container::{self, ContainerFlow, ContainerWait, Created, ImageContainers},
         graph::{Graph, ListedPost, Since, caption, checked_id, token},
     },
     oauth::{CodeToken, Granted, OAuthApp},
@@ -156,6 +157,7 @@ impl Platform for Threads {
             refresh: true,
             followers: false,
             requires_image: false,
+            checkpoint_settles_outcome: true,
         }
     }
 
@@ -173,6 +175,18 @@ impl Platform for Threads {
         self.graph
             .exchange_code_token("th_exchange_token", app, token)
             .await
+    }
+
+    /// JPEG and PNG up to 8 MB each; several images are a carousel of up to 20; alt text up to
+    /// 1,000 characters.
+    fn media_rules(&self) -> MediaRules {
+        MediaRules {
+            max_images: 20,
+            max_alt: Some((1000, Count::Chars)),
+            types: &[ImageType::Jpeg, ImageType::Png],
+            max_bytes: 8 * 1024 * 1024,
+            max_pixels: None,
+        }
     }
 
     fn validate(&self, _account: &Account, post: &PostRequest) -> Result<(), Invalid> {
@@ -226,6 +240,11 @@ impl Platform for Threads {
     ) -> Result<Published, PlatformError> {
         let user = Self::user_id(account)?;
         let token = token(creds)?;
+        let flow = ContainerFlow {
+            publish_edge: &format!("{user}/threads_publish"),
+            status_fields: "status,error_message",
+            wait: self.wait,
+        };
         let create = async {
             container::check_quota(
                 &self.graph,
@@ -235,6 +254,24 @@ impl Platform for Threads {
             .await?;
             // Creating a container publishes nothing, so a lost answer here is only transient.
             let caption = caption(post);
+            if !post.media.is_empty() {
+                // A link attachment is for text posts only: with images the link stays in the
+                // text, where Threads links it.
+                let c = ImageContainers {
+                    edge: &format!("{user}/threads"),
+                    text_field: "text",
+                    names_image_type: true,
+                };
+                return container::create_image_container(
+                    &self.graph,
+                    c,
+                    flow,
+                    token,
+                    &caption,
+                    &post.media,
+                )
+                .await;
+            }
             let form = [
                 ("media_type", "TEXT"),
                 ("text", caption.as_str()),
@@ -246,11 +283,6 @@ impl Platform for Threads {
                 .post_form("create_container", false, &format!("{user}/threads"), &form)
                 .await?;
             Ok::<_, PlatformError>(container.id)
-        };
-        let flow = ContainerFlow {
-            publish_edge: &format!("{user}/threads_publish"),
-            status_fields: "status,error_message",
-            wait: self.wait,
         };
         let read_back = self.find_published(account, creds, post);
         container::share_through_container(&self.graph, flow, token, post, create, read_back).await

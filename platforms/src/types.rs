@@ -61,7 +61,11 @@ pub struct PostRequest {
     pub url: String,
     pub title: Option<String>,
     pub text: Option<String>,
+    /// The share's `image_url` as sent. Its image, captured at enqueue, is `media[0]` (without
+    /// alt text); Bluesky makes it its link card's thumbnail rather than an attached image.
     pub image_url: Option<String>,
+    /// The images to attach, in order, captured at enqueue (empty for a text share).
+    pub media: Vec<crate::media::Image>,
     /// Stable across every attempt of one share: platforms with duplicate protection use it
     /// (Mastodon's `Idempotency-Key`, a Bluesky record key).
     pub idempotency_key: String,

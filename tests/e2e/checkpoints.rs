@@ -19,6 +19,12 @@ async fn a_lost_publish_answer_is_settled_from_the_saved_container_and_posts_onc
     let mut settings = fast_settings();
     settings.apps.instagram = Some(instagram.app());
     let app = TestApp::spawn_with(engine, true, settings).await;
+    let images = herald_platforms::testing::ImageHost::start().await;
+    let cover = images.put(
+        "cover.jpg",
+        "image/jpeg",
+        herald_platforms::testing::jpeg(1080, 1080, 1),
+    );
     let (status, conn) = app
         .post(
             "/v1/connections",
@@ -33,7 +39,7 @@ async fn a_lost_publish_answer_is_settled_from_the_saved_container_and_posts_onc
             json!({
                 "url": "https://blog.example/post/1",
                 "text": "Worth reading",
-                "image_url": "https://cdn.example/cover.jpg",
+                "image_url": cover,
                 "connection_ids": [conn["id"]],
             }),
         )

@@ -16,6 +16,7 @@ mod delivery;
 mod followers;
 mod keys;
 mod lifecycle;
+mod media;
 mod observability;
 mod ops;
 mod outage;

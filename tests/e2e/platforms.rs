@@ -33,7 +33,6 @@ use crate::{
 };
 
 const ARTICLE: &str = "https://blog.example/post/1";
-const IMAGE: &str = "https://blog.example/cover.jpg";
 const SIXTY_DAYS: i64 = 5_184_000;
 
 async fn spawn(engine: Engine, apps: impl FnOnce(&mut PlatformApps)) -> TestApp {
@@ -93,11 +92,17 @@ fn about(at: &Value, secs: i64) {
     assert!(off.abs() < 60, "{at} is {off} s off now + {secs} s");
 }
 
+fn cover() -> Vec<u8> {
+    herald_platforms::testing::jpeg(1080, 1080, 7)
+}
+
 async fn share(app: &TestApp, connection: &str, text: &str, image: bool) -> String {
     let mut body =
         json!({ "url": ARTICLE, "title": "A post", "text": text, "connection_ids": [connection] });
     if image {
-        body["image_url"] = IMAGE.into();
+        // Captured at enqueue: the host may go away once the share is accepted.
+        let host = herald_platforms::testing::ImageHost::start().await;
+        body["image_url"] = host.put("cover.jpg", "image/jpeg", cover()).into();
     }
     let (status, res) = app.post("/v1/shares", body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{res}");
@@ -509,7 +514,20 @@ async fn container_platform_end_to_end(engine: Engine, p: ContainerPlatform) {
     let text = format!("Read this\n\n{ARTICLE}");
     match p.api {
         MetaApi::Instagram => {
-            assert_eq!(created.param("image_url"), Some(IMAGE));
+            // Meta fetches the image Herald captured, from Herald, by a signed URL.
+            let signed = created.param("image_url").unwrap();
+            assert!(
+                signed.starts_with(&format!("{}/v1/media/", app.base)),
+                "{signed}"
+            );
+            let served = reqwest::get(signed).await.unwrap();
+            assert_eq!(served.status(), StatusCode::OK);
+            assert_eq!(served.bytes().await.unwrap().as_ref(), cover().as_slice());
+            let unsigned = signed.split('?').next().unwrap();
+            assert_eq!(
+                reqwest::get(unsigned).await.unwrap().status(),
+                StatusCode::NOT_FOUND
+            );
             assert_eq!(created.param("caption"), Some(text.as_str()));
             assert_eq!(
                 post["url"],

@@ -286,6 +286,7 @@ pub async fn run(
         Backend::Sqlite(q) => prune_forever(Pruner::Sqlite(q.pool().clone())).boxed(),
         Backend::Postgres(q) => prune_forever(Pruner::Postgres(q.pool().clone())).boxed(),
     }));
+    let media_sweep = AbortOnDrop(tokio::spawn(prune_media_forever(ctx.clone())));
     for q in QueueName::ALL {
         metrics::gauge!(m::WORKERS_ALIVE, "queue" => q.as_str()).set(1.0);
     }
@@ -299,6 +300,7 @@ pub async fn run(
         metrics::gauge!(m::WORKERS_ALIVE, "queue" => q.as_str()).set(0.0);
     }
     drop(reconciler);
+    drop(media_sweep);
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
 }
 
@@ -381,6 +383,28 @@ async fn prune_forever(pruner: Pruner) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// How long a captured image stays after its last use by an enqueue, even once no unfinished
+/// share needs it: an enqueue writing a new use of it commits well within this, so the sweep
+/// cannot delete a blob a share is about to reference.
+const MEDIA_GRACE: Duration = Duration::from_secs(3600);
+
+/// Every [`PRUNE_EVERY`], deletes the images no unfinished share needs (every backend: they live
+/// in the store).
+async fn prune_media_forever(ctx: Ctx) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let before =
+            chrono::Utc::now() - chrono::Duration::from_std(MEDIA_GRACE).unwrap_or_default();
+        match ctx.store.prune_media(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed images no share needs"),
+            Err(e) => tracing::warn!(error = %e, "pruning images failed"),
         }
     }
 }

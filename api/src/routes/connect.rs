@@ -105,6 +105,7 @@ pub async fn start(
                     .into(),
                 field: Some("instance_url".into()),
                 share_id: None,
+                platform: None,
             }
         }
         StartError::Upstream {
@@ -119,6 +120,7 @@ pub async fn start(
                 message,
                 field: Some(field.into()),
                 share_id: None,
+                platform: None,
             }
         }
         StartError::Internal(e) => ApiError::from_anyhow(e),
@@ -166,6 +168,7 @@ pub async fn callback(
                 .into(),
             field: Some("state".into()),
             share_id: None,
+            platform: None,
         }),
     }
 }

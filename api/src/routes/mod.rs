@@ -5,6 +5,7 @@ pub mod followers;
 pub mod health;
 pub mod jobs;
 pub mod keys;
+pub mod media;
 pub mod metrics;
 pub mod oauth_client;
 pub mod ops;
@@ -163,6 +164,7 @@ pub(crate) async fn reject_nul_in_path_and_query(
                 message: text,
                 field,
                 share_id: None,
+                platform: None,
             }
             .into_response();
         }

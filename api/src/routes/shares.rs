@@ -6,6 +6,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use herald_jobs::{
+    media,
     payloads::ShareV1,
     replay,
     share_request::{self, ShareContent, ShareRequest, ShareRequestBody},
@@ -40,8 +41,17 @@ pub struct CreateShareRequest {
     /// The post's text; each platform's length limit applies.
     #[schema(max_length = 10000)]
     pub text: Option<String>,
-    /// An image for platforms that take one (fetched through the SSRF guard).
+    /// One image without alt text (kept for older clients; `media` is the way to send images).
+    /// Fetched at enqueue like `media`; Bluesky shows it as the link card's thumbnail.
+    #[schema(max_length = 2048)]
     pub image_url: Option<String>,
+    /// Images to attach, in order, each with its alt text. Fetched once at enqueue (through the
+    /// SSRF guard) and kept until the share finishes, so a later change of the URL cannot alter
+    /// the post. Each target's platform limits apply (count, types, size, alt text length); a
+    /// target that cannot take them refuses the request (422 naming the field and `platform`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 20)]
+    pub media: Vec<MediaRequest>,
     /// When to publish (RFC 3339, before 9999-01-01); now if absent.
     #[schema(format = DateTime)]
     pub publish_at: Option<String>,
@@ -57,6 +67,18 @@ pub struct CreateShareRequest {
     /// with 409 `already_shared`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_duplicate: bool,
+}
+
+/// One image of a share request.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MediaRequest {
+    /// Where to fetch it (http or https; JPEG, PNG, GIF or WebP as each target takes).
+    #[schema(min_length = 1, max_length = 2048)]
+    pub url: String,
+    /// Its description for people who cannot see it. Each platform's limit applies.
+    #[schema(max_length = 5000)]
+    pub alt: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -109,6 +131,17 @@ pub struct ShareView {
     /// Each attempt, oldest first (only on `GET /v1/shares/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt_history: Option<Vec<AttemptView>>,
+    /// Its images as requested, in order, each captured when the share was accepted (only on
+    /// `GET /v1/shares/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<Vec<MediaView>>,
+}
+
+/// One image of a share: where it was fetched from, and its alt text.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MediaView {
+    pub url: String,
+    pub alt: Option<String>,
 }
 
 impl ShareView {
@@ -139,6 +172,7 @@ impl ShareView {
             updated_at: r.updated_at,
             finished_at: r.finished_at,
             attempt_history: None,
+            media: None,
         })
     }
 }
@@ -198,12 +232,18 @@ pub async fn create(
         }
     };
 
+    let media_refs: Vec<(&str, Option<&str>)> = req
+        .media
+        .iter()
+        .map(|m| (m.url.as_str(), m.alt.as_deref()))
+        .collect();
     let parsed = ShareRequest::parse(
         ShareRequestBody {
             url: &req.url,
             title: req.title.as_deref(),
             text: req.text.as_deref(),
             image_url: req.image_url.as_deref(),
+            media: &media_refs,
             publish_at: req.publish_at.as_deref(),
             not_after: req.not_after.as_deref(),
             connection_ids: &req.connection_ids,
@@ -217,6 +257,7 @@ pub async fn create(
         title,
         text,
         image_url,
+        media,
         run_at,
         not_after,
         connection_ids,
@@ -229,7 +270,9 @@ pub async fn create(
     };
     let duplicate_key = content.duplicate_key();
     let not_after = Some(not_after);
+    let first_image = media.first().map(|m| m.url.as_str());
     let mut shares = Vec::with_capacity(connection_ids.len());
+    let mut targets = Vec::with_capacity(connection_ids.len());
     for (i, id) in connection_ids.iter().enumerate() {
         let field = format!("connection_ids[{i}]");
         // Another tenant's connection is indistinguishable from one that does not exist.
@@ -255,7 +298,11 @@ pub async fn create(
                 format!("{kind} is not configured on this Herald"),
             )
         })?;
-        validate_for(platform.as_ref(), &conn, &content, &field)?;
+        validate_for(platform.as_ref(), &conn, &content, first_image, &field)?;
+        // Before anything is fetched: a target that takes no images, or not this many, or not
+        // this much alt text, refuses the request.
+        media::check_declared(platform.as_ref(), &media, &field)?;
+        targets.push((platform.clone(), field));
         shares.push(NewShare {
             connection_id: conn.id,
             platform: kind.as_str().to_owned(),
@@ -266,7 +313,21 @@ pub async fn create(
             run_at,
             not_after,
             duplicate_key: Some(duplicate_key.clone()),
+            media: Vec::new(),
         });
+    }
+    let mut blobs = Vec::new();
+    if !media.is_empty() {
+        // Fetched once for every target, then checked against each target's rules.
+        let fetched = media::capture(&state.ctx, &media).await?;
+        for (platform, field) in &targets {
+            media::check_fetched(platform.as_ref(), &media, &fetched, field)?;
+        }
+        let (list, stored) = media::to_store(&media, &fetched);
+        for s in &mut shares {
+            s.media = list.clone();
+        }
+        blobs = stored;
     }
     let window = state.ctx.settings.duplicate_window;
     // A window reaching before any share could exist is the same as one reaching back to 1970.
@@ -289,6 +350,7 @@ pub async fn create(
         request_hash,
         shares,
         duplicates_since,
+        blobs,
     };
     // The write and the pushes after it run on a task of their own: a client that hangs up
     // drops this handler, and that must not cut the enqueue between the commit and the push.
@@ -376,8 +438,19 @@ pub async fn get(
         .await?
         .ok_or_else(|| ApiError::not_found("share"))?;
     let attempts = state.ctx.store.share_attempts(&row.id).await?;
+    let media = if row.media_count > 0 {
+        state.ctx.store.share_media_list(&row.id).await?
+    } else {
+        Vec::new()
+    };
     let mut view = ShareView::from_row(row)?;
     view.attempt_history = Some(attempts.into_iter().map(AttemptView::from).collect());
+    view.media = Some(
+        media
+            .into_iter()
+            .map(|(url, alt)| MediaView { url, alt })
+            .collect(),
+    );
     Ok(ApiJson(view))
 }
 
@@ -590,6 +663,9 @@ pub async fn edit(
             share.image_url.as_deref(),
             &state.ctx.settings.ssrf,
         )?;
+        // The images were checked when the share was made; only the platform's need of one
+        // matters here.
+        let stored_image = (share.media_count > 0).then_some("stored image");
         let (run_at, not_after) =
             share_request::reschedule(share.run_at, share.not_after, publish_at, not_after, now)?;
         let conn = state
@@ -602,7 +678,13 @@ pub async fn edit(
             .platform_kind()
             .and_then(|k| state.ctx.platforms.get(k))
         {
-            validate_for(platform.as_ref(), &conn, &content, "connection_id")?;
+            validate_for(
+                platform.as_ref(),
+                &conn,
+                &content,
+                stored_image,
+                "connection_id",
+            )?;
         }
         let edit = ShareEdit {
             duplicate_key: Some(content.duplicate_key()),
@@ -683,14 +765,18 @@ fn validate_for(
     platform: &dyn Platform,
     conn: &ConnectionRow,
     content: &ShareContent,
+    first_image: Option<&str>,
     target: &str,
 ) -> ApiResult<()> {
+    // The images themselves are checked apart (`media::check_declared`, `check_fetched`); a
+    // platform that needs one (Instagram) sees that there is one.
     let probe = PostRequest {
         share_id: String::new(),
         url: content.url.clone(),
         title: content.title.clone(),
         text: content.text.clone(),
-        image_url: content.image_url.clone(),
+        image_url: content.image_url.clone().or(first_image.map(str::to_owned)),
+        media: Vec::new(),
         idempotency_key: String::new(),
         checkpoint: Default::default(),
     };

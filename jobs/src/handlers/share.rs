@@ -355,19 +355,31 @@ async fn call(
         attempt: share.attempts,
         saved: AtomicBool::new(false),
     });
+    // Read only for shares that carry images: a text share costs no extra query.
+    let media = if share.media_count > 0 {
+        let rows = ctx.store.share_media(&share.id).await?;
+        match crate::media::images(ctx, rows, Utc::now()) {
+            Ok(images) => images,
+            Err(reason) => return Ok(Break(failed(ErrorClass::Rejected, &reason))),
+        }
+    } else {
+        Vec::new()
+    };
     let post = PostRequest {
         share_id: share.id.clone(),
         url: share.url.clone(),
         title: share.title.clone(),
         text: share.body.clone(),
         image_url: share.image_url.clone(),
+        media,
         // Stable across every attempt of this share, so the platform's duplicate protection holds.
         idempotency_key: share.id.clone(),
         checkpoint: Checkpoint::new(share.checkpoint.clone(), checkpoints.clone()),
     };
     let now = Utc::now();
+    let settles = platform.capabilities().checkpoint_settles_outcome;
     if recovered
-        && share.checkpoint.is_none()
+        && !(settles && share.checkpoint.is_some())
         && !within_idempotency_window(platform.as_ref(), share.first_sent_at, now)
     {
         // The previous worker vanished mid-call and the platform cannot deduplicate a repeat:
@@ -517,7 +529,9 @@ async fn on_failure(
             let resume =
                 if within_idempotency_window(platform.as_ref(), share.first_sent_at, Utc::now()) {
                     Some("retrying under the same idempotency key")
-                } else if share.checkpoint.is_some() || checkpointed {
+                } else if platform.capabilities().checkpoint_settles_outcome
+                    && (share.checkpoint.is_some() || checkpointed)
+                {
                     Some("the next attempt resumes from the saved checkpoint")
                 } else {
                     None

@@ -9,15 +9,15 @@ use futures::future::BoxFuture;
 use tracing::warn;
 
 use super::{
-    ConnectionRow, Pool, Result, Store, StoreError, connections::connections_in,
-    group_commit::together_or_alone, with_engine, with_pool,
+    ConnectionRow, NewBlob, NewShareMedia, Pool, Result, Store, StoreError,
+    connections::connections_in, group_commit::together_or_alone, with_engine, with_pool,
 };
 use crate::{error_class::ErrorClass, ids};
 
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
     last_status, post_id, post_url, created_at, updated_at, finished_at, budget_from, checkpoint, \
-    after_share_id, edits";
+    after_share_id, edits, media_count";
 
 /// A queued share may start: it waits for no share parked before it (`shares` is the row under
 /// test, `p` its predecessor). Written as a correlated lookup by primary key, evaluated only for
@@ -106,6 +106,9 @@ pub struct ShareRow {
     /// How many times the tenant edited it: the version `PATCH /v1/shares/{id}` compares.
     #[sqlx(default)]
     pub edits: i32,
+    /// How many images it carries (`share_media`).
+    #[sqlx(default)]
+    pub media_count: i32,
 }
 
 impl ShareRow {
@@ -163,6 +166,8 @@ pub struct NewShare {
     /// `share_request::duplicate_key` of its URL and text, kept so later requests can be
     /// checked against it.
     pub duplicate_key: Option<String>,
+    /// Its images, in order (their bytes are in [`CreateShares::blobs`]).
+    pub media: Vec<NewShareMedia>,
 }
 
 /// A whole share request: written in one transaction with its idempotency key.
@@ -177,6 +182,8 @@ pub struct CreateShares {
     /// since this time and not failed, cancelled or expired. `None`: the guard is off, or the
     /// request allows duplicates.
     pub duplicates_since: Option<DateTime<Utc>>,
+    /// The bytes of every image the shares carry, each content once.
+    pub blobs: Vec<NewBlob>,
 }
 
 #[derive(Debug)]
@@ -1066,6 +1073,7 @@ fn new_rows(req: &CreateShares, now: DateTime<Utc>) -> Vec<ShareRow> {
             checkpoint: None,
             after_share_id: None,
             edits: 0,
+            media_count: s.media.len() as i32,
         })
         .collect()
 }
@@ -1109,8 +1117,8 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
     let duplicate_find = "SELECT id FROM shares WHERE connection_id = $1 AND duplicate_key = $2 \
                           AND created_at >= $3 AND state NOT IN ('failed', 'cancelled', 'expired') \
                           ORDER BY created_at DESC LIMIT 1";
-    let insert = "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at, duplicate_key) \
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12, $13)";
+    let insert = "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at, duplicate_key, media_count) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12, $13, $14)";
     Ok(with_pool!(pool, insert, |p, _sql| {
         let mut tx = crate::store::Engine::begin_write(p).await?;
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -1217,8 +1225,35 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
                     .bind(r.not_after)
                     .bind(now)
                     .bind(&new.duplicate_key)
+                    .bind(r.media_count)
                     .execute(&mut *tx)
                     .await?;
+            }
+            // Each blob's row is written (or its use bumped) before the lists that use it, so
+            // the media sweep, which spares blobs used lately, cannot take it meanwhile.
+            for b in &req.blobs {
+                sqlx::query(with_engine(p, super::media::UPSERT_BLOB))
+                    .bind(&b.sha256)
+                    .bind(&b.content_type)
+                    .bind(b.bytes.as_ref())
+                    .bind(b.bytes.len() as i64)
+                    .bind(b.width as i32)
+                    .bind(b.height as i32)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for (r, new) in rows.iter().zip(&req.shares) {
+                for (i, m) in new.media.iter().enumerate() {
+                    sqlx::query(with_engine(p, super::media::INSERT_SHARE_MEDIA))
+                        .bind(&r.id)
+                        .bind(i as i32)
+                        .bind(&m.sha256)
+                        .bind(&m.alt)
+                        .bind(&m.source_url)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             outcomes.push(CreateOutcome::Created(rows));
         }

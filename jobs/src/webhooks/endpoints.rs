@@ -36,11 +36,7 @@ impl From<Invalid> for EndpointError {
 }
 
 fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.to_owned(),
-        code,
-        message: message.into(),
-    }
+    Invalid::new(field, code, message)
 }
 
 /// An endpoint's URL: the SSRF guard (a name resolving only to private addresses is refused up

@@ -48,6 +48,7 @@
 
 pub mod dpop;
 pub mod identity;
+mod images;
 pub mod jwt;
 pub mod link_card;
 pub mod oauth;
@@ -75,6 +76,7 @@ use crate::{
     error::PlatformError,
     http,
     kind::PlatformKind,
+    media::{Count, ImageType, MediaRules},
     oauth::{OAuthApp, Revoked},
     platform::{Capabilities, Platform},
     ssrf::SsrfGuard,
@@ -443,9 +445,14 @@ impl Bluesky {
         post: &PostRequest,
     ) -> Option<Value> {
         let (mut external, image) = link_card::card(&self.http, &self.guard, post).await?;
-        if let Some(image) = image
-            && let Some(blob) = self.upload_thumb(pds, account, creds, &image).await
-        {
+        // The share's own image was captured at enqueue: its bytes, not the URL again.
+        let captured = post.media.first().filter(|_| post.image_url.is_some());
+        let thumb = match (captured, image) {
+            (Some(captured), _) => self.upload_blob(pds, account, creds, captured).await.ok(),
+            (None, Some(image)) => self.upload_thumb(pds, account, creds, &image).await,
+            (None, None) => None,
+        };
+        if let Some(blob) = thumb {
             external["thumb"] = blob;
         }
         Some(json!({ "$type": "app.bsky.embed.external", "external": external }))
@@ -485,6 +492,19 @@ impl Platform for Bluesky {
             refresh: true,
             followers: true,
             requires_image: false,
+            checkpoint_settles_outcome: false,
+        }
+    }
+
+    /// `app.bsky.embed.images`: at most 4, each blob at most 1,000,000 bytes of `image/*`; alt
+    /// text has no limit in the lexicon, and Bluesky's app stops at 2,000 graphemes.
+    fn media_rules(&self) -> MediaRules {
+        MediaRules {
+            max_images: 4,
+            max_alt: Some((2000, Count::Graphemes)),
+            types: &ImageType::ALL,
+            max_bytes: link_card::MAX_THUMB_BYTES,
+            max_pixels: None,
         }
     }
 
@@ -553,36 +573,65 @@ impl Platform for Bluesky {
         }
         let rkey = record_key(&post.idempotency_key);
         let facets = self.facets(&pds, &text).await;
-        let embed = tokio::time::timeout(
-            link_card::CARD_BUDGET,
-            self.link_card(&pds, account, creds, post),
-        )
-        .await
-        .ok()
-        .flatten();
-        let mut record = json!({
-            "$type": POST_COLLECTION,
-            "text": text,
-            "createdAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        });
-        if !facets.is_empty() {
-            record["facets"] = Value::Array(facets);
-        }
-        if let Some(embed) = embed {
-            record["embed"] = embed;
-        }
-        let body = json!({
-            "repo": account.platform_account_id,
-            "collection": POST_COLLECTION,
-            "rkey": rkey,
-            "record": record,
-        });
+        // Images sent in `media` are the post's embed (and the card gives way: a post has one
+        // embed). The one image of `image_url` is the card's thumbnail, as it always was, or is
+        // posted as an image when no card can be made of the page, rather than dropped.
+        let card = if post.image_url.is_none() && !post.media.is_empty() {
+            None
+        } else {
+            tokio::time::timeout(
+                link_card::CARD_BUDGET,
+                self.link_card(&pds, account, creds, post),
+            )
+            .await
+            .ok()
+            .flatten()
+        };
+        let with_images = card.is_none() && !post.media.is_empty();
+        let mut embed = match card {
+            Some(card) => Some(card),
+            None if with_images => {
+                Some(self.images_embed(&pds, account, creds, post, false).await?)
+            }
+            None => None,
+        };
         let url = xrpc::url(&pds, "com.atproto.repo.createRecord");
-        let created = self
-            .call(&pds, account, creds, "share", true, |c| {
-                c.post(&url).json(&body)
-            })
-            .await;
+        let mut fresh = false;
+        let created = loop {
+            let mut record = json!({
+                "$type": POST_COLLECTION,
+                "text": text,
+                "createdAt": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            });
+            if !facets.is_empty() {
+                record["facets"] = Value::Array(facets.clone());
+            }
+            if let Some(embed) = &embed {
+                record["embed"] = embed.clone();
+            }
+            let body = json!({
+                "repo": account.platform_account_id,
+                "collection": POST_COLLECTION,
+                "rkey": rkey,
+                "record": record,
+            });
+            let created = self
+                .call(&pds, account, creds, "share", true, |c| {
+                    c.post(&url).json(&body)
+                })
+                .await;
+            // Blobs saved by an earlier attempt that the PDS has since deleted: upload again,
+            // once. Nothing was created.
+            if with_images
+                && !fresh
+                && matches!(&created, Ok(a) if !a.ok() && a.error_name() == "BlobNotFound")
+            {
+                fresh = true;
+                embed = Some(self.images_embed(&pds, account, creds, post, true).await?);
+                continue;
+            }
+            break created;
+        };
         let failure = match created {
             Ok(a) if a.ok() => {
                 #[derive(Deserialize)]

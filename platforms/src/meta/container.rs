@@ -266,3 +266,82 @@ pub async fn permalink(graph: &Graph, media_id: &str, access_token: &str) -> Opt
         .ok()
         .and_then(|p| p.permalink)
 }
+
+/// How one platform names the fields of its image containers.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageContainers<'a> {
+    /// Where containers are created (`{ig-user}/media`, `{user}/threads`).
+    pub edge: &'a str,
+    /// The post's text: `caption` (Instagram), `text` (Threads).
+    pub text_field: &'a str,
+    /// Threads names every container's type (`media_type=IMAGE`); Instagram infers an image from
+    /// `image_url`.
+    pub names_image_type: bool,
+}
+
+/// The container to publish for a share with images. One image is one image container with the
+/// text; several are a carousel: each image an item container (`is_carousel_item=true`, no
+/// text), each waited on until `FINISHED`, then a `CAROUSEL` container naming them in order
+/// (`children`) with the text. Meta fetches each image itself, from Herald's signed URL of the
+/// bytes captured at enqueue. Nothing here publishes anything.
+pub async fn create_image_container(
+    graph: &Graph,
+    c: ImageContainers<'_>,
+    flow: ContainerFlow<'_>,
+    access_token: &str,
+    text: &str,
+    images: &[crate::media::Image],
+) -> Result<String, PlatformError> {
+    let image_form = |image: &'_ crate::media::Image, item: bool| {
+        let url = image
+            .public_url
+            .clone()
+            .ok_or_else(|| PlatformError::Rejected {
+                status: 0,
+                reason: "the image has no public URL for Meta to fetch".into(),
+            })?;
+        let mut form: Vec<(&str, String)> = vec![("image_url", url)];
+        if c.names_image_type {
+            form.push(("media_type", "IMAGE".into()));
+        }
+        if item {
+            form.push(("is_carousel_item", "true".into()));
+        } else {
+            form.push((c.text_field, text.to_owned()));
+        }
+        if let Some(alt) = &image.alt {
+            form.push(("alt_text", alt.clone()));
+        }
+        form.push(("access_token", access_token.to_owned()));
+        Ok::<_, PlatformError>(form)
+    };
+    if let [image] = images {
+        return create_container(graph, c.edge, &image_form(image, false)?).await;
+    }
+    let mut children = Vec::with_capacity(images.len());
+    for image in images {
+        let child = create_container(graph, c.edge, &image_form(image, true)?).await?;
+        wait_for_container(graph, &child, flow.status_fields, access_token, flow.wait).await?;
+        children.push(child);
+    }
+    let children = children.join(",");
+    let form = [
+        ("media_type", "CAROUSEL".to_owned()),
+        ("children", children),
+        (c.text_field, text.to_owned()),
+        ("access_token", access_token.to_owned()),
+    ];
+    create_container(graph, c.edge, &form).await
+}
+
+async fn create_container(
+    graph: &Graph,
+    edge: &str,
+    form: &[(&str, String)],
+) -> Result<String, PlatformError> {
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let created: Created = graph
+        .post_form("create_container", false, edge, &form)
+        .await?;
+    checked_id(&created.id).map(str::to_owned)
+}

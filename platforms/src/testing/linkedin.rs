@@ -51,6 +51,9 @@ struct Grant {
     revoked: bool,
 }
 
+/// An image's content type and bytes.
+type Uploaded = (String, Vec<u8>);
+
 #[derive(Default)]
 struct Inner {
     /// code → redirect URI it was issued for; taken on exchange.
@@ -61,6 +64,8 @@ struct Inner {
     refreshes: usize,
     /// Created posts: the request body with the URN and `createdAt` assigned.
     posts: Vec<Value>,
+    /// Registered images by URN: (owner, content type and bytes once uploaded).
+    images: HashMap<String, (String, Option<Uploaded>)>,
     script: VecDeque<Failure>,
     counter: u64,
 }
@@ -181,6 +186,16 @@ impl FakeLinkedin {
         self.recorder.all()
     }
 
+    /// An uploaded image's content type and bytes, by URN.
+    pub fn image(&self, urn: &str) -> Option<Uploaded> {
+        self.inner
+            .lock()
+            .unwrap()
+            .images
+            .get(urn)
+            .and_then(|(_, b)| b.clone())
+    }
+
     pub fn posts(&self) -> Vec<Value> {
         self.inner.lock().unwrap().posts.clone()
     }
@@ -291,6 +306,10 @@ async fn handle(
             Some(res) => res,
         },
         ("POST", "/rest/posts") => create_post(&mut g, &seen),
+        ("POST", "/rest/images") if seen.q("action") == Some("initializeUpload") => {
+            initialize_upload(&mut g, &seen)
+        }
+        ("PUT", path) if path.starts_with("/dms-uploads/") => upload_image(&mut g, &seen),
         ("GET", "/rest/posts") => list_posts(&g, &seen),
         _ => li_error(
             StatusCode::NOT_FOUND,
@@ -457,12 +476,41 @@ fn create_post(g: &mut Inner, seen: &Seen) -> Response {
             "Not enough permissions to access: partnerApiPostsExternal.CREATE.20260101",
         );
     }
+    let content = &body["content"];
+    let article_ok =
+        content["article"]["source"].is_string() && content["article"]["title"].is_string();
+    // One content per post: an article, one image (`media`), or 2 to 20 (`multiImage`), each
+    // an image uploaded for this author.
+    let images: Vec<&Value> = if content["media"].is_object() {
+        vec![&content["media"]]
+    } else {
+        content["multiImage"]["images"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
+    };
+    if !images.is_empty() {
+        let multi = content["multiImage"].is_object();
+        let uploaded = |i: &&Value| {
+            i["id"]
+                .as_str()
+                .and_then(|id| g.images.get(id))
+                .is_some_and(|(owner, bytes)| owner == author && bytes.is_some())
+        };
+        if (multi && !(2..=20).contains(&images.len())) || !images.iter().all(uploaded) {
+            return li_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                0,
+                "UNPROCESSABLE_ENTITY",
+                "ERROR :: /content :: the images are not valid for this post",
+            );
+        }
+    }
     let required_ok = body["commentary"].is_string()
         && body["visibility"] == "PUBLIC"
         && body["lifecycleState"] == "PUBLISHED"
         && body["distribution"]["feedDistribution"] == "MAIN_FEED"
-        && body["content"]["article"]["source"].is_string()
-        && body["content"]["article"]["title"].is_string();
+        && (article_ok || !images.is_empty());
     if !required_ok {
         return li_error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -532,4 +580,56 @@ fn list_posts(g: &Inner, seen: &Seen) -> Response {
         "elements": elements,
     }))
     .into_response()
+}
+
+/// `POST /rest/images?action=initializeUpload`: an image URN for `owner` and where to `PUT` it.
+fn initialize_upload(g: &mut Inner, seen: &Seen) -> Response {
+    if let Some(res) = refusal(g, seen) {
+        return res;
+    }
+    let owner = seen
+        .json
+        .as_ref()
+        .and_then(|b| b["initializeUploadRequest"]["owner"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    if owner.is_empty() {
+        return li_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            0,
+            "UNPROCESSABLE_ENTITY",
+            "ERROR :: /initializeUploadRequest/owner :: field is required but not found",
+        );
+    }
+    g.counter += 1;
+    let id = format!("D4E10AQ{}", g.counter);
+    let host = seen.header("host").unwrap_or("127.0.0.1").to_owned();
+    g.images.insert(format!("urn:li:image:{id}"), (owner, None));
+    Json(json!({ "value": {
+        "uploadUrlExpiresAt": chrono::Utc::now().timestamp_millis() + 86_400_000,
+        "uploadUrl": format!("http://{host}/dms-uploads/{id}/uploadedImage/0"),
+        "image": format!("urn:li:image:{id}"),
+    }}))
+    .into_response()
+}
+
+/// `PUT /dms-uploads/...`: the bytes of a registered image, with the member's token.
+fn upload_image(g: &mut Inner, seen: &Seen) -> Response {
+    if let Some(res) = refusal(g, seen) {
+        return res;
+    }
+    let id = seen.path.split('/').nth(2).unwrap_or_default();
+    let content_type = seen.header("content-type").unwrap_or_default().to_owned();
+    match g.images.get_mut(&format!("urn:li:image:{id}")) {
+        Some(entry) => {
+            entry.1 = Some((content_type, seen.body.to_vec()));
+            StatusCode::CREATED.into_response()
+        }
+        None => li_error(
+            StatusCode::NOT_FOUND,
+            0,
+            "NOT_FOUND",
+            "No upload registered here",
+        ),
+    }
 }

@@ -1,6 +1,8 @@
 //! A local server that answers as Mastodon documents: `POST /api/v1/statuses` with its
 //! `Idempotency-Key` semantics (a repeated key returns the status it created, the key being stored
-//! once the status exists), `verify_credentials`, and the documented errors.
+//! once the status exists), media uploads (`POST /api/v2/media`, `GET /api/v1/media/{id}`, and
+//! `media_ids` on a status, refused unless each is the account's, processed and unattached),
+//! `verify_credentials`, and the documented errors.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,7 +12,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Multipart, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -32,6 +34,38 @@ pub enum Reply {
     Unavailable,
     /// Creates the status, then never answers (the client's timeout fires).
     CreateThenHang,
+}
+
+/// What the next `POST /api/v2/media` does.
+#[derive(Debug, Clone)]
+pub enum MediaReply {
+    /// `202` and `206` to this many status checks before the upload is processed.
+    Processing(u32),
+    /// Accepted with `202`, never processed (`206` to every check): processing that failed.
+    NeverProcessed,
+    /// 422 `Validation failed: File file size must be less than 16 MB`.
+    TooLarge,
+    /// 422 `Validation failed: File content type is invalid`.
+    UnsupportedType,
+    /// 403 `This action is outside the authorized scopes` (a grant without `write:media`).
+    OutsideScopes,
+    /// 503.
+    Unavailable,
+}
+
+/// An upload the instance holds.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub id: String,
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    pub file_name: Option<String>,
+    /// The alt text.
+    pub description: Option<String>,
+    /// Status checks still answered `206` (`u32::MAX`: never processed).
+    pub checks_left: u32,
+    /// The status it is attached to.
+    pub status_id: Option<String>,
 }
 
 /// One request the server received.
@@ -83,6 +117,10 @@ struct Inner {
     codes: HashMap<String, (String, String, Option<String>)>,
     /// Tokens presented to `POST /oauth/revoke`.
     revoked: Vec<String>,
+    media_script: VecDeque<MediaReply>,
+    /// Uploads by id, and their ids in upload order.
+    uploads: HashMap<String, Upload>,
+    upload_order: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -102,6 +140,8 @@ impl FakeMastodon {
         let app_state = (inner.clone(), token.clone());
         let app = Router::new()
             .route("/api/v1/statuses", post(create_status))
+            .route("/api/v2/media", post(upload_media))
+            .route("/api/v1/media/{id}", get(media_status))
             .route("/api/v1/accounts/verify_credentials", get(verify))
             .route("/api/v1/accounts/{id}/followers", get(followers))
             .route("/api/v1/accounts/{id}/following", get(following))
@@ -160,6 +200,26 @@ impl FakeMastodon {
     /// Tokens revoked through `POST /oauth/revoke`.
     pub fn revoked(&self) -> Vec<String> {
         self.inner.lock().unwrap().revoked.clone()
+    }
+
+    /// Queues replies for the next media uploads; once used up, uploads are processed at once.
+    pub fn script_media(&self, replies: impl IntoIterator<Item = MediaReply>) {
+        self.inner.lock().unwrap().media_script.extend(replies);
+    }
+
+    /// Every upload the instance still holds, in upload order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        let g = self.inner.lock().unwrap();
+        g.upload_order
+            .iter()
+            .filter_map(|id| g.uploads.get(id).cloned())
+            .collect()
+    }
+
+    /// Deletes every upload not attached to a status, as the instance's daily cleanup does.
+    pub fn delete_unattached_media(&self) {
+        let mut g = self.inner.lock().unwrap();
+        g.uploads.retain(|_, u| u.status_id.is_some());
     }
 
     /// Statuses actually created (a repeat under a known key creates none).
@@ -229,6 +289,9 @@ async fn create_status(
         if let Some(existing) = key.as_ref().and_then(|k| g.by_key.get(k)) {
             return Json(existing.clone()).into_response();
         }
+        if let Some(refusal) = check_media_ids(&g, &body) {
+            return refusal;
+        }
         match g.script.pop_front() {
             Some(r) => Some(r),
             None => g.chaos.as_mut().and_then(Chaos::draw),
@@ -237,8 +300,18 @@ async fn create_status(
     let create = |inner: &Arc<Mutex<Inner>>| {
         let mut g = inner.lock().unwrap();
         let id = (110_000_000 + g.statuses.len()).to_string();
+        let ids = media_ids(&body);
+        let attachments: Vec<Value> = ids
+            .iter()
+            .filter_map(|m| {
+                let u = g.uploads.get_mut(m)?;
+                u.status_id = Some(id.clone());
+                Some(json!({ "id": u.id, "type": "image", "description": u.description }))
+            })
+            .collect();
         let status = json!({
             "id": id,
+            "media_attachments": attachments,
             "uri": format!("https://social.example/users/alice/statuses/{id}"),
             "url": format!("https://social.example/@alice/{id}"),
             "content": body["status"],
@@ -466,4 +539,154 @@ async fn oauth_revoke(State((inner, _)): State<AppState>, body: String) -> Respo
     g.revoked
         .push(form.get("token").cloned().unwrap_or_default());
     Json(json!({})).into_response()
+}
+
+fn media_ids(body: &Value) -> Vec<String> {
+    body["media_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A status's `media_ids` as Mastodon checks them (`PostStatusService`): at most 4, each an
+/// unattached upload of the account that has finished processing.
+fn check_media_ids(g: &Inner, body: &Value) -> Option<Response> {
+    let ids = media_ids(body);
+    if ids.len() > 4 {
+        return Some(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation failed: Media attachments must be at most 4",
+        ));
+    }
+    let missing: Vec<&str> = ids
+        .iter()
+        .filter(|id| g.uploads.get(*id).is_none_or(|u| u.status_id.is_some()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Some(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("Media attachment(s) not found: {}", missing.join(", ")),
+        ));
+    }
+    if ids.iter().any(|id| g.uploads[id].checks_left > 0) {
+        return Some(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Cannot attach files that have not finished processing. Try again in a moment!",
+        ));
+    }
+    None
+}
+
+/// `POST /api/v2/media`: multipart `file` (and `description`); `200` when processed at once,
+/// `202` (with `url: null`) while it is processed.
+async fn upload_media(
+    State((inner, token)): State<AppState>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> Response {
+    if !authorized(&headers, &token) {
+        return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+    }
+    let (mut file, mut description) = (None, None);
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name() {
+            Some("file") => {
+                let name = field.file_name().map(str::to_owned);
+                let ct = field.content_type().unwrap_or_default().to_owned();
+                let bytes = field.bytes().await.unwrap_or_default().to_vec();
+                file = Some((name, ct, bytes));
+            }
+            Some("description") => description = field.text().await.ok(),
+            _ => {}
+        }
+    }
+    let Some((file_name, content_type, bytes)) = file else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation failed: File can't be blank",
+        );
+    };
+    let mut g = inner.lock().unwrap();
+    let checks_left = match g.media_script.pop_front() {
+        None => 0,
+        Some(MediaReply::Processing(n)) => n,
+        Some(MediaReply::NeverProcessed) => u32::MAX,
+        Some(MediaReply::TooLarge) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Validation failed: File file size must be less than 16 MB",
+            );
+        }
+        Some(MediaReply::UnsupportedType) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Validation failed: File content type is invalid",
+            );
+        }
+        Some(MediaReply::OutsideScopes) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "This action is outside the authorized scopes",
+            );
+        }
+        Some(MediaReply::Unavailable) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        }
+    };
+    let id = (120_000_000 + g.upload_order.len()).to_string();
+    let upload = Upload {
+        id: id.clone(),
+        bytes,
+        content_type,
+        file_name,
+        description,
+        checks_left,
+        status_id: None,
+    };
+    let view = attachment_view(&upload);
+    g.uploads.insert(id.clone(), upload);
+    g.upload_order.push(id);
+    let status = if checks_left == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (status, Json(view)).into_response()
+}
+
+fn attachment_view(u: &Upload) -> Value {
+    let processed = u.checks_left == 0;
+    json!({
+        "id": u.id, "type": "image", "description": u.description,
+        "url": processed.then(|| format!("https://files.social.example/media/{}", u.id)),
+        "preview_url": format!("https://files.social.example/media/{}/small", u.id),
+    })
+}
+
+/// `GET /api/v1/media/{id}`: `206` while processing, `200` once done; `404` for an upload the
+/// account does not have unattached (Mastodon looks among `media_attachments.where(status_id: nil)`).
+async fn media_status(
+    State((inner, token)): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers, &token) {
+        return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+    }
+    let mut g = inner.lock().unwrap();
+    let Some(u) = g.uploads.get_mut(&id).filter(|u| u.status_id.is_none()) else {
+        return error(StatusCode::NOT_FOUND, "Record not found");
+    };
+    if u.checks_left > 0 {
+        if u.checks_left != u32::MAX {
+            u.checks_left -= 1;
+        }
+        return (StatusCode::PARTIAL_CONTENT, Json(attachment_view(u))).into_response();
+    }
+    Json(attachment_view(u)).into_response()
 }

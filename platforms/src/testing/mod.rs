@@ -9,6 +9,7 @@
 //! allow private addresses: `SsrfGuard::allowing_private()`).
 
 pub mod atproto;
+pub mod images;
 pub mod linkedin;
 pub mod mastodon;
 pub mod meta;
@@ -16,6 +17,7 @@ pub mod recorder;
 pub mod x;
 
 pub use atproto::FakeAtproto;
+pub use images::ImageHost;
 pub use linkedin::FakeLinkedin;
 pub use mastodon::FakeMastodon;
 pub use meta::{FakeMeta, MetaApi};
@@ -69,6 +71,7 @@ pub fn post() -> PostRequest {
         title: Some("A title".into()),
         text: Some("Worth reading".into()),
         image_url: Some("https://cdn.example.com/cover.jpg".into()),
+        media: Vec::new(),
         idempotency_key: "shr_1".into(),
         checkpoint: Default::default(),
     }
@@ -121,4 +124,98 @@ pub fn post_resuming(saved: Option<&str>, sink: Arc<Checkpoints>) -> PostRequest
         checkpoint: Checkpoint::new(saved.map(str::to_owned), sink),
         ..post()
     }
+}
+
+/// A PNG of `width`×`height` as far as any reader of its header can tell, made distinct by
+/// `seed` (no pixels: nothing in Herald decodes them).
+pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    b.extend_from_slice(&width.to_be_bytes());
+    b.extend_from_slice(&height.to_be_bytes());
+    b.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+    b.extend_from_slice(&[seed; 32]);
+    b
+}
+
+/// A captured image of [`png`]'s bytes, with this alt text.
+pub fn image(width: u32, height: u32, seed: u8, alt: Option<&str>) -> crate::media::Image {
+    let bytes = png(width, height, seed);
+    crate::media::Image {
+        sha256: crate::media::sha256_hex(&bytes),
+        kind: crate::media::ImageType::Png,
+        bytes: bytes.into(),
+        width,
+        height,
+        alt: alt.map(str::to_owned),
+        public_url: None,
+    }
+}
+
+/// A baseline JPEG of `width`×`height` as far as any reader of its header can tell (SOI, JFIF,
+/// a start-of-frame, EOI), made distinct by `seed`.
+pub fn jpeg(width: u16, height: u16, seed: u8) -> Vec<u8> {
+    let mut b = vec![0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10];
+    b.extend_from_slice(b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0");
+    b.extend_from_slice(&[0xff, 0xfe, 0x00, 0x22]);
+    b.extend_from_slice(&[seed; 32]);
+    b.extend_from_slice(&[0xff, 0xc0, 0x00, 0x11, 0x08]);
+    b.extend_from_slice(&height.to_be_bytes());
+    b.extend_from_slice(&width.to_be_bytes());
+    b.extend_from_slice(&[0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
+    b.extend_from_slice(&[0xff, 0xd9]);
+    b
+}
+
+/// A complete, valid PNG of `width`×`height` in one colour (8-bit RGB, unfiltered rows in one
+/// stored deflate block), for servers that read the whole file (a real PDS).
+pub fn solid_png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    // Each row: filter type 0 (none), then its pixels.
+    let row: Vec<u8> = std::iter::once(0)
+        .chain(std::iter::repeat_n(rgb, width as usize).flatten())
+        .collect();
+    let raw = row.repeat(height as usize);
+    assert!(
+        raw.len() <= 0xffff,
+        "one stored block: keep the image small"
+    );
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in &raw {
+        a = (a + u32::from(x)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    let len = raw.len() as u16;
+    let mut zlib = vec![0x78, 0x01, 0x01];
+    zlib.extend_from_slice(&len.to_le_bytes());
+    zlib.extend_from_slice(&(!len).to_le_bytes());
+    zlib.extend_from_slice(&raw);
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &zlib);
+    chunk(&mut out, b"IEND", &[]);
+    out
 }

@@ -3,6 +3,7 @@
 //! a link card is built from. The real network is in `herald-jobs`' `bluesky_devnet.rs`. The
 //! OAuth client (PAR, DPoP, client assertions, refresh) is in `bluesky/oauth.rs`.
 
+mod images;
 mod oauth;
 
 use std::{sync::Arc, time::Duration};
@@ -50,6 +51,7 @@ impl Server {
             title: Some("A title".into()),
             text: Some(text.into()),
             image_url: None,
+            media: Vec::new(),
             idempotency_key: id.into(),
             checkpoint: Default::default(),
         }

@@ -231,3 +231,87 @@ async fn refresh_is_unsupported_but_a_long_lived_exchange_is_offered() {
         )
     );
 }
+
+mod photos {
+    use std::sync::Arc;
+
+    use herald_platforms::{
+        Checkpoint, Platform, PostRequest,
+        testing::{Checkpoints, creds, image, meta::Failure, post},
+    };
+    use serde_json::json;
+
+    use super::{facebook, page};
+
+    fn with(saved: Option<&str>, sink: Arc<Checkpoints>) -> PostRequest {
+        let media = (1..=3u8)
+            .map(|i| {
+                let mut img = image(800, 600, i, (i != 2).then_some("A photo"));
+                img.public_url = Some(format!(
+                    "https://herald.example/v1/media/{}?s={i}",
+                    img.sha256
+                ));
+                img
+            })
+            .collect();
+        PostRequest {
+            image_url: None,
+            media,
+            checkpoint: Checkpoint::new(saved.map(str::to_owned), sink),
+            ..post()
+        }
+    }
+
+    #[tokio::test]
+    async fn images_are_unpublished_page_photos_attached_to_one_post_in_order() {
+        let (fake, fb, token) = facebook().await;
+        let sink = Arc::new(Checkpoints::default());
+        let post = with(None, sink.clone());
+        fb.share(&page(), &creds(&token, None), &post)
+            .await
+            .unwrap();
+        let made = &fake.posts()[0];
+        let expect: Vec<_> = post
+            .media
+            .iter()
+            .map(|m| json!({ "url": m.public_url, "alt_text": m.alt }))
+            .collect();
+        assert_eq!(made["photos"], json!(expect));
+        assert!(made["link"].is_null(), "no link preview beside photos");
+        assert!(made["text"].as_str().unwrap().ends_with(&post.url));
+        assert_eq!(sink.saved().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_retry_attaches_the_photos_already_uploaded() {
+        let (fake, fb, token) = facebook().await;
+        let sink = Arc::new(Checkpoints::default());
+        fake.fail_next(Failure::Unexpected);
+        fb.share(&page(), &creds(&token, None), &with(None, sink.clone()))
+            .await
+            .unwrap_err();
+        let uploads = fake
+            .recorder
+            .lines()
+            .iter()
+            .filter(|l| l.ends_with("/photos"))
+            .count();
+        assert_eq!(uploads, 3);
+        let saved = sink.saved().pop().unwrap();
+        fb.share(
+            &page(),
+            &creds(&token, None),
+            &with(Some(&saved), sink.clone()),
+        )
+        .await
+        .unwrap();
+        let again = fake
+            .recorder
+            .lines()
+            .iter()
+            .filter(|l| l.ends_with("/photos"))
+            .count();
+        assert_eq!(again, 3, "no photo uploaded twice");
+        assert_eq!(fake.posts()[0]["photos"].as_array().map(Vec::len), Some(3));
+    }
+}

@@ -249,3 +249,90 @@ async fn read_back_works_for_pages_only_and_followers_are_not_listed() {
         Err(PlatformError::Unsupported(_))
     ));
 }
+
+mod images {
+    use std::sync::Arc;
+
+    use herald_platforms::{
+        Checkpoint, Platform, PostRequest,
+        testing::{
+            Checkpoints, account, creds, image,
+            linkedin::{FakeLinkedin, MEMBER},
+            post,
+        },
+    };
+    use serde_json::json;
+
+    use super::linkedin;
+
+    fn with(n: u8, saved: Option<&str>, sink: Arc<Checkpoints>) -> PostRequest {
+        PostRequest {
+            image_url: None,
+            media: (1..=n)
+                .map(|i| image(800, 600, i, (i == 1).then_some("The first picture")))
+                .collect(),
+            checkpoint: Checkpoint::new(saved.map(str::to_owned), sink),
+            ..post()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_image_is_the_posts_media_and_several_a_multi_image_post_with_alt_text() {
+        let fake = FakeLinkedin::start(false).await;
+        let (at, _) = fake.grant();
+        let client = linkedin(&fake);
+        let acct = account(MEMBER, json!({}));
+        let one = with(1, None, Arc::default());
+        client.share(&acct, &creds(&at, None), &one).await.unwrap();
+        let content = &fake.posts()[0]["content"];
+        let urn = content["media"]["id"].as_str().unwrap();
+        assert_eq!(content["media"]["altText"], "The first picture");
+        assert_eq!(
+            fake.image(urn),
+            Some(("image/png".to_owned(), one.media[0].bytes.to_vec()))
+        );
+        // No article card beside images: the link is in the commentary.
+        let commentary = fake.posts()[0]["commentary"].as_str().unwrap().to_owned();
+        assert!(
+            commentary.ends_with("https://example.com/articles/1"),
+            "{commentary}"
+        );
+
+        let sink = Arc::new(Checkpoints::default());
+        let three = PostRequest {
+            text: Some("Three".into()),
+            ..with(3, None, sink.clone())
+        };
+        client
+            .share(&acct, &creds(&at, None), &three)
+            .await
+            .unwrap();
+        let images = fake.posts()[1]["content"]["multiImage"]["images"].clone();
+        let images = images.as_array().unwrap();
+        assert_eq!(images.len(), 3);
+        for (entry, img) in images.iter().zip(&three.media) {
+            let urn = entry["id"].as_str().unwrap();
+            assert_eq!(fake.image(urn).unwrap().1, img.bytes.to_vec(), "in order");
+            assert_eq!(
+                entry.get("altText").and_then(|a| a.as_str()),
+                img.alt.as_deref()
+            );
+        }
+        // A retry from the checkpoint registers nothing new.
+        let before = fake.recorder.to("/rest/images").len();
+        let saved = sink.saved().pop().unwrap();
+        let again = PostRequest {
+            text: Some("Three again".into()),
+            ..with(3, Some(&saved), sink.clone())
+        };
+        client
+            .share(&acct, &creds(&at, None), &again)
+            .await
+            .unwrap();
+        assert_eq!(fake.recorder.to("/rest/images").len(), before);
+        assert_eq!(
+            fake.posts()[2]["content"]["multiImage"],
+            fake.posts()[1]["content"]["multiImage"]
+        );
+    }
+}

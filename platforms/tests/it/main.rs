@@ -6,5 +6,8 @@ mod bluesky;
 mod facebook;
 mod instagram;
 mod linkedin;
+mod mastodon;
+mod media;
+mod meta_images;
 mod threads;
 mod x;

@@ -383,3 +383,111 @@ async fn read_back_finds_the_post_by_its_expanded_link() {
             .is_some_and(|f| f.contains("entities"))
     );
 }
+
+mod images {
+    use std::sync::Arc;
+
+    use herald_platforms::{
+        Checkpoint, Platform, PlatformError, PostRequest,
+        testing::{
+            Checkpoints, account, creds, image, post,
+            x::{Failure, FakeX, USER},
+        },
+    };
+    use serde_json::json;
+
+    use super::x;
+
+    fn with_images(saved: Option<&str>, sink: Arc<Checkpoints>) -> PostRequest {
+        PostRequest {
+            image_url: None,
+            media: vec![
+                image(1200, 675, 1, Some("A chart of the week")),
+                image(675, 1200, 2, None),
+            ],
+            checkpoint: Checkpoint::new(saved.map(str::to_owned), sink),
+            ..post()
+        }
+    }
+
+    #[tokio::test]
+    async fn images_are_uploaded_with_alt_text_and_attached_in_order() {
+        let fake = FakeX::start().await;
+        let (at, rt) = fake.grant(USER);
+        let sink = Arc::new(Checkpoints::default());
+        let post = with_images(None, sink.clone());
+        x(&fake)
+            .share(&account(USER, json!({})), &creds(&at, Some(&rt)), &post)
+            .await
+            .unwrap();
+        let media = fake.media();
+        assert_eq!(media.len(), 2);
+        for (m, img) in media.iter().zip(&post.media) {
+            assert_eq!(m.bytes, img.bytes.as_ref());
+            assert_eq!(m.media_type.as_deref(), Some("image/png"));
+            assert_eq!(m.media_category.as_deref(), Some("tweet_image"));
+            assert_eq!(m.alt_text, img.alt);
+        }
+        let ids: Vec<String> = media.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(fake.posts()[0].media_ids, ids);
+        assert_eq!(
+            sink.saved().len(),
+            2,
+            "each upload saved before the next step"
+        );
+    }
+
+    #[tokio::test]
+    async fn saved_uploads_are_reused_and_uploaded_again_once_x_forgot_them() {
+        let fake = FakeX::start().await;
+        let (at, rt) = fake.grant(USER);
+        let sink = Arc::new(Checkpoints::default());
+        let (acct, creds) = (account(USER, json!({})), creds(&at, Some(&rt)));
+        let client = x(&fake);
+        client
+            .share(&acct, &creds, &with_images(None, sink.clone()))
+            .await
+            .unwrap();
+        let saved = sink.saved().pop().unwrap();
+        // A later attempt from that checkpoint uploads nothing.
+        let reuse = PostRequest {
+            text: Some("Again".into()),
+            ..with_images(Some(&saved), sink.clone())
+        };
+        client.share(&acct, &creds, &reuse).await.unwrap();
+        assert_eq!(fake.media().len(), 2);
+        let posts = fake.posts();
+        assert_eq!(posts[1].media_ids, posts[0].media_ids);
+        // X forgot them before the time it gave: refused once, uploaded afresh, posted.
+        fake.expire_media();
+        let stale = PostRequest {
+            text: Some("Once more".into()),
+            ..with_images(Some(&saved), sink.clone())
+        };
+        client.share(&acct, &creds, &stale).await.unwrap();
+        let media = fake.media();
+        assert_eq!(media.len(), 4);
+        assert_eq!(
+            fake.posts()[2].media_ids,
+            [media[2].id.clone(), media[3].id.clone()]
+        );
+        assert_eq!(media[2].alt_text.as_deref(), Some("A chart of the week"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_upload_posts_nothing() {
+        let fake = FakeX::start().await;
+        let (at, rt) = fake.grant(USER);
+        fake.fail_next(Failure::Unavailable);
+        let err = x(&fake)
+            .share(
+                &account(USER, json!({})),
+                &creds(&at, Some(&rt)),
+                &with_images(None, Arc::new(Checkpoints::default())),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PlatformError::Transient { .. }), "{err:?}");
+        assert!(fake.posts().is_empty());
+    }
+}

@@ -75,6 +75,8 @@ pub fn fast_settings() -> Settings {
             per_endpoint: 1,
             ..Default::default()
         },
+        media_max_bytes: herald_jobs::settings::DEFAULT_MEDIA_MAX_BYTES,
+        media_fetch_timeout: Duration::from_secs(5),
     }
 }
 

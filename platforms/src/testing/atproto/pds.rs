@@ -294,9 +294,14 @@ fn call(
                 .unwrap_or("")
                 .to_owned();
             w.blobs.push((mime.clone(), body.len()));
+            // Content-addressed, as the PDS's CIDs are (not a real CID: a stand-in per content).
+            let digest = crate::media::sha256_hex(body);
+            let cid = format!("bafkrei{}", &digest[..52]);
+            w.blob_store
+                .insert(cid.clone(), (mime.clone(), body.to_vec()));
             Json(json!({ "blob": {
                 "$type": "blob",
-                "ref": { "$link": "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy" },
+                "ref": { "$link": cid },
                 "mimeType": mime,
                 "size": body.len(),
             }}))
@@ -376,6 +381,30 @@ fn create_record(w: &mut World, body: &Bytes, sub: &str) -> Response {
             "InvalidRequest",
             "Invalid app.bsky.feed.post record",
         );
+    }
+    let embed = &b["record"]["embed"];
+    let images = embed["images"].as_array().cloned().unwrap_or_default();
+    if images.len() > 4 {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "Invalid app.bsky.feed.post record: Record/embed/images must not have more than 4 elements",
+        );
+    }
+    // Every blob a record references must be one the PDS holds (it deletes unreferenced ones).
+    let refs = images
+        .iter()
+        .map(|i| &i["image"])
+        .chain(std::iter::once(&embed["external"]["thumb"]))
+        .filter_map(|blob| blob["ref"]["$link"].as_str());
+    for cid in refs {
+        if !w.blob_store.contains_key(cid) {
+            return xrpc_error(
+                StatusCode::BAD_REQUEST,
+                "BlobNotFound",
+                &format!("Could not find blob: {cid}"),
+            );
+        }
     }
     if w.records.contains_key(&rkey) {
         // What the reference PDS does with a taken key: a bare 500.

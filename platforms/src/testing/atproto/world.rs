@@ -97,6 +97,8 @@ pub struct World {
     pub refresh_sessions: usize,
     /// Blobs uploaded: (MIME type, size).
     pub blobs: Vec<(String, usize)>,
+    /// Blobs the PDS holds, by their reference: (MIME type, bytes).
+    pub blob_store: HashMap<String, (String, Vec<u8>)>,
     /// Answers the next create with this status and body, once.
     pub fail_next_create: Option<(StatusCode, Value)>,
     /// Answers the next create with a 429 (`Retry-After: 42`), once.

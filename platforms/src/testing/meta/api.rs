@@ -110,6 +110,9 @@ fn respond(s: &AppState, seen: &Seen, lost: &mut bool) -> Response {
         (MetaApi::Facebook, "POST", [page, "feed"]) if *page == PAGE_ID => {
             page_post(&mut g, seen, kind)
         }
+        (MetaApi::Facebook, "POST", [page, "photos"]) if *page == PAGE_ID => {
+            page_photo(&mut g, seen, kind)
+        }
         (MetaApi::Instagram, "GET", [u]) if *u == user || *u == "me" => {
             Json(json!({ "id": user, "username": "herald.cafe", "name": "Herald Café", "followers_count": 1284 }))
                 .into_response()
@@ -130,31 +133,36 @@ fn respond(s: &AppState, seen: &Seen, lost: &mut bool) -> Response {
             if let Some(res) = g.failure(false).and_then(|f| f.answer(user)) {
                 return res;
             }
-            let Some(image_url) = seen
-                .param("image_url")
-                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-            else {
-                return graph_error(
+            match seen.param("media_type") {
+                // Instagram's limit: 10 items.
+                Some("CAROUSEL") => carousel(&mut g, seen, "caption", 10),
+                None | Some("IMAGE") => image_container(&mut g, seen, "caption"),
+                Some(other) => graph_error(
                     100,
-                    Some(2_207_052),
-                    "The media could not be fetched from this uri",
-                );
-            };
-            let text = seen.param("caption").unwrap_or_default();
-            let id = g.new_container(text, None, Some(image_url));
-            Json(json!({ "id": id })).into_response()
+                    None,
+                    &format!("(#100) media_type {other} is not handled here"),
+                ),
+            }
         }
         (MetaApi::Threads, "POST", [u, "threads"]) if *u == user => {
             if let Some(res) = g.failure(false).and_then(|f| f.answer(user)) {
                 return res;
             }
-            let text = seen.param("text").unwrap_or_default();
-            if seen.param("media_type") != Some("TEXT") || text.is_empty() {
-                return graph_error(100, None, "(#100) The parameter text is required");
+            match seen.param("media_type") {
+                Some("IMAGE") => image_container(&mut g, seen, "text"),
+                // Threads' limit: 20 items.
+                Some("CAROUSEL") => carousel(&mut g, seen, "text", 20),
+                Some("TEXT") => {
+                    let text = seen.param("text").unwrap_or_default();
+                    if text.is_empty() {
+                        return graph_error(100, None, "(#100) The parameter text is required");
+                    }
+                    let link = seen.param("link_attachment");
+                    let id = g.new_container(text, link, None);
+                    Json(json!({ "id": id })).into_response()
+                }
+                _ => graph_error(100, None, "(#100) The parameter media_type is required"),
             }
-            let link = seen.param("link_attachment");
-            let id = g.new_container(text, link, None);
-            Json(json!({ "id": id })).into_response()
         }
         (MetaApi::Instagram, "POST", [u, "media_publish"])
         | (MetaApi::Threads, "POST", [u, "threads_publish"])
@@ -229,7 +237,25 @@ fn page_post(g: &mut Inner, seen: &Seen, kind: TokenKind) -> Response {
         return res;
     }
     let (message, link) = (seen.param("message"), seen.param("link"));
-    if message.is_none() && link.is_none() {
+    // `attached_media[i]={"media_fbid": id}`: unpublished page photos not used before.
+    let attached: Vec<String> = (0..)
+        .map_while(|i| seen.param(&format!("attached_media[{i}]")))
+        .filter_map(|v| serde_json::from_str::<Value>(v).ok())
+        .filter_map(|v| v["media_fbid"].as_str().map(str::to_owned))
+        .collect();
+    let usable = |id: &String| {
+        g.photos
+            .get(id)
+            .is_some_and(|p| p["published"] == false && p["used"] == false)
+    };
+    if !attached.iter().all(usable) {
+        return graph_error(
+            100,
+            None,
+            "(#100) param attached_media must be unpublished photos",
+        );
+    }
+    if message.is_none() && link.is_none() && attached.is_empty() {
         return graph_error(100, None, "(#100) Missing message or attachment");
     }
     if g.posts
@@ -239,8 +265,16 @@ fn page_post(g: &mut Inner, seen: &Seen, kind: TokenKind) -> Response {
         return graph_error(506, None, "(#506) Duplicate status message");
     }
     let id = format!("{PAGE_ID}_{}", g.mint_id());
+    let mut photos = Vec::with_capacity(attached.len());
+    for a in &attached {
+        if let Some(p) = g.photos.get_mut(a) {
+            p["used"] = true.into();
+            photos.push(json!({ "url": p["url"], "alt_text": p["alt_text"] }));
+        }
+    }
     g.posts.push(json!({
         "id": id, "text": message, "link": link, "created": Utc::now().timestamp(),
+        "photos": photos,
     }));
     // The Pages API answers the new post's id, and (read-after-write) what `fields` asks of it.
     let mut answer = json!({ "id": id });
@@ -270,11 +304,27 @@ fn publish(g: &mut Inner, creation: &str) -> Response {
             "The media has already been published",
         );
     }
+    if c.carousel_item {
+        return graph_error(
+            100,
+            None,
+            "(#100) A carousel item can only be published as part of a carousel",
+        );
+    }
     c.published = true;
-    let post = json!({
+    let children = c.children.clone();
+    let mut post = json!({
         "id": media, "container": creation, "text": c.text, "link": c.link,
-        "image_url": c.image_url, "created": Utc::now().timestamp(),
+        "image_url": c.image_url, "alt_text": c.alt_text, "media_type": c.media_type,
+        "created": Utc::now().timestamp(),
     });
+    if !children.is_empty() {
+        post["children"] = children
+            .iter()
+            .filter_map(|id| g.containers.get(id))
+            .map(|c| json!({ "image_url": c.image_url, "alt_text": c.alt_text }))
+            .collect();
+    }
     g.posts.push(post);
     Json(json!({ "id": media })).into_response()
 }
@@ -332,4 +382,85 @@ fn listing(g: &Inner, seen: &Seen, api: MetaApi) -> Response {
         .collect();
     Json(json!({ "data": data, "paging": { "cursors": { "before": "a", "after": "b" } } }))
         .into_response()
+}
+
+/// An image container: `image_url` (fetched by Meta, so an absolute http(s) URL), the text in
+/// `text_field` (not on a carousel item), `alt_text`, `is_carousel_item`.
+fn image_container(g: &mut Inner, seen: &Seen, text_field: &str) -> Response {
+    let Some(image_url) = seen
+        .param("image_url")
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+    else {
+        return graph_error(
+            100,
+            Some(2_207_052),
+            "The media could not be fetched from this uri",
+        );
+    };
+    let item = seen.param("is_carousel_item") == Some("true");
+    let text = seen.param(text_field).unwrap_or_default();
+    let id = g.new_container(text, None, Some(image_url));
+    if let Some(c) = g.containers.get_mut(&id) {
+        c.alt_text = seen.param("alt_text").map(str::to_owned);
+        c.carousel_item = item;
+    }
+    Json(json!({ "id": id })).into_response()
+}
+
+/// A carousel container: `children` (comma-separated item containers, 2 to `max`, each an
+/// unpublished carousel item that has finished), the text in `text_field`.
+fn carousel(g: &mut Inner, seen: &Seen, text_field: &str, max: usize) -> Response {
+    let children: Vec<String> = seen
+        .param("children")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !(2..=max).contains(&children.len()) {
+        return graph_error(
+            100,
+            None,
+            &format!("(#100) A carousel needs 2 to {max} children"),
+        );
+    }
+    let usable = |id: &String| {
+        g.containers
+            .get(id)
+            .is_some_and(|c| c.carousel_item && !c.published)
+    };
+    if !children.iter().all(usable) {
+        return graph_error(100, Some(2_207_001), "(#100) Invalid carousel item");
+    }
+    let text = seen.param(text_field).unwrap_or_default();
+    let id = g.new_container(text, None, None);
+    if let Some(c) = g.containers.get_mut(&id) {
+        c.media_type = "CAROUSEL";
+        c.children = children;
+    }
+    Json(json!({ "id": id })).into_response()
+}
+
+/// `POST /{page}/photos`: a photo Facebook fetches from `url`; `published=false` keeps it off the
+/// page until a post attaches it. `alt_text_custom` is its alt text. Queued failures are left
+/// for the post that attaches the photos.
+fn page_photo(g: &mut Inner, seen: &Seen, kind: TokenKind) -> Response {
+    if kind != TokenKind::Page {
+        return graph_error(200, None, "(#200) Requires pages_manage_posts");
+    }
+    let Some(url) = seen
+        .param("url")
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+    else {
+        return graph_error(324, None, "(#324) Requires upload file");
+    };
+    let id = g.mint_id();
+    let photo = json!({
+        "url": url,
+        "alt_text": seen.param("alt_text_custom"),
+        "published": seen.param("published") != Some("false"),
+        "used": false,
+    });
+    g.photos.insert(id.clone(), photo);
+    Json(json!({ "id": id })).into_response()
 }

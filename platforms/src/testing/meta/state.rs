@@ -256,6 +256,13 @@ pub(super) struct Container {
     pub(super) text: String,
     pub(super) link: Option<String>,
     pub(super) image_url: Option<String>,
+    /// `IMAGE`, `TEXT` or `CAROUSEL`.
+    pub(super) media_type: &'static str,
+    pub(super) alt_text: Option<String>,
+    /// A carousel's items, in order.
+    pub(super) children: Vec<String>,
+    /// Made with `is_carousel_item=true`: only a carousel may use it.
+    pub(super) carousel_item: bool,
     /// The states it reports, one a read, staying at the last.
     pub(super) states: VecDeque<&'static str>,
     pub(super) error_message: Option<String>,
@@ -294,6 +301,8 @@ pub(super) struct Inner {
     pub(super) quota_used: usize,
     pub(super) script: VecDeque<Failure>,
     pub(super) counter: u64,
+    /// Page photos by id: `{url, alt_text, published, used}`.
+    pub(super) photos: HashMap<String, Value>,
 }
 
 impl Inner {
@@ -339,7 +348,11 @@ impl Inner {
         let container = Container {
             text: text.to_owned(),
             link: link.map(str::to_owned),
+            media_type: if image_url.is_some() { "IMAGE" } else { "TEXT" },
             image_url: image_url.map(str::to_owned),
+            alt_text: None,
+            children: Vec::new(),
+            carousel_item: false,
             states,
             error_message: self.container_error.clone(),
             published: false,

@@ -71,6 +71,8 @@ pub(super) async fn handle(
         }}))
         .into_response(),
         ("POST", ["2", "tweets"]) => tweet(&mut g, &seen, &token, &user),
+        ("POST", ["2", "media", "upload"]) => upload(&mut g, &seen, &user),
+        ("POST", ["2", "media", "metadata"]) => metadata(&mut g, &seen, &user),
         ("GET", ["2", "users", id, "tweets"]) if *id == user => timeline(&g, &seen, &user),
         ("GET", ["2", "users", id, relation @ ("followers" | "following")]) if *id == user => {
             graph_page(&g, &seen, &user, relation)
@@ -128,6 +130,28 @@ fn tweet(g: &mut Inner, seen: &Seen, token: &str, user: &str) -> Response {
         .and_then(|b| b["text"].as_str())
         .unwrap_or_default()
         .to_owned();
+    let media_ids: Vec<String> = seen
+        .json
+        .as_ref()
+        .and_then(|b| b["media"]["media_ids"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let known = |id: &String| {
+        g.media
+            .iter()
+            .any(|m| &m.id == id && m.user == user && !m.expired)
+    };
+    if media_ids.len() > 4 || !media_ids.iter().all(known) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "https://api.twitter.com/2/problems/invalid-request",
+            "Invalid Request",
+            "Your media IDs are invalid.",
+            HeaderMap::new(),
+        );
+    }
     if g.posts.iter().any(|p| p.user == user && p.text == text) {
         return problem(
             StatusCode::FORBIDDEN,
@@ -149,6 +173,7 @@ fn tweet(g: &mut Inner, seen: &Seen, token: &str, user: &str) -> Response {
         text: text.clone(),
         created_at: now,
         window,
+        media_ids,
     });
     let mut headers = HeaderMap::new();
     if let Some(b) = &g.budget {
@@ -249,4 +274,79 @@ fn graph_page(g: &Inner, seen: &Seen, user: &str, relation: &str) -> Response {
         body["data"] = page.into();
     }
     Json(body).into_response()
+}
+
+fn invalid(detail: &str) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "https://api.twitter.com/2/problems/invalid-request",
+        "Invalid Request",
+        detail,
+        HeaderMap::new(),
+    )
+}
+
+/// `POST /2/media/upload` (one-shot, JSON): `media` in base64, `media_category`, `media_type`.
+/// Images of up to 5 MB; answers `{"data": {"id", "media_key", "expires_after_secs"}}`.
+fn upload(g: &mut Inner, seen: &Seen, user: &str) -> Response {
+    use base64::Engine as _;
+    let Some(body) = seen.json.as_ref() else {
+        return invalid("The request body must be JSON or multipart.");
+    };
+    let Some(bytes) = body["media"]
+        .as_str()
+        .and_then(|m| base64::engine::general_purpose::STANDARD.decode(m).ok())
+    else {
+        return invalid("media: must be base64");
+    };
+    if body["media_category"] != "tweet_image" {
+        return invalid("media_category: must be one of [tweet_image, dm_image, subtitles]");
+    }
+    if bytes.len() > 5 * 1024 * 1024 {
+        return invalid("File size exceeds 5242880 bytes.");
+    }
+    g.counter += 1;
+    let id = (1_900_000_000_000_000_000u64 + g.counter).to_string();
+    g.media.push(super::state::Media {
+        id: id.clone(),
+        user: user.to_owned(),
+        bytes,
+        media_type: body["media_type"].as_str().map(str::to_owned),
+        media_category: body["media_category"].as_str().map(str::to_owned),
+        alt_text: None,
+        expired: false,
+    });
+    Json(json!({ "data": {
+        "id": id, "media_key": format!("3_{id}"), "expires_after_secs": 86_400, "size": 0,
+    }}))
+    .into_response()
+}
+
+/// `POST /2/media/metadata`: `{"id", "metadata": {"alt_text": {"text"}}}`, alt text up to 1,000
+/// characters, on the caller's own upload.
+fn metadata(g: &mut Inner, seen: &Seen, user: &str) -> Response {
+    let body = seen.json.clone().unwrap_or_default();
+    let id = body["id"].as_str().unwrap_or_default();
+    let Some(text) = body["metadata"]["alt_text"]["text"].as_str() else {
+        return invalid("metadata.alt_text.text is required");
+    };
+    if text.chars().count() > 1000 {
+        return invalid("alt_text.text: must be at most 1000 characters");
+    }
+    let Some(m) = g
+        .media
+        .iter_mut()
+        .find(|m| m.id == id && m.user == user && !m.expired)
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "https://api.twitter.com/2/problems/resource-not-found",
+            "Not Found Error",
+            "Could not find media",
+            HeaderMap::new(),
+        );
+    };
+    m.alt_text = Some(text.to_owned());
+    Json(json!({ "data": { "id": id, "associated_metadata": { "alt_text": { "text": text } } } }))
+        .into_response()
 }

@@ -65,6 +65,7 @@ impl FakeX {
             page_size: 1000,
             script: VecDeque::new(),
             counter: 0,
+            media: Vec::new(),
         }));
         let client_id = format!("client-{}", uuid::Uuid::new_v4().simple());
         let client_secret = format!("secret-{}", uuid::Uuid::new_v4().simple());
@@ -206,6 +207,18 @@ impl FakeX {
         self.inner().posts.clone()
     }
 
+    /// Every upload, in order.
+    pub fn media(&self) -> Vec<state::Media> {
+        self.inner().media.clone()
+    }
+
+    /// Every upload is forgotten, as X does a day after it (`expires_after_secs`).
+    pub fn expire_media(&self) {
+        for m in &mut self.inner().media {
+            m.expired = true;
+        }
+    }
+
     /// A post the user made elsewhere (another app, or before Herald), at `created_at`.
     pub fn seed_post(&self, user: &str, text: &str, created_at: DateTime<Utc>) -> String {
         let mut g = self.inner();
@@ -217,6 +230,7 @@ impl FakeX {
             text: text.into(),
             created_at,
             window: 0,
+            media_ids: Vec::new(),
         });
         id
     }

@@ -46,6 +46,22 @@ pub struct Post {
     pub created_at: DateTime<Utc>,
     /// Which app window it counted in, from 0 (0 without an app budget).
     pub window: u32,
+    /// `media.media_ids`, in order.
+    pub media_ids: Vec<String>,
+}
+
+/// One upload through `POST /2/media/upload`.
+#[derive(Debug, Clone)]
+pub struct Media {
+    pub id: String,
+    pub user: String,
+    pub bytes: Vec<u8>,
+    pub media_type: Option<String>,
+    pub media_category: Option<String>,
+    /// Set by `POST /2/media/metadata`.
+    pub alt_text: Option<String>,
+    /// X forgets an upload that no post used within a day; a test expires it at once.
+    pub expired: bool,
 }
 
 pub(super) struct Code {
@@ -97,6 +113,7 @@ pub(super) struct Inner {
     pub(super) page_size: usize,
     pub(super) script: VecDeque<Failure>,
     pub(super) counter: u64,
+    pub(super) media: Vec<Media>,
 }
 
 impl Inner {

@@ -186,6 +186,7 @@ fn post(net: &FakeAtproto, text: &str) -> PostRequest {
         title: None,
         text: Some(text.into()),
         image_url: None,
+        media: Vec::new(),
         idempotency_key: id,
         checkpoint: Default::default(),
     }

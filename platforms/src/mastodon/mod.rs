@@ -4,6 +4,9 @@
 //!
 //! Mastodon has no global app: Herald registers one per instance and tenant
 //! ([`register_app`]), and connect flows run with that app ([`oauth_app`]; PKCE from 4.3 on).
+//! A share's images are uploaded first ([`media`]) and attached by id.
+
+mod media;
 
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ use crate::{
     error::{LimitScope, PlatformError},
     http,
     kind::PlatformKind,
+    media::{Count, ImageType, MediaRules},
     oauth::{CodeToken, Granted, OAuthApp, OAuthClient, bearer},
     platform::{Capabilities, Platform},
     types::{
@@ -27,9 +31,11 @@ use crate::{
     },
 };
 
-/// Herald's scopes on an instance: posting, and `read:accounts` for `verify_credentials`
+/// Herald's scopes on an instance: posting, media, and `read:accounts` for `verify_credentials`
 /// (understood by every version; `profile` only from 4.4).
-pub const SCOPES: &str = "write:statuses read:accounts";
+/// `write:media` uploads a share's images (connections granted before Herald asked for it get a
+/// refusal naming the fix on their first share with images).
+pub const SCOPES: &str = "write:statuses write:media read:accounts";
 
 /// Mastodon counts every URL as this many characters, whatever its length.
 const URL_WEIGHT: usize = 23;
@@ -96,11 +102,22 @@ pub async fn register_app(
 #[derive(Debug, Clone)]
 pub struct Mastodon {
     http: Client,
+    /// How many times an upload still processing is checked before the share is retried later.
+    processing_checks: u32,
 }
 
 impl Mastodon {
     pub fn new(http: Client) -> Self {
-        Self { http }
+        Self {
+            http,
+            processing_checks: media::PROCESSING_CHECKS,
+        }
+    }
+
+    /// Fewer checks of an upload still processing (tests of an upload that never finishes).
+    pub fn with_processing_checks(mut self, checks: u32) -> Self {
+        self.processing_checks = checks;
+        self
     }
 
     fn base(account: &Account) -> Result<&str, PlatformError> {
@@ -221,6 +238,7 @@ impl Platform for Mastodon {
             refresh: false,
             followers: true,
             requires_image: false,
+            checkpoint_settles_outcome: false,
         }
     }
 
@@ -245,6 +263,18 @@ impl Platform for Mastodon {
                 ..Credentials::default()
             },
         }])
+    }
+
+    /// Mastodon's defaults (an instance may set its own): 4 attachments, a 1,500-character
+    /// description, 16 MiB and 33,177,600 pixels (7680×4320) per image.
+    fn media_rules(&self) -> MediaRules {
+        MediaRules {
+            max_images: 4,
+            max_alt: Some((1500, Count::Chars)),
+            types: &ImageType::ALL,
+            max_bytes: 16 * 1024 * 1024,
+            max_pixels: Some(33_177_600),
+        }
     }
 
     fn validate(&self, account: &Account, post: &PostRequest) -> Result<(), Invalid> {
@@ -296,8 +326,13 @@ impl Platform for Mastodon {
         creds: &Credentials,
         post: &PostRequest,
     ) -> Result<Published, PlatformError> {
-        let url = format!("{}/api/v1/statuses", Self::base(account)?);
-        let body = serde_json::json!({ "status": Self::compose(post), "visibility": "public" });
+        let base = Self::base(account)?;
+        let media_ids = self.upload_media(base, creds, post).await?;
+        let url = format!("{base}/api/v1/statuses");
+        let mut body = serde_json::json!({ "status": Self::compose(post), "visibility": "public" });
+        if !media_ids.is_empty() {
+            body["media_ids"] = media_ids.into();
+        }
         let req = self
             .http
             .post(url)
@@ -405,6 +440,7 @@ mod tests {
             title: Some("Title".into()),
             text: Some(text.into()),
             image_url: None,
+            media: Vec::new(),
             idempotency_key: "k".into(),
             checkpoint: Default::default(),
         }

@@ -1,6 +1,9 @@
 //! LinkedIn: the versioned Posts API (`POST /rest/posts`) with an article card Herald fills in
 //! itself (LinkedIn does not scrape shared URLs), `GET /v2/userinfo` for identity, and the
-//! refresh grant, which LinkedIn issues only to approved partners.
+//! refresh grant, which LinkedIn issues only to approved partners. A share's images are
+//! uploaded first ([`media`]) and replace the article card.
+
+mod media;
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use crate::{
     error::{LimitScope, PlatformError},
     http,
     kind::PlatformKind,
+    media::{Count, ImageType, MediaRules},
     oauth::{ClientAuth, OAuthApp, OAuthClient, bearer, refresh_grant},
     platform::{Capabilities, Platform},
     text::post_matches,
@@ -276,6 +280,20 @@ impl Platform for Linkedin {
             refresh: true,
             followers: false,
             requires_image: false,
+            checkpoint_settles_outcome: false,
+        }
+    }
+
+    /// JPEG, GIF and PNG up to 36,152,320 pixels (LinkedIn states no byte limit: Herald's
+    /// fetch cap applies); one image, or 2 to 20 as a multi-image post; alt text up to 4,086
+    /// characters.
+    fn media_rules(&self) -> MediaRules {
+        MediaRules {
+            max_images: 20,
+            max_alt: Some((4086, Count::Chars)),
+            types: &[ImageType::Jpeg, ImageType::Gif, ImageType::Png],
+            max_bytes: 16 * 1024 * 1024,
+            max_pixels: Some(36_152_320),
         }
     }
 
@@ -343,12 +361,26 @@ impl Platform for Linkedin {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .unwrap_or(&post.url);
+        // With images the post's one content is them, and the link goes into the commentary.
+        let (content, text) = match self.image_content(&author, creds, post).await? {
+            Some(images) => (
+                images,
+                Some(match commentary(post) {
+                    Some(words) => format!("{words}\n\n{}", post.url),
+                    None => post.url.clone(),
+                }),
+            ),
+            None => (
+                serde_json::json!({ "article": { "source": post.url, "title": title } }),
+                commentary(post).map(str::to_owned),
+            ),
+        };
         let body = serde_json::json!({
             "author": author,
-            "commentary": commentary(post).map(escape_little).unwrap_or_default(),
+            "commentary": text.as_deref().map(escape_little).unwrap_or_default(),
             "visibility": "PUBLIC",
             "distribution": { "feedDistribution": "MAIN_FEED", "targetEntities": [], "thirdPartyDistributionChannels": [] },
-            "content": { "article": { "source": post.url, "title": title } },
+            "content": content,
             "lifecycleState": "PUBLISHED",
             "isReshareDisabledByAuthor": false,
         });
