@@ -70,8 +70,12 @@ pub fn fast_settings() -> Settings {
         fair_share_recheck: Duration::from_millis(500),
         webhooks: herald_jobs::settings::WebhookSettings {
             timeout: Duration::from_secs(2),
-            retry_schedule: herald_jobs::webhooks::schedule::parse_schedule("100ms,200ms,400ms")
-                .unwrap(),
+            // Quick, but with room for a receiver slowed by a busy machine to answer late a few
+            // times before a delivery gives up.
+            retry_schedule: herald_jobs::webhooks::schedule::parse_schedule(
+                "100ms,200ms,400ms,800ms,1600ms,3s",
+            )
+            .unwrap(),
             per_endpoint: 1,
             ..Default::default()
         },
