@@ -1144,19 +1144,6 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
                 continue;
             }
             if let Some(since) = req.duplicates_since {
-                // A repeated request is answered from its key before it could count as its own
-                // duplicate.
-                if let Some(key) = &req.idempotency_key {
-                    let seen: Option<(String, String)> = sqlx::query_as(with_engine(p, key_read))
-                        .bind(&req.tenant_id)
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if let Some(seen) = seen {
-                        outcomes.push(replay!(tx, p, req, seen, &select));
-                        continue;
-                    }
-                }
                 let mut earlier = None;
                 for r in req.shares.iter() {
                     let Some(dup) = &r.duplicate_key else {
@@ -1182,6 +1169,20 @@ async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<
                     }
                 }
                 if let Some((connection_id, share_id)) = earlier {
+                    // A repeated request finds its own shares: it is answered from its key (read
+                    // only now, so a request that is no duplicate pays nothing for it).
+                    if let Some(key) = &req.idempotency_key {
+                        let seen: Option<(String, String)> =
+                            sqlx::query_as(with_engine(p, key_read))
+                                .bind(&req.tenant_id)
+                                .bind(key)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        if let Some(seen) = seen {
+                            outcomes.push(replay!(tx, p, req, seen, &select));
+                            continue;
+                        }
+                    }
                     outcomes.push(CreateOutcome::AlreadyShared {
                         connection_id,
                         share_id,
