@@ -274,11 +274,22 @@ impl Store {
 
 /// The query text in the placeholder form of the engine a connection or transaction belongs to.
 pub(crate) fn with_engine<P: Engine + ?Sized>(_on: &P, text: &str) -> sqlx::AssertSqlSafe<String> {
+    sql_for::<P>(text)
+}
+
+/// The query text in the placeholder form of engine `P`.
+pub(crate) fn sql_for<P: Engine + ?Sized>(text: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(if P::SQLITE {
         sqlite_sql(text)
     } else {
         text.to_owned()
     })
+}
+
+/// Whether a pool or transaction of this engine is SQLite's (one writer at a time, so no row
+/// locks are needed where Postgres takes them).
+pub(crate) fn is_sqlite<P: Engine + ?Sized>(_on: &P) -> bool {
+    P::SQLITE
 }
 
 /// What differs between the engines' pools: the placeholder form, and how a write transaction

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Engine, Result, Store, with_engine, with_pool};
+use super::{Engine, Result, Store, is_sqlite, with_engine, with_pool};
 use crate::ids;
 
 /// A run asked for.
@@ -34,10 +34,6 @@ pub(crate) enum SyncRunState {
 /// The caller's transaction holds the connection's row, so two requests for one connection queue
 /// one run: on Postgres a row lock, on SQLite the write lock `begin_write` took.
 const LOCK_CONNECTION_PG: &str = "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE";
-
-fn is_sqlite<P: Engine>(_: &P) -> bool {
-    P::SQLITE
-}
 
 impl Store {
     /// The connection's refresh run that is queued or running, or a new queued one (due now).

@@ -10,7 +10,8 @@ use tracing::warn;
 
 use super::{
     ConnectionRow, NewBlob, NewShareMedia, Pool, Result, Store, StoreError,
-    connections::connections_in, group_commit::together_or_alone, with_engine, with_pool,
+    connections::connections_in, group_commit::together_or_alone, is_sqlite, with_engine,
+    with_pool,
 };
 use crate::{error_class::ErrorClass, ids};
 
@@ -1037,10 +1038,6 @@ pub(crate) fn create_batch(
         )
         .await
     })
-}
-
-fn is_sqlite<P: crate::store::Engine + ?Sized>(_on: &P) -> bool {
-    P::SQLITE
 }
 
 fn new_rows(req: &CreateShares, now: DateTime<Utc>) -> Vec<ShareRow> {

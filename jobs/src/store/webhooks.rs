@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use super::{Engine, Pool, Result, Store, with_engine, with_pool};
+use super::{Engine, Pool, Result, Store, sql_for, with_engine, with_pool};
 use crate::{
     ids,
     webhooks::{EventType, NewEvent},
@@ -149,15 +149,6 @@ fn prefixed_delivery_columns() -> String {
         .map(|c| format!("d.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The statement text in the placeholder form of engine `P`.
-fn sql_for<P: Engine>(text: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(if P::SQLITE {
-        super::sqlite_sql(text)
-    } else {
-        text.to_owned()
-    })
 }
 
 /// The outbox's writes, on either engine's transaction.
