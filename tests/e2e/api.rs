@@ -15,6 +15,7 @@ on_every_backend!(
     bad_input_gets_a_stable_code_and_the_field_and_writes_nothing,
     an_oversized_or_malformed_body_is_refused,
     repeating_a_request_with_its_idempotency_key_returns_the_same_shares,
+    requests_arriving_together_each_get_their_own_answer,
     a_tenant_never_sees_or_uses_another_tenants_connections_or_shares,
     shares_are_listed_by_url,
     a_share_to_a_connection_removed_moments_ago_is_refused_and_writes_nothing,
@@ -291,6 +292,116 @@ async fn repeating_a_request_with_its_idempotency_key_returns_the_same_shares(en
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["code"], "idempotency_key_reused");
     assert_eq!(err["error"]["field"], "Idempotency-Key");
+}
+
+/// Requests that arrive at once are written together (on Postgres as one statement per check for
+/// the whole batch): each still gets the answer it would get alone.
+async fn requests_arriving_together_each_get_their_own_answer(engine: Engine) {
+    let mut settings = fast_settings();
+    settings.duplicate_window = std::time::Duration::from_secs(3600);
+    let app = TestApp::spawn_with(engine, false, settings).await;
+    let conn = app.mastodon_connection().await;
+    let gone = app
+        .mastodon_connection_with(&app.key, "110", &app.mastodon.token.clone())
+        .await;
+    let body =
+        |url: &str, conn: &str| json!({ "url": url, "text": "Together", "connection_ids": [conn] });
+    let send = |body: Value, key: String| {
+        let req = app
+            .http
+            .post(format!("{}/v1/shares", app.base))
+            .bearer_auth(&app.key)
+            .header("idempotency-key", key)
+            .json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let mut earlier = Vec::new();
+    for (url, target, key) in [
+        ("https://blog.example/kept", &conn, "kept"),
+        ("https://blog.example/reused", &conn, "reused"),
+        ("https://blog.example/posted", &conn, "posted"),
+        ("https://blog.example/gone", &gone, "gone-0"),
+    ] {
+        let (status, res) = send(body(url, target), key.to_owned()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+        earlier.push(res["shares"][0]["id"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/connections/{gone}"),
+            Some(&app.key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut burst: Vec<(Value, String, &str)> = (0..16)
+        .map(|i| {
+            let url = format!("https://blog.example/new/{i}");
+            (body(&url, &conn), format!("new-{i}"), "created")
+        })
+        .collect();
+    burst.extend([
+        (
+            body("https://blog.example/kept", &conn),
+            "kept".to_owned(),
+            "replayed",
+        ),
+        (
+            body("https://blog.example/other", &conn),
+            "reused".to_owned(),
+            "idempotency_key_reused",
+        ),
+        (
+            body("https://blog.example/posted", &conn),
+            "posted-again".to_owned(),
+            "already_shared",
+        ),
+        (
+            body("https://blog.example/gone/1", &gone),
+            "gone-1".to_owned(),
+            "unknown_connection",
+        ),
+    ]);
+    let answers =
+        futures::future::join_all(burst.iter().map(|(b, k, _)| send(b.clone(), k.clone()))).await;
+    let mut created = Vec::new();
+    for ((sent, key, expected), (status, res)) in burst.iter().zip(&answers) {
+        match *expected {
+            "created" => {
+                assert_eq!(status, &StatusCode::ACCEPTED, "{key}: {res}");
+                assert_eq!(res["shares"][0]["url"], sent["url"], "{key}: {res}");
+                created.push(res["shares"][0]["id"].as_str().unwrap().to_owned());
+            }
+            "replayed" => {
+                assert_eq!(status, &StatusCode::ACCEPTED, "{key}: {res}");
+                assert_eq!(res["shares"][0]["id"], earlier[0].as_str(), "{key}: {res}");
+            }
+            "already_shared" => {
+                assert_eq!(status, &StatusCode::CONFLICT, "{key}: {res}");
+                assert_eq!(res["error"]["code"], "already_shared", "{key}: {res}");
+                assert_eq!(
+                    res["error"]["share_id"],
+                    earlier[2].as_str(),
+                    "{key}: {res}"
+                );
+            }
+            code => {
+                assert!(status.is_client_error(), "{key}: {status} {res}");
+                assert_eq!(res["error"]["code"], code, "{key}: {res}");
+            }
+        }
+    }
+    created.sort();
+    created.dedup();
+    assert_eq!(created.len(), 16, "{created:?}");
+    // Nothing else was written: the four earlier shares and the sixteen new ones.
+    let (_, list) = app.get("/v1/shares?limit=100").await;
+    assert_eq!(list["shares"].as_array().unwrap().len(), 20, "{list}");
 }
 
 async fn a_tenant_never_sees_or_uses_another_tenants_connections_or_shares(engine: Engine) {

@@ -510,19 +510,18 @@ pub(super) async fn connections_in(pool: &Pool, ids: &[&str]) -> Result<Vec<Conn
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let json = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(match pool {
+        // An array, not JSON, so Postgres reads the ids by primary key (see `claim_due`).
         Pool::Postgres(p) => {
-            let q = format!(
-                "SELECT {COLUMNS} FROM connections WHERE id IN \
-                 (SELECT jsonb_array_elements_text($1::jsonb))"
-            );
+            let q = format!("SELECT {COLUMNS} FROM connections WHERE id = ANY($1::text[])");
             sqlx::query_as(sqlx::AssertSqlSafe(q))
-                .bind(json)
+                .bind(ids)
                 .fetch_all(p)
                 .await?
         }
         Pool::Sqlite(p) => {
+            let json =
+                serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let q = format!(
                 "SELECT {COLUMNS} FROM connections WHERE id IN (SELECT value FROM json_each(?1))"
             );

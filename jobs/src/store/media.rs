@@ -1,6 +1,6 @@
 //! Images captured at enqueue: `media_blobs` holds each content once (by SHA-256), shared by every
 //! share that carries it; `share_media` lists a share's images in order with their alt text. Both
-//! are written in the share request's transaction (`shares.rs`, `create_together`).
+//! are written in the share request's transaction (`share_create.rs`).
 
 use chrono::{DateTime, Utc};
 

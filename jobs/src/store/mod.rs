@@ -18,6 +18,8 @@ mod ops;
 mod recent;
 mod replay;
 mod runs;
+mod share_create;
+mod share_finish;
 mod share_queue;
 mod shares;
 pub(crate) mod webhooks;
@@ -146,13 +148,14 @@ pub struct Store {
     /// API keys' rows in memory for a few seconds (`keys::KEY_CACHE_TTL`), shared by clones.
     key_cache: std::sync::Arc<keys::KeyCache>,
     /// Attempt outcomes, written together (`group_commit.rs`).
-    outcomes: std::sync::Arc<group_commit::GroupCommit<shares::FinishRequest, Option<Finished>>>,
+    outcomes:
+        std::sync::Arc<group_commit::GroupCommit<share_finish::FinishRequest, Option<Finished>>>,
     /// The Redis path's claims, taken together.
     claims: std::sync::Arc<
         group_commit::GroupCommit<shares::ClaimRequest, Option<shares::ClaimedWith>>,
     >,
     /// Share requests, written together.
-    creates: std::sync::Arc<group_commit::GroupCommit<shares::CreateRequest, CreateOutcome>>,
+    creates: std::sync::Arc<group_commit::GroupCommit<share_create::CreateRequest, CreateOutcome>>,
     /// Connections the API read in the last few seconds, by (tenant, id) (`recent.rs`).
     recent_connections: std::sync::Arc<recent::Recent<(String, String), ConnectionRow>>,
 }
@@ -198,9 +201,9 @@ impl Store {
         Ok(Self {
             pool,
             key_cache: Default::default(),
-            outcomes: group_commit::GroupCommit::new(shares::finish_batch, lanes),
+            outcomes: group_commit::GroupCommit::new(share_finish::finish_batch, lanes),
             claims: group_commit::GroupCommit::new(shares::claim_batch, lanes),
-            creates: group_commit::GroupCommit::new(shares::create_batch, lanes),
+            creates: group_commit::GroupCommit::new(share_create::create_batch, lanes),
             recent_connections: std::sync::Arc::new(recent::Recent::new(RECENT_CONNECTION_TTL)),
         })
     }

@@ -10,10 +10,9 @@ use tracing::warn;
 
 use super::{
     ConnectionRow, NewBlob, NewShareMedia, Pool, Result, Store, StoreError,
-    connections::connections_in, group_commit::together_or_alone, is_sqlite, with_engine,
-    with_pool,
+    connections::connections_in, with_pool,
 };
-use crate::{error_class::ErrorClass, ids};
+use crate::error_class::ErrorClass;
 
 pub(super) const COLUMNS: &str = "id, tenant_id, connection_id, platform, url, title, body, image_url, state, \
     attempts, run_at, not_after, lease_until, first_sent_at, last_error_class, last_error, \
@@ -324,14 +323,14 @@ impl Deferral {
     }
 
     /// The error class recorded on the share while it waits.
-    fn class(self) -> ErrorClass {
+    pub(super) fn class(self) -> ErrorClass {
         match self {
             Self::Refresh => ErrorClass::WaitingForRefresh,
             _ => ErrorClass::RateLimited,
         }
     }
 
-    fn message(self) -> &'static str {
+    pub(super) fn message(self) -> &'static str {
         match self {
             Self::Account => "the account is rate limited; waiting without calling",
             Self::App => {
@@ -346,7 +345,7 @@ impl Deferral {
 }
 
 impl ShareUpdate {
-    fn state(&self) -> ShareState {
+    pub(super) fn state(&self) -> ShareState {
         match self {
             Self::Succeeded { .. } => ShareState::Succeeded,
             Self::Retry { .. } | Self::Deferred { .. } => ShareState::Queued,
@@ -356,7 +355,7 @@ impl ShareUpdate {
         }
     }
 
-    fn outcome(&self) -> &'static str {
+    pub(super) fn outcome(&self) -> &'static str {
         match self {
             Self::Succeeded { .. } => "succeeded",
             Self::Retry { .. } => "retried",
@@ -401,7 +400,7 @@ impl Store {
         req: &CreateShares,
         now: DateTime<Utc>,
     ) -> Result<CreateOutcome> {
-        let request = CreateRequest {
+        let request = super::share_create::CreateRequest {
             req: req.clone(),
             now,
         };
@@ -491,6 +490,18 @@ impl Store {
                 connection,
             });
         }
+        // Boxed: a Postgres query's future holds the pool's whole connect inline (about 15 KB),
+        // and the share job would carry that size through its platform call.
+        Box::pin(self.claim_share_alone(id, now, lease_until)).await
+    }
+
+    /// The careful path of [`Self::claim_share`], for a share the grouped claim did not take.
+    async fn claim_share_alone(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim> {
         let Some(share) = self.share(id).await? else {
             return Ok(Claim::Gone);
         };
@@ -568,7 +579,7 @@ impl Store {
         update: &ShareUpdate,
         now: DateTime<Utc>,
     ) -> Result<Option<Finished>> {
-        let request = FinishRequest {
+        let request = super::share_finish::FinishRequest {
             id: id.to_owned(),
             attempt,
             started_at,
@@ -726,191 +737,6 @@ impl Store {
     }
 }
 
-/// One attempt's outcome, waiting to be written with others ([`Store::finish_attempt`]).
-#[derive(Debug)]
-pub(crate) struct FinishRequest {
-    id: String,
-    attempt: i32,
-    started_at: DateTime<Utc>,
-    update: ShareUpdate,
-    now: DateTime<Utc>,
-}
-
-/// Writes a batch of outcomes in one transaction; if that fails, each in its own.
-pub(crate) fn finish_batch(
-    pool: Pool,
-    requests: Vec<FinishRequest>,
-) -> BoxFuture<'static, Vec<Result<Option<Finished>>>> {
-    Box::pin(async move {
-        together_or_alone(
-            &pool,
-            &requests,
-            |p, r| Box::pin(finish_together(p, r)),
-            "outcomes",
-        )
-        .await
-    })
-}
-
-async fn finish_together(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<Option<Finished>>> {
-    // The update also says whether a share resumed after this one waits for it (rarely), so the
-    // common case is one statement per outcome plus one insert of every attempt in the batch.
-    let q = format!(
-        "UPDATE shares SET state = $3, last_error_class = $4, last_error = $5, last_status = $6, \
-         post_id = COALESCE($7, post_id), post_url = COALESCE($8, post_url), \
-         run_at = COALESCE($9, run_at), lease_until = NULL, updated_at = $10, \
-         finished_at = CASE WHEN $11 THEN $10 ELSE NULL END, attempts = attempts - $12 \
-         WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING {COLUMNS}, \
-         (SELECT n.id FROM shares n WHERE n.after_share_id = shares.id AND n.state = 'queued' LIMIT 1) AS next_id"
-    );
-    let next_q = format!("SELECT {COLUMNS} FROM shares WHERE id = $1 AND state = 'queued'");
-    Ok(with_pool!(pool, &q, |p, _sql| {
-        use sqlx::{FromRow, Row};
-        let mut tx = crate::store::Engine::begin_write(p).await?;
-        let mut rows = Vec::with_capacity(requests.len());
-        let mut attempts = Vec::new();
-        let mut events = Vec::new();
-        for r in requests {
-            let o = Outcome::of(&r.update);
-            let found = sqlx::query(with_engine(p, &q))
-                .bind(&r.id)
-                .bind(r.attempt)
-                .bind(r.update.state().as_str())
-                .bind(o.class)
-                .bind(o.message)
-                .bind(o.status)
-                .bind(o.post_id)
-                .bind(o.post_url)
-                .bind(o.run_at)
-                .bind(r.now)
-                .bind(o.finished)
-                .bind(i32::from(o.deferred))
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(found) = found else {
-                rows.push(None);
-                continue;
-            };
-            let row = ShareRow::from_row(&found)?;
-            events.extend(crate::webhooks::NewEvent::share(&row, r.now));
-            let next_id: Option<String> = found.try_get("next_id")?;
-            // A share resumed after this one may start now that this one is settled.
-            let next: Option<ShareRow> = match next_id {
-                Some(id) if o.finished || matches!(r.update, ShareUpdate::Parked { .. }) => {
-                    sqlx::query_as(with_engine(p, &next_q))
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                }
-                _ => None,
-            };
-            if !o.deferred {
-                attempts.push((r, o));
-            }
-            rows.push(Some(Finished { row, next }));
-        }
-        if !attempts.is_empty() {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO share_attempts (id, share_id, number, started_at, finished_at, \
-                 outcome, error_class, error_message, platform_status) ",
-            );
-            insert.push_values(&attempts, |mut b, (r, o)| {
-                b.push_bind(ids::new(ids::ATTEMPT))
-                    .push_bind(&r.id)
-                    .push_bind(r.attempt)
-                    .push_bind(r.started_at)
-                    .push_bind(r.now)
-                    .push_bind(r.update.outcome())
-                    .push_bind(o.class)
-                    .push_bind(o.message)
-                    .push_bind(o.status);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        // The batch's outcomes tell the tenants' webhooks, in this transaction (one read of
-        // their endpoints for the whole batch).
-        super::webhooks::record(p, &mut tx, &events).await?;
-        tx.commit().await?;
-        crate::webhooks::wake();
-        rows
-    }))
-}
-
-/// The columns an outcome writes.
-struct Outcome<'a> {
-    class: Option<&'a str>,
-    message: Option<&'a str>,
-    status: Option<i32>,
-    post_id: Option<&'a str>,
-    post_url: Option<&'a str>,
-    run_at: Option<DateTime<Utc>>,
-    /// The share is done (no retry, not parked, not waiting).
-    finished: bool,
-    /// A deferral made no call: it gives its attempt back and records none.
-    deferred: bool,
-}
-
-impl<'a> Outcome<'a> {
-    fn of(update: &'a ShareUpdate) -> Self {
-        let (class, message, status) = match update {
-            ShareUpdate::Succeeded { .. } => (None, None, None),
-            ShareUpdate::Retry {
-                class,
-                message,
-                status,
-                ..
-            }
-            | ShareUpdate::Failed {
-                class,
-                message,
-                status,
-            } => (
-                Some(class.as_str()),
-                Some(message.as_str()),
-                status.map(i32::from),
-            ),
-            ShareUpdate::Parked { class, message } => {
-                (Some(class.as_str()), Some(message.as_str()), None)
-            }
-            ShareUpdate::OutcomeUnknown { message } => (
-                Some(ErrorClass::OutcomeUnknown.as_str()),
-                Some(message.as_str()),
-                None,
-            ),
-            ShareUpdate::Deferred { reason, .. } => {
-                (Some(reason.class().as_str()), Some(reason.message()), None)
-            }
-        };
-        let (post_id, post_url) = match update {
-            ShareUpdate::Succeeded { post_id, post_url } => {
-                (Some(post_id.as_str()), post_url.as_deref())
-            }
-            _ => (None, None),
-        };
-        let run_at = match update {
-            ShareUpdate::Retry { run_at, .. } | ShareUpdate::Deferred { run_at, .. } => {
-                Some(*run_at)
-            }
-            _ => None,
-        };
-        Self {
-            class,
-            message,
-            status,
-            post_id,
-            post_url,
-            run_at,
-            finished: !matches!(
-                update,
-                ShareUpdate::Retry { .. }
-                    | ShareUpdate::Parked { .. }
-                    | ShareUpdate::Deferred { .. }
-            ),
-            deferred: matches!(update, ShareUpdate::Deferred { .. }),
-        }
-    }
-}
-
 /// A delivery's claim, waiting to be taken with others ([`Store::claim_share`]).
 #[derive(Debug)]
 pub(crate) struct ClaimRequest {
@@ -981,7 +807,6 @@ async fn claim_due(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Vec<ShareRow>> {
-    let json = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let set = "UPDATE shares SET state = 'running', attempts = attempts + 1, lease_until = $3, \
                first_sent_at = COALESCE(first_sent_at, $2), updated_at = $2";
     let due = format!(
@@ -990,14 +815,19 @@ async fn claim_due(
     Ok(match pool {
         // Rows are locked in id order, so two workers claiming overlapping batches (a delivery
         // seen by both) wait for each other instead of deadlocking.
+        // Every share is read by primary key. The ids are an array, not JSON: Postgres
+        // estimates `= ANY` of a parameter as a few rows; it planned a JSON list as a hundred
+        // and hashed it against a scan of the whole table. The due test is wrapped in a CASE,
+        // which hides `state = 'queued'` from the planner: seeing it, it read each share
+        // through the partial index `shares_due`, a range over every due share, once per row.
         Pool::Postgres(p) => {
             let q = format!(
-                "{set} WHERE id IN (SELECT id FROM shares WHERE id IN \
-                 (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY id FOR UPDATE) \
-                 AND {due} RETURNING {COLUMNS}"
+                "{set} WHERE id IN (SELECT id FROM shares WHERE id = ANY($1::text[]) \
+                 ORDER BY id FOR UPDATE) AND CASE WHEN {due} THEN TRUE ELSE FALSE END \
+                 RETURNING {COLUMNS}"
             );
             sqlx::query_as(sqlx::AssertSqlSafe(q))
-                .bind(json)
+                .bind(ids)
                 .bind(now)
                 .bind(lease_until)
                 .fetch_all(p)
@@ -1007,6 +837,8 @@ async fn claim_due(
             let q = format!(
                 "{set} WHERE id IN (SELECT value FROM json_each($1)) AND {due} RETURNING {COLUMNS}"
             );
+            let json =
+                serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query_as(sqlx::AssertSqlSafe(super::sqlite_sql(&q)))
                 .bind(json)
                 .bind(now)
@@ -1015,247 +847,4 @@ async fn claim_due(
                 .await?
         }
     })
-}
-
-/// A share request waiting to be written with others ([`Store::create_shares`]).
-#[derive(Debug)]
-pub(crate) struct CreateRequest {
-    req: CreateShares,
-    now: DateTime<Utc>,
-}
-
-/// Writes a batch of share requests in one transaction; if that fails, each in its own.
-pub(crate) fn create_batch(
-    pool: Pool,
-    requests: Vec<CreateRequest>,
-) -> BoxFuture<'static, Vec<Result<CreateOutcome>>> {
-    Box::pin(async move {
-        together_or_alone(
-            &pool,
-            &requests,
-            |p, r| Box::pin(create_together(p, r)),
-            "share requests",
-        )
-        .await
-    })
-}
-
-fn new_rows(req: &CreateShares, now: DateTime<Utc>) -> Vec<ShareRow> {
-    req.shares
-        .iter()
-        .map(|s| ShareRow {
-            id: ids::new(ids::SHARE),
-            tenant_id: req.tenant_id.clone(),
-            connection_id: s.connection_id.clone(),
-            platform: s.platform.clone(),
-            url: s.url.clone(),
-            title: s.title.clone(),
-            body: s.body.clone(),
-            image_url: s.image_url.clone(),
-            state: ShareState::Queued.as_str().to_owned(),
-            attempts: 0,
-            run_at: s.run_at,
-            not_after: s.not_after,
-            lease_until: None,
-            first_sent_at: None,
-            last_error_class: None,
-            last_error: None,
-            last_status: None,
-            post_id: None,
-            post_url: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-            budget_from: 0,
-            checkpoint: None,
-            after_share_id: None,
-            edits: 0,
-            media_count: s.media.len() as i32,
-        })
-        .collect()
-}
-
-/// What a repeated idempotency key answers: the shares it made (read in the same transaction),
-/// or a refusal if the body differs. A macro because its body runs on either engine's transaction.
-macro_rules! replay {
-    ($tx:expr, $p:expr, $req:expr, $seen:expr, $select:expr) => {{
-        let (hash, stored): (String, String) = $seen;
-        if hash != $req.request_hash {
-            CreateOutcome::KeyReused
-        } else {
-            let stored: Vec<String> =
-                serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut found = Vec::with_capacity(stored.len());
-            for id in stored {
-                let row: ShareRow = sqlx::query_as(with_engine($p, $select))
-                    .bind(id)
-                    .fetch_one(&mut *$tx)
-                    .await?;
-                found.push(row);
-            }
-            CreateOutcome::Replayed(found)
-        }
-    }};
-}
-
-/// Each request in order, in one transaction. A request that writes nothing (a connection gone,
-/// a replayed or reused key) decides so before its first write, so no request's answer needs a
-/// rollback of its own. As before, a connection removed since refuses even a repeated key.
-async fn create_together(pool: &Pool, requests: &[CreateRequest]) -> Result<Vec<CreateOutcome>> {
-    let key_insert = "INSERT INTO idempotency_keys (tenant_id, key, request_hash, share_ids, created_at) \
-                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING";
-    let key_read =
-        "SELECT request_hash, share_ids FROM idempotency_keys WHERE tenant_id = $1 AND key = $2";
-    let select = format!("SELECT {COLUMNS} FROM shares WHERE id = $1");
-    // The caller validated against a connection it may have read seconds ago: it must still be
-    // the tenant's and not removed as of this write.
-    let live = "SELECT 1 FROM connections WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL";
-    let duplicate_lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
-    let duplicate_find = "SELECT id FROM shares WHERE connection_id = $1 AND duplicate_key = $2 \
-                          AND created_at >= $3 AND state NOT IN ('failed', 'cancelled', 'expired') \
-                          ORDER BY created_at DESC LIMIT 1";
-    let insert = "INSERT INTO shares (id, tenant_id, connection_id, platform, url, title, body, image_url, state, attempts, run_at, not_after, created_at, updated_at, duplicate_key, media_count) \
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $12, $13, $14)";
-    Ok(with_pool!(pool, insert, |p, _sql| {
-        let mut tx = crate::store::Engine::begin_write(p).await?;
-        let mut outcomes = Vec::with_capacity(requests.len());
-        for CreateRequest { req, now } in requests {
-            let rows = new_rows(req, *now);
-            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-            let ids_json = serde_json::to_string(&ids).expect("ids serialize");
-            let targets: Vec<&str> = rows.iter().map(|r| r.connection_id.as_str()).collect();
-            // One primary-key read per target (a request has one or a few).
-            let mut found = Vec::with_capacity(targets.len());
-            for t in &targets {
-                let live: Option<i32> = sqlx::query_scalar(with_engine(p, live))
-                    .bind(*t)
-                    .bind(&req.tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if live.is_some() {
-                    found.push(*t);
-                }
-            }
-            if let Some(gone) = targets.iter().find(|t| !found.iter().any(|f| f == *t)) {
-                outcomes.push(CreateOutcome::ConnectionGone((*gone).to_owned()));
-                continue;
-            }
-            if let Some(since) = req.duplicates_since {
-                let mut earlier = None;
-                for r in req.shares.iter() {
-                    let Some(dup) = &r.duplicate_key else {
-                        continue;
-                    };
-                    if !is_sqlite(p) {
-                        // Two transactions checking the same post at once would both find
-                        // nothing; SQLite's one writer rules that out, Postgres needs the lock.
-                        sqlx::query(with_engine(p, duplicate_lock))
-                            .bind(format!("{}:{dup}", r.connection_id))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    let found: Option<String> = sqlx::query_scalar(with_engine(p, duplicate_find))
-                        .bind(&r.connection_id)
-                        .bind(dup)
-                        .bind(since)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if let Some(share_id) = found {
-                        earlier = Some((r.connection_id.clone(), share_id));
-                        break;
-                    }
-                }
-                if let Some((connection_id, share_id)) = earlier {
-                    // A repeated request finds its own shares: it is answered from its key (read
-                    // only now, so a request that is no duplicate pays nothing for it).
-                    if let Some(key) = &req.idempotency_key {
-                        let seen: Option<(String, String)> =
-                            sqlx::query_as(with_engine(p, key_read))
-                                .bind(&req.tenant_id)
-                                .bind(key)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                        if let Some(seen) = seen {
-                            outcomes.push(replay!(tx, p, req, seen, &select));
-                            continue;
-                        }
-                    }
-                    outcomes.push(CreateOutcome::AlreadyShared {
-                        connection_id,
-                        share_id,
-                    });
-                    continue;
-                }
-            }
-            if let Some(key) = &req.idempotency_key {
-                let fresh = sqlx::query(with_engine(p, key_insert))
-                    .bind(&req.tenant_id)
-                    .bind(key)
-                    .bind(&req.request_hash)
-                    .bind(&ids_json)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-                if !fresh {
-                    let seen: (String, String) = sqlx::query_as(with_engine(p, key_read))
-                        .bind(&req.tenant_id)
-                        .bind(key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    outcomes.push(replay!(tx, p, req, seen, &select));
-                    continue;
-                }
-            }
-            for (r, new) in rows.iter().zip(&req.shares) {
-                sqlx::query(with_engine(p, insert))
-                    .bind(&r.id)
-                    .bind(&r.tenant_id)
-                    .bind(&r.connection_id)
-                    .bind(&r.platform)
-                    .bind(&r.url)
-                    .bind(&r.title)
-                    .bind(&r.body)
-                    .bind(&r.image_url)
-                    .bind(&r.state)
-                    .bind(r.run_at)
-                    .bind(r.not_after)
-                    .bind(now)
-                    .bind(&new.duplicate_key)
-                    .bind(r.media_count)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            // Each blob's row is written (or its use bumped) before the lists that use it, so
-            // the media sweep, which spares blobs used lately, cannot take it meanwhile.
-            for b in &req.blobs {
-                sqlx::query(with_engine(p, super::media::UPSERT_BLOB))
-                    .bind(&b.sha256)
-                    .bind(&b.content_type)
-                    .bind(b.bytes.as_ref())
-                    .bind(b.bytes.len() as i64)
-                    .bind(b.width as i32)
-                    .bind(b.height as i32)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for (r, new) in rows.iter().zip(&req.shares) {
-                for (i, m) in new.media.iter().enumerate() {
-                    sqlx::query(with_engine(p, super::media::INSERT_SHARE_MEDIA))
-                        .bind(&r.id)
-                        .bind(i as i32)
-                        .bind(&m.sha256)
-                        .bind(&m.alt)
-                        .bind(&m.source_url)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            outcomes.push(CreateOutcome::Created(rows));
-        }
-        tx.commit().await?;
-        outcomes
-    }))
 }
