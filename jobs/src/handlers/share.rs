@@ -40,8 +40,7 @@ pub async fn run_claimed(ctx: &Ctx, job: ClaimedShare) -> anyhow::Result<()> {
     } = job;
     let now = Utc::now();
     if share.not_after.is_some_and(|t| t < now) {
-        ctx.store
-            .expire_claimed(&share.id, share.attempts, now)
+        Box::pin(ctx.store.expire_claimed(&share.id, share.attempts, now))
             .await
             .context("expiring the share")?;
         return Ok(());
@@ -161,6 +160,11 @@ async fn attempt(
 
 /// Everything that happens between holding the lease and knowing the outcome, in four phases;
 /// each either hands the next what it needs or settles the attempt (`ControlFlow::Break`).
+///
+/// A future is as large as its largest await, and a Postgres query's future holds the pool's
+/// whole connect inline (about 15 KB): awaited in place, any store call here would make every
+/// share in flight carry that through its platform call (hundreds at once). So the store calls
+/// on the way are boxed, where they happen, and the wait on the platform holds only the call.
 async fn decide(
     ctx: &Ctx,
     share: &ShareRow,
@@ -179,7 +183,7 @@ async fn decide(
         ControlFlow::Continue(failure) => failure,
         ControlFlow::Break(update) => return Ok(update),
     };
-    on_failure(ctx, share, &ready, app, failure).await
+    Box::pin(on_failure(ctx, share, &ready, app, failure)).await
 }
 
 /// What the call needs once the preflight passed.
@@ -227,9 +231,7 @@ async fn preflight(
         return Ok(Break(parked(&conn)));
     }
     if let Some(reason) = ctx.settings.bluesky.app_passwords.refuses(&conn) {
-        ctx.store
-            .mark_needs_reauth(&conn.id, reason, Utc::now())
-            .await?;
+        Box::pin(ctx.store.mark_needs_reauth(&conn.id, reason, Utc::now())).await?;
         return Ok(Break(ShareUpdate::Parked {
             class: ErrorClass::NeedsReauth,
             message: reason.into(),
@@ -269,7 +271,7 @@ async fn preflight(
         && refresh::expires_soon(ctx, creds.expires_at)
     {
         let now = Utc::now();
-        match refresh::refresh_connection(ctx, &conn.id).await? {
+        match Box::pin(refresh::refresh_connection(ctx, &conn.id)).await? {
             Refresh::Refreshed(fresh) => {
                 creds = fresh.credentials(&ctx.vault)?;
                 conn = *fresh;
@@ -318,10 +320,14 @@ async fn admit<'a>(
     };
     let recheck = chrono::Duration::from_std(ctx.settings.fair_share_recheck)?;
     Ok(
-        match ctx
-            .store
-            .admit_app_call(app, &share.id, &share.tenant_id, Utc::now(), recheck)
-            .await?
+        match Box::pin(ctx.store.admit_app_call(
+            app,
+            &share.id,
+            &share.tenant_id,
+            Utc::now(),
+            recheck,
+        ))
+        .await?
         {
             Admission::Go => ControlFlow::Continue(Some(app)),
             Admission::Closed { until } => ControlFlow::Break(ShareUpdate::Deferred {
@@ -415,7 +421,8 @@ async fn call(
         Ok(p) => {
             if let (Some(app), Some(budget)) = (app, &p.app_budget) {
                 // Advisory: the post exists whatever happens to this write.
-                if let Err(e) = ctx.store.report_app_budget(app, budget, Utc::now()).await {
+                if let Err(e) = Box::pin(ctx.store.report_app_budget(app, budget, Utc::now())).await
+                {
                     warn!(share.id = %share.id, platform = app.platform, error.message = %e, "could not record the app's budget");
                 }
             }
