@@ -15,7 +15,8 @@
 //!   `HERALD_BENCH_SECONDS` (10) while the worker runs: enqueue-to-post p50/p99, from the moment
 //!   the request was sent to the moment the platform received the post.
 //!
-//! `HERALD_BENCH_ONLY=sqlite|postgres|redis` runs one backend. Postgres and Redis are the
+//! `HERALD_BENCH_ONLY=sqlite|postgres|redis` runs one backend; `HERALD_BENCH_BIN` runs another
+//! `herald` binary (a build to compare against). Postgres and Redis are the
 //! machine's (`HERALD_BENCH_POSTGRES_URL`, `HERALD_BENCH_REDIS_URL`); each run gets a database and
 //! a key prefix of its own. CPU comes from `/proc`: a process's utime + stime, summed over the
 //! Postgres backends serving the run's database (its background writers are not counted), and
@@ -385,10 +386,17 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
         "HERALD_BENCH_REDIS_URL",
         "redis://127.0.0.1:6379".to_owned(),
     );
-    let bin = env!("CARGO_BIN_EXE_herald");
+    // Another build's binary, to compare two builds in one run of the same bench.
+    let bin: &'static str = match std::env::var("HERALD_BENCH_BIN") {
+        Ok(other) => Box::leak(other.into_boxed_str()),
+        Err(_) => env!("CARGO_BIN_EXE_herald"),
+    };
     let dir = tempfile::tempdir()?;
-    let db = match backend {
-        "sqlite" => format!("sqlite:{}", dir.path().join("bench.db").display()),
+    let (db, pg_database) = match backend {
+        "sqlite" => (
+            format!("sqlite:{}", dir.path().join("bench.db").display()),
+            None,
+        ),
         _ => {
             let mut admin = PgConnection::connect(&pg_admin).await?;
             let name = format!("herald_bench_{}", uuid::Uuid::new_v4().simple());
@@ -397,7 +405,7 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
                 .await?;
             let mut url = url::Url::parse(&pg_admin)?;
             url.set_path(&name);
-            url.to_string()
+            (url.to_string(), Some(name))
         }
     };
     let keys = Command::new(bin).args(["keys", "generate"]).output()?;
@@ -609,6 +617,15 @@ async fn run(backend: &str, platform_base: &str, received: &Received) -> anyhow:
     }
     drop(worker);
     drop(api);
+    // A run's database holds its 20,000-odd shares: gone with the run, as SQLite's file is.
+    if let Some(name) = pg_database {
+        let mut admin = PgConnection::connect(&pg_admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+    }
     Ok(())
 }
 
