@@ -102,7 +102,7 @@ async fn finish_each(pool: &Pool, requests: &[FinishRequest]) -> Result<Vec<Opti
             let next_id: Option<String> = found.try_get("next_id")?;
             // A share resumed after this one may start now that this one is settled.
             let next: Option<ShareRow> = match next_id {
-                Some(id) if o.finished || matches!(r.update, ShareUpdate::Parked { .. }) => {
+                Some(id) if o.frees_next(&r.update) => {
                     sqlx::query_as(with_engine(p, &next_q))
                         .bind(id)
                         .fetch_optional(&mut *tx)
@@ -157,6 +157,11 @@ struct Outcome<'a> {
 }
 
 impl<'a> Outcome<'a> {
+    /// Whether this outcome is one a share resumed after this one waits for: settled, or parked.
+    fn frees_next(&self, update: &ShareUpdate) -> bool {
+        self.finished || matches!(update, ShareUpdate::Parked { .. })
+    }
+
     fn of(update: &'a ShareUpdate) -> Self {
         let (class, message, status) = match update {
             ShareUpdate::Succeeded { .. } => (None, None, None),
@@ -279,7 +284,7 @@ async fn finish_set_pg(p: &PgPool, requests: &[FinishRequest]) -> Result<Vec<Opt
         events.extend(crate::webhooks::NewEvent::share(&row, r.now));
         // A share resumed after this one may start now that this one is settled.
         let next: Option<ShareRow> = match next_id {
-            Some(id) if o.finished || matches!(r.update, ShareUpdate::Parked { .. }) => {
+            Some(id) if o.frees_next(&r.update) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(next_q.as_str()))
                     .bind(id)
                     .fetch_optional(&mut *tx)

@@ -164,11 +164,13 @@ pub(crate) trait Outbox: Engine {
     ) -> BoxFuture<'a, Result<usize>>;
 }
 
-/// The endpoints of the tenants in a JSON array (`$1`), on each engine.
+/// The endpoints of the tenants in a JSON array (`$1`), on each engine. On Postgres the list is
+/// made an array first: `= ANY` of it reads `webhook_endpoints_by_tenant`, where `IN` of the JSON
+/// elements was planned as a hash join against a scan of every endpoint, once per outcome batch.
 const ENDPOINTS_OF_SQLITE: &str = "SELECT id, tenant_id, event_types, enabled FROM webhook_endpoints \
     WHERE tenant_id IN (SELECT value FROM json_each($1))";
 const ENDPOINTS_OF_POSTGRES: &str = "SELECT id, tenant_id, event_types, enabled FROM webhook_endpoints \
-    WHERE tenant_id IN (SELECT jsonb_array_elements_text($1::jsonb))";
+    WHERE tenant_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))";
 
 macro_rules! outbox_for {
     ($pool:ty) => {
