@@ -39,7 +39,8 @@ pub(crate) const CHANNEL: &str = "herald_share_queued";
 /// A share this worker holds the lease of.
 #[derive(Debug, Clone)]
 pub struct ClaimedShare {
-    pub share: ShareRow,
+    /// Boxed: the task carries it through the platform call, beside hundreds of others.
+    pub share: Box<ShareRow>,
     /// The previous attempt's worker vanished mid-call: that attempt may have reached the platform.
     pub recovered: bool,
     /// Its connection, read with the rest of the batch (`None`: read it when the share runs).
@@ -282,7 +283,7 @@ impl Fetcher {
     ) -> anyhow::Result<()> {
         let new = |recovered| {
             move |share| ClaimedShare {
-                share,
+                share: Box::new(share),
                 recovered,
                 connection: None,
             }

@@ -54,24 +54,35 @@ pub async fn run_claimed(ctx: &Ctx, job: ClaimedShare) -> anyhow::Result<()> {
 pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
     let now = Utc::now();
     let lease_until = now + ctx.settings.lease;
-    match ctx
-        .store
-        .claim_share(&job.share_id, now, lease_until)
-        .await
-        .context("claiming the share")?
-    {
-        Claim::Run {
-            share,
-            recovered,
-            connection,
-        } => attempt(ctx, share, recovered, connection, job_id).await,
-        Claim::NotDue(share) => {
+    // In a block of its own, so that the claim's storage ends before the attempt: a local lives
+    // in the future until its scope ends, moved out or not.
+    let claimed = {
+        let claim = ctx
+            .store
+            .claim_share(&job.share_id, now, lease_until)
+            .await
+            .context("claiming the share")?;
+        match claim {
+            Claim::Run {
+                share,
+                recovered,
+                connection,
+            } => Ok((Box::new(share), recovered, connection)),
+            Claim::NotDue(share) => Err(Some(Box::new(share))),
+            Claim::Busy | Claim::Settled | Claim::Gone => Err(None),
+        }
+    };
+    match claimed {
+        Ok((share, recovered, connection)) => {
+            attempt(ctx, share, recovered, connection, job_id).await
+        }
+        Err(Some(share)) => {
             // Delivered early (clocks differ between hosts): deliver again when due. The key
             // names this early delivery, so it cannot be mistaken for the pending original.
             let key = format!("{}:early:{}", share.delivery_key(), now.timestamp_millis());
             push(ctx, &share, &key).await
         }
-        Claim::Busy | Claim::Settled | Claim::Gone => Ok(()),
+        Err(None) => Ok(()),
     }
 }
 
@@ -88,7 +99,7 @@ async fn push(ctx: &Ctx, share: &ShareRow, key: &str) -> anyhow::Result<()> {
 
 async fn attempt(
     ctx: &Ctx,
-    share: ShareRow,
+    share: Box<ShareRow>,
     recovered: bool,
     connection: Option<Box<ConnectionRow>>,
     job_id: &str,
@@ -100,17 +111,36 @@ async fn attempt(
         .store
         .finish_attempt(&share.id, share.attempts, started_at, &update, Utc::now())
         .await
-        .context("recording the attempt")?;
-    let Some(Finished { row, next }) = finished else {
+        .context("recording the attempt")?
+        .map(Box::new);
+    let Some(finished) = finished else {
         warn!(share.id = %share.id, attempt = share.attempts, "share was taken over by another worker; outcome dropped");
         return Ok(());
     };
+    recorded(ctx, &share, &update, finished, clock, job_id).await
+}
+
+/// What follows a recorded outcome: metrics, the log line, and the deliveries it calls for.
+///
+/// A function of its own because a future is laid out by its awaits: locals that live across
+/// several of them get slots of their own, which every other state of the future carries too,
+/// including the wait on the platform. Here they live only in this future, which shares its slot
+/// with the attempt's call.
+async fn recorded(
+    ctx: &Ctx,
+    share: &ShareRow,
+    update: &ShareUpdate,
+    finished: Box<Finished>,
+    clock: Instant,
+    job_id: &str,
+) -> anyhow::Result<()> {
+    let Finished { row, next } = &*finished;
     let platform = share.platform.as_str();
-    let outcome = Ended::of(&update);
+    let outcome = Ended::of(update);
     let queue = QueueName::Share.as_str();
     metrics::counter!(m::JOBS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "outcome" => outcome.as_str()).increment(1);
     metrics::histogram!(m::JOB_DURATION_SECONDS, "queue" => queue, "platform" => platform.to_owned()).record(clock.elapsed().as_secs_f64());
-    if let ShareUpdate::Deferred { reason, .. } = &update
+    if let ShareUpdate::Deferred { reason, .. } = update
         && reason.is_rate_limit()
     {
         metrics::counter!(m::RATE_LIMIT_DEFERRALS_TOTAL, "queue" => queue, "platform" => platform.to_owned(), "scope" => reason.as_str()).increment(1);
@@ -121,7 +151,7 @@ async fn attempt(
         Ended::Failed | Ended::OutcomeUnknown => metrics::counter!(m::JOBS_DEAD_TOTAL, "queue" => queue, "platform" => platform.to_owned()).increment(1),
         _ => {}
     }
-    let (class, message) = match &update {
+    let (class, message) = match update {
         ShareUpdate::Retry { class, message, .. }
         | ShareUpdate::Failed { class, message, .. }
         | ShareUpdate::Parked { class, message } => (Some(class.as_str()), Some(message.as_str())),
@@ -147,13 +177,13 @@ async fn attempt(
         update,
         ShareUpdate::Retry { .. } | ShareUpdate::Deferred { .. }
     ) {
-        push(ctx, &row, &row.delivery_key()).await?;
+        push(ctx, row, &row.delivery_key()).await?;
     }
     if let Some(next) = next {
         // The share resumed after this one was waiting for it. Its own delivery may already
         // have come and gone (refused while this one ran), so this is a delivery of its own.
         let key = format!("{}:after:{}", next.delivery_key(), row.id);
-        push(ctx, &next, &key).await?;
+        push(ctx, next, &key).await?;
     }
     Ok(())
 }
@@ -171,7 +201,9 @@ async fn decide(
     recovered: bool,
     connection: Option<Box<ConnectionRow>>,
 ) -> anyhow::Result<ShareUpdate> {
-    let ready = match preflight(ctx, share, connection).await? {
+    // Boxed: its reads and refreshes are over before the call, and awaited in place their
+    // state would size the wait on the platform too.
+    let ready = match Box::pin(preflight(ctx, share, connection)).await? {
         ControlFlow::Continue(ready) => ready,
         ControlFlow::Break(update) => return Ok(update),
     };
