@@ -215,4 +215,54 @@ mod tests {
             .await
             .expect("the rounds ended");
     }
+
+    /// Holds every round of [`gated`] until the test lets it go.
+    static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+    fn gated(pool: Pool, requests: Vec<u32>) -> BoxFuture<'static, Vec<Result<u32>>> {
+        Box::pin(async move {
+            GATE.acquire().await.expect("the gate stays open").forget();
+            batch(pool, requests).await
+        })
+    }
+
+    /// Polls the group's state until `done` holds of it.
+    async fn until(group: &GroupCommit<u32, u32>, done: impl Fn(&Waiting<u32, u32>) -> bool) {
+        let seen = async {
+            while !done(&group.state.lock().unwrap()) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), seen)
+            .await
+            .expect("the group reached the state");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_further_round_starts_only_for_half_a_round_waiting() {
+        let group = GroupCommit::new(gated, 4);
+        let pool = pool().await;
+        let submit = |i: u32| {
+            let (group, pool) = (group.clone(), pool.clone());
+            tokio::spawn(async move { (i, group.submit(&pool, i).await.unwrap()) })
+        };
+        let mut calls = vec![submit(1)];
+        // The first round took the lone request and waits at the gate.
+        until(&group, |w| w.draining == 1 && w.requests.is_empty()).await;
+        let below = LANE_BACKLOG as u32 - 1;
+        calls.extend((2..2 + below).map(submit));
+        until(&group, |w| w.requests.len() == below as usize).await;
+        assert_eq!(
+            group.state.lock().unwrap().draining,
+            1,
+            "a backlog below the threshold waits"
+        );
+        calls.push(submit(2 + below));
+        until(&group, |w| w.draining == 2).await;
+        GATE.add_permits(1_000);
+        for call in futures::future::join_all(calls).await {
+            let (i, answer) = call.unwrap();
+            assert_eq!(answer, i * 2);
+        }
+    }
 }

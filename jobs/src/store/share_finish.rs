@@ -223,7 +223,10 @@ impl<'a> Outcome<'a> {
 }
 
 /// A batch of outcomes for distinct shares: one update of them all (each row still a
-/// compare-and-set on its state and attempt), one insert of their attempts. The compare-and-set
+/// compare-and-set on its state and attempt), one insert of their attempts. Rows are locked in
+/// id order first, as the claims lock them (`claim_due` in `shares.rs`): in the order of the
+/// batch, an outcome round and a claim round holding a redelivered id deadlocked (seen once in
+/// the e2e suite; Postgres broke it after a second and the batch went share by share). The compare-and-set
 /// is wrapped in a CASE so that each row is read by primary key (see `claim_due` in `shares.rs`):
 /// `state = 'running'` would let the planner scan the partial index `shares_leased` instead.
 async fn finish_set_pg(p: &PgPool, requests: &[FinishRequest]) -> Result<Vec<Option<Finished>>> {
@@ -241,6 +244,7 @@ async fn finish_set_pg(p: &PgPool, requests: &[FinishRequest]) -> Result<Vec<Opt
          AS u(u_id, u_attempt, u_state, u_class, u_message, u_status, u_post_id, u_post_url, \
          u_run_at, u_now, u_finished, u_deferred) \
          WHERE shares.id = u.u_id \
+         AND shares.id IN (SELECT id FROM shares WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE) \
          AND CASE WHEN shares.state = 'running' AND shares.attempts = u.u_attempt THEN TRUE ELSE FALSE END \
          RETURNING {COLUMNS}, \
          (SELECT n.id FROM shares n WHERE n.after_share_id = shares.id AND n.state = 'queued' LIMIT 1) AS next_id"
