@@ -56,7 +56,7 @@ pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
     let lease_until = now + ctx.settings.lease;
     // In a block of its own, so that the claim's storage ends before the attempt: a local lives
     // in the future until its scope ends, moved out or not.
-    let claimed = {
+    let next = {
         let claim = ctx
             .store
             .claim_share(&job.share_id, now, lease_until)
@@ -67,23 +67,28 @@ pub async fn run(ctx: &Ctx, job: &ShareV1, job_id: &str) -> anyhow::Result<()> {
                 share,
                 recovered,
                 connection,
-            } => Ok((Box::new(share), recovered, connection)),
-            Claim::NotDue(share) => Err(Some(Box::new(share))),
-            Claim::Busy | Claim::Settled | Claim::Gone => Err(None),
+            } => Delivery::Attempt(Box::new(share), recovered, connection),
+            Claim::NotDue(share) => Delivery::Early(Box::new(share)),
+            Claim::Busy | Claim::Settled | Claim::Gone => return Ok(()),
         }
     };
-    match claimed {
-        Ok((share, recovered, connection)) => {
+    match next {
+        Delivery::Attempt(share, recovered, connection) => {
             attempt(ctx, share, recovered, connection, job_id).await
         }
-        Err(Some(share)) => {
+        Delivery::Early(share) => {
             // Delivered early (clocks differ between hosts): deliver again when due. The key
             // names this early delivery, so it cannot be mistaken for the pending original.
             let key = format!("{}:early:{}", share.delivery_key(), now.timestamp_millis());
             push(ctx, &share, &key).await
         }
-        Err(None) => Ok(()),
     }
+}
+
+/// What a claimed delivery goes on to do, with the rows boxed (see [`run`]).
+enum Delivery {
+    Attempt(Box<ShareRow>, bool, Option<Box<ConnectionRow>>),
+    Early(Box<ShareRow>),
 }
 
 async fn push(ctx: &Ctx, share: &ShareRow, key: &str) -> anyhow::Result<()> {
